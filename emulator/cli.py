@@ -1,0 +1,122 @@
+"""Command line: `python -m emulator up | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from emulator.demo import DemoConfig, run_demo
+from emulator.envfile import write_env_file
+from emulator.errors import ComponentError
+from emulator.proxy import ProxyKind
+from emulator.stack import EmbeddedStack, StackConfig
+
+
+class Shutdown(BaseException):
+    """SIGTERM, delivered like Ctrl+C so every `with` block tears its part down."""
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m emulator",
+        description="The local twin of AWS Lambda + RDS Proxy + PostgreSQL, without AWS and without Docker.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up",
+        help="start PostgreSQL, the AWS API emulator and a proxy in the foreground (Ctrl+C stops them)",
+        description="Start the embedded stack on 127.0.0.1, print its endpoints and wait for Ctrl+C "
+        "(SIGINT) or SIGTERM, then stop every process and remove every temporary file.",
+    )
+    up.add_argument("--proxy", type=ProxyKind, choices=list(ProxyKind), default=ProxyKind.PGBOUNCER,
+                    help="what sits between clients and PostgreSQL (default: %(default)s)")
+    up.add_argument("--env-file", type=Path, metavar="FILE",
+                    help="once ready, write KEY=VALUE lines for other shells (removed again on exit)")
+    _stack_options(up)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the connection-exhaustion demonstration: one burst directly and through the pooler",
+        description="Run the same burst of concurrent Lambda invocations of lambda/index.py directly "
+        "against PostgreSQL and through the pooler, print a table and write a PNG chart.",
+    )
+    defaults = DemoConfig()
+    demo.add_argument("--invocations", type=int, default=defaults.invocations,
+                      help="concurrent invocations, each in its own execution environment (default: %(default)s)")
+    demo.add_argument("--work-ms", type=int, default=defaults.work_ms,
+                      help="how long each invocation holds its transaction (default: %(default)s)")
+    demo.add_argument("--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)")
+    demo.add_argument("--handler-log", type=Path, default=defaults.handler_log,
+                      help="where the handler's log lines go (default: %(default)s)")
+    _stack_options(demo)
+    return parser
+
+
+def _stack_options(parser: argparse.ArgumentParser) -> None:
+    defaults = StackConfig()
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="PostgreSQL max_connections, small so exhaustion shows (default: %(default)s)")
+    parser.add_argument("--pool-size", type=int, default=defaults.pool_size,
+                        help="database connections the pooler may open (default: %(default)s)")
+
+
+def _up(args: argparse.Namespace) -> int:
+    config = StackConfig(proxy=args.proxy, max_connections=args.max_connections, pool_size=args.pool_size)
+    print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
+    with EmbeddedStack(config) as stack:
+        env = stack.environment()
+        print(f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
+              f"from {stack.postgres.binaries.source}, max_connections={config.max_connections})")
+        print(f"Proxy        {env['DB_PROXY_ENDPOINT']}:{env['DB_PORT']}  ({stack.proxy.kind}, handler auth "
+              f"{env['DB_AUTH']})")
+        print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
+        print(f"DB secret    {env['DB_SECRET_ARN']}")
+        print(f"TLS CA       {env['DB_SSLROOTCERT']}")
+        try:
+            if args.env_file:
+                write_env_file(args.env_file, env)
+                print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
+            print("Ready. Press Ctrl+C to stop.", flush=True)
+            threading.Event().wait()
+        finally:
+            if args.env_file:
+                args.env_file.unlink(missing_ok=True)
+            print("Stopping ...", flush=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    run_demo(
+        DemoConfig(
+            invocations=args.invocations,
+            max_connections=args.max_connections,
+            pool_size=args.pool_size,
+            work_ms=args.work_ms,
+            chart=args.chart,
+            handler_log=args.handler_log,
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    try:
+        return _up(args) if args.command == "up" else _demo(args)
+    except ComponentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Shutdown):
+        print("Stopped.", file=sys.stderr)
+        return 0

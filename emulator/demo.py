@@ -1,0 +1,132 @@
+"""The connection-exhaustion demonstration: the same burst of invocations, directly and through a pooler."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from emulator.activity import BackendSampler, ConnectionSamples
+from emulator.burst import Burst, BurstResult
+from emulator.environments import function_environment
+from emulator.proxy import ProxyKind, ProxyPart
+from emulator.stack import EmbeddedStack, StackConfig
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    invocations: int = 100
+    max_connections: int = 20
+    pool_size: int = 5
+    work_ms: int = 250
+    chart: Path = Path("connection-exhaustion.png")
+    handler_log: Path = Path("connection-exhaustion-handler.log")
+
+
+@dataclass
+class Way:
+    """One way of reaching the database, and what the burst did through it."""
+
+    name: str
+    burst: BurstResult
+    samples: ConnectionSamples
+    pool_cap: int | None
+
+
+def _burst_through(
+    stack: EmbeddedStack, proxy: ProxyPart, name: str, config: DemoConfig, progress: Progress
+) -> Way:
+    init = progress.add_task(f"{name}: Init", total=config.invocations)
+    invoke = progress.add_task(f"{name}: Invoke", total=config.invocations, start=False)
+    with function_environment(stack.handler_environment(proxy)):
+        with Burst(config.invocations, on_init=lambda: progress.advance(init)) as environments:
+            progress.start_task(invoke)
+            with BackendSampler(stack.postgres, user=stack.config.db_user) as sampler:
+                burst = environments.invoke(
+                    {"sleep_ms": config.work_ms}, on_done=lambda _: progress.advance(invoke)
+                )
+    cap = None if proxy is stack.direct else stack.config.pool_size
+    return Way(name, burst, sampler.samples, cap)
+
+
+def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
+    console = console or Console()
+    # The handler logs every failed invocation; keep those lines in a file, the table sums them up.
+    handler_log = logging.FileHandler(config.handler_log, mode="w")
+    logging.getLogger().addHandler(handler_log)
+    stack_config = StackConfig(
+        proxy=ProxyKind.PGBOUNCER, max_connections=config.max_connections, pool_size=config.pool_size
+    )
+    try:
+        with console.status("Starting PostgreSQL, the AWS API emulator and PgBouncer..."):
+            stack = EmbeddedStack(stack_config).__enter__()
+        with stack:
+            console.print(
+                f"PostgreSQL {stack.postgres.binaries.version} with max_connections="
+                f"{config.max_connections}; PgBouncer pool size {config.pool_size}; "
+                f"{config.invocations} concurrent invocations, each {config.work_ms} ms of work."
+            )
+            progress = Progress(
+                TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console,
+            )
+            with progress:
+                ways = [
+                    _burst_through(stack, stack.direct, "direct to PostgreSQL", config, progress),
+                    _burst_through(stack, stack.proxy, "through PgBouncer", config, progress),
+                ]
+    finally:
+        logging.getLogger().removeHandler(handler_log)
+        handler_log.close()
+    console.print(results_table(ways))
+    for way in ways:
+        for error, count in way.burst.errors.most_common():
+            console.print(f"  {way.name}: {count} x SQLSTATE {error}")
+    write_chart(ways, config)
+    console.print(f"Chart: {config.chart.resolve()}")
+    return ways
+
+
+def results_table(ways: list[Way]) -> Table:
+    table = Table(title="The same burst, two ways")
+    table.add_column("way")
+    for column in ("invocations", "ok", "failed", "peak DB conns", "pool cap", "wall time"):
+        table.add_column(column, justify="right")
+    for way in ways:
+        table.add_row(
+            way.name,
+            str(way.burst.invocations),
+            str(way.burst.succeeded),
+            str(way.burst.failed),
+            str(way.samples.peak),
+            "-" if way.pool_cap is None else str(way.pool_cap),
+            f"{way.burst.wall_seconds:.1f} s",
+        )
+    return table
+
+
+def write_chart(ways: list[Way], config: DemoConfig) -> None:
+    import matplotlib  # noqa: PLC0415 - a heavy import only the chart needs
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, len(ways), figsize=(6 * len(ways), 4), sharey=True, squeeze=False)
+    for ax, way in zip(axes[0], ways, strict=True):
+        ax.step(way.samples.times, way.samples.counts, where="post", label="database connections (app role)")
+        ax.axhline(config.max_connections, color="red", linestyle="--", label="max_connections")
+        if way.pool_cap is not None:
+            ax.axhline(way.pool_cap, color="green", linestyle=":", label="pool cap")
+        ax.set_title(f"{way.name}: {way.burst.succeeded} ok, {way.burst.failed} failed")
+        ax.set_xlabel("seconds")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("backends in pg_stat_activity")
+    axes[0][0].legend(loc="upper right", fontsize="small")
+    fig.suptitle(f"{config.invocations} concurrent Lambda invocations")
+    fig.tight_layout()
+    fig.savefig(config.chart, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,104 @@
+"""Lambda execution environments, in-process.
+
+Each environment imports its own copy of the handler module (its Init phase), so module-scope
+state (the database connection) is per environment, exactly as in Lambda, and serves one
+invocation at a time. Shutting an environment down closes the connections it holds, as Lambda
+does when it recycles one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import itertools
+import os
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_ids = itertools.count(1)
+HANDLER_FILE = Path(__file__).resolve().parent.parent / "lambda" / "index.py"
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that handlers commonly read."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    timeout_seconds: float
+    aws_request_id: str
+    invoked_function_arn: str
+    _deadline: float
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class InProcessEnvironment:
+    """One execution environment: its own module instance of the handler, one invocation at a time."""
+
+    def __init__(
+        self,
+        handler_file: Path = HANDLER_FILE,
+        handler_name: str = "handler",
+        *,
+        function_name: str = "local-twin-handler",
+        memory_mb: int = 128,
+        timeout_seconds: float = 30,
+    ) -> None:
+        self.id = next(_ids)
+        self.function_name = function_name
+        self.memory_mb = memory_mb
+        self.timeout_seconds = timeout_seconds
+        spec = importlib.util.spec_from_file_location(f"lambda_environment_{self.id}", handler_file)
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"no handler module at {handler_file}")
+        self.module: types.ModuleType = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.module)  # the Init phase
+        self._handler: Callable[[Any, LambdaContext], Any] = getattr(self.module, handler_name)
+        self._busy = threading.Lock()
+
+    def invoke(self, event: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"environment {self.id} is already serving an invocation")
+        try:
+            context = LambdaContext(
+                function_name=self.function_name,
+                memory_limit_in_mb=self.memory_mb,
+                timeout_seconds=self.timeout_seconds,
+                aws_request_id=str(uuid.uuid4()),
+                invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}",
+                _deadline=time.monotonic() + self.timeout_seconds,
+            )
+            return self._handler(event, context)
+        finally:
+            self._busy.release()
+
+    def shutdown(self) -> None:
+        """Close every database connection the module holds, as the process exit would."""
+        for value in list(vars(self.module).values()):
+            close = getattr(value, "close", None)
+            if callable(close) and type(value).__module__.startswith(("psycopg", "pg8000", "asyncpg")):
+                close()
+
+
+@contextlib.contextmanager
+def function_environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set a function's environment variables for in-process environments, then restore os.environ.
+
+    In-process environments share the process environment, so one function's variables are in
+    force at a time: run bursts for different configurations one after the other.
+    """
+    saved = dict(os.environ)
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

