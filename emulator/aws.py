@@ -61,8 +61,9 @@ class AwsEmulator:
 
     def reset(self) -> None:
         """Forget every resource: moto keeps its state per Python process, not per server."""
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - our own loopback URL
+        # Our own http:// loopback URL, never a user-supplied scheme.
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
             answer.read()
 
     def stop(self) -> None:

@@ -29,7 +29,7 @@ class BurstResult:
 
 
 def describe_failure(response: Mapping[str, Any]) -> str:
-    """"SQLSTATE message" for a failed handler response."""
+    """ "SQLSTATE message" for a failed handler response."""
     error = response.get("error") or {}
     message = str(error.get("message", ""))
     # libpq prefixes startup errors with the server address; the text after FATAL is what users know.

@@ -38,10 +38,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Start the embedded stack on 127.0.0.1, print its endpoints and wait for Ctrl+C "
         "(SIGINT) or SIGTERM, then stop every process and remove every temporary file.",
     )
-    up.add_argument("--proxy", type=ProxyKind, choices=list(ProxyKind), default=ProxyKind.PGBOUNCER,
-                    help="what sits between clients and PostgreSQL (default: %(default)s)")
-    up.add_argument("--env-file", type=Path, metavar="FILE",
-                    help="once ready, write KEY=VALUE lines for other shells (removed again on exit)")
+    up.add_argument(
+        "--proxy",
+        type=ProxyKind,
+        choices=list(ProxyKind),
+        default=ProxyKind.PGBOUNCER,
+        help="what sits between clients and PostgreSQL (default: %(default)s)",
+    )
+    up.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="once ready, write KEY=VALUE lines for other shells (removed again on exit)",
+    )
     _stack_options(up)
 
     demo = commands.add_parser(
@@ -51,23 +60,45 @@ def _parser() -> argparse.ArgumentParser:
         "against PostgreSQL and through the pooler, print a table and write a PNG chart.",
     )
     defaults = DemoConfig()
-    demo.add_argument("--invocations", type=int, default=defaults.invocations,
-                      help="concurrent invocations, each in its own execution environment (default: %(default)s)")
-    demo.add_argument("--work-ms", type=int, default=defaults.work_ms,
-                      help="how long each invocation holds its transaction (default: %(default)s)")
-    demo.add_argument("--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)")
-    demo.add_argument("--handler-log", type=Path, default=defaults.handler_log,
-                      help="where the handler's log lines go (default: %(default)s)")
+    demo.add_argument(
+        "--invocations",
+        type=int,
+        default=defaults.invocations,
+        help="concurrent invocations, each in its own execution environment (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--work-ms",
+        type=int,
+        default=defaults.work_ms,
+        help="how long each invocation holds its transaction (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--handler-log",
+        type=Path,
+        default=defaults.handler_log,
+        help="where the handler's log lines go (default: %(default)s)",
+    )
     _stack_options(demo)
     return parser
 
 
 def _stack_options(parser: argparse.ArgumentParser) -> None:
     defaults = StackConfig()
-    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                        help="PostgreSQL max_connections, small so exhaustion shows (default: %(default)s)")
-    parser.add_argument("--pool-size", type=int, default=defaults.pool_size,
-                        help="database connections the pooler may open (default: %(default)s)")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="PostgreSQL max_connections, small so exhaustion shows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=defaults.pool_size,
+        help="database connections the pooler may open (default: %(default)s)",
+    )
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -75,10 +106,14 @@ def _up(args: argparse.Namespace) -> int:
     print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
     with EmbeddedStack(config) as stack:
         env = stack.environment()
-        print(f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
-              f"from {stack.postgres.binaries.source}, max_connections={config.max_connections})")
-        print(f"Proxy        {env['DB_PROXY_ENDPOINT']}:{env['DB_PORT']}  ({stack.proxy.kind}, handler auth "
-              f"{env['DB_AUTH']})")
+        print(
+            f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
+            f"from {stack.postgres.binaries.source}, max_connections={config.max_connections})"
+        )
+        print(
+            f"Proxy        {env['DB_PROXY_ENDPOINT']}:{env['DB_PORT']}  ({stack.proxy.kind}, handler auth "
+            f"{env['DB_AUTH']})"
+        )
         print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
         print(f"DB secret    {env['DB_SECRET_ARN']}")
         print(f"TLS CA       {env['DB_SSLROOTCERT']}")

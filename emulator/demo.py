@@ -42,13 +42,15 @@ def _burst_through(
 ) -> Way:
     init = progress.add_task(f"{name}: Init", total=config.invocations)
     invoke = progress.add_task(f"{name}: Invoke", total=config.invocations, start=False)
-    with function_environment(stack.handler_environment(proxy)):
-        with Burst(config.invocations, on_init=lambda: progress.advance(init)) as environments:
-            progress.start_task(invoke)
-            with BackendSampler(stack.postgres, user=stack.config.db_user) as sampler:
-                burst = environments.invoke(
-                    {"sleep_ms": config.work_ms}, on_done=lambda _: progress.advance(invoke)
-                )
+    with (
+        function_environment(stack.handler_environment(proxy)),
+        Burst(config.invocations, on_init=lambda: progress.advance(init)) as environments,
+    ):
+        progress.start_task(invoke)
+        with BackendSampler(stack.postgres, user=stack.config.db_user) as sampler:
+            burst = environments.invoke(
+                {"sleep_ms": config.work_ms}, on_done=lambda _: progress.advance(invoke)
+            )
     cap = None if proxy is stack.direct else stack.config.pool_size
     return Way(name, burst, sampler.samples, cap)
 
@@ -71,7 +73,10 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
                 f"{config.invocations} concurrent invocations, each {config.work_ms} ms of work."
             )
             progress = Progress(
-                TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description:<30}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 console=console,
             )
             with progress:

@@ -83,8 +83,11 @@ class InProcessEnvironment:
     def shutdown(self) -> None:
         """Close every database connection the module holds, as the process exit would."""
         for value in list(vars(self.module).values()):
+            # Duck-typed DB-API connections: whatever has both cursor() and close().
+            if isinstance(value, type) or not callable(getattr(value, "cursor", None)):
+                continue
             close = getattr(value, "close", None)
-            if callable(close) and type(value).__module__.startswith(("psycopg", "pg8000", "asyncpg")):
+            if callable(close):
                 close()
 
 

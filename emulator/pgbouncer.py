@@ -78,7 +78,8 @@ class PgBouncer:
         userlist.write_text(f'"{t.user}" ""\n')
         lines = [
             "[databases]",
-            f"{t.database} = host={t.host} port={t.port} dbname={t.database} user={t.user} password={t.password}",
+            f"{t.database} = host={t.host} port={t.port} dbname={t.database}"
+            f" user={t.user} password={t.password}",
             "",
             "[pgbouncer]",
             f"listen_addr = {self.host}",
@@ -124,7 +125,10 @@ class PgBouncer:
         )
         self._process.start()
         wait_until(
-            self._ready, part=PART, timeout=timeout, alive=self._process.exit_reason,
+            self._ready,
+            part=PART,
+            timeout=timeout,
+            alive=self._process.exit_reason,
             hint=f"its log is {self._process.log_path}",
         )
 

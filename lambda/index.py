@@ -20,6 +20,7 @@ Event (all optional):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,7 +38,9 @@ logger.setLevel(logging.INFO)
 MAX_SLEEP_MS = 10_000
 # SQLSTATE classes and messages that mean "this connection is gone" or "your credentials were
 # refused": both are cured by one reconnect with a fresh token. Anything else is reported.
-_AUTH_REFUSED = re.compile(r"password authentication failed|IAM authentication failed|is wrong", re.IGNORECASE)
+_AUTH_REFUSED = re.compile(
+    r"password authentication failed|IAM authentication failed|is wrong", re.IGNORECASE
+)
 _SECRETS = re.compile(r"(X-Amz-[A-Za-z-]+=)[^&\s\"']+|(password=)\S+", re.IGNORECASE)
 
 # Execution-environment state: created once per environment (cold start), reused while warm.
@@ -45,7 +48,9 @@ _SECRETS = re.compile(r"(X-Amz-[A-Za-z-]+=)[^&\s\"']+|(password=)\S+", re.IGNORE
 _session = boto3.session.Session()
 _region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 _rds = _session.client("rds", region_name=_region)
-_secrets = _session.client("secretsmanager", region_name=_region) if os.environ.get("DB_AUTH") == "secret" else None
+_secrets = (
+    _session.client("secretsmanager", region_name=_region) if os.environ.get("DB_AUTH") == "secret" else None
+)
 _connection: psycopg2.extensions.connection | None = None
 _environment = {"invocations": 0, "connections_opened": 0, "cold_start": time.time()}
 
@@ -100,10 +105,8 @@ def _connect() -> psycopg2.extensions.connection:
 def _discard_connection() -> None:
     global _connection  # noqa: PLW0603 - the environment's one connection lives at module scope
     if _connection is not None:
-        try:
+        with contextlib.suppress(psycopg2.Error):
             _connection.close()
-        except psycopg2.Error:
-            pass
     _connection = None
 
 
@@ -158,8 +161,11 @@ def redact(text: str) -> str:
 def _failure(error: Exception) -> dict[str, Any]:
     message = redact(str(error).strip())
     sqlstate = _sqlstate(error) if isinstance(error, psycopg2.Error) else None
-    logger.error(json.dumps({"event": "db_error", "type": type(error).__name__, "sqlstate": sqlstate,
-                             "message": message}))
+    logger.error(
+        json.dumps(
+            {"event": "db_error", "type": type(error).__name__, "sqlstate": sqlstate, "message": message}
+        )
+    )
     return {
         "ok": False,
         "error": {"type": type(error).__name__, "sqlstate": sqlstate, "message": message},
@@ -186,7 +192,7 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
             if _connection is not None and _connection.closed != 0:
                 _discard_connection()
             return _failure(error)
-        except Exception as error:  # noqa: BLE001 - the caller gets a structured answer, not a stack trace
+        except Exception as error:
             return _failure(error)
         return {
             "ok": True,

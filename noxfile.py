@@ -1,0 +1,29 @@
+"""Sessions: `nox -s local` (everything offline, the default) and `nox -s lint`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["local"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session(python="3.11")
+def local(session: nox.Session) -> None:
+    """The whole offline stage: unit tests, then the stack tests on real local processes.
+
+    Docker-only tests skip with their reason when no engine answers; pytest's exit code 5 (no test
+    ran) fails the session like any other non-zero code.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not aws", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy --strict on the kit's package."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")

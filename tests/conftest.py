@@ -1,0 +1,61 @@
+"""Shared fixtures: real stacks (embedded processes, or Docker Compose where an engine answers)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator.compose import ComposeStack, docker_engine_problem
+from emulator.pgbouncer import find_pgbouncer
+from emulator.proxy import ProxyKind
+from emulator.stack import EmbeddedStack, StackConfig, StackEnvironment
+
+REPO = Path(__file__).resolve().parent.parent
+HANDLER_FILE = REPO / "lambda" / "index.py"
+
+# Small numbers keep the exhaustion quick and certain: 20 slots, 3 reserved for superusers.
+TEST_STACK = StackConfig(proxy=ProxyKind.PGBOUNCER, max_connections=20, pool_size=5)
+
+
+def _docker_reason() -> str | None:
+    return docker_engine_problem()
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        "embedded",
+        pytest.param("docker", marks=pytest.mark.docker),
+    ],
+)
+def pooled_stack(request: pytest.FixtureRequest) -> Iterator[StackEnvironment]:
+    """PostgreSQL + moto + PgBouncer: as local processes, and from compose.yaml when Docker answers."""
+    if request.param == "docker":
+        reason = _docker_reason()
+        if reason is not None:
+            pytest.skip(f"Docker Compose stack: {reason}")
+        with ComposeStack(TEST_STACK) as compose:
+            yield compose
+        return
+    if find_pgbouncer() is None:
+        pytest.skip("no pgbouncer binary (apt-get install pgbouncer); .ci/run installs it")
+    with EmbeddedStack(TEST_STACK) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def embedded_stack() -> Iterator[EmbeddedStack]:
+    """The embedded stack with no proxy, for tests about the stack's own processes and files."""
+    with EmbeddedStack(StackConfig(proxy=ProxyKind.DIRECT, max_connections=20)) as stack:
+        yield stack
+
+
+@pytest.fixture
+def restore_environ() -> Iterator[None]:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

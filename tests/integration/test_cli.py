@@ -1,0 +1,199 @@
+"""`python -m emulator up --env-file FILE`: another shell reaches the stack; Ctrl+C removes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator.envfile import parse_env
+from emulator.pgbouncer import find_pgbouncer
+from emulator.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED_KEYS = {
+    "PGHOST",
+    "PGPORT",
+    "DB_PROXY_ENDPOINT",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USER",
+    "DB_SECRET_ARN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+}
+HANDLER_FROM_ANOTHER_SHELL = (
+    "import importlib.util, json, sys\n"
+    "spec = importlib.util.spec_from_file_location('index', sys.argv[1])\n"
+    "index = importlib.util.module_from_spec(spec); spec.loader.exec_module(index)\n"
+    "print(json.dumps(index.handler({}, None)))\n"
+)
+
+
+class RunningUp:
+    def __init__(self, process: subprocess.Popen[bytes], env_file: Path, log: Path) -> None:
+        self.process = process
+        self.env_file = env_file
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def died(self) -> str | None:
+        return None if self.process.poll() is None else f"exit {self.process.returncode}: {self.output()}"
+
+    def env(self) -> dict[str, str]:
+        return parse_env(self.env_file.read_text())
+
+    def workdir(self) -> Path:
+        return Path(self.env()["DB_SSLROOTCERT"]).parent
+
+    def shell_env(self) -> dict[str, str]:
+        """What `set -a; . FILE` gives a fresh shell."""
+        return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **self.env()}
+
+
+def _start_up(tmp_path: Path, proxy: str) -> RunningUp:
+    env_file = tmp_path / "stack.env"
+    log = tmp_path / "up.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "emulator", "up", "--proxy", proxy, "--env-file", str(env_file)],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    running = RunningUp(process, env_file, log)
+    wait_until(env_file.exists, part="python -m emulator up", timeout=120, alive=running.died)
+    return running
+
+
+@pytest.fixture
+def up_pgbouncer(tmp_path: Path) -> Iterator[RunningUp]:
+    if find_pgbouncer() is None:
+        pytest.skip("no pgbouncer binary (apt-get install pgbouncer); .ci/run installs it")
+    running = _start_up(tmp_path, "pgbouncer")
+    yield running
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait(30)
+
+
+def _stop_and_check_nothing_is_left(running: RunningUp, signum: signal.Signals) -> str:
+    workdir = running.workdir()
+    running.process.send_signal(signum)
+    running.process.wait(timeout=60)
+    output = running.output()
+    assert running.process.returncode == 0, output
+    assert not running.env_file.exists(), "the env file describes a stack that is gone"
+    assert not workdir.exists()
+    leftovers = [
+        entry.name
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and str(workdir).encode() in _cmdline(entry)
+    ]
+    assert leftovers == []
+    return output
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_env_file_has_every_key_another_shell_needs(up_pgbouncer: RunningUp) -> None:
+    assert set(up_pgbouncer.env()) >= REQUIRED_KEYS
+    assert up_pgbouncer.env()["LOCAL_TWIN_PROXY"] == "pgbouncer"
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="no psql client (apt-get install postgresql-client)")
+def test_psql_reaches_postgresql_from_another_shell(up_pgbouncer: RunningUp) -> None:
+    done = subprocess.run(
+        [
+            "psql",
+            "-XAtc",
+            "SELECT current_user, current_setting('max_connections'), ssl FROM pg_stat_ssl "
+            "WHERE pid = pg_backend_pid()",
+        ],
+        env=up_pgbouncer.shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.strip() == "app_user|20|t"
+
+
+def test_the_handler_reaches_the_proxy_from_another_shell(up_pgbouncer: RunningUp) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HANDLER_FROM_ANOTHER_SHELL, str(REPO / "lambda" / "index.py")],
+        env=up_pgbouncer.shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    response = json.loads(done.stdout.strip().splitlines()[-1])
+    assert response["ok"], response
+    assert response["result"]["user"] == "app_user"
+
+
+def test_ctrl_c_stops_every_process_and_removes_every_file(up_pgbouncer: RunningUp) -> None:
+    output = _stop_and_check_nothing_is_left(up_pgbouncer, signal.SIGINT)
+    assert "Ready." in output
+
+
+def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:
+    running = _start_up(tmp_path, "direct")
+    try:
+        _stop_and_check_nothing_is_left(running, signal.SIGTERM)
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+
+
+def test_help_documents_every_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    for command in ("up", "demo"):
+        assert command in done.stdout
+    up_help = subprocess.run(
+        [sys.executable, "-m", "emulator", "up", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    for option in ("--proxy", "--env-file", "--max-connections", "--pool-size"):
+        assert option in up_help
+
+
+def test_a_part_that_fails_to_start_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    # PostgreSQL refuses max_connections=0: the error must name it and point at its log.
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "up", "--proxy", "direct", "--max-connections", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: PostgreSQL: exited before it was ready"), done.stderr
+    assert "how to fix: its log is" in done.stderr
+    workdir = Path(done.stderr.split("how to fix: its log is ")[1].split()[0]).parent
+    assert not workdir.exists()
