@@ -53,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     _stack_options(up)
 
+    proxy = commands.add_parser(
+        "proxy",
+        help="run the RDS Proxy emulator alone, in the foreground",
+        description="Run the RDS Proxy emulator with settings from a JSON or TOML file (Terraform names: "
+        "connection_borrow_timeout, max_connections_percent, max_idle_connections_percent, init_query, "
+        "idle_client_timeout, require_tls, iam_auth, client_password_auth_type, debug_logging, ...) and "
+        "NAME=VALUE overrides. It reads the database credentials from the Secrets Manager secret "
+        "secret_arn through aws_endpoint_url, with the AWS credentials of its environment.",
+    )
+    proxy.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
+    proxy.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                       help="override one setting, e.g. --set max_connections_percent=20 (repeatable)")
+    proxy.add_argument("--ready-file", type=Path, metavar="FILE",
+                       help="write {port, stats_port} as JSON here once listening")
+    proxy.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
+
     demo = commands.add_parser(
         "demo",
         help="the connection-exhaustion demonstration: one burst directly and through the pooler",
@@ -144,11 +160,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - only the proxy command runs an event loop
+
+    from emulator.rdsproxy.config import ProxyConfig  # noqa: PLC0415
+    from emulator.rdsproxy.server import serve  # noqa: PLC0415
+
+    try:
+        config = ProxyConfig.from_file(args.config) if args.config else ProxyConfig()
+        config = config.with_overrides(args.overrides)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    asyncio.run(serve(config, str(args.ready_file) if args.ready_file else None))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_shutdown)
+    commands = {"up": _up, "demo": _demo, "proxy": _proxy}
     try:
-        return _up(args) if args.command == "up" else _demo(args)
+        return commands[args.command](args)
     except ComponentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

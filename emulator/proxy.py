@@ -1,4 +1,4 @@
-"""The pluggable proxy in front of PostgreSQL: none, PgBouncer, or (later) the RDS Proxy emulator."""
+"""The pluggable proxy in front of PostgreSQL: the RDS Proxy emulator, PgBouncer, or none."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Protocol
 
 
 class ProxyKind(enum.StrEnum):
-    DIRECT = "direct"
+    EMULATOR = "emulator"
     PGBOUNCER = "pgbouncer"
+    DIRECT = "direct"
 
 
 class ProxyPart(Protocol):

@@ -6,11 +6,11 @@ import contextlib
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from emulator.aws import AwsEmulator
 from emulator.net import LOOPBACK
@@ -18,18 +18,29 @@ from emulator.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.process import ServiceUser, hand_over, service_user
 from emulator.proxy import DirectProxy, ProxyKind, ProxyPart
+from emulator.rdsproxy.part import RdsProxyEmulator, emulator_config
 from emulator.tls import LocalCA
 
 # The names clients may use for the stack's TLS endpoints (verify-full checks them).
 TLS_HOSTNAMES = ["localhost", LOOPBACK]
 
 
+# The kit's Terraform declares these for the proxy (terraform/rds-proxy.tf); the local stack mirrors them.
+DEFAULT_PROXY_SETTINGS: dict[str, Any] = {"require_tls": True, "iam_auth": "REQUIRED"}
+
+
 @dataclass(frozen=True)
 class StackConfig:
-    proxy: ProxyKind = ProxyKind.PGBOUNCER
+    proxy: ProxyKind = ProxyKind.EMULATOR
+    # More proxies side by side with the main one (the demo runs PgBouncer next to the emulator).
+    extra_proxies: tuple[ProxyKind, ...] = ()
     max_connections: int = 20
     superuser_reserved_connections: int = 3
+    # Database connections a pooler may open. For the emulator this becomes max_connections_percent
+    # (unless proxy_settings sets it), so both poolers get the same cap.
     pool_size: int = 5
+    # RDS Proxy settings by their Terraform names (see emulator/rdsproxy/config.py).
+    proxy_settings: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_PROXY_SETTINGS))
     database: str = "app"
     db_user: str = "app_user"
     region: str = "us-east-1"
@@ -103,6 +114,7 @@ class EmbeddedStack(StackEnvironment):
     postgres: PostgresServer = field(init=False)
     aws: AwsEmulator = field(init=False)
     proxy: ProxyPart = field(init=False)
+    proxies: dict[ProxyKind, ProxyPart] = field(init=False, default_factory=dict)
     direct: DirectProxy = field(init=False)
     db_password: str = field(init=False, default_factory=lambda: secrets.token_urlsafe(18))
     secret_arn: str = field(init=False, default="")
@@ -150,13 +162,18 @@ class EmbeddedStack(StackEnvironment):
         )
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
-        self.proxy = self._make_proxy(cfg.proxy)
-        self._cleanups.append(self.proxy.stop)
-        self.proxy.start()
+        for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
+            part = self._make_proxy(kind)
+            self._cleanups.append(part.stop)
+            part.start()
+            self.proxies[kind] = part
+        self.proxy = self.proxies[cfg.proxy]
 
     def _make_proxy(self, kind: ProxyKind) -> ProxyPart:
         if kind is ProxyKind.DIRECT:
             return self.direct
+        if kind is ProxyKind.EMULATOR:
+            return self._make_emulator()
         target = PgBouncerTarget(
             self.postgres.host,
             self.postgres.port,
@@ -171,6 +188,25 @@ class EmbeddedStack(StackEnvironment):
             user=self.user,
             certificate=self.ca.issue_server("pgbouncer", TLS_HOSTNAMES),
         )
+
+    def _make_emulator(self) -> RdsProxyEmulator:
+        cfg = self.config
+        settings = dict(cfg.proxy_settings)
+        # The same cap as PgBouncer's pool: floor(max_connections x percent / 100) == pool_size.
+        settings.setdefault("max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections)))
+        settings.setdefault("max_idle_connections_percent", settings["max_connections_percent"] // 2)
+        certificate = self.ca.issue_server("rdsproxy", TLS_HOSTNAMES)
+        config = emulator_config(
+            target_host=self.postgres.host,
+            target_port=self.postgres.port,
+            secret_arn=self.secret_arn,
+            aws_endpoint_url=self.aws.endpoint_url,
+            region=cfg.region,
+            tls_cert_file=str(certificate.cert_path),
+            tls_key_file=str(certificate.key_path),
+            settings=settings,
+        )
+        return RdsProxyEmulator(self.workdir, config, environment=self.aws.environment())
 
     def stop(self) -> None:
         """Stop everything that was started, newest first; never raises half-way."""

@@ -1,0 +1,203 @@
+"""One database connection of the pool: opened, authenticated with the secret, and kept in step."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from scramp import ScramClient
+
+from emulator.rdsproxy import messages as m
+from emulator.rdsproxy.auth import md5_password
+
+_ids = itertools.count(1)
+# The session parameters RDS Proxy lets clients choose at startup; kept in step on every borrow.
+CLIENT_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits")
+
+
+class PoolKey(NamedTuple):
+    database: str
+    user: str
+
+
+class DatabaseError(Exception):
+    """The database refused (ErrorResponse during startup or init_query): not worth retrying."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        super().__init__(fields.get("M", "database error"))
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "XX000")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (down, restarting, refusing connections): worth retrying."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+
+class ServerConnection:
+    """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
+
+    def __init__(self, key: PoolKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool) -> None:
+        self.id = next(_ids)
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+        self.tls = tls
+        self.frames = m.FrameReader()
+        self.params: dict[str, str] = {}
+        self.process_id = 0
+        self.txn_status = b"I"
+        # Backend names of the prepared statements this connection holds.
+        self.statements: set[str] = set()
+        # extra_float_digits is not reported by the server; remember what we set.
+        self.extra_float_digits = "1"
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.broken = False
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        key: PoolKey,
+        credentials: Credentials,
+        *,
+        application_name: str,
+        init_query: str,
+        timeout: float,
+    ) -> ServerConnection:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, TimeoutError) as exc:
+            raise DatabaseUnavailable(f"cannot connect to {host}:{port}: {exc}") from exc
+        tls = False
+        try:
+            # The proxy speaks TLS to the database when the database offers it.
+            writer.write(m.ssl_request())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(1), timeout)
+            if answer == b"S":
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                await asyncio.wait_for(writer.start_tls(context, server_hostname=host), timeout)
+                tls = True
+            conn = cls(key, reader, writer, tls)
+            await asyncio.wait_for(conn._startup(credentials, application_name), timeout)
+            if init_query.strip():
+                await asyncio.wait_for(conn.run_quietly(init_query), timeout)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            writer.close()
+            raise DatabaseUnavailable(f"database connection failed during startup: {exc!r}") from exc
+        except BaseException:
+            writer.close()
+            raise
+        return conn
+
+    async def _startup(self, credentials: Credentials, application_name: str) -> None:
+        self.writer.write(
+            m.startup_message(
+                {"user": credentials.user, "database": self.key.database, "application_name": application_name}
+            )
+        )
+        scram: ScramClient | None = None
+        while True:
+            frame = await self.read_frame()
+            if frame.type == b"R":
+                code = m.auth_code(frame.body)
+                if code == m.AUTH_OK:
+                    continue
+                if code == m.AUTH_CLEARTEXT:
+                    self.writer.write(m.password_message(credentials.password))
+                elif code == m.AUTH_MD5:
+                    salt = frame.body[4:8]
+                    self.writer.write(m.password_message(md5_password(credentials.user, credentials.password, salt)))
+                elif code == m.AUTH_SASL:
+                    scram = ScramClient(["SCRAM-SHA-256"], credentials.user, credentials.password)
+                    first = scram.get_client_first().encode()
+                    self.writer.write(m.sasl_initial_response("SCRAM-SHA-256", first))
+                elif code == m.AUTH_SASL_CONTINUE and scram is not None:
+                    scram.set_server_first(frame.body[4:].decode())
+                    self.writer.write(m.sasl_response(scram.get_client_final().encode()))
+                elif code == m.AUTH_SASL_FINAL and scram is not None:
+                    scram.set_server_final(frame.body[4:].decode())
+                else:
+                    raise DatabaseError({"C": "28000", "M": f"unsupported authentication request {code}"})
+            elif frame.type == b"S":
+                name, offset = m.read_cstring(frame.body)
+                self.params[name] = m.read_cstring(frame.body, offset)[0]
+            elif frame.type == b"K":
+                self.process_id = int.from_bytes(frame.body[:4], "big")
+            elif frame.type == b"E":
+                raise DatabaseError(m.parse_message_fields(frame.body))
+            elif frame.type == b"Z":
+                self.txn_status = frame.body[:1]
+                return
+
+    async def read_frame(self) -> m.Frame:
+        while True:
+            for frame in self.frames.frames():
+                return frame
+            data = await self.reader.read(65536)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            self.frames.feed(data)
+
+    async def run_quietly(self, sql: str) -> None:
+        """Run SQL of the proxy's own (init_query, parameter alignment); raise on error."""
+        self.writer.write(m.simple_query(sql))
+        error: dict[str, str] | None = None
+        while True:
+            frame = await self.read_frame()
+            if frame.type == b"E":
+                error = m.parse_message_fields(frame.body)
+            elif frame.type == b"S":
+                name, offset = m.read_cstring(frame.body)
+                self.params[name] = m.read_cstring(frame.body, offset)[0]
+            elif frame.type == b"Z":
+                self.txn_status = frame.body[:1]
+                break
+        if error is not None:
+            raise DatabaseError(error)
+
+    async def fetch_value(self, sql: str) -> str:
+        """The first column of the first row of a query of the proxy's own."""
+        self.writer.write(m.simple_query(sql))
+        value: str | None = None
+        error: dict[str, str] | None = None
+        while True:
+            frame = await self.read_frame()
+            if frame.type == b"D" and value is None:
+                body = frame.body
+                length = int.from_bytes(body[2:6], "big", signed=True)
+                value = body[6 : 6 + length].decode() if length >= 0 else ""
+            elif frame.type == b"E":
+                error = m.parse_message_fields(frame.body)
+            elif frame.type == b"Z":
+                self.txn_status = frame.body[:1]
+                break
+        if error is not None or value is None:
+            raise DatabaseError(error or {"M": f"no value from {sql!r}"})
+        return value
+
+    def close(self) -> None:
+        self.broken = True
+        if not self.writer.is_closing():
+            try:
+                self.writer.write(m.TERMINATE)
+            except (OSError, RuntimeError):
+                pass
+            self.writer.close()

@@ -1,0 +1,136 @@
+"""The emulator's configuration: one typed object with the Terraform argument names.
+
+Where the reference says RDS Proxy's behaviour is unknown, the setting is an option here and its
+default says which way we lean (see README, "RDS Proxy emulator options").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+IamAuth = Literal["REQUIRED", "DISABLED"]
+PasswordAuth = Literal["POSTGRES_SCRAM_SHA_256", "POSTGRES_MD5"]
+
+
+@dataclass
+class ProxyConfig:
+    # -- aws_db_proxy -------------------------------------------------------------------------
+    name: str = "local-twin-proxy"
+    require_tls: bool = False
+    iam_auth: IamAuth = "DISABLED"
+    client_password_auth_type: PasswordAuth = "POSTGRES_SCRAM_SHA_256"
+    idle_client_timeout: int = 1800
+    debug_logging: bool = False
+    # The Secrets Manager secret with the database credentials ({"username", "password"}).
+    secret_arn: str = ""
+    # -- aws_db_proxy_default_target_group.connection_pool_config -----------------------------
+    connection_borrow_timeout: int = 120
+    max_connections_percent: int = 100
+    max_idle_connections_percent: int = 50
+    init_query: str = ""
+    # Accepted and, as in AWS, without effect for PostgreSQL.
+    session_pinning_filters: list[str] = field(default_factory=list)
+    # -- where things are ----------------------------------------------------------------------
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 5432
+    # Names clients may put in an IAM token's host (the proxy endpoint's DNS name, locally these).
+    endpoint_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    target_host: str = "127.0.0.1"
+    target_port: int = 5432
+    aws_endpoint_url: str = ""
+    region: str = "us-east-1"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # HTTP endpoint with the live counters (/stats); 0 picks a free port, -1 turns it off.
+    stats_port: int = 0
+    # -- behaviour the reference leaves open -------------------------------------------------------
+    # Connections RDS Proxy keeps for monitoring, not counted in MaxDatabaseConnectionsAllowed.
+    reserved_connections: int = 0
+    # A borrow timeout ends the client connection (FATAL, as re:Post describes) or only the query.
+    borrow_timeout_severity: Literal["FATAL", "ERROR"] = "FATAL"
+    # Idle pooled connections beyond max_idle_connections_percent are closed after this long.
+    idle_connection_seconds: int = 300
+    # Largest message a client may send (PostgreSQL's own limit by default).
+    max_message_bytes: int = 0x3FFFFFFF
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        problems = []
+        if not 1 <= self.max_connections_percent <= 100:
+            problems.append("max_connections_percent must be between 1 and 100")
+        if not 0 <= self.max_idle_connections_percent <= self.max_connections_percent:
+            problems.append("max_idle_connections_percent must be between 0 and max_connections_percent")
+        if not 0 <= self.connection_borrow_timeout <= 3600:
+            problems.append("connection_borrow_timeout must be between 0 and 3600 seconds")
+        if self.iam_auth not in typing.get_args(IamAuth):
+            problems.append(f"iam_auth must be REQUIRED or DISABLED, not {self.iam_auth!r}")
+        if self.client_password_auth_type not in typing.get_args(PasswordAuth):
+            problems.append(f"client_password_auth_type {self.client_password_auth_type!r} is not for PostgreSQL")
+        for value in self.session_pinning_filters:
+            if value != "EXCLUDE_VARIABLE_SETS":
+                problems.append(f"session_pinning_filters: only EXCLUDE_VARIABLE_SETS exists, not {value!r}")
+        if self.idle_client_timeout < 1:
+            problems.append("idle_client_timeout must be at least 1 second")
+        if problems:
+            raise ValueError("invalid proxy configuration: " + "; ".join(problems))
+
+    @property
+    def tls_available(self) -> bool:
+        return bool(self.tls_cert_file and self.tls_key_file)
+
+    def pool_cap(self, target_max_connections: int) -> int:
+        """MaxDatabaseConnectionsAllowed: floor(max_connections x percent / 100) - reserved."""
+        return max(0, target_max_connections * self.max_connections_percent // 100 - self.reserved_connections)
+
+    def idle_keep(self, target_max_connections: int) -> int:
+        return target_max_connections * self.max_idle_connections_percent // 100
+
+    # -- files and overrides ---------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: Path) -> ProxyConfig:
+        text = path.read_text()
+        data: dict[str, Any] = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        return cls.from_mapping(data)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> ProxyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown proxy settings: {', '.join(unknown)}")
+        return cls(**data)
+
+    def with_overrides(self, assignments: list[str]) -> ProxyConfig:
+        """Apply NAME=VALUE strings (from the command line), converted to each field's type."""
+        values = dataclasses.asdict(self)
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        for assignment in assignments:
+            name, sep, raw = assignment.partition("=")
+            if not sep or name not in types:
+                raise ValueError(f"not a proxy setting: {assignment!r}")
+            values[name] = _convert(str(types[name]), raw)
+        return ProxyConfig.from_mapping(values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def _convert(type_name: str, raw: str) -> Any:
+    if type_name == "bool":
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, not {raw!r}")
+        return raw.lower() in ("true", "1")
+    if type_name == "int":
+        return int(raw)
+    if type_name.startswith("list"):
+        return [item for item in raw.split(",") if item]
+    return raw

@@ -1,0 +1,310 @@
+"""PostgreSQL protocol 3.0 framing, sans-I/O: bytes in, frames out, and builders for what we send.
+
+Only what a proxy must understand is decoded; every other message travels as an opaque frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+PROTOCOL_3_0 = 196608
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+# PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
+MAX_STARTUP_PACKET = 10000
+# PostgreSQL's limit for any message (PQ_LARGE_MESSAGE_LIMIT is 1 GB - 1).
+DEFAULT_MAX_MESSAGE = 0x3FFFFFFF
+
+_HEADER = struct.Struct("!cI")
+_INT32 = struct.Struct("!I")
+_INT16 = struct.Struct("!H")
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not a well-formed message; its connection must end."""
+
+
+class Frame:
+    """One message as it came off the wire; forwarding it needs no re-encoding."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    @property
+    def kind(self) -> int:
+        return self.raw[0]
+
+    @property
+    def type(self) -> bytes:
+        return self.raw[:1]
+
+    @property
+    def body(self) -> bytes:
+        return self.raw[5:]
+
+
+class FrameReader:
+    """Typed messages from a byte stream split or coalesced arbitrarily by TCP."""
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._buffer = bytearray()
+        self._max = max_message
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def frames(self) -> Iterator[Frame]:
+        buf = self._buffer
+        offset = 0
+        try:
+            while len(buf) - offset >= 5:
+                _, length = _HEADER.unpack_from(buf, offset)
+                if length < 4:
+                    raise ProtocolViolation(f"invalid message length {length}")
+                if length > self._max:
+                    raise ProtocolViolation(f"message of {length} bytes exceeds the {self._max} byte limit")
+                end = offset + 1 + length
+                if len(buf) < end:
+                    break
+                raw = bytes(buf[offset:end])
+                # Advance before yielding: a consumer that stops after this frame must not see it again.
+                offset = end
+                yield Frame(raw)
+        finally:
+            del buf[:offset]
+
+    def pending_bytes(self) -> int:
+        return len(self._buffer)
+
+    def take_raw(self) -> bytes:
+        """Whatever is buffered, undecoded (used when a stream switches to TLS)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+@dataclass(frozen=True)
+class StartupPacket:
+    code: int
+    params: dict[str, str] = field(default_factory=dict)
+    # CancelRequest's process id and secret key
+    cancel_key: tuple[int, int] | None = None
+
+
+class StartupReader:
+    """The untyped first packet(s): SSLRequest, GSSENCRequest, CancelRequest or StartupMessage."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def packet(self) -> StartupPacket | None:
+        buf = self._buffer
+        if len(buf) < 8:
+            return None
+        (length,) = _INT32.unpack_from(buf, 0)
+        if length < 8 or length > MAX_STARTUP_PACKET:
+            raise ProtocolViolation(f"invalid startup packet length {length}")
+        if len(buf) < length:
+            return None
+        body = bytes(buf[4:length])
+        del buf[:length]
+        (code,) = _INT32.unpack_from(body, 0)
+        if code == CANCEL_REQUEST:
+            if len(body) != 12:
+                raise ProtocolViolation("invalid cancel request length")
+            pid, key = struct.unpack_from("!II", body, 4)
+            return StartupPacket(code, cancel_key=(pid, key))
+        if code in (SSL_REQUEST, GSSENC_REQUEST):
+            return StartupPacket(code)
+        return StartupPacket(code, _parse_startup_params(body[4:]) if code >> 16 == 3 else {})
+
+    def take_raw(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+def _parse_startup_params(data: bytes) -> dict[str, str]:
+    parts = data.split(b"\0")
+    # name\0value\0 ... \0 : an even number of strings, then the terminating empty one.
+    if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"" or len(parts) % 2 != 0:
+        raise ProtocolViolation("malformed startup packet")
+    strings = parts[:-2]
+    try:
+        decoded = [s.decode() for s in strings]
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("startup packet is not valid UTF-8") from exc
+    return dict(zip(decoded[0::2], decoded[1::2], strict=True))
+
+
+# -- reading message bodies ------------------------------------------------------------------
+
+
+def read_cstring(body: bytes, offset: int = 0) -> tuple[str, int]:
+    end = body.find(b"\0", offset)
+    if end < 0:
+        raise ProtocolViolation("unterminated string")
+    return body[offset:end].decode("utf-8", errors="replace"), end + 1
+
+
+def parse_message_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse / NoticeResponse fields by code letter (S, C, M, ...)."""
+    fields: dict[str, str] = {}
+    offset = 0
+    while offset < len(body) and body[offset] != 0:
+        code = chr(body[offset])
+        value, offset = read_cstring(body, offset + 1)
+        fields[code] = value
+    return fields
+
+
+def parse_parse(body: bytes) -> tuple[str, str, bytes]:
+    """Parse: (statement name, query text, raw parameter type section)."""
+    name, offset = read_cstring(body)
+    query, offset = read_cstring(body, offset)
+    return name, query, body[offset:]
+
+
+def bind_statement(body: bytes) -> tuple[str, str, int]:
+    """Bind: (portal, statement name, offset where the rest begins)."""
+    portal, offset = read_cstring(body)
+    statement, offset = read_cstring(body, offset)
+    return portal, statement, offset
+
+
+def parse_target(body: bytes) -> tuple[str, str]:
+    """Describe / Close: (kind 'S' or 'P', name)."""
+    if not body:
+        raise ProtocolViolation("empty Describe/Close")
+    name, _ = read_cstring(body, 1)
+    return chr(body[0]), name
+
+
+def query_text(body: bytes) -> str:
+    return read_cstring(body)[0]
+
+
+# -- building messages -------------------------------------------------------------------------
+
+
+def _cstr(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def frame(kind: bytes, body: bytes = b"") -> bytes:
+    return _HEADER.pack(kind, len(body) + 4) + body
+
+
+def error_response(severity: str, code: str, message: str, **extra: str) -> bytes:
+    """ErrorResponse; extra fields by code letter, e.g. D="detail"."""
+    body = b"S" + _cstr(severity) + b"V" + _cstr(severity) + b"C" + _cstr(code) + b"M" + _cstr(message)
+    for letter, value in extra.items():
+        body += letter.encode() + _cstr(value)
+    return frame(b"E", body + b"\0")
+
+
+def notice_response(code: str, message: str) -> bytes:
+    body = b"S" + _cstr("NOTICE") + b"V" + _cstr("NOTICE") + b"C" + _cstr(code) + b"M" + _cstr(message)
+    return frame(b"N", body + b"\0")
+
+
+def error_with_severity(body: bytes, severity: str) -> bytes:
+    """An ErrorResponse with its severity replaced (a backend's FATAL becomes the client's ERROR)."""
+    fields = parse_message_fields(body)
+    fields["S"] = severity
+    fields["V"] = severity
+    out = b"".join(code.encode() + _cstr(value) for code, value in fields.items())
+    return frame(b"E", out + b"\0")
+
+
+def authentication(code: int, payload: bytes = b"") -> bytes:
+    return frame(b"R", _INT32.pack(code) + payload)
+
+
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+def auth_sasl(mechanisms: list[str]) -> bytes:
+    return authentication(AUTH_SASL, b"".join(_cstr(m) for m in mechanisms) + b"\0")
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return frame(b"S", _cstr(name) + _cstr(value))
+
+
+def backend_key_data(pid: int, key: int) -> bytes:
+    return frame(b"K", struct.pack("!II", pid, key))
+
+
+def ready_for_query(status: bytes) -> bytes:
+    return frame(b"Z", status)
+
+
+def simple_query(text: str) -> bytes:
+    return frame(b"Q", _cstr(text))
+
+
+def password_message(secret: bytes | str) -> bytes:
+    data = secret.encode() if isinstance(secret, str) else secret
+    return frame(b"p", data + b"\0")
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    return frame(b"p", _cstr(mechanism) + _INT32.pack(len(data)) + data)
+
+
+def sasl_response(data: bytes) -> bytes:
+    return frame(b"p", data)
+
+
+def startup_message(params: dict[str, str]) -> bytes:
+    body = _INT32.pack(PROTOCOL_3_0) + b"".join(_cstr(k) + _cstr(v) for k, v in params.items()) + b"\0"
+    return _INT32.pack(len(body) + 4) + body
+
+
+def ssl_request() -> bytes:
+    return struct.pack("!II", 8, SSL_REQUEST)
+
+
+def parse_message(name: str, query: str, param_section: bytes) -> bytes:
+    return frame(b"P", _cstr(name) + _cstr(query) + param_section)
+
+
+def rename_bind(body: bytes, statement: str) -> bytes:
+    portal, _, rest = bind_statement(body)
+    return frame(b"B", _cstr(portal) + _cstr(statement) + body[rest:])
+
+
+def target_message(kind: bytes, target: str, name: str) -> bytes:
+    return frame(kind, target.encode() + _cstr(name))
+
+
+TERMINATE = frame(b"X")
+SYNC = frame(b"S")
+
+
+def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:
+    mechanism, offset = read_cstring(body)
+    (length,) = _INT32.unpack_from(body, offset)
+    data = body[offset + 4 : offset + 4 + length] if length != 0xFFFFFFFF else b""
+    return mechanism, data
+
+
+def auth_code(body: bytes) -> int:
+    return int(_INT32.unpack_from(body, 0)[0])

@@ -1,0 +1,235 @@
+"""The connection pool: a cap, idle connections per (database, user), and a FIFO borrow queue.
+
+Modelled on psycopg_pool's waiting queue: a borrow that cannot be served at once waits in line with
+a deadline; every freed slot serves the head of the line first. While the target is down, the
+borrow keeps trying to open a connection until its deadline, as RDS Proxy queues requests during a
+failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from emulator.rdsproxy.backend import DatabaseError, DatabaseUnavailable, PoolKey, ServerConnection
+from emulator.rdsproxy.stats import Stats
+
+log = logging.getLogger("emulator.rdsproxy.pool")
+MAX_LIFETIME_SECONDS = 24 * 3600  # RDS Proxy recycles database connections after about a day
+
+
+class BorrowTimeout(Exception):
+    """No database connection became available before connection_borrow_timeout."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    key: PoolKey
+    future: asyncio.Future[ServerConnection]
+    deadline: float
+
+
+Opener = Callable[[PoolKey], Awaitable[ServerConnection]]
+
+
+class Pool:
+    def __init__(self, opener: Opener, stats: Stats, *, idle_keep: int = 0, idle_seconds: float = 300) -> None:
+        self._opener = opener
+        self.stats = stats
+        self.cap = 0
+        self.idle_keep = idle_keep
+        self.idle_seconds = idle_seconds
+        self._idle: dict[PoolKey, deque[ServerConnection]] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._total = 0  # open or opening
+        self._watchers: dict[ServerConnection, asyncio.Task[None]] = {}
+        self.borrowed: set[ServerConnection] = set()
+        self.closed = False
+
+    # -- borrowing ---------------------------------------------------------------------------------
+
+    async def borrow(self, key: PoolKey, timeout: float) -> ServerConnection:
+        started = time.monotonic()
+        conn = self._take_idle(key) if not self._waiters else None
+        if conn is None:
+            conn = await self._wait(key, timeout)
+        self.borrowed.add(conn)
+        self.stats.borrows += 1
+        self.stats.database_connections_borrowed = len(self.borrowed)
+        self.stats.borrow_latencies_us.append(int((time.monotonic() - started) * 1e6))
+        return conn
+
+    async def _wait(self, key: PoolKey, timeout: float) -> ServerConnection:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(key, loop.create_future(), time.monotonic() + timeout)
+        self._waiters.append(waiter)
+        self.stats.borrow_waiters = len(self._waiters)
+        self._dispatch()
+        try:
+            await asyncio.wait({waiter.future}, timeout=max(0.0, timeout))
+        finally:
+            if not waiter.future.done():
+                waiter.future.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            self.stats.borrow_waiters = len(self._waiters)
+        if waiter.future.cancelled():
+            raise BorrowTimeout
+        return waiter.future.result()
+
+    def _take_idle(self, key: PoolKey) -> ServerConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()  # most recently used first: its cache is warm
+            watcher = self._watchers.pop(conn, None)
+            if watcher is not None:
+                watcher.cancel()
+            if not conn.broken and not conn.writer.is_closing():
+                return conn
+            self._close(conn)
+        return None
+
+    async def _watch(self, conn: ServerConnection) -> None:
+        """An idle connection must stay silent; anything it says (a FATAL at shutdown, EOF) ends it.
+
+        This is how idle clients survive a database restart: the dead connection leaves the pool
+        before anyone borrows it.
+        """
+        try:
+            await conn.reader.read(1)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        self._watchers.pop(conn, None)
+        idle = self._idle.get(conn.key)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+            self._close(conn)
+            self._dispatch()
+
+    def _any_idle(self) -> ServerConnection | None:
+        oldest: ServerConnection | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].last_used < oldest.last_used):
+                oldest = idle[0]
+        if oldest is not None:
+            self._idle[oldest.key].popleft()
+        return oldest
+
+    def _dispatch(self) -> None:
+        """Serve the head of the line while a connection or a free slot exists."""
+        while self._waiters and not self.closed:
+            waiter = self._waiters[0]
+            if waiter.future.done():
+                self._waiters.popleft()
+                continue
+            conn = self._take_idle(waiter.key)
+            if conn is not None:
+                self._waiters.popleft()
+                waiter.future.set_result(conn)
+                continue
+            if self._total < self.cap:
+                self._waiters.popleft()
+                self._total += 1
+                asyncio.get_running_loop().create_task(self._open_for(waiter))
+                continue
+            # Full: an idle connection for another database or user makes room.
+            victim = self._any_idle()
+            if victim is None:
+                break
+            self._close(victim)
+        self.stats.borrow_waiters = len(self._waiters)
+
+    async def _open_for(self, waiter: _Waiter) -> None:
+        delay = 0.05
+        while True:
+            try:
+                conn = await self._opener(waiter.key)
+                break
+            except DatabaseUnavailable as exc:
+                if time.monotonic() + delay >= waiter.deadline or waiter.future.done():
+                    self._total -= 1
+                    if not waiter.future.done():
+                        waiter.future.set_exception(BorrowTimeout(str(exc)))
+                    self._dispatch()
+                    return
+                log.info("database unavailable, retrying in %.2f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except (DatabaseError, Exception) as exc:  # noqa: BLE001 - handed to the borrowing session
+                self._total -= 1
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+                self._dispatch()
+                return
+        self.stats.database_connections = self._total
+        self.stats.note_peaks()
+        if waiter.future.done():  # the client gave up or timed out meanwhile: keep it for the next one
+            self._park(conn)
+        else:
+            waiter.future.set_result(conn)
+
+    # -- returning -----------------------------------------------------------------------------
+
+    def release(self, conn: ServerConnection, *, reusable: bool) -> None:
+        self.borrowed.discard(conn)
+        self.stats.database_connections_borrowed = len(self.borrowed)
+        if not reusable or conn.broken or time.monotonic() - conn.created > MAX_LIFETIME_SECONDS:
+            self._close(conn)
+        else:
+            self._park(conn)
+        self._dispatch()
+
+    def _park(self, conn: ServerConnection) -> None:
+        conn.last_used = time.monotonic()
+        self._idle.setdefault(conn.key, deque()).append(conn)
+        self._watchers[conn] = asyncio.get_running_loop().create_task(self._watch(conn))
+
+    def _close(self, conn: ServerConnection) -> None:
+        watcher = self._watchers.pop(conn, None)
+        if watcher is not None:
+            watcher.cancel()
+        conn.close()
+        self._forget(conn)
+
+    def _forget(self, conn: ServerConnection) -> None:
+        self._total -= 1
+        self.stats.database_connections = self._total
+
+    def add_opened(self, conn: ServerConnection) -> None:
+        """A connection opened outside a borrow (the first one, that reads the target's settings)."""
+        self._total += 1
+        self.stats.database_connections = self._total
+        self.stats.note_peaks()
+        self._park(conn)
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def trim_idle(self) -> int:
+        """Close idle connections beyond idle_keep that have been idle for idle_seconds; return how many."""
+        now = time.monotonic()
+        excess = self.idle_count() - self.idle_keep
+        closed = 0
+        for idle in list(self._idle.values()):
+            while excess > 0 and idle and now - idle[0].last_used >= self.idle_seconds:
+                self._close(idle.popleft())
+                excess -= 1
+                closed += 1
+        return closed
+
+    def close_all(self) -> None:
+        self.closed = True
+        for idle in self._idle.values():
+            while idle:
+                self._close(idle.popleft())
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(BorrowTimeout("the proxy is shutting down"))
