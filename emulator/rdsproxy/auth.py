@@ -3,6 +3,7 @@ against the password in the Secrets Manager secret."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -117,26 +118,63 @@ def _signature(token: IamToken, region: str, credentials: Credentials) -> str:
 
 
 class ScramExchange:
-    """Server side of SCRAM-SHA-256 (scramp does the maths), 4096 iterations like RDS Proxy."""
+    """Server side of SCRAM-SHA-256, 4096 iterations like RDS Proxy.
+
+    scramp derives the keys; the exchange itself is checked here because libpq sends an empty user
+    name in its client-first message ("n=,r=..."), which PostgreSQL accepts (it uses the startup
+    user) and scramp's RFC-strict server refuses.
+    """
 
     MECHANISM = "SCRAM-SHA-256"
 
     def __init__(self, password: str) -> None:
-        mechanism = ScramMechanism(self.MECHANISM)
-        salt, stored, server_key, iterations = mechanism.make_auth_info(password, iteration_count=SCRAM_ITERATIONS)
-        self._server = mechanism.make_server(lambda _user: (salt, stored, server_key, iterations))
+        salt, stored_key, server_key, iterations = ScramMechanism(self.MECHANISM).make_auth_info(
+            password, iteration_count=SCRAM_ITERATIONS
+        )
+        self._salt: bytes = salt
+        self._stored_key: bytes = stored_key
+        self._server_key: bytes = server_key
+        self._iterations: int = iterations
+        self._client_first_bare = ""
+        self._server_first = ""
+        self._nonce = ""
 
     def first(self, client_first: bytes) -> bytes:
-        self._server.set_client_first(client_first.decode())
-        return str(self._server.get_server_first()).encode()
+        text = client_first.decode()
+        gs2_flag, _, rest = text.partition(",")
+        _authzid, _, bare = rest.partition(",")
+        if gs2_flag not in ("n", "y"):  # "p" would ask for channel binding, which we do not offer
+            raise ScramException("channel binding is not supported")
+        attributes = dict(part.split("=", 1) for part in bare.split(",") if "=" in part)
+        client_nonce = attributes.get("r", "")
+        if not client_nonce:
+            raise ScramException("no client nonce")
+        self._client_first_bare = bare
+        self._nonce = client_nonce + base64.b64encode(secrets.token_bytes(18)).decode()
+        salt = base64.b64encode(self._salt).decode()
+        self._server_first = f"r={self._nonce},s={salt},i={self._iterations}"
+        return self._server_first.encode()
 
     def final(self, client_final: bytes) -> bytes | None:
         """The server-final message, or None when the proof is wrong."""
-        try:
-            self._server.set_client_final(client_final.decode())
-        except ScramException:
+        text = client_final.decode()
+        without_proof, _, proof_part = text.rpartition(",p=")
+        attributes = dict(part.split("=", 1) for part in without_proof.split(",") if "=" in part)
+        if attributes.get("r") != self._nonce or not proof_part:
             return None
-        return str(self._server.get_server_final()).encode()
+        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
+        try:
+            proof = base64.b64decode(proof_part, validate=True)
+        except ValueError:
+            return None
+        client_signature = hmac.new(self._stored_key, auth_message, hashlib.sha256).digest()
+        if len(proof) != len(client_signature):
+            return None
+        client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._stored_key):
+            return None
+        server_signature = hmac.new(self._server_key, auth_message, hashlib.sha256).digest()
+        return b"v=" + base64.b64encode(server_signature)
 
 
 def md5_salt() -> bytes:

@@ -9,6 +9,7 @@ failover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -54,9 +55,16 @@ class Pool:
 
     async def borrow(self, key: PoolKey, timeout: float) -> ServerConnection:
         started = time.monotonic()
-        conn = self._take_idle(key) if not self._waiters else None
-        if conn is None:
-            conn = await self._wait(key, timeout)
+        deadline = started + timeout
+        while True:
+            conn = self._take_idle(key) if not self._waiters else None
+            if conn is None:
+                conn = await self._wait(key, deadline - time.monotonic())
+            if await self._still_alive(conn):
+                break
+            # It died while idle (database restart): never hand it out, try the next one.
+            self._close(conn)
+            self._dispatch()
         self.borrowed.add(conn)
         self.stats.borrows += 1
         self.stats.database_connections_borrowed = len(self.borrowed)
@@ -85,13 +93,19 @@ class Pool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()  # most recently used first: its cache is warm
-            watcher = self._watchers.pop(conn, None)
-            if watcher is not None:
-                watcher.cancel()
             if not conn.broken and not conn.writer.is_closing():
                 return conn
             self._close(conn)
         return None
+
+    async def _still_alive(self, conn: ServerConnection) -> bool:
+        """Stop the idle watcher before anyone else reads the connection; report what it saw."""
+        watcher = self._watchers.pop(conn, None)
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return not conn.broken and not conn.writer.is_closing()
 
     async def _watch(self, conn: ServerConnection) -> None:
         """An idle connection must stay silent; anything it says (a FATAL at shutdown, EOF) ends it.
@@ -103,6 +117,7 @@ class Pool:
             await conn.reader.read(1)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        conn.broken = True
         self._watchers.pop(conn, None)
         idle = self._idle.get(conn.key)
         if idle is not None and conn in idle:
