@@ -68,6 +68,6 @@ class BackendSampler:
                     self.samples.counts.append(count)
                     if self._stop.wait(self.period):
                         break
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self._error = exc
             self._ready.set()

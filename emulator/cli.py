@@ -63,10 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         "secret_arn through aws_endpoint_url, with the AWS credentials of its environment.",
     )
     proxy.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
-    proxy.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                       help="override one setting, e.g. --set max_connections_percent=20 (repeatable)")
-    proxy.add_argument("--ready-file", type=Path, metavar="FILE",
-                       help="write {port, stats_port} as JSON here once listening")
+    proxy.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one setting, e.g. --set max_connections_percent=20 (repeatable)",
+    )
+    proxy.add_argument(
+        "--ready-file", type=Path, metavar="FILE", help="write {port, stats_port} as JSON here once listening"
+    )
     proxy.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
 
     demo = commands.add_parser(

@@ -15,11 +15,18 @@ class ProxyKind(enum.StrEnum):
 class ProxyPart(Protocol):
     """What the stack needs from a proxy: where it listens and how the handler logs in to it."""
 
-    kind: str
-    # "iam": the handler sends an IAM auth token; "secret": the password from Secrets Manager.
-    handler_auth: str
-    host: str
-    port: int
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def handler_auth(self) -> str:
+        """ "iam": the handler sends an IAM auth token; "secret": the password from Secrets Manager."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
     @property
     def tls(self) -> bool: ...

@@ -193,7 +193,9 @@ class EmbeddedStack(StackEnvironment):
         cfg = self.config
         settings = dict(cfg.proxy_settings)
         # The same cap as PgBouncer's pool: floor(max_connections x percent / 100) == pool_size.
-        settings.setdefault("max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections)))
+        settings.setdefault(
+            "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
+        )
         settings.setdefault("max_idle_connections_percent", settings["max_connections_percent"] // 2)
         certificate = self.ca.issue_server("rdsproxy", TLS_HOSTNAMES)
         config = emulator_config(

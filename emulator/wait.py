@@ -34,7 +34,7 @@ def wait_until(
         try:
             if probe():
                 return time.monotonic() - started
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the probe's failure is why we keep waiting
             last_error = f"{type(exc).__name__}: {exc}"
         if alive is not None:
             dead = alive()

@@ -192,7 +192,7 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
             if _connection is not None and _connection.closed != 0:
                 _discard_connection()
             return _failure(error)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - callers get a structured answer, not a trace
             return _failure(error)
         return {
             "ok": True,

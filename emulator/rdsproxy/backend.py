@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import ssl
 import time
@@ -49,7 +50,9 @@ class Credentials:
 class ServerConnection:
     """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
 
-    def __init__(self, key: PoolKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool) -> None:
+    def __init__(
+        self, key: PoolKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+    ) -> None:
         self.id = next(_ids)
         self.key = key
         self.reader = reader
@@ -110,7 +113,11 @@ class ServerConnection:
     async def _startup(self, credentials: Credentials, application_name: str) -> None:
         self.writer.write(
             m.startup_message(
-                {"user": credentials.user, "database": self.key.database, "application_name": application_name}
+                {
+                    "user": credentials.user,
+                    "database": self.key.database,
+                    "application_name": application_name,
+                }
             )
         )
         scram: ScramClient | None = None
@@ -124,7 +131,9 @@ class ServerConnection:
                     self.writer.write(m.password_message(credentials.password))
                 elif code == m.AUTH_MD5:
                     salt = frame.body[4:8]
-                    self.writer.write(m.password_message(md5_password(credentials.user, credentials.password, salt)))
+                    self.writer.write(
+                        m.password_message(md5_password(credentials.user, credentials.password, salt))
+                    )
                 elif code == m.AUTH_SASL:
                     scram = ScramClient(["SCRAM-SHA-256"], credentials.user, credentials.password)
                     first = scram.get_client_first().encode()
@@ -196,8 +205,6 @@ class ServerConnection:
     def close(self) -> None:
         self.broken = True
         if not self.writer.is_closing():
-            try:
+            with contextlib.suppress(OSError, RuntimeError):
                 self.writer.write(m.TERMINATE)
-            except (OSError, RuntimeError):
-                pass
             self.writer.close()

@@ -58,6 +58,12 @@ class ProxyConfig:
     idle_connection_seconds: int = 300
     # Largest message a client may send (PostgreSQL's own limit by default).
     max_message_bytes: int = 0x3FFFFFFF
+    # SET LOCAL, SET TRANSACTION, set_config(..., true): AWS documents no exemption for PostgreSQL.
+    exempt_set_local: bool = False
+    # Before November 2023 any extended-protocol Parse pinned ("A parse message was detected.").
+    legacy_eqp_pinning: bool = False
+    # The pessimistic third-party view: named protocol-level prepared statements pin.
+    pin_named_statements: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,7 +79,9 @@ class ProxyConfig:
         if self.iam_auth not in typing.get_args(IamAuth):
             problems.append(f"iam_auth must be REQUIRED or DISABLED, not {self.iam_auth!r}")
         if self.client_password_auth_type not in typing.get_args(PasswordAuth):
-            problems.append(f"client_password_auth_type {self.client_password_auth_type!r} is not for PostgreSQL")
+            problems.append(
+                f"client_password_auth_type {self.client_password_auth_type!r} is not for PostgreSQL"
+            )
         for value in self.session_pinning_filters:
             if value != "EXCLUDE_VARIABLE_SETS":
                 problems.append(f"session_pinning_filters: only EXCLUDE_VARIABLE_SETS exists, not {value!r}")
@@ -88,7 +96,9 @@ class ProxyConfig:
 
     def pool_cap(self, target_max_connections: int) -> int:
         """MaxDatabaseConnectionsAllowed: floor(max_connections x percent / 100) - reserved."""
-        return max(0, target_max_connections * self.max_connections_percent // 100 - self.reserved_connections)
+        return max(
+            0, target_max_connections * self.max_connections_percent // 100 - self.reserved_connections
+        )
 
     def idle_keep(self, target_max_connections: int) -> int:
         return target_max_connections * self.max_idle_connections_percent // 100

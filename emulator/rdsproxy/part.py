@@ -53,7 +53,16 @@ class RdsProxyEmulator:
         env = {**os.environ, **self.environment}
         self._process = ManagedProcess(
             PART,
-            [sys.executable, "-m", "emulator", "proxy", "--config", str(config_file), "--ready-file", str(ready_file)],
+            [
+                sys.executable,
+                "-m",
+                "emulator",
+                "proxy",
+                "--config",
+                str(config_file),
+                "--ready-file",
+                str(ready_file),
+            ],
             log_path=self.log_path,
             env=env,
             stop_signal=signal.SIGTERM,
@@ -72,7 +81,7 @@ class RdsProxyEmulator:
 
     def stats(self) -> dict[str, Any]:
         """The live counters, from the proxy's /stats endpoint."""
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/stats", timeout=5) as answer:  # noqa: S310
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/stats", timeout=5) as answer:
             data: dict[str, Any] = json.loads(answer.read())
         return data
 

@@ -38,7 +38,9 @@ Opener = Callable[[PoolKey], Awaitable[ServerConnection]]
 
 
 class Pool:
-    def __init__(self, opener: Opener, stats: Stats, *, idle_keep: int = 0, idle_seconds: float = 300) -> None:
+    def __init__(
+        self, opener: Opener, stats: Stats, *, idle_keep: int = 0, idle_seconds: float = 300
+    ) -> None:
         self._opener = opener
         self.stats = stats
         self.cap = 0
@@ -113,10 +115,8 @@ class Pool:
         This is how idle clients survive a database restart: the dead connection leaves the pool
         before anyone borrows it.
         """
-        try:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             await conn.reader.read(1)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
         conn.broken = True
         self._watchers.pop(conn, None)
         idle = self._idle.get(conn.key)

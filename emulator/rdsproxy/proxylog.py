@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 class ProxyLog:
-    def __init__(self, stream: TextIO | None = None, *, debug: bool = False, endpoint: str = "default") -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, debug: bool = False, endpoint: str = "default"
+    ) -> None:
         self.stream = stream or sys.stderr
         self.debug_enabled = debug
         self.endpoint = endpoint
@@ -42,19 +44,23 @@ class ProxyLog:
         if self.debug_enabled:
             self._write("DEBUG", f"[proxyEndpoint={self.endpoint}] {text}")
 
+    def _client(self, session: ClientSession) -> str:
+        return f"[{self.endpoint}] [clientConnection={session.id}]"
+
     def client_connected(self, session: ClientSession) -> None:
-        self.info(f"[{self.endpoint}] [clientConnection={session.id}] A new client connected from {session.peer}.")
+        self.info(
+            f"[{self.endpoint}] [clientConnection={session.id}] A new client connected from {session.peer}."
+        )
 
     def client_refused(self, session: ClientSession, reason: str) -> None:
-        self.info(f"[{self.endpoint}] [clientConnection={session.id}] The client connection was refused. Reason: {reason}")
+        self.info(f"{self._client(session)} The client connection was refused. Reason: {reason}")
 
     def client_closed(self, session: ClientSession, reason: str) -> None:
-        self.info(f"[{self.endpoint}] [clientConnection={session.id}] The client connection closed. Reason: {reason}")
+        self.info(f"{self._client(session)} The client connection closed. Reason: {reason}")
 
     def db_opened(self, conn: ServerConnection, target: str) -> None:
-        self.info(
-            f"[dbConnection={conn.id}] A TCP connection was established from the proxy to the database at {target}."
-        )
+        where = f"from the proxy to the database at {target}"
+        self.info(f"[dbConnection={conn.id}] A TCP connection was established {where}.")
 
     def db_closed(self, conn: ServerConnection, reason: str) -> None:
         self.info(f"[dbConnection={conn.id}] The database connection closed. Reason: {reason}")

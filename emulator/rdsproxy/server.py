@@ -14,7 +14,13 @@ from typing import Any
 
 import boto3
 
-from emulator.rdsproxy.backend import Credentials, DatabaseError, DatabaseUnavailable, PoolKey, ServerConnection
+from emulator.rdsproxy.backend import (
+    Credentials,
+    DatabaseError,
+    DatabaseUnavailable,
+    PoolKey,
+    ServerConnection,
+)
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.proxylog import ProxyLog
@@ -206,10 +212,9 @@ class ProxyServer:
             else:
                 status, body = "404 Not Found", json.dumps({"error": "try /stats or /config"})
             payload = body.encode()
-            writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-                + payload
-            )
+            head = f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
+            head += f"Content-Length: {len(payload)}\r\n\r\n"
+            writer.write(head.encode() + payload)
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass

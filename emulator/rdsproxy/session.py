@@ -9,6 +9,7 @@ are re-prepared (under a content-derived name) on whichever connection the clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import random
@@ -20,6 +21,7 @@ from emulator.rdsproxy import messages as m
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
 from emulator.rdsproxy.backend import CLIENT_PARAMETERS, DatabaseError, PoolKey, ServerConnection
+from emulator.rdsproxy.pinning import REASON_PARSE, PinRule, clears_prepared_statements, pin_reason
 from emulator.rdsproxy.pool import BorrowTimeout
 from emulator.rdsproxy.routing import ResponseRouter
 
@@ -42,7 +44,9 @@ def _quote(value: str) -> str:
 
 
 class ClientSession:
-    def __init__(self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.server = server
         self.config = server.config
         self.stats = server.stats
@@ -51,7 +55,8 @@ class ClientSession:
         # RDS Proxy logs client connections with a 32-bit number.
         self.id = random.getrandbits(32)
         self.serial = next(_session_ids)
-        self.peer = "%s:%s" % (writer.get_extra_info("peername") or ("?", "?"))[:2]
+        host, port = (writer.get_extra_info("peername") or ("?", "?"))[:2]
+        self.peer = f"{host}:{port}"
         self.tls = False
         self.user = ""
         self.database = ""
@@ -62,7 +67,9 @@ class ClientSession:
         self.unsynced = False
         self.skip_until_sync = False
         self.lost_transaction: bytes | None = None
-        self.statements: dict[str, tuple[str, str, bytes]] = {}
+        # client name -> (backend name, query, parameter types, why running it pins or None)
+        self.statements: dict[str, tuple[str, str, bytes, str | None]] = {}
+        self.rule = PinRule(exempt_set_local=self.config.exempt_set_local)
         self.pinned: str | None = None
         self.last_activity = time.monotonic()
         self.established = False
@@ -161,7 +168,9 @@ class ClientSession:
             return self._refuse(texts.INVALID_AUTHORIZATION, texts.IAM_NEEDS_TLS, auth=True)
         credentials = self.server.credentials_for(self.user)
         if credentials is None:
-            return self._refuse(texts.INVALID_AUTHORIZATION, texts.NO_CREDENTIALS.format(user=self.user), auth=True)
+            return self._refuse(
+                texts.INVALID_AUTHORIZATION, texts.NO_CREDENTIALS.format(user=self.user), auth=True
+            )
         ok = await (self._iam() if iam else self._password(credentials.password))
         if not ok:
             return False
@@ -172,7 +181,10 @@ class ClientSession:
             value = chosen if chosen is not None else baseline
             if value is not None:
                 self.wanted[name] = _canonical(name, value)
-        self.seen = {**self.server.baseline_params, **{k: v for k, v in self.wanted.items() if k != "extra_float_digits"}}
+        self.seen = {
+            **self.server.baseline_params,
+            **{k: v for k, v in self.wanted.items() if k != "extra_float_digits"},
+        }
         out = [m.authentication(m.AUTH_OK)]
         out += [m.parameter_status(name, value) for name, value in self.seen.items()]
         out += [m.backend_key_data(self.serial & 0x7FFFFFFF, random.getrandbits(31)), m.ready_for_query(b"I")]
@@ -281,7 +293,13 @@ class ClientSession:
             self.stats.query_requests += 1
             if self.tls:
                 self.stats.query_requests_tls += 1
+            text = m.query_text(frame.body)
+            reason = pin_reason(text, self.rule)
             await self._ensure_backend()
+            if reason is not None:
+                self._pin(reason)
+                if clears_prepared_statements(text) and self.backend is not None:
+                    self.backend.statements.clear()
             self.router.expect("Q")
             self._send(frame.raw)
         elif kind == b"P":
@@ -331,15 +349,26 @@ class ClientSession:
         name, query, types = m.parse_parse(frame.body)
         await self._ensure_backend()
         self.unsynced = True
+        if self.config.legacy_eqp_pinning or (name and self.config.pin_named_statements):
+            self._pin(REASON_PARSE)
+        reason = pin_reason(query, self.rule)
         if not name:
+            # The unnamed statement runs with the Bind/Execute that follow: pin now.
+            if reason is not None:
+                self._pin(reason)
             self.router.expect("P")
             self._send(frame.raw)
             return
+        if reason is not None and self.pinned is None:
+            self.server.log.info(
+                f"[{self.server.log.endpoint}] [clientConnection={self.id}] If this prepared statement runs, "
+                f"the client session will be pinned. Reason: {reason}"
+            )
         if name in self.statements:
             self._statement_error("42P05", f'prepared statement "{name}" already exists')
             return
         backend_name = self.server.statement_name(query, types)
-        self.statements[name] = (backend_name, query, types)
+        self.statements[name] = (backend_name, query, types, reason)
         backend = self.backend
         assert backend is not None
         if backend_name in backend.statements:
@@ -360,7 +389,7 @@ class ClientSession:
         if known is None:
             self._statement_error("26000", f'prepared statement "{name}" does not exist')
             return None
-        backend_name, query, types = known
+        backend_name, query, types, _ = known
         backend = self.backend
         assert backend is not None
         if backend_name not in backend.statements:
@@ -377,6 +406,9 @@ class ClientSession:
             backend_name = self._prepared_on_backend(statement)
             if backend_name is None:
                 return
+            reason = self.statements[statement][3]
+            if reason is not None:
+                self._pin(reason)
             self.router.expect("B")
             self._send(m.rename_bind(frame.body, backend_name))
         else:
@@ -410,6 +442,18 @@ class ClientSession:
         self.router.expect("C")
         self._send(frame.raw)
 
+    def _pin(self, reason: str) -> None:
+        """From now until the client disconnects, this database connection is the client's alone."""
+        if self.pinned is not None or self.backend is None:
+            return
+        self.pinned = reason
+        self.stats.database_connections_pinned += 1
+        self.server.log.warn(
+            f"[proxyEndpoint={self.server.log.endpoint}] [clientConnection={self.id}] The client session was "
+            f"pinned to the database connection [dbConnection={self.backend.id}] for the remainder of the "
+            f"session. The proxy can't reuse this connection until the session ends. Reason: {reason}"
+        )
+
     def _report_lost_transaction(self, kind: bytes) -> None:
         error = self.lost_transaction
         assert error is not None
@@ -434,7 +478,9 @@ class ClientSession:
             self.stats.borrow_timeouts += 1
             if self.config.borrow_timeout_severity == "FATAL":
                 self._fatal(texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)
-                self.server.log.client_closed(self, "The proxy timed out waiting to acquire a database connection.")
+                self.server.log.client_closed(
+                    self, "The proxy timed out waiting to acquire a database connection."
+                )
                 raise SessionEnd from None
             self._to_client([m.error_response("ERROR", texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)])
             raise
@@ -519,7 +565,8 @@ class ClientSession:
         error = m.error_response(
             "ERROR",
             texts.CONNECTION_FAILURE,
-            "The database connection closed in the middle of a request." if in_flight
+            "The database connection closed in the middle of a request."
+            if in_flight
             else "The database connection closed in the middle of a transaction.",
         )
         self.router = ResponseRouter()
@@ -539,7 +586,9 @@ class ClientSession:
 
     async def close_idle(self) -> None:
         """idle_client_timeout: the proxy closes the TCP connection, without an error message."""
-        self.server.log.client_closed(self, "The client connection was idle for longer than the idle client timeout.")
+        self.server.log.client_closed(
+            self, "The client connection was idle for longer than the idle client timeout."
+        )
         self.writer.close()
 
     async def _cleanup(self) -> None:
@@ -550,10 +599,9 @@ class ClientSession:
         self.backend = None
         if self._pump_task is not None:
             self._pump_task.cancel()
-            try:
+            # The session is over either way; how the pump ended does not matter any more.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pump_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the session is over either way
-                pass
         if conn is not None:
             await self._give_back(conn)
         if self.established:

@@ -13,18 +13,20 @@ CONNECTION_EXCEPTION = "08000"
 PROTOCOL_VIOLATION = "08P01"
 CONNECTION_FAILURE = "08006"
 
-PROTOCOL_VERSION = "Feature not supported: RDS Proxy supports only version 3.0 of the PostgreSQL messaging protocol."
+PROTOCOL_VERSION = (
+    "Feature not supported: RDS Proxy supports only version 3.0 of the PostgreSQL messaging protocol."
+)
 # The real message (psycopg2#1577) has a typographic apostrophe here and a plain one in the next.
 COMMAND_LINE_OPTIONS = "Feature not supported: RDS Proxy currently doesn\u2019t support command-line options."
 UNSUPPORTED_OPTION = "Feature not supported: RDS Proxy currently doesn't support the option {name}."
 REPLICATION = "Feature not supported: RDS Proxy currently doesn't support streaming replication mode."
-MISSING_USER = "A user name is missing from the connection startup packet. Provide a user name for this connection."
+MISSING_USER = (
+    "A user name is missing from the connection startup packet. Provide a user name for this connection."
+)
 TLS_REQUIRED = "This RDS Proxy requires TLS connections."
 IAM_NEEDS_TLS = "IAM authentication is allowed only with SSL connections."
 IAM_FAILED = "IAM authentication failed for user {user}. Check the IAM token for this user and try again."
-NO_CREDENTIALS = (
-    "This RDS proxy has no credentials for the role {user}. Check the credentials for this role and try again."
-)
+NO_CREDENTIALS = "This RDS proxy has no credentials for the role {user}. Check the credentials for this role and try again."
 WRONG_PASSWORD = "The password that was provided for the role {user} is wrong."
 UNSUPPORTED_AUTH = "RDS Proxy supports only IAM, MD5, or SCRAM authentication."
 BORROW_TIMEOUT = "Timed-out waiting to acquire database connection."

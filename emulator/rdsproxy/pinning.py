@@ -1,0 +1,275 @@
+"""Which SQL makes RDS Proxy pin a session to its database connection, and why, in its words.
+
+The rules are the current AWS list for PostgreSQL (reference, section 2.6). A cheap pre-filter
+decides for most statements (a plain SELECT never reaches the lexer); the lexer understands
+comments, quoted identifiers, string, escape-string and dollar-quoted literals and
+multi-statement strings, which is what the rules need: they look at keywords and function names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_UNPINNED_BYTES = 16384
+
+REASON_SETTINGS = (
+    "SQL changed session settings that the proxy doesn't track. Consider moving session configuration to "
+    'the proxy\'s initialization query. Digest: "{digest}".'
+)
+REASON_TOO_LONG = "The connection ran a SQL query which exceeded the 16384 byte limit."
+REASON_PARSE = "A parse message was detected."
+
+# Words one of which must appear (anywhere, any case) before a statement can pin.
+_PREFILTER = re.compile(
+    r"set|prepare|execute|deallocate|discard|temp|declare|listen|load|nextval|advisory|pg_temp",
+    re.IGNORECASE,
+)
+_SESSION_LOCK_FUNCTIONS = frozenset(
+    {
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_advisory_unlock",
+        "pg_advisory_unlock_shared",
+        "pg_advisory_unlock_all",
+    }
+)
+_SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+_TRANSACTION_SCOPED_SET = frozenset({"local", "transaction", "constraints"})
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "word", "quoted" (identifier), "literal", "param", "punct"
+    text: str
+
+
+@dataclass(frozen=True)
+class PinRule:
+    """Options where the reference leaves RDS Proxy's behaviour open (documented defaults)."""
+
+    # SET LOCAL / set_config(..., true) / SET TRANSACTION: AWS documents no exemption for PostgreSQL.
+    exempt_set_local: bool = False
+
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<line_comment>--[^\n]*)
+  | (?P<block_comment>/\*)
+  | (?P<dollar>\$(?:[A-Za-z_\x80-\uffff][A-Za-z_0-9\x80-\uffff]*)?\$)
+  | (?P<param>\$\d+)
+  | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
+  | (?P<string>'(?:[^']|'')*')
+  | (?P<quoted>"(?:[^"]|"")*")
+  | (?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)
+  | (?P<word>[A-Za-z_\x80-\uffff][A-Za-z_0-9$\x80-\uffff]*)
+  | (?P<punct>::|<=|>=|<>|!=|[^\s])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def tokenize(sql: str) -> list[Token]:
+    tokens: list[Token] = []
+    pos = 0
+    end = len(sql)
+    while pos < end:
+        match = _TOKEN.match(sql, pos)
+        if match is None:  # an unterminated quote: the rest is one literal, as the server would fail it
+            tokens.append(Token("literal", sql[pos:]))
+            break
+        kind = match.lastgroup
+        text = match.group()
+        pos = match.end()
+        if kind in ("space", "line_comment"):
+            continue
+        if kind == "block_comment":
+            pos = _skip_block_comment(sql, pos)
+            continue
+        if kind == "dollar":
+            close = sql.find(text, pos)
+            pos = end if close < 0 else close + len(text)
+            tokens.append(Token("literal", text))
+            continue
+        if kind in ("string", "estring", "number"):
+            tokens.append(Token("literal", text))
+        elif kind == "quoted":
+            tokens.append(Token("quoted", text))
+        elif kind == "param":
+            tokens.append(Token("param", text))
+        elif kind == "word":
+            tokens.append(Token("word", text.lower()))
+        else:
+            tokens.append(Token("punct", text))
+    return tokens
+
+
+def _skip_block_comment(sql: str, pos: int) -> int:
+    depth = 1  # PostgreSQL block comments nest
+    while depth and pos < len(sql):
+        opening = sql.find("/*", pos)
+        closing = sql.find("*/", pos)
+        if closing < 0:
+            return len(sql)
+        if 0 <= opening < closing:
+            depth += 1
+            pos = opening + 2
+        else:
+            depth -= 1
+            pos = closing + 2
+    return pos
+
+
+def split_statements(tokens: list[Token]) -> list[list[Token]]:
+    statements: list[list[Token]] = [[]]
+    depth = 0
+    for token in tokens:
+        if token.kind == "punct":
+            if token.text == "(":
+                depth += 1
+            elif token.text == ")":
+                depth = max(0, depth - 1)
+            elif token.text == ";" and depth == 0:
+                statements.append([])
+                continue
+        statements[-1].append(token)
+    return [statement for statement in statements if statement]
+
+
+def digest(sql: str) -> str:
+    """The statement as RDS Proxy logs it: lower case, one space, literals replaced by $1..$n.
+
+    In SET statements the values are replaced too, quoted or not: `set search_path to $1,$2,$3`.
+    """
+    parts: list[str] = []
+    number = 0
+    for statement in split_statements(tokenize(sql)):
+        values_from = _set_values_start(statement)
+        rendered: list[str] = []
+        for index, token in enumerate(statement):
+            is_value = values_from is not None and index >= values_from and token.kind == "word"
+            if token.kind in ("literal", "quoted") or (is_value and token.text != "default"):
+                number += 1
+                rendered.append(f"${number}")
+            else:
+                rendered.append(token.text)
+        parts.append(_join(rendered) + ";")
+    return " ".join(parts)
+
+
+def _set_values_start(statement: list[Token]) -> int | None:
+    """Where the value list of SET [SESSION|LOCAL] name {TO|=} value, ... begins."""
+    if statement[0].text != "set" or len(statement) < 3:
+        return None
+    index = 1
+    if statement[index].text in ("session", "local"):
+        index += 1
+    if index + 1 < len(statement) and statement[index].text == "time" and statement[index + 1].text == "zone":
+        return index + 2
+    index += 1  # the parameter name, possibly qualified (a.b)
+    while index + 1 < len(statement) and statement[index].text == ".":
+        index += 2
+    if index < len(statement) and statement[index].text in ("to", "="):
+        index += 1
+    return index
+
+
+def _join(texts: list[str]) -> str:
+    out = ""
+    for text in texts:
+        if not out or text in (",", ")", ";", "(", "::", ".") or out.endswith(("(", ",", "::", ".")):
+            out += text
+        else:
+            out += " " + text
+    return out
+
+
+def _function_calls(statement: list[Token]) -> list[tuple[str, list[list[Token]]]]:
+    """(name, arguments) for every call name(...) in the statement, at any depth."""
+    calls = []
+    for index, token in enumerate(statement[:-1]):
+        if token.kind == "word" and statement[index + 1].text == "(":
+            args: list[list[Token]] = [[]]
+            depth = 0
+            for inner in statement[index + 1 :]:
+                if inner.text == "(":
+                    depth += 1
+                    if depth == 1:
+                        continue
+                elif inner.text == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                if depth == 1 and inner.text == ",":
+                    args.append([])
+                    continue
+                args[-1].append(inner)
+            calls.append((token.text, args))
+    return calls
+
+
+def _is_true(argument: list[Token]) -> bool | None:
+    if len(argument) == 1:
+        text = argument[0].text.lower().strip("'")
+        if text in ("true", "t", "on", "1", "yes"):
+            return True
+        if text in ("false", "f", "off", "0", "no"):
+            return False
+    return None
+
+
+def _statement_pins(statement: list[Token], rule: PinRule) -> bool:
+    words = [t.text for t in statement if t.kind == "word"]
+    first = statement[0].text if statement[0].kind == "word" else ""
+    second = statement[1].text if len(statement) > 1 else ""
+    if first == "set":
+        return not (rule.exempt_set_local and second in _TRANSACTION_SCOPED_SET)
+    if first in ("reset", "prepare", "execute", "deallocate", "discard", "listen", "load"):
+        return True
+    if first == "declare" and "cursor" in words:
+        return True
+    if first == "create":
+        head = words[1:6]
+        if "temp" in head or "temporary" in head:
+            return True
+    if any(t.text == "pg_temp" for t in statement):
+        return True
+    for index, token in enumerate(statement[:-1]):
+        # SELECT ... INTO TEMP name creates a temporary table too.
+        if token.text == "into" and statement[index + 1].text in ("temp", "temporary"):
+            return True
+    for name, args in _function_calls(statement):
+        if name in _SEQUENCE_FUNCTIONS or name in _SESSION_LOCK_FUNCTIONS:
+            return True
+        if name == "set_config":
+            is_local = _is_true(args[2]) if len(args) == 3 else None
+            # Unknown at parse time counts as session-level: RDS Proxy pins when it can't be sure.
+            if not (rule.exempt_set_local and is_local is True):
+                return True
+    return False
+
+
+def pin_reason(sql: str, rule: PinRule = PinRule()) -> str | None:
+    """The reason RDS Proxy would log for pinning on this statement text, or None."""
+    if len(sql.encode()) > MAX_UNPINNED_BYTES:
+        return REASON_TOO_LONG
+    if _PREFILTER.search(sql) is None:
+        return None
+    statements = split_statements(tokenize(sql))
+    if any(_statement_pins(statement, rule) for statement in statements):
+        return REASON_SETTINGS.format(digest=digest(sql))
+    return None
+
+
+def clears_prepared_statements(sql: str) -> bool:
+    """DEALLOCATE ALL / DISCARD ALL: the server forgets every prepared statement of the connection."""
+    if _PREFILTER.search(sql) is None:
+        return False
+    for statement in split_statements(tokenize(sql)):
+        words = [t.text for t in statement if t.kind == "word"]
+        if words[:2] == ["discard", "all"] or (words[:1] == ["deallocate"] and words[-1:] == ["all"]):
+            return True
+    return False
