@@ -196,7 +196,6 @@ class EmbeddedStack(StackEnvironment):
         settings.setdefault(
             "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
         )
-        settings.setdefault("max_idle_connections_percent", settings["max_connections_percent"] // 2)
         certificate = self.ca.issue_server("rdsproxy", TLS_HOSTNAMES)
         config = emulator_config(
             target_host=self.postgres.host,

@@ -32,7 +32,8 @@ class ProxyConfig:
     # -- aws_db_proxy_default_target_group.connection_pool_config -----------------------------
     connection_borrow_timeout: int = 120
     max_connections_percent: int = 100
-    max_idle_connections_percent: int = 50
+    # Unset means half of max_connections_percent, as AWS documents (80 -> 40).
+    max_idle_connections_percent: int | None = None
     init_query: str = ""
     # Accepted and, as in AWS, without effect for PostgreSQL.
     session_pinning_filters: list[str] = field(default_factory=list)
@@ -66,13 +67,16 @@ class ProxyConfig:
     pin_named_statements: bool = False
 
     def __post_init__(self) -> None:
+        if self.max_idle_connections_percent is None:
+            self.max_idle_connections_percent = self.max_connections_percent // 2
         self.validate()
 
     def validate(self) -> None:
         problems = []
         if not 1 <= self.max_connections_percent <= 100:
             problems.append("max_connections_percent must be between 1 and 100")
-        if not 0 <= self.max_idle_connections_percent <= self.max_connections_percent:
+        idle = self.max_idle_connections_percent
+        if idle is None or not 0 <= idle <= self.max_connections_percent:
             problems.append("max_idle_connections_percent must be between 0 and max_connections_percent")
         if not 0 <= self.connection_borrow_timeout <= 3600:
             problems.append("connection_borrow_timeout must be between 0 and 3600 seconds")
@@ -101,7 +105,7 @@ class ProxyConfig:
         )
 
     def idle_keep(self, target_max_connections: int) -> int:
-        return target_max_connections * self.max_idle_connections_percent // 100
+        return target_max_connections * (self.max_idle_connections_percent or 0) // 100
 
     # -- files and overrides ---------------------------------------------------------------------
 
@@ -139,8 +143,8 @@ def _convert(type_name: str, raw: str) -> Any:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"expected true or false, not {raw!r}")
         return raw.lower() in ("true", "1")
-    if type_name == "int":
-        return int(raw)
+    if type_name.startswith("int"):
+        return None if raw.lower() in ("", "none", "null") else int(raw)
     if type_name.startswith("list"):
         return [item for item in raw.split(",") if item]
     return raw
