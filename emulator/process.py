@@ -5,7 +5,6 @@ run as an unprivileged user when the kit runs as root, and always stopped.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import signal
@@ -19,7 +18,6 @@ from emulator.errors import ComponentError
 
 # Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
 _SERVICE_USERS = ("postgres", "nobody")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -55,13 +53,6 @@ def hand_over(path: Path, user: ServiceUser | None) -> None:
         for root, dirs, files in os.walk(path):
             for name in dirs + files:
                 os.chown(os.path.join(root, name), user.uid, user.gid)
-
-
-def _die_with_parent() -> None:
-    # Linux only: the child gets SIGTERM if the kit is killed outright, so no server outlives it.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ManagedProcess:
@@ -107,7 +98,6 @@ class ManagedProcess:
                 user=self.user.uid if self.user else None,
                 group=self.user.gid if self.user else None,
                 extra_groups=[] if self.user else None,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
             )
         except OSError as exc:
             raise ComponentError(self.part, f"could not start {self.argv[0]}: {exc}") from exc

@@ -96,7 +96,9 @@ def wait_quiescent(proxy: RdsProxyEmulator, timeout: float = 10) -> dict[str, An
 
 
 @pytest.fixture(autouse=True)
-def pool_is_quiescent_after_each_test(stack: EmbeddedStack, _proxies: dict[str, RdsProxyEmulator]) -> Iterator[None]:
+def pool_is_quiescent_after_each_test(
+    stack: EmbeddedStack, _proxies: dict[str, RdsProxyEmulator]
+) -> Iterator[None]:
     yield
     for part in [stack.proxy, *_proxies.values()]:
         assert isinstance(part, RdsProxyEmulator)

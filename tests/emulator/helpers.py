@@ -12,6 +12,7 @@ import boto3
 import psycopg
 
 from emulator.rdsproxy import messages as m
+from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.part import RdsProxyEmulator
 from emulator.stack import EmbeddedStack
 
@@ -66,7 +67,9 @@ class ProxyUnderTest:
             "user": self.user,
             "dbname": self.database,
             "password": self.password(),
-            "sslmode": "require" if self.part.config.require_tls or self.part.config.iam_auth == "REQUIRED" else "disable",
+            "sslmode": "require"
+            if self.part.config.require_tls or self.part.config.iam_auth == "REQUIRED"
+            else "disable",
             "connect_timeout": 10,
         }
         params.update(extra)
@@ -130,11 +133,10 @@ class RawClient:
             self.sock.close()
 
     def login_md5(self, user: str, password: str, database: str, **params: str) -> list[m.Frame]:
-        from emulator.rdsproxy.auth import md5_password
-
         self.send(m.startup_message({"user": user, "database": database, **params}))
         request = self.read_frame()
-        assert request.type == b"R" and m.auth_code(request.body) == m.AUTH_MD5, request.raw
+        assert request.type == b"R", request.raw
+        assert m.auth_code(request.body) == m.AUTH_MD5, request.raw
         self.send(m.password_message(md5_password(user, password, request.body[4:8])))
         return self.read_until(b"Z")
 

@@ -16,9 +16,10 @@ from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from emulator.rdsproxy import messages as m
 from emulator.rdsproxy import texts
 
-from .helpers import ProxyUnderTest
+from .helpers import ProxyUnderTest, RawClient
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +88,17 @@ def test_a_tampered_token_is_refused(proxy: ProxyUnderTest) -> None:
 def _token_signed_at(proxy: ProxyUnderTest, when: datetime.datetime) -> str:
     """A token exactly as botocore makes it, but signed at another time."""
     aws = proxy.stack.aws.credentials
-    auth = SigV4QueryAuth(Credentials(aws.access_key_id, aws.secret_access_key), "rds-db", aws.region, expires=900)
+    auth = SigV4QueryAuth(
+        Credentials(aws.access_key_id, aws.secret_access_key), "rds-db", aws.region, expires=900
+    )
     query = urllib.parse.urlencode({"Action": "connect", "DBUser": proxy.user})
     request = AWSRequest(method="GET", url=f"https://{proxy.host}:{proxy.port}/?{query}")
     request.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
     auth._modify_request_before_signing(request)
     canonical = auth.canonical_request(request)
-    auth._inject_signature_to_request(request, auth.signature(auth.string_to_sign(request, canonical), request))
+    auth._inject_signature_to_request(
+        request, auth.signature(auth.string_to_sign(request, canonical), request)
+    )
     return str(request.url)[len("https://") :]
 
 
@@ -143,10 +148,6 @@ def test_password_auth_against_the_secret(make_proxy: Callable[..., ProxyUnderTe
 
 
 def test_scram_is_offered_with_4096_iterations(make_proxy: Callable[..., ProxyUnderTest]) -> None:
-    from emulator.rdsproxy import messages as m
-
-    from .helpers import RawClient
-
     proxy = make_proxy(iam_auth="DISABLED", require_tls=False)
     client = RawClient(proxy.host, proxy.port)
     client.send(m.startup_message({"user": proxy.user, "database": proxy.database}))

@@ -43,8 +43,13 @@ def test_asyncpg_with_its_statement_cache(proxy: ProxyUnderTest) -> None:
     async def run() -> list[int]:
         context = ssl.create_default_context(cafile=proxy.ca)
         conn = await asyncpg.connect(
-            host="localhost", port=proxy.port, user=proxy.user, database=proxy.database,
-            password=proxy.token(host="localhost"), ssl=context, statement_cache_size=100,
+            host="localhost",
+            port=proxy.port,
+            user=proxy.user,
+            database=proxy.database,
+            password=proxy.token(host="localhost"),
+            ssl=context,
+            statement_cache_size=100,
         )
         try:
             values = [await conn.fetchval("SELECT $1::int + 1", i) for i in range(5)]
@@ -60,8 +65,12 @@ def test_asyncpg_with_its_statement_cache(proxy: ProxyUnderTest) -> None:
 def test_pg8000(proxy: ProxyUnderTest) -> None:
     context = ssl.create_default_context(cafile=proxy.ca)
     conn = pg8000.native.Connection(
-        proxy.user, host="localhost", port=proxy.port, database=proxy.database,
-        password=proxy.token(host="localhost"), ssl_context=context,
+        proxy.user,
+        host="localhost",
+        port=proxy.port,
+        database=proxy.database,
+        password=proxy.token(host="localhost"),
+        ssl_context=context,
     )
     try:
         assert conn.run("SELECT :x::int * 3", x=7) == [[21]]
@@ -75,16 +84,31 @@ def test_pg8000(proxy: ProxyUnderTest) -> None:
 def _libpq_env(proxy: ProxyUnderTest) -> dict[str, str]:
     return {
         **os.environ,
-        "PGHOST": proxy.host, "PGPORT": str(proxy.port), "PGUSER": proxy.user, "PGDATABASE": proxy.database,
-        "PGPASSWORD": proxy.token(), "PGSSLMODE": "require",
+        "PGHOST": proxy.host,
+        "PGPORT": str(proxy.port),
+        "PGUSER": proxy.user,
+        "PGDATABASE": proxy.database,
+        "PGPASSWORD": proxy.token(),
+        "PGSSLMODE": "require",
     }
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="no psql client (apt-get install postgresql-client)")
 def test_psql(proxy: ProxyUnderTest) -> None:
     done = subprocess.run(
-        ["psql", "-XAt", "-c", "SELECT 'through the proxy'", "-c", "SELECT count(*) FROM pg_class WHERE false"],
-        env=_libpq_env(proxy), capture_output=True, text=True, timeout=60, check=True,
+        [
+            "psql",
+            "-XAt",
+            "-c",
+            "SELECT 'through the proxy'",
+            "-c",
+            "SELECT count(*) FROM pg_class WHERE false",
+        ],
+        env=_libpq_env(proxy),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert done.stdout.split() == ["through", "the", "proxy", "0"]
 
@@ -93,8 +117,13 @@ def test_psql(proxy: ProxyUnderTest) -> None:
 def pgbench_tables(proxy: ProxyUnderTest) -> None:
     if shutil.which("pgbench") is None:
         pytest.skip("no pgbench (apt-get install postgresql-contrib or postgresql-client)")
-    subprocess.run(["pgbench", "-i", "-s", "1", "-q"], env=_libpq_env(proxy), capture_output=True, timeout=120,
-                   check=True)
+    subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q"],
+        env=_libpq_env(proxy),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
 
 
 @pytest.mark.usefixtures("pgbench_tables")
@@ -102,7 +131,11 @@ def pgbench_tables(proxy: ProxyUnderTest) -> None:
 def test_pgbench(proxy: ProxyUnderTest, mode: str) -> None:
     done = subprocess.run(
         ["pgbench", "-n", "-M", mode, "-c", "8", "-j", "2", "-t", "200"],
-        env=_libpq_env(proxy), capture_output=True, text=True, timeout=120, check=False,
+        env=_libpq_env(proxy),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     processed = re.search(r"number of transactions actually processed: (\d+)/(\d+)", done.stdout)

@@ -145,7 +145,10 @@ def test_a_malformed_message_ends_that_client_only(md5_proxy: ProxyUnderTest) ->
 
 def test_an_oversized_message_gets_a_fatal_error(make_proxy: Callable[..., ProxyUnderTest]) -> None:
     proxy = make_proxy(
-        iam_auth="DISABLED", require_tls=False, client_password_auth_type="POSTGRES_MD5", max_message_bytes=100_000
+        iam_auth="DISABLED",
+        require_tls=False,
+        client_password_auth_type="POSTGRES_MD5",
+        max_message_bytes=100_000,
     )
     client = _login(proxy)
     client.send(m.simple_query("SELECT '" + "x" * 200_000 + "'"))
@@ -182,9 +185,15 @@ def test_a_sync_with_nothing_outstanding_needs_no_database_connection(md5_proxy:
     client.close()
 
 
-def test_an_unknown_prepared_statement_is_an_error_then_the_session_goes_on(md5_proxy: ProxyUnderTest) -> None:
+def test_an_unknown_prepared_statement_is_an_error_then_the_session_goes_on(
+    md5_proxy: ProxyUnderTest,
+) -> None:
     client = _login(md5_proxy)
-    client.send(m.frame(b"B", b"\0nope\0" + struct.pack("!HHH", 0, 0, 0)) + m.frame(b"E", b"\0" + b"\0\0\0\0") + m.SYNC)
+    client.send(
+        m.frame(b"B", b"\0nope\0" + struct.pack("!HHH", 0, 0, 0))
+        + m.frame(b"E", b"\0" + b"\0\0\0\0")
+        + m.SYNC
+    )
     error = client.expect_error()
     assert (error["C"], error["M"]) == ("26000", 'prepared statement "nope" does not exist')
     assert client.read_frame().raw == m.ready_for_query(b"I")

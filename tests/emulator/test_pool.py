@@ -1,0 +1,129 @@
+"""The pool: its cap, the FIFO borrow queue and its timeout, init_query, idle timeouts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from emulator.rdsproxy import texts
+from emulator.wait import wait_until
+
+from .helpers import ProxyUnderTest
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_cap_is_max_connections_times_the_percentage_minus_reserved(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    # The stack's PostgreSQL has max_connections = 30.
+    assert make_proxy(max_connections_percent=50).stats()["max_database_connections_allowed"] == 15
+    assert make_proxy(max_connections_percent=55).stats()["max_database_connections_allowed"] == 16
+    assert (
+        make_proxy(max_connections_percent=50, reserved_connections=2).stats()[
+            "max_database_connections_allowed"
+        ]
+        == 13
+    )
+
+
+@pytest.fixture
+def one_connection(make_proxy: Callable[..., ProxyUnderTest]) -> ProxyUnderTest:
+    # floor(30 x 4 / 100) = 1
+    return make_proxy(max_connections_percent=4, connection_borrow_timeout=1)
+
+
+def test_a_borrow_that_waits_too_long_gets_rds_proxys_error_and_is_closed(
+    one_connection: ProxyUnderTest,
+) -> None:
+    with one_connection.connect() as holder, one_connection.connect() as waiter:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as caught:
+            waiter.execute("SELECT 1")
+        waited = time.monotonic() - started
+        holder.execute("COMMIT")
+        assert caught.value.sqlstate == "08000"
+        assert caught.value.diag.severity == "FATAL"
+        assert caught.value.diag.message_primary == texts.BORROW_TIMEOUT
+        assert 1.0 <= waited < 3.0
+        assert waiter.closed
+    assert one_connection.stats()["borrow_timeouts"] >= 1
+
+
+def test_waiting_borrows_are_served_first_come_first_served(one_connection: ProxyUnderTest) -> None:
+    proxy = one_connection
+    order: list[int] = []
+    holder = proxy.connect()
+    holder.execute("BEGIN")
+    holder.execute("SELECT 1")
+    waiters = [proxy.connect() for _ in range(3)]
+
+    def wait_in_line(index: int) -> None:
+        waiters[index].execute("SELECT 1")
+        order.append(index)
+
+    threads = []
+    for index in range(3):
+        thread = threading.Thread(target=wait_in_line, args=(index,))
+        thread.start()
+        threads.append(thread)
+        wait_until(
+            lambda n=index: proxy.stats()["borrow_waiters"] == n + 1, part="the borrow queue", timeout=5
+        )
+    holder.execute("COMMIT")
+    for thread in threads:
+        thread.join(10)
+    holder.close()
+    for conn in waiters:
+        conn.close()
+    assert order == [0, 1, 2]
+
+
+def test_init_query_runs_on_every_new_database_connection(make_proxy: Callable[..., ProxyUnderTest]) -> None:
+    proxy = make_proxy(init_query="SET statement_timeout = 12345; SET lock_timeout = 2345")
+    with proxy.connect() as first, proxy.connect() as second:
+        first.execute("BEGIN")
+        second.execute("BEGIN")
+        for conn in (first, second):
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("12345ms",)
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("2345ms",)
+        first.execute("COMMIT")
+        second.execute("COMMIT")
+    # The proxy's own SET does not pin.
+    assert proxy.stats()["database_connections_pinned"] == 0
+
+
+def test_an_idle_client_is_disconnected_and_its_database_connection_stays(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    proxy = make_proxy(idle_client_timeout=1)
+    conn = proxy.connect()
+    conn.execute("SELECT 1")
+    database_connections = proxy.stats()["database_connections"]
+    wait_until(lambda: proxy.stats()["client_connections"] == 0, part="idle client timeout", timeout=10)
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+    assert proxy.stats()["database_connections"] == database_connections
+
+
+def test_idle_database_connections_above_the_idle_percentage_are_closed(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    # cap 6, keep floor(30 x 7 / 100) = 2 idle, idle means unused for 1 s here (5 minutes in AWS)
+    proxy = make_proxy(max_connections_percent=20, max_idle_connections_percent=7, idle_connection_seconds=1)
+    clients = [proxy.connect() for _ in range(6)]
+    for conn in clients:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+    assert proxy.stats()["database_connections"] == 6
+    for conn in clients:
+        conn.execute("COMMIT")
+        conn.close()
+    wait_until(lambda: proxy.stats()["database_connections"] == 2, part="idle trimming", timeout=10)
