@@ -43,7 +43,8 @@ def _run(conn: psycopg.Connection[Any], statements: list[str], table: str, binar
 SCENARIOS: dict[str, list[str]] = {
     "ddl_and_dml": [
         "CREATE TABLE {t} (id serial PRIMARY KEY, name text NOT NULL, doc jsonb, n numeric(12,3))",
-        "INSERT INTO {t} (name, doc, n) VALUES ('a', '{{\"k\": [1, 2]}}', 1.5), ('b', NULL, -2) RETURNING id, name",
+        "INSERT INTO {t} (name, doc, n) VALUES ('a', '{{\"k\": [1, 2]}}', 1.5), ('b', NULL, -2)"
+        " RETURNING id, name",
         "UPDATE {t} SET n = n * 2 WHERE name = 'a' RETURNING n",
         "DELETE FROM {t} WHERE name = 'b'",
         "SELECT id, name, doc, n FROM {t} ORDER BY id",
@@ -101,7 +102,7 @@ def targets(proxy: ProxyUnderTest) -> dict[str, Callable[[], psycopg.Connection[
     }
     return {
         "direct": lambda: psycopg.connect(**direct, autocommit=True),
-        "emulator": lambda: proxy.connect(),
+        "emulator": proxy.connect,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ def test_frames_survive_any_split(frames: list[tuple[int, bytes]], cuts: list[in
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     reader = m.FrameReader()
     seen = []
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         reader.feed(stream[start:end])
         seen += [(f.kind, f.body) for f in reader.frames()]
     assert seen == [(kind, body) for kind, body in frames]
