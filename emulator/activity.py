@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from emulator.postgres import PostgresServer, count_backends
+from emulator.postgres import PostgresEndpoint, count_backends
 
 
 @dataclass
@@ -30,9 +31,18 @@ class BackendSampler:
     full server (the very thing being shown) cannot lock it out.
     """
 
-    def __init__(self, postgres: PostgresServer, *, user: str, period: float = 0.01) -> None:
+    def __init__(
+        self,
+        postgres: PostgresEndpoint,
+        *,
+        user: str,
+        period: float = 0.01,
+        exclude: AbstractSet[int] = frozenset(),
+    ) -> None:
         self.postgres = postgres
         self.user = user
+        # Backends to leave out: other proxies' idle pooled connections.
+        self.exclude = list(exclude)
         self.period = period
         self.samples = ConnectionSamples()
         self._stop = threading.Event()
@@ -63,7 +73,7 @@ class BackendSampler:
                 started = time.monotonic()
                 self._ready.set()
                 while True:
-                    count = count_backends(conn, user=self.user)
+                    count = count_backends(conn, user=self.user, exclude_pids=self.exclude)
                     self.samples.times.append(time.monotonic() - started)
                     self.samples.counts.append(count)
                     if self._stop.wait(self.period):

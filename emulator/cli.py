@@ -9,12 +9,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from emulator.demo import DemoConfig, run_demo
 from emulator.envfile import write_env_file
 from emulator.errors import ComponentError
 from emulator.proxy import ProxyKind
-from emulator.stack import EmbeddedStack, StackConfig
+from emulator.rdsproxy.config import parse_settings
+from emulator.rdsproxy.part import RdsProxyEmulator
+from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
 
 
 class Shutdown(BaseException):
@@ -42,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "--proxy",
         type=ProxyKind,
         choices=list(ProxyKind),
-        default=ProxyKind.PGBOUNCER,
+        default=ProxyKind.EMULATOR,
         help="what sits between clients and PostgreSQL (default: %(default)s)",
     )
     up.add_argument(
@@ -120,12 +123,33 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         "--pool-size",
         type=int,
         default=defaults.pool_size,
-        help="database connections the pooler may open (default: %(default)s)",
+        help="database connections the pooler may open; for the RDS Proxy emulator this sets "
+        "max_connections_percent unless a --proxy-setting does (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proxy-setting",
+        dest="proxy_settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an RDS Proxy emulator setting by its Terraform name, e.g. connection_borrow_timeout=5 or "
+        "iam_auth=DISABLED (repeatable; the names are listed by `python -m emulator proxy --help`)",
+    )
+
+
+def _stack_config(args: argparse.Namespace, **extra: Any) -> StackConfig:
+    try:
+        settings = {**DEFAULT_PROXY_SETTINGS, **parse_settings(args.proxy_settings)}
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    return StackConfig(
+        max_connections=args.max_connections, pool_size=args.pool_size, proxy_settings=settings, **extra
     )
 
 
 def _up(args: argparse.Namespace) -> int:
-    config = StackConfig(proxy=args.proxy, max_connections=args.max_connections, pool_size=args.pool_size)
+    config = _stack_config(args, proxy=args.proxy)
     print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
     with EmbeddedStack(config) as stack:
         env = stack.environment()
@@ -140,6 +164,13 @@ def _up(args: argparse.Namespace) -> int:
         print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
         print(f"DB secret    {env['DB_SECRET_ARN']}")
         print(f"TLS CA       {env['DB_SSLROOTCERT']}")
+        if isinstance(stack.proxy, RdsProxyEmulator):
+            cfg = stack.proxy.config
+            print(
+                f"RDS Proxy    iam_auth={cfg.iam_auth} require_tls={cfg.require_tls} "
+                f"max_connections_percent={cfg.max_connections_percent} "
+                f"connection_borrow_timeout={cfg.connection_borrow_timeout} log {stack.proxy.log_path}"
+            )
         try:
             if args.env_file:
                 write_env_file(args.env_file, env)
@@ -157,11 +188,10 @@ def _demo(args: argparse.Namespace) -> int:
     run_demo(
         DemoConfig(
             invocations=args.invocations,
-            max_connections=args.max_connections,
-            pool_size=args.pool_size,
             work_ms=args.work_ms,
             chart=args.chart,
             handler_log=args.handler_log,
+            stack=_stack_config(args),
         )
     )
     return 0

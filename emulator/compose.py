@@ -63,6 +63,10 @@ class RemoteProxy:
     def stop(self) -> None:
         """Stopped by Docker Compose."""
 
+    def backend_pids(self) -> set[int]:
+        # Only the containers' admin consoles know; the compose stack runs one proxy, so none to exclude.
+        return set()
+
 
 class ComposeStack(StackEnvironment):
     """PostgreSQL, PgBouncer and moto from compose.yaml, on free loopback ports, one project per stack."""

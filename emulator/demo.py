@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -13,18 +14,19 @@ from rich.table import Table
 from emulator.activity import BackendSampler, ConnectionSamples
 from emulator.burst import Burst, BurstResult
 from emulator.environments import function_environment
+from emulator.pgbouncer import find_pgbouncer
 from emulator.proxy import ProxyKind, ProxyPart
+from emulator.rdsproxy.part import RdsProxyEmulator
 from emulator.stack import EmbeddedStack, StackConfig
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     invocations: int = 100
-    max_connections: int = 20
-    pool_size: int = 5
     work_ms: int = 250
     chart: Path = Path("connection-exhaustion.png")
     handler_log: Path = Path("connection-exhaustion-handler.log")
+    stack: StackConfig = field(default_factory=StackConfig)
 
 
 @dataclass
@@ -35,6 +37,10 @@ class Way:
     burst: BurstResult
     samples: ConnectionSamples
     pool_cap: int | None
+    # From the RDS Proxy emulator's counters: borrow latency (microseconds) and pinned sessions.
+    borrow_p50_us: int | None = None
+    borrow_p99_us: int | None = None
+    pinned: int | None = None
 
 
 def _burst_through(
@@ -47,31 +53,49 @@ def _burst_through(
         Burst(config.invocations, on_init=lambda: progress.advance(init)) as environments,
     ):
         progress.start_task(invoke)
-        with BackendSampler(stack.postgres, user=stack.config.db_user) as sampler:
+        # Idle connections the other proxies keep are not this way's: leave them out of its count.
+        others = set().union(*(part.backend_pids() for part in stack.proxies.values() if part is not proxy))
+        with BackendSampler(stack.postgres, user=stack.config.db_user, exclude=others) as sampler:
             burst = environments.invoke(
                 {"sleep_ms": config.work_ms}, on_done=lambda _: progress.advance(invoke)
             )
+    if isinstance(proxy, RdsProxyEmulator):
+        stats = proxy.stats()
+        latency = stats["borrow_latency_us"]
+        return Way(
+            name,
+            burst,
+            sampler.samples,
+            stats["max_database_connections_allowed"],
+            latency["p50"],
+            latency["p99"],
+            stats["peak_pinned_sessions"],
+        )
     cap = None if proxy is stack.direct else stack.config.pool_size
     return Way(name, burst, sampler.samples, cap)
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
-    console = console or Console()
+    # Wide enough for the table when the output is a file or a CI log, not a terminal.
+    console = console or Console(width=None if sys.stdout.isatty() else 130)
     # The handler logs every failed invocation; keep those lines in a file, the table sums them up.
     handler_log = logging.FileHandler(config.handler_log, mode="w")
     logging.getLogger().addHandler(handler_log)
-    stack_config = StackConfig(
-        proxy=ProxyKind.PGBOUNCER, max_connections=config.max_connections, pool_size=config.pool_size
-    )
+    pgbouncer = (ProxyKind.PGBOUNCER,) if find_pgbouncer() is not None else ()
+    stack_config = replace(config.stack, proxy=ProxyKind.EMULATOR, extra_proxies=pgbouncer)
     try:
-        with console.status("Starting PostgreSQL, the AWS API emulator and PgBouncer..."):
+        with console.status("Starting PostgreSQL, the AWS API emulator and the proxies..."):
             stack = EmbeddedStack(stack_config).__enter__()
         with stack:
             console.print(
                 f"PostgreSQL {stack.postgres.binaries.version} with max_connections="
-                f"{config.max_connections}; PgBouncer pool size {config.pool_size}; "
+                f"{stack_config.max_connections}; pool size {stack_config.pool_size}; "
                 f"{config.invocations} concurrent invocations, each {config.work_ms} ms of work."
             )
+            if not pgbouncer:
+                console.print(
+                    "PgBouncer is not installed: its column is left out (apt-get install pgbouncer)."
+                )
             progress = Progress(
                 TextColumn("{task.description:<30}"),
                 BarColumn(),
@@ -81,9 +105,15 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
             )
             with progress:
                 ways = [
-                    _burst_through(stack, stack.direct, "direct to PostgreSQL", config, progress),
-                    _burst_through(stack, stack.proxy, "through PgBouncer", config, progress),
+                    _burst_through(stack, stack.direct, "direct", config, progress),
+                    _burst_through(stack, stack.proxy, "RDS Proxy emulator", config, progress),
                 ]
+                if pgbouncer:
+                    ways.append(
+                        _burst_through(
+                            stack, stack.proxies[ProxyKind.PGBOUNCER], "PgBouncer", config, progress
+                        )
+                    )
     finally:
         logging.getLogger().removeHandler(handler_log)
         handler_log.close()
@@ -97,11 +127,25 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
 
 
 def results_table(ways: list[Way]) -> Table:
-    table = Table(title="The same burst, two ways")
+    table = Table(title=f"The same burst, {len(ways)} ways")
     table.add_column("way")
-    for column in ("invocations", "ok", "failed", "peak DB conns", "pool cap", "wall time"):
+    for column in (
+        "invocations",
+        "ok",
+        "failed",
+        "peak DB conns",
+        "pool cap",
+        "borrow p50/p99",
+        "pinned",
+        "wall time",
+    ):
         table.add_column(column, justify="right")
     for way in ways:
+        borrow = (
+            "-"
+            if way.borrow_p50_us is None
+            else f"{way.borrow_p50_us / 1000:.1f}/{(way.borrow_p99_us or 0) / 1000:.0f} ms"
+        )
         table.add_row(
             way.name,
             str(way.burst.invocations),
@@ -109,6 +153,8 @@ def results_table(ways: list[Way]) -> Table:
             str(way.burst.failed),
             str(way.samples.peak),
             "-" if way.pool_cap is None else str(way.pool_cap),
+            borrow,
+            "-" if way.pinned is None else str(way.pinned),
             f"{way.burst.wall_seconds:.1f} s",
         )
     return table
@@ -123,7 +169,7 @@ def write_chart(ways: list[Way], config: DemoConfig) -> None:
     fig, axes = plt.subplots(1, len(ways), figsize=(6 * len(ways), 4), sharey=True, squeeze=False)
     for ax, way in zip(axes[0], ways, strict=True):
         ax.step(way.samples.times, way.samples.counts, where="post", label="database connections (app role)")
-        ax.axhline(config.max_connections, color="red", linestyle="--", label="max_connections")
+        ax.axhline(config.stack.max_connections, color="red", linestyle="--", label="max_connections")
         if way.pool_cap is not None:
             ax.axhline(way.pool_cap, color="green", linestyle=":", label="pool cap")
         ax.set_title(f"{way.name}: {way.burst.succeeded} ok, {way.burst.failed} failed")

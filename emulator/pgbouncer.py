@@ -140,6 +140,23 @@ class PgBouncer:
             conn.execute("SELECT 1")
         return True
 
+    def backend_pids(self) -> set[int]:
+        """From PgBouncer's admin console: SHOW SERVERS lists each server connection's remote_pid."""
+        t = self.target
+        with psycopg.connect(
+            host=self.host,
+            port=self.port,
+            dbname="pgbouncer",
+            user=t.user,
+            connect_timeout=5,
+            autocommit=True,
+        ) as admin:
+            cur = admin.cursor()
+            cur.execute("SHOW SERVERS", prepare=False)
+            assert cur.description is not None
+            column = [c.name for c in cur.description].index("remote_pid")
+            return {int(row[column]) for row in cur.fetchall()}
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.stop()

@@ -309,12 +309,19 @@ class PostgresServer(PostgresEndpoint):
         return self._process is not None and self._process.exit_reason() is None
 
 
-def count_backends(conn: psycopg.Connection, *, user: str | None = None, database: str | None = None) -> int:
+def count_backends(
+    conn: psycopg.Connection,
+    *,
+    user: str | None = None,
+    database: str | None = None,
+    exclude_pids: list[int] | None = None,
+) -> int:
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
         " AND (%(user)s::text IS NULL OR usename = %(user)s)"
-        " AND (%(db)s::text IS NULL OR datname = %(db)s)",
-        {"user": user, "db": database},
+        " AND (%(db)s::text IS NULL OR datname = %(db)s)"
+        " AND NOT pid = ANY(%(exclude)s::int[])",
+        {"user": user, "db": database, "exclude": exclude_pids or []},
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -35,6 +35,10 @@ class ProxyPart(Protocol):
 
     def stop(self) -> None: ...
 
+    def backend_pids(self) -> set[int]:
+        """PostgreSQL backend PIDs of the database connections this proxy holds right now."""
+        ...
+
 
 class DirectProxy:
     """No proxy: clients connect to PostgreSQL itself, one backend per client (the problem)."""
@@ -56,3 +60,7 @@ class DirectProxy:
 
     def stop(self) -> None:
         """Nothing to stop."""
+
+    def backend_pids(self) -> set[int]:
+        """Clients' own connections belong to no proxy."""
+        return set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO / "lambda" / "index.py"
 
 # Small numbers keep the exhaustion quick and certain: 20 slots, 3 reserved for superusers.
-TEST_STACK = StackConfig(proxy=ProxyKind.PGBOUNCER, max_connections=20, pool_size=5)
+TEST_STACK = StackConfig(max_connections=20, pool_size=5)
 
 
 def _docker_reason() -> str | None:
@@ -27,12 +28,14 @@ def _docker_reason() -> str | None:
 @pytest.fixture(
     scope="session",
     params=[
-        "embedded",
+        "emulator",
+        pytest.param("pgbouncer", marks=pytest.mark.pgbouncer),
         pytest.param("docker", marks=pytest.mark.docker),
     ],
 )
 def pooled_stack(request: pytest.FixtureRequest) -> Iterator[StackEnvironment]:
-    """PostgreSQL + moto + PgBouncer: as local processes, and from compose.yaml when Docker answers."""
+    """PostgreSQL + moto + a pooler: the RDS Proxy emulator or PgBouncer as local processes, and
+    PgBouncer from compose.yaml when a Docker engine answers."""
     if request.param == "docker":
         reason = _docker_reason()
         if reason is not None:
@@ -40,9 +43,10 @@ def pooled_stack(request: pytest.FixtureRequest) -> Iterator[StackEnvironment]:
         with ComposeStack(TEST_STACK) as compose:
             yield compose
         return
-    if find_pgbouncer() is None:
+    kind = ProxyKind(request.param)
+    if kind is ProxyKind.PGBOUNCER and find_pgbouncer() is None:
         pytest.skip("no pgbouncer binary (apt-get install pgbouncer); .ci/run installs it")
-    with EmbeddedStack(TEST_STACK) as stack:
+    with EmbeddedStack(replace(TEST_STACK, proxy=kind)) as stack:
         yield stack
 
 

@@ -69,6 +69,8 @@ class ServerConnection:
         self.created = time.monotonic()
         self.last_used = self.created
         self.broken = False
+        # The clientConnection id of the session that borrowed it (0 while pooled).
+        self.owner = 0
 
     @classmethod
     async def open(

@@ -125,17 +125,22 @@ class ProxyConfig:
 
     def with_overrides(self, assignments: list[str]) -> ProxyConfig:
         """Apply NAME=VALUE strings (from the command line), converted to each field's type."""
-        values = dataclasses.asdict(self)
-        types = {f.name: f.type for f in dataclasses.fields(self)}
-        for assignment in assignments:
-            name, sep, raw = assignment.partition("=")
-            if not sep or name not in types:
-                raise ValueError(f"not a proxy setting: {assignment!r}")
-            values[name] = _convert(str(types[name]), raw)
-        return ProxyConfig.from_mapping(values)
+        return ProxyConfig.from_mapping({**dataclasses.asdict(self), **parse_settings(assignments)})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def parse_settings(assignments: list[str]) -> dict[str, Any]:
+    """NAME=VALUE strings to typed settings, checked against the known names."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(ProxyConfig)}
+    settings: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, raw = assignment.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"not a proxy setting: {assignment!r}")
+        settings[name] = _convert(types[name], raw)
+    return settings
 
 
 def _convert(type_name: str, raw: str) -> Any:

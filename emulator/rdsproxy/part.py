@@ -85,6 +85,9 @@ class RdsProxyEmulator:
             data: dict[str, Any] = json.loads(answer.read())
         return data
 
+    def backend_pids(self) -> set[int]:
+        return set(self.stats()["backend_pids"])
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.stop()

@@ -225,6 +225,10 @@ class Pool:
     def total(self) -> int:
         return self._total
 
+    def connections(self) -> list[ServerConnection]:
+        """Every open connection, idle or borrowed."""
+        return [conn for idle in self._idle.values() for conn in idle] + list(self.borrowed)
+
     def idle_count(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
 

@@ -49,6 +49,10 @@ class ResponseRouter:
         """Nothing is waiting for an answer."""
         return not self._queue
 
+    def pending(self) -> list[str]:
+        """The kinds of message still waiting for their answer, oldest first."""
+        return [entry.kind for entry in self._queue]
+
     def expect(self, kind: str, *, forward: bool = True, on_error: Callable[[], None] | None = None) -> None:
         self._queue.append(Expected(kind, forward, on_error=on_error))
 

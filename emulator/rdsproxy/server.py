@@ -197,6 +197,8 @@ class ProxyServer:
             "idle": self.pool.idle_count(),
             "borrowed": len(self.pool.borrowed),
         }
+        data["borrowed"] = [{"db_connection": c.id, "owner": c.owner} for c in self.pool.borrowed]
+        data["backend_pids"] = sorted(conn.process_id for conn in self.pool.connections())
         data["target_ready"] = self._target_ready.is_set()
         data["target_max_connections"] = self.target_max_connections
         return data
@@ -207,10 +209,12 @@ class ProxyServer:
             path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
             if path.startswith("/stats"):
                 status, body = "200 OK", json.dumps(self.snapshot())
+            elif path.startswith("/sessions"):
+                status, body = "200 OK", json.dumps([session.describe() for session in self.sessions])
             elif path.startswith("/config"):
                 status, body = "200 OK", self.config.to_json()
             else:
-                status, body = "404 Not Found", json.dumps({"error": "try /stats or /config"})
+                status, body = "404 Not Found", json.dumps({"error": "try /stats, /sessions or /config"})
             payload = body.encode()
             head = f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
             head += f"Content-Length: {len(payload)}\r\n\r\n"

@@ -15,7 +15,7 @@ import itertools
 import random
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emulator.rdsproxy import messages as m
 from emulator.rdsproxy import texts
@@ -448,6 +448,7 @@ class ClientSession:
             return
         self.pinned = reason
         self.stats.database_connections_pinned += 1
+        self.stats.note_peaks()
         self.server.log.warn(
             f"[proxyEndpoint={self.server.log.endpoint}] [clientConnection={self.id}] The client session was "
             f"pinned to the database connection [dbConnection={self.backend.id}] for the remainder of the "
@@ -496,6 +497,7 @@ class ClientSession:
         except (OSError, asyncio.IncompleteReadError):
             self.server.pool.release(conn, reusable=False)
             raise
+        conn.owner = self.id
         self.backend = conn
         self._pump_task = asyncio.get_running_loop().create_task(self._pump(conn))
 
@@ -581,6 +583,27 @@ class ClientSession:
         elif in_transaction:
             # The client believes it is inside a transaction: its next statement must fail, not run alone.
             self.lost_transaction = error
+
+    def describe(self) -> dict[str, Any]:
+        """What the session is doing, for the /sessions endpoint (like PgBouncer's SHOW CLIENTS)."""
+        backend = self.backend
+        return {
+            "client_connection": self.id,
+            "peer": self.peer,
+            "user": self.user,
+            "database": self.database,
+            "tls": self.tls,
+            "established": self.established,
+            "idle_seconds": round(time.monotonic() - self.last_activity, 3),
+            "db_connection": backend.id if backend else None,
+            "backend_pid": backend.process_id if backend else None,
+            "transaction_status": backend.txn_status.decode() if backend else None,
+            "awaiting": self.router.pending(),
+            "unsynced": self.unsynced,
+            "skipping_until_sync": self.skip_until_sync,
+            "pinned": self.pinned,
+            "prepared_statements": len(self.statements),
+        }
 
     # -- ending ---------------------------------------------------------------------------------
 

@@ -36,10 +36,12 @@ class Stats:
     borrow_latencies_us: list[int] = field(default_factory=list)
     peak_client_connections: int = 0
     peak_database_connections: int = 0
+    peak_pinned_sessions: int = 0
 
     def note_peaks(self) -> None:
         self.peak_client_connections = max(self.peak_client_connections, self.client_connections)
         self.peak_database_connections = max(self.peak_database_connections, self.database_connections)
+        self.peak_pinned_sessions = max(self.peak_pinned_sessions, self.database_connections_pinned)
 
     def snapshot(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

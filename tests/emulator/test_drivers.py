@@ -126,11 +126,9 @@ def pgbench_tables(proxy: ProxyUnderTest) -> None:
     )
 
 
-@pytest.mark.usefixtures("pgbench_tables")
-@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
-def test_pgbench(proxy: ProxyUnderTest, mode: str) -> None:
+def _pgbench(proxy: ProxyUnderTest, *args: str, expected: int) -> None:
     done = subprocess.run(
-        ["pgbench", "-n", "-M", mode, "-c", "8", "-j", "2", "-t", "200"],
+        ["pgbench", "-n", *args],
         env=_libpq_env(proxy),
         capture_output=True,
         text=True,
@@ -140,5 +138,22 @@ def test_pgbench(proxy: ProxyUnderTest, mode: str) -> None:
     assert done.returncode == 0, done.stderr
     processed = re.search(r"number of transactions actually processed: (\d+)/(\d+)", done.stdout)
     assert processed is not None, done.stdout
-    assert processed[1] == processed[2] == "1600"
+    assert processed[1] == processed[2] == str(expected)
     assert "number of failed transactions: 0 " in done.stdout
+
+
+@pytest.mark.usefixtures("pgbench_tables")
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_read_write_transactions(proxy: ProxyUnderTest, mode: str) -> None:
+    # No more clients than pooled connections: pgbench prepares synchronously at a client's first
+    # use, blocking its thread while other clients of that thread hold connections in BEGIN. With
+    # more clients than connections that is a client-side deadlock, through RDS Proxy too.
+    assert proxy.stats()["max_database_connections_allowed"] >= 4
+    _pgbench(proxy, "-M", mode, "-c", "4", "-j", "2", "-t", "200", expected=800)
+
+
+@pytest.mark.usefixtures("pgbench_tables")
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_more_clients_than_connections(proxy: ProxyUnderTest, mode: str) -> None:
+    assert proxy.stats()["max_database_connections_allowed"] < 16
+    _pgbench(proxy, "-S", "-M", mode, "-c", "16", "-j", "2", "-t", "200", expected=3200)

@@ -79,11 +79,11 @@ def _start_up(tmp_path: Path, proxy: str) -> RunningUp:
     return running
 
 
-@pytest.fixture
-def up_pgbouncer(tmp_path: Path) -> Iterator[RunningUp]:
-    if find_pgbouncer() is None:
+@pytest.fixture(params=["emulator", pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)])
+def up(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningUp]:
+    if request.param == "pgbouncer" and find_pgbouncer() is None:
         pytest.skip("no pgbouncer binary (apt-get install pgbouncer); .ci/run installs it")
-    running = _start_up(tmp_path, "pgbouncer")
+    running = _start_up(tmp_path, request.param)
     yield running
     if running.process.poll() is None:
         running.process.kill()
@@ -114,13 +114,13 @@ def _cmdline(entry: Path) -> bytes:
         return b""
 
 
-def test_the_env_file_has_every_key_another_shell_needs(up_pgbouncer: RunningUp) -> None:
-    assert set(up_pgbouncer.env()) >= REQUIRED_KEYS
-    assert up_pgbouncer.env()["LOCAL_TWIN_PROXY"] == "pgbouncer"
+def test_the_env_file_has_every_key_another_shell_needs(up: RunningUp) -> None:
+    assert set(up.env()) >= REQUIRED_KEYS
+    assert up.env()["LOCAL_TWIN_PROXY"] == "pgbouncer"
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="no psql client (apt-get install postgresql-client)")
-def test_psql_reaches_postgresql_from_another_shell(up_pgbouncer: RunningUp) -> None:
+def test_psql_reaches_postgresql_from_another_shell(up: RunningUp) -> None:
     done = subprocess.run(
         [
             "psql",
@@ -128,7 +128,7 @@ def test_psql_reaches_postgresql_from_another_shell(up_pgbouncer: RunningUp) -> 
             "SELECT current_user, current_setting('max_connections'), ssl FROM pg_stat_ssl "
             "WHERE pid = pg_backend_pid()",
         ],
-        env=up_pgbouncer.shell_env(),
+        env=up.shell_env(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -137,10 +137,10 @@ def test_psql_reaches_postgresql_from_another_shell(up_pgbouncer: RunningUp) -> 
     assert done.stdout.strip() == "app_user|20|t"
 
 
-def test_the_handler_reaches_the_proxy_from_another_shell(up_pgbouncer: RunningUp) -> None:
+def test_the_handler_reaches_the_proxy_from_another_shell(up: RunningUp) -> None:
     done = subprocess.run(
         [sys.executable, "-c", HANDLER_FROM_ANOTHER_SHELL, str(REPO / "lambda" / "index.py")],
-        env=up_pgbouncer.shell_env(),
+        env=up.shell_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,8 +151,32 @@ def test_the_handler_reaches_the_proxy_from_another_shell(up_pgbouncer: RunningU
     assert response["result"]["user"] == "app_user"
 
 
-def test_ctrl_c_stops_every_process_and_removes_every_file(up_pgbouncer: RunningUp) -> None:
-    output = _stop_and_check_nothing_is_left(up_pgbouncer, signal.SIGINT)
+def test_the_default_proxy_is_the_rds_proxy_emulator_with_iam_and_tls(tmp_path: Path) -> None:
+    running = _start_up(tmp_path, "emulator")
+    try:
+        env = running.env()
+        assert env["LOCAL_TWIN_PROXY"] == "emulator"
+        # A plain connection is refused in RDS Proxy's words; a token over TLS gets in.
+        done = subprocess.run(
+            ["psql", "-XAtc", "SELECT 1"],
+            env={
+                **running.shell_env(),
+                "PGHOST": env["DB_PROXY_ENDPOINT"],
+                "PGPORT": env["DB_PORT"],
+                "PGSSLMODE": "disable",
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "This RDS Proxy requires TLS connections." in done.stderr
+    finally:
+        _stop_and_check_nothing_is_left(running, signal.SIGINT)
+
+
+def test_ctrl_c_stops_every_process_and_removes_every_file(up: RunningUp) -> None:
+    output = _stop_and_check_nothing_is_left(up, signal.SIGINT)
     assert "Ready." in output
 
 

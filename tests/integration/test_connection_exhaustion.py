@@ -10,7 +10,7 @@ from emulator.environments import function_environment
 from emulator.proxy import ProxyPart
 from emulator.stack import StackEnvironment
 
-pytestmark = [pytest.mark.integration, pytest.mark.pgbouncer]
+pytestmark = pytest.mark.integration
 
 INVOCATIONS = 40  # twice max_connections (20)
 WORK = {"sleep_ms": 300}

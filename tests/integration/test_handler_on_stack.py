@@ -11,7 +11,7 @@ import pytest
 from emulator.environments import InProcessEnvironment, function_environment
 from emulator.stack import StackEnvironment
 
-pytestmark = [pytest.mark.integration, pytest.mark.pgbouncer]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_a_killed_backend_is_replaced_on_the_next_invocation(
     assert second["environment"]["connections_opened"] == 2
 
 
-def test_through_pgbouncer_with_a_real_iam_token(
+def test_through_the_pooler_with_a_real_iam_token(
     pooled_stack: StackEnvironment, proxied_environment: InProcessEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokens: list[str] = []
