@@ -53,14 +53,14 @@ class AwsEmulator:
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
         wait_until(self._ready, part=PART, timeout=timeout, hint=INSTALL_HINT)
-        self.reset()
 
     def _ready(self) -> bool:
         self.client("sts").get_caller_identity()
         return True
 
     def reset(self) -> None:
-        """Forget every resource: moto keeps its state per Python process, not per server."""
+        """Forget every resource. moto keeps its state per Python process, not per server, so this
+        also empties every other emulator of this process: stacks never call it on each other."""
         # Our own http:// loopback URL, never a user-supplied scheme.
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310
         with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import shutil
 import tempfile
@@ -20,6 +21,15 @@ from emulator.process import ServiceUser, hand_over, service_user
 from emulator.proxy import DirectProxy, ProxyKind, ProxyPart
 from emulator.rdsproxy.part import RdsProxyEmulator, emulator_config
 from emulator.tls import LocalCA
+
+_stacks_started = itertools.count(1)
+
+
+def _unique_secret_name(name: str) -> str:
+    """moto's state is shared by every stack of one Python process: the second stack gets name-2."""
+    number = next(_stacks_started)
+    return name if number == 1 else f"{name}-{number}"
+
 
 # The names clients may use for the stack's TLS endpoints (verify-full checks them).
 TLS_HOSTNAMES = ["localhost", LOOPBACK]
@@ -158,7 +168,7 @@ class EmbeddedStack(StackEnvironment):
         self.postgres.start()
         self.postgres.create_app_database(database=cfg.database, user=cfg.db_user, password=self.db_password)
         self.secret_arn = self.aws.create_db_secret(
-            cfg.secret_name, username=cfg.db_user, password=self.db_password
+            _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
         )
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)

@@ -50,6 +50,8 @@ class RdsProxyEmulator:
         config_file = self.workdir / "proxy.json"
         config_file.write_text(self.config.to_json())
         ready_file = self.workdir / "ready.json"
+        # A ready file left by an earlier run in this directory would make a dead proxy look ready.
+        ready_file.unlink(missing_ok=True)
         env = {**os.environ, **self.environment}
         self._process = ManagedProcess(
             PART,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +32,12 @@ def proxy(stack: EmbeddedStack) -> ProxyUnderTest:
     return ProxyUnderTest(stack, stack.proxy)
 
 
-@pytest.fixture(scope="session")
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
 def _proxies(stack: EmbeddedStack) -> Iterator[dict[str, RdsProxyEmulator]]:
+    # Per module: every extra proxy keeps idle database connections, and PostgreSQL has few slots.
     started: dict[str, RdsProxyEmulator] = {}
     yield started
     for part in started.values():
@@ -52,7 +57,7 @@ def make_proxy(stack: EmbeddedStack, _proxies: dict[str, RdsProxyEmulator]) -> C
         key = json.dumps(settings, sort_keys=True)
         part = _proxies.get(key)
         if part is None:
-            name = f"rdsproxy-{len(_proxies)}"
+            name = f"rdsproxy-{next(_names)}"
             certificate = stack.ca.issue_server(name, ["localhost", "127.0.0.1"])
             config = emulator_config(
                 target_host=stack.postgres.host,
