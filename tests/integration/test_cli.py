@@ -116,7 +116,8 @@ def _cmdline(entry: Path) -> bytes:
 
 def test_the_env_file_has_every_key_another_shell_needs(up: RunningUp) -> None:
     assert set(up.env()) >= REQUIRED_KEYS
-    assert up.env()["LOCAL_TWIN_PROXY"] == "pgbouncer"
+    assert up.env()["LOCAL_TWIN_PROXY"] in ("emulator", "pgbouncer")
+    assert up.env()["DB_AUTH"] == "iam"
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="no psql client (apt-get install postgresql-client)")
