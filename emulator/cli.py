@@ -198,10 +198,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415 - only the proxy command runs an event loop
-
     from emulator.rdsproxy.config import ProxyConfig  # noqa: PLC0415
-    from emulator.rdsproxy.server import serve  # noqa: PLC0415
+    from emulator.rdsproxy.server import run  # noqa: PLC0415
 
     try:
         config = ProxyConfig.from_file(args.config) if args.config else ProxyConfig()
@@ -212,7 +210,7 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    asyncio.run(serve(config, str(args.ready_file) if args.ready_file else None))
+    run(config, str(args.ready_file) if args.ready_file else None)
     return 0
 
 

@@ -184,6 +184,15 @@ class ServerConnection:
         if error is not None:
             raise DatabaseError(error)
 
+    def silent_since_idle(self) -> bool:
+        """Nothing arrived since the last response was read, not even EOF.
+
+        StreamReader buffers what the socket delivers even when nobody reads, but has no public way
+        to ask how much: its buffer attribute is read directly, for want of a better API.
+        """
+        buffered = getattr(self.reader, "_buffer", b"")
+        return not buffered and not self.reader.at_eof() and not self.frames.pending_bytes()
+
     async def fetch_value(self, sql: str) -> str:
         """The first column of the first row of a query of the proxy's own."""
         self.writer.write(m.simple_query(sql))

@@ -87,6 +87,12 @@ class RdsProxyEmulator:
             data: dict[str, Any] = json.loads(answer.read())
         return data
 
+    @property
+    def pid(self) -> int:
+        """The emulator's process id (for resident-memory measurements)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def backend_pids(self) -> set[int]:
         return set(self.stats()["backend_pids"])
 

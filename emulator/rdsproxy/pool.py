@@ -9,7 +9,6 @@ failover.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -49,7 +48,6 @@ class Pool:
         self._idle: dict[PoolKey, deque[ServerConnection]] = {}
         self._waiters: deque[_Waiter] = deque()
         self._total = 0  # open or opening
-        self._watchers: dict[ServerConnection, asyncio.Task[None]] = {}
         self.borrowed: set[ServerConnection] = set()
         self.closed = False
 
@@ -62,7 +60,7 @@ class Pool:
             conn = self._take_idle(key) if not self._waiters else None
             if conn is None:
                 conn = await self._wait(key, deadline - time.monotonic())
-            if await self._still_alive(conn):
+            if self._still_alive(conn):
                 break
             # It died while idle (database restart): never hand it out, try the next one.
             self._close(conn)
@@ -100,30 +98,12 @@ class Pool:
             self._close(conn)
         return None
 
-    async def _still_alive(self, conn: ServerConnection) -> bool:
-        """Stop the idle watcher before anyone else reads the connection; report what it saw."""
-        watcher = self._watchers.pop(conn, None)
-        if watcher is not None and not watcher.done():
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        return not conn.broken and not conn.writer.is_closing()
-
-    async def _watch(self, conn: ServerConnection) -> None:
-        """An idle connection must stay silent; anything it says (a FATAL at shutdown, EOF) ends it.
-
-        This is how idle clients survive a database restart: the dead connection leaves the pool
-        before anyone borrows it.
-        """
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            await conn.reader.read(1)
-        conn.broken = True
-        self._watchers.pop(conn, None)
-        idle = self._idle.get(conn.key)
-        if idle is not None and conn in idle:
-            idle.remove(conn)
-            self._close(conn)
-            self._dispatch()
+    @staticmethod
+    def _still_alive(conn: ServerConnection) -> bool:
+        """An idle connection must have stayed silent: anything it said (the FATAL a database sends
+        when it shuts down, or EOF) means it is dead. This is how idle clients survive a restart:
+        the dead connection is dropped at the borrow, before anyone uses it."""
+        return not conn.broken and not conn.writer.is_closing() and conn.silent_since_idle()
 
     def _any_idle(self) -> ServerConnection | None:
         oldest: ServerConnection | None = None
@@ -201,12 +181,8 @@ class Pool:
     def _park(self, conn: ServerConnection) -> None:
         conn.last_used = time.monotonic()
         self._idle.setdefault(conn.key, deque()).append(conn)
-        self._watchers[conn] = asyncio.get_running_loop().create_task(self._watch(conn))
 
     def _close(self, conn: ServerConnection) -> None:
-        watcher = self._watchers.pop(conn, None)
-        if watcher is not None:
-            watcher.cancel()
         conn.close()
         self._forget(conn)
 
