@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field, replace
@@ -84,9 +85,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
     pgbouncer = (ProxyKind.PGBOUNCER,) if find_pgbouncer() is not None else ()
     stack_config = replace(config.stack, proxy=ProxyKind.EMULATOR, extra_proxies=pgbouncer)
     try:
-        with console.status("Starting PostgreSQL, the AWS API emulator and the proxies..."):
-            stack = EmbeddedStack(stack_config).__enter__()
-        with stack:
+        with contextlib.ExitStack() as running:
+            with console.status("Starting PostgreSQL, the AWS API emulator and the proxies..."):
+                stack = running.enter_context(EmbeddedStack(stack_config))
             console.print(
                 f"PostgreSQL {stack.postgres.binaries.version} with max_connections="
                 f"{stack_config.max_connections}; pool size {stack_config.pool_size}; "

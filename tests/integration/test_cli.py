@@ -85,9 +85,18 @@ def up(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningUp]:
         pytest.skip("no pgbouncer binary (apt-get install pgbouncer); .ci/run installs it")
     running = _start_up(tmp_path, request.param)
     yield running
+    _stop(running)
+
+
+def _stop(running: RunningUp) -> None:
+    """Stop `up` as a user does (Ctrl+C): SIGKILL would orphan its servers."""
     if running.process.poll() is None:
-        running.process.kill()
-        running.process.wait(30)
+        running.process.send_signal(signal.SIGINT)
+        try:
+            running.process.wait(60)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait(10)
 
 
 def _stop_and_check_nothing_is_left(running: RunningUp, signum: signal.Signals) -> str:
@@ -186,8 +195,7 @@ def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> N
     try:
         _stop_and_check_nothing_is_left(running, signal.SIGTERM)
     finally:
-        if running.process.poll() is None:
-            running.process.kill()
+        _stop(running)
 
 
 def test_help_documents_every_command() -> None:
