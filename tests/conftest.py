@@ -13,12 +13,34 @@ from emulator.compose import ComposeStack, docker_engine_problem
 from emulator.pgbouncer import find_pgbouncer
 from emulator.proxy import ProxyKind
 from emulator.stack import EmbeddedStack, StackConfig, StackEnvironment
+from emulator.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO / "lambda" / "index.py"
 
 # Small numbers keep the exhaustion quick and certain: 20 slots, 3 reserved for superusers.
 TEST_STACK = StackConfig(max_connections=20, pool_size=5)
+
+
+def _stack_processes() -> set[int]:
+    """Processes whose command line names a stack directory (every server the kit starts does)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"/local-twin-" in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphan_processes() -> Iterator[None]:
+    """Whatever the tests start, they stop: no server may outlive the test session."""
+    before = _stack_processes()
+    yield
+    wait_until(lambda: not (_stack_processes() - before), part="servers started by the tests", timeout=30)
 
 
 def _docker_reason() -> str | None:
