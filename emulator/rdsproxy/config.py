@@ -48,8 +48,13 @@ class ProxyConfig:
     region: str = "us-east-1"
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # HTTP endpoint with the live counters (/stats); 0 picks a free port, -1 turns it off.
+    # HTTP endpoint (/stats, /metrics, /sessions, /config); 0 picks a free port, -1 turns it off.
     stats_port: int = 0
+    # The target's identifier in the Target dimension (the RDS instance identifier in AWS).
+    target_name: str = "local-twin-db"
+    # CloudWatch metrics (AWS/RDS) and the log group /aws/rds/proxy/<name>, sent to aws_endpoint_url.
+    publish_to_cloudwatch: bool = True
+    metrics_period_seconds: int = 60
     # -- behaviour the reference leaves open -------------------------------------------------------
     # Connections RDS Proxy keeps for monitoring, not counted in MaxDatabaseConnectionsAllowed.
     reserved_connections: int = 0

@@ -93,6 +93,12 @@ class RdsProxyEmulator:
         assert self._process is not None, "not started"
         return self._process.pid
 
+    def metrics(self) -> dict[str, Any]:
+        """The CloudWatch metric values right now, from the proxy's /metrics endpoint."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/metrics", timeout=5) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+        return data
+
     def backend_pids(self) -> set[int]:
         return set(self.stats()["backend_pids"])
 

@@ -23,6 +23,7 @@ from emulator.rdsproxy.backend import (
     ServerConnection,
 )
 from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.metrics import NAMESPACE, MetricsPublisher
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.session import ClientSession
@@ -52,6 +53,7 @@ class ProxyServer:
         self._stats_listener: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.stats_port = 0
+        self.metrics = MetricsPublisher(self)
 
     # -- what sessions ask of the server ---------------------------------------------------------
 
@@ -159,6 +161,9 @@ class ProxyServer:
             self.stats_port = self._stats_listener.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._discover_target()), loop.create_task(self._sweep())]
+        if self.config.publish_to_cloudwatch:
+            self.log.sinks.append(self.metrics.log_sink)
+            self._tasks.append(loop.create_task(self.metrics.run()))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = ClientSession(self, reader, writer)
@@ -210,12 +215,26 @@ class ProxyServer:
             path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
             if path.startswith("/stats"):
                 status, body = "200 OK", json.dumps(self.snapshot())
+            elif path.startswith("/metrics"):
+                status, body = (
+                    "200 OK",
+                    json.dumps(
+                        {
+                            "namespace": NAMESPACE,
+                            "dimensions": self.metrics.dimension_sets(),
+                            "values": self.metrics.values(),
+                        }
+                    ),
+                )
             elif path.startswith("/sessions"):
                 status, body = "200 OK", json.dumps([session.describe() for session in self.sessions])
             elif path.startswith("/config"):
                 status, body = "200 OK", self.config.to_json()
             else:
-                status, body = "404 Not Found", json.dumps({"error": "try /stats, /sessions or /config"})
+                status, body = (
+                    "404 Not Found",
+                    json.dumps({"error": "try /stats, /metrics, /sessions or /config"}),
+                )
             payload = body.encode()
             head = f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
             head += f"Content-Length: {len(payload)}\r\n\r\n"

@@ -1,0 +1,108 @@
+"""RDS Proxy's CloudWatch metrics: exact under known workloads, read back with the same boto3 calls a
+user runs against AWS; and the proxy's log group."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from emulator.wait import wait_until
+
+from .helpers import ProxyUnderTest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def publishing(make_proxy: Callable[..., ProxyUnderTest]) -> ProxyUnderTest:
+    return make_proxy(name="metrics-proxy", metrics_period_seconds=1, max_connections_percent=10)
+
+
+def _maximum(proxy: ProxyUnderTest, metric: str, dimensions: list[dict[str, str]]) -> float | None:
+    cloudwatch = proxy.stack.aws.client("cloudwatch")
+    now = datetime.datetime.now(datetime.UTC)
+    answer = cloudwatch.get_metric_statistics(
+        Namespace="AWS/RDS",
+        MetricName=metric,
+        Dimensions=dimensions,
+        StartTime=now - datetime.timedelta(minutes=5),
+        EndTime=now + datetime.timedelta(minutes=1),
+        Period=60,
+        Statistics=["Maximum", "Sum"],
+    )
+    points = answer["Datapoints"]
+    return max(p["Maximum"] for p in points) if points else None
+
+
+def test_pinned_sessions_and_connections_are_published_exactly(publishing: ProxyUnderTest) -> None:
+    ds1 = [{"Name": "ProxyName", "Value": "metrics-proxy"}]
+    ds3 = [*ds1, {"Name": "TargetGroup", "Value": "default"}, {"Name": "Target", "Value": "local-twin-db"}]
+    pinned = [publishing.connect() for _ in range(2)]
+    plain = publishing.connect()
+    try:
+        for conn in pinned:
+            conn.execute("SET work_mem = '8MB'")
+        plain.execute("SELECT 1")
+        local: dict[str, Any] = publishing.part.metrics()["values"]
+        assert local["DatabaseConnectionsCurrentlySessionPinned"] == 2
+        assert local["ClientConnections"] == 3
+        assert local["MaxDatabaseConnectionsAllowed"] == 3
+        assert local["DatabaseConnectionsCurrentlyBorrowed"] == 2  # the pinned ones keep theirs
+        wait_until(
+            lambda: _maximum(publishing, "DatabaseConnectionsCurrentlySessionPinned", ds3) == 2,
+            part="DatabaseConnectionsCurrentlySessionPinned in CloudWatch",
+            timeout=20,
+        )
+        assert _maximum(publishing, "ClientConnections", ds1) == 3
+        assert _maximum(publishing, "MaxDatabaseConnectionsAllowed", ds1) == 3
+    finally:
+        for conn in [*pinned, plain]:
+            conn.close()
+    wait_until(
+        lambda: publishing.part.metrics()["values"]["DatabaseConnectionsCurrentlySessionPinned"] == 0,
+        part="pinned sessions ending",
+        timeout=10,
+    )
+
+
+def test_every_metric_is_published_with_its_dimension_sets(publishing: ProxyUnderTest) -> None:
+    with publishing.connect() as conn:
+        conn.execute("SELECT 1")
+    cloudwatch = publishing.stack.aws.client("cloudwatch")
+
+    def published() -> set[tuple[str, tuple[str, ...]]]:
+        pages = cloudwatch.get_paginator("list_metrics").paginate(Namespace="AWS/RDS")
+        return {
+            (m["MetricName"], tuple(sorted(d["Name"] for d in m["Dimensions"])))
+            for page in pages
+            for m in page["Metrics"]
+            if {"Name": "ProxyName", "Value": "metrics-proxy"} in m["Dimensions"]
+        }
+
+    wanted = {
+        ("ClientConnections", ("ProxyName",)),
+        ("ClientConnections", ("EndpointName", "ProxyName")),
+        ("DatabaseConnections", ("ProxyName",)),
+        ("DatabaseConnections", ("ProxyName", "Target", "TargetGroup")),
+        ("DatabaseConnections", ("ProxyName", "TargetGroup", "TargetRole")),
+        ("DatabaseConnectionsBorrowLatency", ("ProxyName",)),
+        ("DatabaseConnectionsCurrentlySessionPinned", ("ProxyName", "Target", "TargetGroup")),
+        ("AvailabilityPercentage", ("ProxyName", "TargetGroup", "TargetRole")),
+        ("QueryRequests", ("EndpointName", "ProxyName")),
+    }
+    wait_until(lambda: wanted <= published(), part="metrics in CloudWatch", timeout=20)
+
+
+def test_the_log_goes_to_the_proxys_log_group(publishing: ProxyUnderTest) -> None:
+    with publishing.connect() as conn:
+        conn.execute("SET search_path TO app")
+    logs = publishing.stack.aws.client("logs")
+
+    def pin_logged() -> bool:
+        events = logs.filter_log_events(logGroupName="/aws/rds/proxy/metrics-proxy")["events"]
+        return any("The client session was pinned" in event["message"] for event in events)
+
+    wait_until(pin_logged, part="the pin in CloudWatch Logs", timeout=20)
