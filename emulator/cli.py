@@ -79,6 +79,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
 
+    report = commands.add_parser(
+        "report",
+        help="summarise a run through the RDS Proxy emulator: pins by reason and digest, peaks, latency",
+        description="Read the emulator's log (RDS Proxy format) and, optionally, its counters, and print the "
+        "pinned sessions by reason and digest, peak client and database connections and borrow latency.",
+    )
+    report.add_argument(
+        "--log",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the emulator's log (LOCAL_TWIN_PROXY_LOG in the env file of `up`)",
+    )
+    report.add_argument(
+        "--stats",
+        metavar="URL_OR_FILE",
+        help="its /stats URL (LOCAL_TWIN_PROXY_STATS_URL) or a saved copy of it",
+    )
+
+    check = commands.add_parser(
+        "check-sql",
+        help="warn which SQL in your code would make RDS Proxy pin, why, and what to do instead",
+        description="Scan .py files (string literals that look like SQL) and .sql files for statements that "
+        "pin a session in RDS Proxy for PostgreSQL. Exits 1 when it finds any (for CI), 0 otherwise.",
+    )
+    check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    check.add_argument("--warn-only", action="store_true", help="exit 0 even when something would pin")
+
     demo = commands.add_parser(
         "demo",
         help="the connection-exhaustion demonstration: one burst directly and through the pooler",
@@ -214,10 +242,35 @@ def _proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+
+    from emulator.report import RunReport, read_log, read_stats  # noqa: PLC0415
+
+    report = read_log(args.log, RunReport(stats=read_stats(args.stats) if args.stats else {}))
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    for table in report.tables():
+        console.print(table)
+    return 0
+
+
+def _check_sql(args: argparse.Namespace) -> int:
+    from emulator.sqlcheck import check_paths  # noqa: PLC0415
+
+    findings = check_paths(args.paths)
+    for finding in findings:
+        first_line = " ".join(finding.sql.split())[:100]
+        print(f"{finding.path}:{finding.line}: pins ({finding.rule}): {first_line}")
+        print(f"    why: {finding.reason}")
+        print(f"    fix: {finding.fix}")
+    print(f"{len(findings)} statement(s) would pin the session in RDS Proxy.")
+    return 1 if findings and not args.warn_only else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_shutdown)
-    commands = {"up": _up, "demo": _demo, "proxy": _proxy}
+    commands = {"up": _up, "demo": _demo, "proxy": _proxy, "report": _report, "check-sql": _check_sql}
     try:
         return commands[args.command](args)
     except ComponentError as exc:

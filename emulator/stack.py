@@ -110,7 +110,12 @@ class StackEnvironment:
             "PGSSLMODE": "require" if pg.tls else "prefer",
             **self.handler_environment(),
             "LOCAL_TWIN_PROXY": self.proxy.kind,
+            **self.proxy_tools(),
         }
+
+    def proxy_tools(self) -> dict[str, str]:
+        """Where the emulator's log and counters are, for `python -m emulator report`."""
+        return {}
 
 
 @dataclass
@@ -232,3 +237,11 @@ class EmbeddedStack(StackEnvironment):
 
     def aws_environment(self) -> dict[str, str]:
         return self.aws.environment()
+
+    def proxy_tools(self) -> dict[str, str]:
+        if not isinstance(self.proxy, RdsProxyEmulator):
+            return {}
+        return {
+            "LOCAL_TWIN_PROXY_LOG": str(self.proxy.log_path),
+            "LOCAL_TWIN_PROXY_STATS_URL": f"http://{LOOPBACK}:{self.proxy.stats_port}/stats",
+        }

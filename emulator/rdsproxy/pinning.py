@@ -221,47 +221,81 @@ def _is_true(argument: list[Token]) -> bool | None:
     return None
 
 
-def _statement_pins(statement: list[Token], rule: PinRule) -> bool:
+def _statement_rule(statement: list[Token], rule: PinRule) -> str | None:
+    """Which pinning rule this statement triggers (see FIXES), or None."""
     words = [t.text for t in statement if t.kind == "word"]
     first = statement[0].text if statement[0].kind == "word" else ""
     second = statement[1].text if len(statement) > 1 else ""
     if first == "set":
-        return not (rule.exempt_set_local and second in _TRANSACTION_SCOPED_SET)
-    if first in ("reset", "prepare", "execute", "deallocate", "discard", "listen", "load"):
-        return True
+        return None if rule.exempt_set_local and second in _TRANSACTION_SCOPED_SET else "set"
+    if first == "reset":
+        return "set"
+    if first in ("prepare", "execute", "deallocate", "discard"):
+        return "prepared"
+    if first in ("listen", "load"):
+        return first
     if first == "declare" and "cursor" in words:
-        return True
+        return "cursor"
     if first == "create":
         head = words[1:6]
         if "temp" in head or "temporary" in head:
-            return True
+            return "temporary"
     if any(t.text == "pg_temp" for t in statement):
-        return True
+        return "temporary"
     for index, token in enumerate(statement[:-1]):
         # SELECT ... INTO TEMP name creates a temporary table too.
         if token.text == "into" and statement[index + 1].text in ("temp", "temporary"):
-            return True
+            return "temporary"
     for name, args in _function_calls(statement):
-        if name in _SEQUENCE_FUNCTIONS or name in _SESSION_LOCK_FUNCTIONS:
-            return True
+        if name in _SEQUENCE_FUNCTIONS:
+            return "sequence"
+        if name in _SESSION_LOCK_FUNCTIONS:
+            return "advisory_lock"
         if name == "set_config":
             is_local = _is_true(args[2]) if len(args) == 3 else None
             # Unknown at parse time counts as session-level: RDS Proxy pins when it can't be sure.
             if not (rule.exempt_set_local and is_local is True):
-                return True
-    return False
+                return "set"
+    return None
+
+
+# How to avoid each kind of pin (used by the static check).
+FIXES = {
+    "set": "move session settings into the proxy's init_query (connection_pool_config.init_query) "
+    "or onto the role (ALTER ROLE ... SET ...)",
+    "prepared": "use the driver's protocol-level prepared statements (Parse/Bind/Execute), "
+    "which RDS Proxy multiplexes",
+    "temporary": "use a CTE or a regular table keyed by request instead of a temporary object",
+    "cursor": "page with LIMIT and a keyset (WHERE id > $1) instead of a cursor",
+    "listen": "listen on a direct database connection, not through the proxy",
+    "load": "load libraries through the DB parameter group (shared_preload_libraries)",
+    "sequence": "let a column DEFAULT produce the value and read it with INSERT ... RETURNING",
+    "advisory_lock": "use transaction-level locks: pg_advisory_xact_lock / pg_try_advisory_xact_lock",
+    "too_long": "keep statements under 16384 bytes: send large values as bind parameters",
+}
+
+
+def pin_rule(sql: str, rule: PinRule = PinRule()) -> str | None:
+    """The first pinning rule the text triggers (a key of FIXES), or None."""
+    if len(sql.encode()) > MAX_UNPINNED_BYTES:
+        return "too_long"
+    if _PREFILTER.search(sql) is None:
+        return None
+    for statement in split_statements(tokenize(sql)):
+        found = _statement_rule(statement, rule)
+        if found is not None:
+            return found
+    return None
 
 
 def pin_reason(sql: str, rule: PinRule = PinRule()) -> str | None:
     """The reason RDS Proxy would log for pinning on this statement text, or None."""
-    if len(sql.encode()) > MAX_UNPINNED_BYTES:
-        return REASON_TOO_LONG
-    if _PREFILTER.search(sql) is None:
+    found = pin_rule(sql, rule)
+    if found is None:
         return None
-    statements = split_statements(tokenize(sql))
-    if any(_statement_pins(statement, rule) for statement in statements):
-        return REASON_SETTINGS.format(digest=digest(sql))
-    return None
+    if found == "too_long":
+        return REASON_TOO_LONG
+    return REASON_SETTINGS.format(digest=digest(sql))
 
 
 def clears_prepared_statements(sql: str) -> bool:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import subprocess
+import sys
+from collections.abc import Callable
 
 import asyncpg
 import psycopg
@@ -116,3 +120,32 @@ def test_sessions_that_never_pin_keep_multiplexing_while_others_are_pinned(proxy
     finally:
         for conn in pinned:
             conn.close()
+
+
+def test_the_report_summarises_a_real_run(make_proxy: Callable[..., ProxyUnderTest]) -> None:
+    proxy = make_proxy(name="report-proxy", max_connections_percent=10)
+    for _ in range(3):
+        with proxy.connect() as conn:
+            conn.execute("SET search_path TO app")
+    with proxy.connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(42)")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emulator",
+            "report",
+            "--log",
+            str(proxy.part.log_path),
+            "--stats",
+            f"http://127.0.0.1:{proxy.part.stats_port}/stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert re.search(r"│\s+3 │ SQL changed session settings.*│ set search_path to \$1;", done.stdout)
+    assert re.search(r"│\s+1 │ SQL changed session settings.*│ select pg_advisory_lock\(\$1\);", done.stdout)
+    assert re.search(r"sessions pinned\s+│\s+4", done.stdout)
+    assert "borrow latency p50 / p99 / max" in done.stdout

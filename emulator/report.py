@@ -1,0 +1,83 @@
+"""A pinning report for people: what a run through the emulator did, from its log and its counters."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+_PIN = re.compile(r"\[WARN\].*The client session was pinned.*Reason: (?P<reason>.*)$")
+_DIGEST = re.compile(r'^(?P<head>.*?) Digest: "(?P<digest>.*)"\.$')
+
+
+@dataclass
+class RunReport:
+    pins: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, digest) -> sessions
+    clients_connected: int = 0
+    clients_refused: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def tables(self) -> list[Table]:
+        pins = Table(title="Pinned sessions by reason and digest")
+        pins.add_column("sessions", justify="right")
+        pins.add_column("reason")
+        pins.add_column("digest")
+        for (reason, digest), count in self.pins.most_common():
+            pins.add_row(str(count), reason, digest or "-")
+        summary = Table(title="Connections and borrowing")
+        summary.add_column("what")
+        summary.add_column("value", justify="right")
+        summary.add_row("client connections opened", str(self.clients_connected))
+        summary.add_row("client connections refused", str(self.clients_refused))
+        summary.add_row("sessions pinned", str(sum(self.pins.values())))
+        if self.stats:
+            latency = self.stats.get("borrow_latency_us", {})
+            summary.add_row("peak client connections", str(self.stats.get("peak_client_connections", "-")))
+            summary.add_row(
+                "peak database connections", str(self.stats.get("peak_database_connections", "-"))
+            )
+            summary.add_row(
+                "MaxDatabaseConnectionsAllowed", str(self.stats.get("max_database_connections_allowed", "-"))
+            )
+            summary.add_row("borrows", str(latency.get("count", "-")))
+            summary.add_row("borrow latency p50 / p99 / max", _latencies(latency))
+            summary.add_row("borrow timeouts", str(self.stats.get("borrow_timeouts", "-")))
+        return [pins, summary]
+
+
+def _latencies(latency: dict[str, int]) -> str:
+    if not latency:
+        return "-"
+    return " / ".join(f"{latency.get(k, 0) / 1000:.1f} ms" for k in ("p50", "p99", "max"))
+
+
+def read_log(path: Path, report: RunReport | None = None) -> RunReport:
+    report = report or RunReport()
+    for line in path.read_text(errors="replace").splitlines():
+        pin = _PIN.search(line)
+        if pin:
+            reason = pin["reason"]
+            digest = _DIGEST.match(reason)
+            key = (digest["head"], digest["digest"]) if digest else (reason, "")
+            report.pins[key] += 1
+        elif "A new client connected from" in line:
+            report.clients_connected += 1
+        elif "The client connection was refused" in line:
+            report.clients_refused += 1
+    return report
+
+
+def read_stats(source: str) -> dict[str, Any]:
+    """The emulator's /stats, from its URL or from a saved JSON file."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=10) as answer:  # noqa: S310 - the user's own proxy
+            data: dict[str, Any] = json.loads(answer.read())
+            return data
+    loaded: dict[str, Any] = json.loads(Path(source).read_text())
+    return loaded
