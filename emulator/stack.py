@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -225,11 +225,14 @@ class EmbeddedStack(StackEnvironment):
         return RdsProxyEmulator(self.workdir, config, environment=self.aws.environment())
 
     def stop(self) -> None:
-        """Stop everything that was started, newest first; never raises half-way."""
+        """Stop everything that was started, newest first; a part that fails to stop is reported and the
+        others are still stopped."""
         while self._cleanups:
             cleanup = self._cleanups.pop()
-            with contextlib.suppress(Exception):
+            try:
                 cleanup()
+            except Exception as exc:  # noqa: BLE001 - the rest must still be stopped
+                print(f"warning: while stopping the stack: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     @property
     def ca_file(self) -> Path | None:  # type: ignore[override]
