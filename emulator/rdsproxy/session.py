@@ -76,6 +76,9 @@ class ClientSession:
         self._pump_task: asyncio.Task[None] | None = None
         self._out = bytearray()
         self._closing = False
+        # When the request being answered arrived from the client, and when it went to the database.
+        self._request_received: float | None = None
+        self._request_forwarded: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -274,7 +277,13 @@ class ClientSession:
     def _flush(self) -> None:
         if self._out and self.backend is not None:
             self.backend.writer.write(bytes(self._out))
+            if self._request_received is not None and self._request_forwarded is None:
+                self._request_forwarded = time.monotonic()
         self._out.clear()
+
+    def _request_arrived(self) -> None:
+        if self._request_received is None:
+            self._request_received = time.monotonic()
 
     def _to_client(self, frames: list[bytes]) -> None:
         if frames:
@@ -289,6 +298,8 @@ class ClientSession:
         if self.lost_transaction is not None and kind in (b"Q", b"P", b"B", b"E", b"D", b"F"):
             self._report_lost_transaction(kind)
             return True
+        if kind in (b"Q", b"F", b"S"):
+            self._request_arrived()
         if kind == b"Q":
             self.stats.query_requests += 1
             if self.tls:
@@ -524,6 +535,8 @@ class ClientSession:
         router = self.router
         try:
             while True:
+                if self._request_forwarded is not None and conn.frames.pending_bytes():
+                    self._note_first_answer()
                 for frame in conn.frames.frames():
                     raw = frame.raw
                     kind = raw[0]
@@ -555,6 +568,16 @@ class ClientSession:
             raise
         except (OSError, asyncio.IncompleteReadError, m.ProtocolViolation) as exc:
             self._backend_lost(conn, exc)
+
+    def _note_first_answer(self) -> None:
+        """The database's first bytes for the request in flight: both query latencies end here."""
+        now = time.monotonic()
+        assert self._request_forwarded is not None
+        self.stats.query_database_latencies_us.append(int((now - self._request_forwarded) * 1e6))
+        if self._request_received is not None:
+            self.stats.query_response_latencies_us.append(int((now - self._request_received) * 1e6))
+        self._request_received = None
+        self._request_forwarded = None
 
     def _backend_lost(self, conn: ServerConnection, exc: BaseException) -> None:
         """The database connection died under this client (restart, failover, terminated backend)."""

@@ -34,6 +34,10 @@ class Stats:
     query_requests_tls: int = 0
     # microseconds of every borrow, for latency percentiles
     borrow_latencies_us: list[int] = field(default_factory=list)
+    # per request (Query, FunctionCall, Sync): from arrival to the first answer (QueryResponseLatency), and
+    # from forwarding to the database's first answer (QueryDatabaseResponseLatency)
+    query_response_latencies_us: list[int] = field(default_factory=list)
+    query_database_latencies_us: list[int] = field(default_factory=list)
     peak_client_connections: int = 0
     peak_database_connections: int = 0
     peak_pinned_sessions: int = 0
@@ -45,6 +49,8 @@ class Stats:
 
     def snapshot(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data.pop("query_response_latencies_us")
+        data.pop("query_database_latencies_us")
         latencies = sorted(data.pop("borrow_latencies_us"))
         data["borrow_latency_us"] = {
             "count": len(latencies),

@@ -92,6 +92,8 @@ def test_every_metric_is_published_with_its_dimension_sets(publishing: ProxyUnde
         ("DatabaseConnectionsCurrentlySessionPinned", ("ProxyName", "Target", "TargetGroup")),
         ("AvailabilityPercentage", ("ProxyName", "TargetGroup", "TargetRole")),
         ("QueryRequests", ("EndpointName", "ProxyName")),
+        ("QueryResponseLatency", ("EndpointName", "ProxyName")),
+        ("QueryDatabaseResponseLatency", ("ProxyName", "TargetGroup", "TargetRole")),
     }
     wait_until(lambda: wanted <= published(), part="metrics in CloudWatch", timeout=20)
 
@@ -106,3 +108,19 @@ def test_the_log_goes_to_the_proxys_log_group(publishing: ProxyUnderTest) -> Non
         return any("The client session was pinned" in event["message"] for event in events)
 
     wait_until(pin_logged, part="the pin in CloudWatch Logs", timeout=20)
+
+
+def test_query_latencies_measure_the_database_and_the_whole_answer(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    proxy = make_proxy(name="query-latency-proxy", metrics_period_seconds=1)
+    with proxy.connect() as conn:
+        conn.execute("SELECT pg_sleep(0.3)")
+    ds1 = [{"Name": "ProxyName", "Value": "query-latency-proxy"}]
+    ds3 = [*ds1, {"Name": "TargetGroup", "Value": "default"}, {"Name": "Target", "Value": "local-twin-db"}]
+    for metric, dimensions in (("QueryDatabaseResponseLatency", ds3), ("QueryResponseLatency", ds1)):
+        wait_until(
+            lambda m=metric, d=dimensions: (_maximum(proxy, m, d) or 0) >= 0.3e6 / 2,
+            part=f"{metric} in CloudWatch",
+            timeout=20,
+        )
