@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 
 from emulator.errors import ComponentError
+from emulator.moto_quirks import apply_moto_quirk_fixes
 from emulator.net import LOOPBACK
 from emulator.wait import wait_until
 
@@ -46,6 +47,7 @@ class AwsEmulator:
             from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy import, only when started
         except ImportError as exc:
             raise ComponentError(PART, f"moto's server mode is not installed ({exc})", INSTALL_HINT) from exc
+        apply_moto_quirk_fixes()
         # One log line per request would drown everything else.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)

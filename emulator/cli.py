@@ -14,10 +14,12 @@ from typing import Any
 from emulator.demo import DemoConfig, run_demo
 from emulator.envfile import write_env_file
 from emulator.errors import ComponentError
+from emulator.lambda_package import build_package
 from emulator.proxy import ProxyKind
 from emulator.rdsproxy.config import parse_settings
 from emulator.rdsproxy.part import RdsProxyEmulator
-from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
+from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.terraform import TERRAFORM_DIR, TerraformUnavailable
 
 
 class Shutdown(BaseException):
@@ -54,7 +56,40 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="once ready, write KEY=VALUE lines for other shells (removed again on exit)",
     )
+    up.add_argument(
+        "--terraform",
+        type=Path,
+        nargs="?",
+        const=TERRAFORM_DIR,
+        metavar="DIR",
+        help="apply this Terraform configuration (default: the kit's terraform/) to the AWS emulator with "
+        "tflocal, then run the proxy with the applied proxy's settings and print the applied function's "
+        "environment, its endpoint mapped to the local proxy",
+    )
+    up.add_argument(
+        "--tf-var",
+        dest="tf_vars",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Terraform variable for --terraform (repeatable), e.g. proxy_max_connections_percent=40",
+    )
     _stack_options(up)
+
+    package = commands.add_parser(
+        "package",
+        help="build the Lambda deployment zip (handler plus psycopg2 for the Lambda runtime)",
+        description="Build the zip terraform/ deploys (variable lambda_package): lambda/*.py plus "
+        "lambda/requirements.txt installed by pip for manylinux x86_64 and the Lambda Python runtime.",
+    )
+    package.add_argument(
+        "--out", type=Path, default=Path("build/lambda-package.zip"), help="default: %(default)s"
+    )
+    package.add_argument(
+        "--handler-only",
+        action="store_true",
+        help="package the handler without its dependencies (what the local twin uploads to the AWS emulator)",
+    )
 
     proxy = commands.add_parser(
         "proxy",
@@ -176,8 +211,22 @@ def _stack_config(args: argparse.Namespace, **extra: Any) -> StackConfig:
     )
 
 
+def _terraform_settings(args: argparse.Namespace) -> TerraformSettings | None:
+    if args.terraform is None:
+        return None
+    variables = {}
+    for assignment in args.tf_vars:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            print(f"error: --tf-var takes NAME=VALUE, not {assignment!r}", file=sys.stderr)
+            raise SystemExit(2)
+        variables[name] = value
+    # moto forgets everything when the stack stops: destroying first would only slow Ctrl+C down.
+    return TerraformSettings(source=args.terraform, variables=variables, destroy_on_stop=False)
+
+
 def _up(args: argparse.Namespace) -> int:
-    config = _stack_config(args, proxy=args.proxy)
+    config = _stack_config(args, proxy=args.proxy, terraform=_terraform_settings(args))
     print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
     with EmbeddedStack(config) as stack:
         env = stack.environment()
@@ -190,6 +239,12 @@ def _up(args: argparse.Namespace) -> int:
             f"{env['DB_AUTH']})"
         )
         print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
+        if stack.applied is not None:
+            applied = stack.applied
+            print(
+                f"Terraform    applied {applied.proxy.name} ({applied.proxy.endpoint}) and function "
+                f"{applied.function.name}; the proxy endpoint maps to the local proxy"
+            )
         print(f"DB secret    {env['DB_SECRET_ARN']}")
         print(f"TLS CA       {env['DB_SSLROOTCERT']}")
         if isinstance(stack.proxy, RdsProxyEmulator):
@@ -209,6 +264,12 @@ def _up(args: argparse.Namespace) -> int:
             if args.env_file:
                 args.env_file.unlink(missing_ok=True)
             print("Stopping ...", flush=True)
+    return 0
+
+
+def _package(args: argparse.Namespace) -> int:
+    out = build_package(args.out, with_dependencies=not args.handler_only)
+    print(f"{out} ({out.stat().st_size // 1024} KiB)")
     return 0
 
 
@@ -270,10 +331,17 @@ def _check_sql(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_shutdown)
-    commands = {"up": _up, "demo": _demo, "proxy": _proxy, "report": _report, "check-sql": _check_sql}
+    commands = {
+        "up": _up,
+        "package": _package,
+        "demo": _demo,
+        "proxy": _proxy,
+        "report": _report,
+        "check-sql": _check_sql,
+    }
     try:
         return commands[args.command](args)
-    except ComponentError as exc:
+    except (ComponentError, TerraformUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Shutdown):

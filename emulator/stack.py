@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from emulator.applied import AppliedStack, read_database, read_function, read_proxy
 from emulator.aws import AwsEmulator
+from emulator.lambda_package import build_package
 from emulator.net import LOOPBACK
 from emulator.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.process import ServiceUser, hand_over, service_user
 from emulator.proxy import DirectProxy, ProxyKind, ProxyPart
 from emulator.rdsproxy.part import RdsProxyEmulator, emulator_config
+from emulator.terraform import TERRAFORM_DIR, TerraformWorkspace, find_terraform
 from emulator.tls import LocalCA
 
 _stacks_started = itertools.count(1)
@@ -40,6 +44,18 @@ DEFAULT_PROXY_SETTINGS: dict[str, Any] = {"require_tls": True, "iam_auth": "REQU
 
 
 @dataclass(frozen=True)
+class TerraformSettings:
+    """Apply a Terraform configuration to the stack's AWS emulator and follow what it declares."""
+
+    source: Path = TERRAFORM_DIR
+    # -var NAME=VALUE for the apply (lambda_package is the kit's own and always set).
+    variables: Mapping[str, str] = field(default_factory=dict)
+    # Destroy when the stack stops. moto forgets everything with the stack anyway; tests destroy to
+    # prove the configuration can be destroyed.
+    destroy_on_stop: bool = True
+
+
+@dataclass(frozen=True)
 class StackConfig:
     proxy: ProxyKind = ProxyKind.EMULATOR
     # More proxies side by side with the main one (the demo runs PgBouncer next to the emulator).
@@ -55,6 +71,10 @@ class StackConfig:
     db_user: str = "app_user"
     region: str = "us-east-1"
     secret_name: str = "local-twin/db-credentials"  # noqa: S105 - a name, not a secret
+    # When set, the database, secret, proxy settings and the handler's environment come from this
+    # Terraform configuration applied to the AWS emulator (database, db_user and proxy settings
+    # that Terraform declares are then ignored here).
+    terraform: TerraformSettings | None = None
 
 
 class StackEnvironment:
@@ -133,6 +153,8 @@ class EmbeddedStack(StackEnvironment):
     direct: DirectProxy = field(init=False)
     db_password: str = field(init=False, default_factory=lambda: secrets.token_urlsafe(18))
     secret_arn: str = field(init=False, default="")
+    applied: AppliedStack | None = field(init=False, default=None)
+    terraform: TerraformWorkspace | None = field(init=False, default=None)
     _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
 
     def __enter__(self) -> Self:
@@ -171,9 +193,14 @@ class EmbeddedStack(StackEnvironment):
         self._cleanups.append(self.postgres.stop)
         self.postgres.initialize()
         self.postgres.start()
-        self.postgres.create_app_database(database=cfg.database, user=cfg.db_user, password=self.db_password)
-        self.secret_arn = self.aws.create_db_secret(
-            _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
+        if cfg.terraform is not None:
+            self._apply_terraform(cfg.terraform)
+        else:
+            self.secret_arn = self.aws.create_db_secret(
+                _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
+            )
+        self.postgres.create_app_database(
+            database=self.config.database, user=self.config.db_user, password=self.db_password
         )
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
@@ -183,6 +210,34 @@ class EmbeddedStack(StackEnvironment):
             part.start()
             self.proxies[kind] = part
         self.proxy = self.proxies[cfg.proxy]
+
+    def _apply_terraform(self, settings: TerraformSettings) -> None:
+        """tflocal apply against the AWS emulator, then read back what was applied: the local
+        PostgreSQL gets the instance's database and the secret's user, the emulator the proxy's
+        settings, the handler the function's environment."""
+        package = build_package(self.workdir / "lambda-package.zip", with_dependencies=False)
+        workspace = TerraformWorkspace(
+            find_terraform(),
+            self.workdir / "terraform",
+            source=settings.source,
+            env={**os.environ, **self.aws.environment()},
+            variables={"lambda_package": str(package), **settings.variables},
+        )
+        workspace.init()
+        self.terraform = workspace
+        if settings.destroy_on_stop:
+            # Registered before apply: a half-applied stack is destroyed too.
+            self._cleanups.append(workspace.destroy)
+        workspace.apply()
+        outputs = workspace.outputs()
+        rds = self.aws.client("rds")
+        proxy = read_proxy(rds, outputs["proxy_name"])
+        database = read_database(rds, self.aws.client("secretsmanager"), proxy)
+        function = read_function(self.aws.client("lambda"), outputs["lambda_function_name"])
+        self.applied = AppliedStack(outputs, proxy, database, function)
+        self.config = replace(self.config, database=database.db_name, db_user=database.username)
+        self.db_password = database.password
+        self.secret_arn = proxy.secret_arn
 
     def _make_proxy(self, kind: ProxyKind) -> ProxyPart:
         if kind is ProxyKind.DIRECT:
@@ -207,6 +262,10 @@ class EmbeddedStack(StackEnvironment):
     def _make_emulator(self) -> RdsProxyEmulator:
         cfg = self.config
         settings = dict(cfg.proxy_settings)
+        if self.applied is not None:
+            # What Terraform declares wins; settings it has no word for (metrics period, the
+            # options for open questions) still come from proxy_settings.
+            settings.update(self.applied.proxy.settings)
         # The same cap as PgBouncer's pool: floor(max_connections x percent / 100) == pool_size.
         settings.setdefault(
             "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
@@ -240,6 +299,15 @@ class EmbeddedStack(StackEnvironment):
 
     def aws_environment(self) -> dict[str, str]:
         return self.aws.environment()
+
+    def handler_environment(self, via: ProxyPart | None = None) -> dict[str, str]:
+        env = super().handler_environment(via)
+        if self.applied is not None and (via is None or via is self.proxy):
+            # The applied function's own variables, its proxy endpoint mapped to the local proxy.
+            env.update(
+                self.applied.handler_environment(proxy_host=self.proxy.host, proxy_port=self.proxy.port)
+            )
+        return env
 
     def proxy_tools(self) -> dict[str, str]:
         if not isinstance(self.proxy, RdsProxyEmulator):

@@ -1,0 +1,216 @@
+"""terraform/ applied with tflocal to the AWS emulator, and the local twin following what it declares.
+
+Two applies of the same files with different variables: the kit's defaults (IAM auth and TLS
+required) with a quarter of max_connections for the pool, and IAM auth disabled with 40 % and an
+init_query. The emulator must take every setting from the applied proxy, read back through the AWS
+API, and the handler must run with the applied function's environment.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import botocore.exceptions
+import psycopg
+import pytest
+
+from emulator.environments import InProcessEnvironment, function_environment
+from emulator.rdsproxy.part import RdsProxyEmulator
+from emulator.stack import EmbeddedStack, TerraformSettings
+from emulator.terraform import TerraformTools
+from tests.conftest import TEST_STACK
+from tests.emulator.helpers import ProxyUnderTest
+
+pytestmark = [pytest.mark.terraform, pytest.mark.integration]
+
+MAX_CONNECTIONS = TEST_STACK.max_connections  # 20
+
+
+STACKS: dict[str, dict[str, str]] = {
+    # The kit's Terraform as it deploys to AWS, with the pool at 25 % (5 of 20 connections).
+    "kit_defaults": {
+        "name_prefix": "twin-a",
+        "proxy_max_connections_percent": "25",
+        "proxy_max_idle_connections_percent": "10",
+    },
+    # The same files with IAM auth disabled, TLS optional, 40 % and an init_query.
+    "password_auth": {
+        "name_prefix": "twin-b",
+        "proxy_iam_auth": "DISABLED",
+        "proxy_require_tls": "false",
+        "proxy_max_connections_percent": "40",
+        "proxy_max_idle_connections_percent": "20",
+        "proxy_init_query": "SET statement_timeout = '1234s'",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def applied(terraform_tools: TerraformTools) -> Iterator[dict[str, EmbeddedStack]]:
+    """Both stacks, applied side by side: an apply mostly waits on the provider's polling."""
+    stacks = {
+        name: EmbeddedStack(
+            replace(
+                TEST_STACK,
+                terraform=TerraformSettings(variables=variables),
+                proxy_settings={"metrics_period_seconds": 1},
+            )
+        )
+        for name, variables in STACKS.items()
+    }
+    with ThreadPoolExecutor(len(stacks)) as pool:
+        starts = [pool.submit(stack.start) for stack in stacks.values()]
+        concurrent.futures.wait(starts)
+        try:
+            for started in starts:
+                started.result()
+            yield stacks
+        finally:
+            # Every stack stops (destroy included), started or not, side by side as well.
+            list(pool.map(EmbeddedStack.stop, stacks.values()))
+
+
+@pytest.fixture(scope="module")
+def kit_defaults(applied: dict[str, EmbeddedStack]) -> EmbeddedStack:
+    return applied["kit_defaults"]
+
+
+@pytest.fixture(scope="module")
+def password_auth(applied: dict[str, EmbeddedStack]) -> EmbeddedStack:
+    return applied["password_auth"]
+
+
+def _emulator(stack: EmbeddedStack) -> ProxyUnderTest:
+    assert isinstance(stack.proxy, RdsProxyEmulator)
+    return ProxyUnderTest(stack, stack.proxy)
+
+
+def test_the_emulator_takes_its_settings_from_the_applied_proxy(kit_defaults: EmbeddedStack) -> None:
+    assert kit_defaults.applied is not None
+    outputs = kit_defaults.applied.outputs
+    # The same queries a user runs against AWS.
+    rds = kit_defaults.aws.client("rds")
+    proxy = rds.describe_db_proxies(DBProxyName=outputs["proxy_name"])["DBProxies"][0]
+    pool = rds.describe_db_proxy_target_groups(DBProxyName=outputs["proxy_name"])["TargetGroups"][0]
+    config = _emulator(kit_defaults).part.config
+
+    assert proxy["Auth"][0]["IAMAuth"] == config.iam_auth == "REQUIRED"
+    assert proxy["RequireTLS"] is config.require_tls is True
+    assert proxy["Auth"][0]["SecretArn"] == config.secret_arn == outputs["secret_arn"]
+    assert pool["ConnectionPoolConfig"]["MaxConnectionsPercent"] == config.max_connections_percent == 25
+    assert (
+        pool["ConnectionPoolConfig"]["MaxIdleConnectionsPercent"] == config.max_idle_connections_percent == 10
+    )
+    assert pool["ConnectionPoolConfig"]["ConnectionBorrowTimeout"] == config.connection_borrow_timeout == 120
+    assert config.idle_client_timeout == proxy["IdleClientTimeout"] == 1800
+    # The metric dimensions are the applied names.
+    assert config.name == outputs["proxy_name"] == "twin-a-proxy"
+    assert config.target_name == outputs["db_instance_identifier"] == "twin-a-db"
+
+
+def test_the_pool_cap_is_the_applied_share_of_max_connections(kit_defaults: EmbeddedStack) -> None:
+    """25 % of max_connections 20 is 5: MaxDatabaseConnectionsAllowed says so, and a burst of 12
+    clients never gets more than 5 backends in pg_stat_activity."""
+    proxy = _emulator(kit_defaults)
+    assert proxy.part.metrics()["values"]["MaxDatabaseConnectionsAllowed"] == 5
+
+    clients = 12
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        with kit_defaults.postgres.admin_connection() as admin:
+            while not done.is_set():
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (proxy.user,)
+                ).fetchone()
+                assert row is not None
+                peak = max(peak, int(row[0]))
+
+    def one_client(_: int) -> Any:
+        with proxy.connect() as conn:
+            return conn.execute("SELECT pg_sleep(0.3), 1").fetchone()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(one_client, range(clients)))
+    finally:
+        done.set()
+        sampler.join()
+    print(f"\n  {clients} clients through a pool of 5: {len(results)} ok, peak backends {peak}")
+    assert [row[1] for row in results] == [1] * clients
+    assert 1 <= peak <= 5
+
+
+def test_a_plain_connection_is_refused_when_the_proxy_requires_tls(kit_defaults: EmbeddedStack) -> None:
+    proxy = _emulator(kit_defaults)
+    with pytest.raises(psycopg.OperationalError, match="This RDS Proxy requires TLS connections"):
+        proxy.connect(sslmode="disable")
+
+
+def test_the_handler_runs_with_the_applied_function_environment(kit_defaults: EmbeddedStack) -> None:
+    assert kit_defaults.applied is not None
+    name = kit_defaults.applied.outputs["lambda_function_name"]
+    applied = kit_defaults.aws.client("lambda").get_function_configuration(FunctionName=name)
+    declared = applied["Environment"]["Variables"]
+    env = kit_defaults.handler_environment()
+    # Everything the function declares, except that its proxy endpoint is the local emulator's.
+    assert declared["DB_PROXY_ENDPOINT"].startswith("twin-a-proxy.")
+    assert {k: env[k] for k in declared if k not in ("DB_PROXY_ENDPOINT", "DB_PORT")} == {
+        k: v for k, v in declared.items() if k not in ("DB_PROXY_ENDPOINT", "DB_PORT")
+    }
+    assert (env["DB_PROXY_ENDPOINT"], env["DB_PORT"]) == (
+        kit_defaults.proxy.host,
+        str(kit_defaults.proxy.port),
+    )
+    assert env["DB_AUTH"] == "iam"
+
+    with function_environment(env):
+        environment = InProcessEnvironment(function_name=name, timeout_seconds=applied["Timeout"])
+        try:
+            response = environment.invoke({})
+        finally:
+            environment.shutdown()
+    assert response["ok"], response
+    assert response["result"]["user"] == declared["DB_USER"]
+
+
+def test_without_iam_auth_the_proxy_asks_for_the_secret_password(password_auth: EmbeddedStack) -> None:
+    proxy = _emulator(password_auth)
+    assert proxy.part.config.iam_auth == "DISABLED"
+    assert proxy.part.config.require_tls is False
+    # A plain connection with the secret's password (SCRAM) is accepted ...
+    with proxy.connect(password=password_auth.db_password, sslmode="disable") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (proxy.user,)
+    # ... and an IAM token is just a wrong password now.
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        proxy.connect(password=proxy.token(), sslmode="require")
+
+
+def test_pool_share_and_init_query_follow_the_variables(password_auth: EmbeddedStack) -> None:
+    """40 % of 20 is 8; the init_query reached the emulator through the AWS API and ran."""
+    proxy = _emulator(password_auth)
+    assert proxy.part.metrics()["values"]["MaxDatabaseConnectionsAllowed"] == 8
+    assert proxy.part.config.init_query == "SET statement_timeout = '1234s'"
+    with proxy.connect(password=password_auth.db_password, sslmode="disable") as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1234s",)
+
+
+def test_destroy_removes_what_apply_created(kit_defaults: EmbeddedStack) -> None:
+    assert kit_defaults.terraform is not None
+    assert kit_defaults.applied is not None
+    outputs = kit_defaults.applied.outputs
+    kit_defaults.terraform.destroy()
+    with pytest.raises(botocore.exceptions.ClientError, match="DBProxyNotFound"):
+        kit_defaults.aws.client("rds").describe_db_proxies(DBProxyName=outputs["proxy_name"])
+    with pytest.raises(botocore.exceptions.ClientError, match="ResourceNotFound"):
+        kit_defaults.aws.client("lambda").get_function(FunctionName=outputs["lambda_function_name"])
+    assert kit_defaults.terraform.outputs() == {}
