@@ -12,23 +12,23 @@ import concurrent.futures
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import psycopg
 import pytest
 
 from emulator.environments import InProcessEnvironment, function_environment
 from emulator.rdsproxy.part import RdsProxyEmulator
-from emulator.stack import EmbeddedStack, TerraformSettings
+from emulator.stack import EmbeddedStack, StackConfig, TerraformSettings
 from emulator.terraform import TerraformTools
-from tests.conftest import TEST_STACK
-from tests.emulator.helpers import ProxyUnderTest
 
 pytestmark = [pytest.mark.terraform, pytest.mark.integration]
 
-MAX_CONNECTIONS = TEST_STACK.max_connections  # 20
+# As the other suites: 20 slots, so a quarter of them is a pool of 5.
+TEST_STACK = StackConfig(max_connections=20, pool_size=5)
 
 
 STACKS: dict[str, dict[str, str]] = {
@@ -83,6 +83,44 @@ def kit_defaults(applied: dict[str, EmbeddedStack]) -> EmbeddedStack:
 @pytest.fixture(scope="module")
 def password_auth(applied: dict[str, EmbeddedStack]) -> EmbeddedStack:
     return applied["password_auth"]
+
+
+@dataclass
+class ProxyUnderTest:
+    """The applied stack's emulator, and how a client logs in to it."""
+
+    stack: EmbeddedStack
+    part: RdsProxyEmulator
+
+    @property
+    def user(self) -> str:
+        return self.stack.config.db_user
+
+    def token(self) -> str:
+        aws = self.stack.aws.credentials
+        rds = boto3.session.Session().client(
+            "rds",
+            region_name=aws.region,
+            aws_access_key_id=aws.access_key_id,
+            aws_secret_access_key=aws.secret_access_key,
+        )
+        return str(
+            rds.generate_db_auth_token(DBHostname=self.part.host, Port=self.part.port, DBUsername=self.user)
+        )
+
+    def connect(self, **extra: Any) -> psycopg.Connection[Any]:
+        params: dict[str, Any] = {
+            "host": self.part.host,
+            "port": self.part.port,
+            "user": self.user,
+            "dbname": self.stack.config.database,
+            "sslmode": "require",
+            "sslrootcert": str(self.stack.ca.ca_path),
+            "connect_timeout": 10,
+        }
+        if "password" not in extra:
+            params["password"] = self.token()
+        return psycopg.connect(**{**params, **extra}, autocommit=True)
 
 
 def _emulator(stack: EmbeddedStack) -> ProxyUnderTest:
