@@ -1,0 +1,124 @@
+"""The inside of one Lambda execution environment: a worker process that runs the handler.
+
+Workers are forked from a zygote (multiprocessing's forkserver) that imported this module once:
+boto3, botocore and psycopg2 are loaded there, and botocore's data loader is warmed and shared, so
+a worker's Init (importing the handler module, which builds its boto3 clients) costs milliseconds
+instead of a fresh interpreter's second, as with Lambda's own snapshots. The handler module itself
+is imported in the worker only: its module-scope state (the database connection) is per worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import boto3
+import botocore.loaders
+import botocore.session
+import psycopg2  # noqa: F401 - loaded once in the zygote, for every worker
+
+_shared_loader = botocore.loaders.create_loader()
+
+
+def _register_shared_loader(self: Any) -> None:
+    self._components.lazy_register_component("data_loader", lambda: _shared_loader)
+
+
+# Every boto3 session in a worker reads service models through the zygote's loader (read-only data).
+botocore.session.Session._register_data_loader = _register_shared_loader  # type: ignore[attr-defined]
+for _service in ("rds", "secretsmanager", "sts"):
+    # Load the models the handler's clients need while still in the zygote.
+    boto3.session.Session().client(_service, region_name="us-east-1")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    handler_file: str
+    handler_name: str
+    environment: dict[str, str]
+    function_name: str
+    function_arn: str
+    memory_mb: int
+    timeout_seconds: float
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that handlers commonly read."""
+
+    function_name: str
+    function_version: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str
+    log_group_name: str
+    log_stream_name: str
+    _deadline: float
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _error_payload(exc: BaseException) -> dict[str, Any]:
+    """What Lambda's Python runtime returns for an unhandled exception."""
+    return {
+        "errorMessage": str(exc),
+        "errorType": type(exc).__name__,
+        # The user's frames, not this runner's.
+        "stackTrace": [
+            line
+            for frame, line in zip(
+                traceback.extract_tb(exc.__traceback__), traceback.format_tb(exc.__traceback__), strict=False
+            )
+            if frame.filename != __file__
+        ],
+    }
+
+
+def serve(conn: Connection, spec: WorkerSpec) -> None:
+    """Init once, then answer invocations until the pipe closes (the parent froze or killed us)."""
+    os.environ.clear()
+    os.environ.update(spec.environment)
+    started = time.monotonic()
+    try:
+        module_spec = importlib.util.spec_from_file_location("lambda_function_module", spec.handler_file)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"Cannot find handler file {spec.handler_file}")  # noqa: TRY301
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)  # the Init phase
+        handler = getattr(module, spec.handler_name)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller as Lambda's Runtime.ImportModuleError
+        conn.send(("init_error", {**_error_payload(exc), "errorType": "Runtime.ImportModuleError"}))
+        return
+    conn.send(("ready", time.monotonic() - started))
+    while True:
+        try:
+            request_id, event = conn.recv()
+        except EOFError:
+            return
+        context = LambdaContext(
+            function_name=spec.function_name,
+            function_version="$LATEST",
+            invoked_function_arn=spec.function_arn,
+            memory_limit_in_mb=spec.memory_mb,
+            aws_request_id=request_id,
+            log_group_name=f"/aws/lambda/{spec.function_name}",
+            log_stream_name=f"local-twin/{os.getpid()}",
+            _deadline=time.monotonic() + spec.timeout_seconds,
+        )
+        try:
+            result = handler(event, context)
+        except Exception as exc:  # noqa: BLE001 - an unhandled error is the invocation's result
+            conn.send(("error", _error_payload(exc)))
+            continue
+        try:
+            conn.send(("ok", json.dumps(result)))
+        except TypeError as exc:
+            message = f"Unable to marshal response: {exc}"
+            conn.send(("error", {"errorMessage": message, "errorType": "Runtime.MarshalError"}))
