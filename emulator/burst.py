@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from emulator.environments import InProcessEnvironment
+from emulator.lambda_function import Invocation, LambdaFunction, Throttled
 
 
 @dataclass
@@ -108,3 +109,41 @@ def run_burst(invocations: int, event: Mapping[str, Any]) -> BurstResult:
     """Initialise, invoke once all together, shut down."""
     with Burst(invocations) as burst:
         return burst.invoke(event)
+
+
+def invoke_burst(
+    function: LambdaFunction,
+    invocations: int,
+    event: Mapping[str, Any],
+    *,
+    on_done: Callable[[], None] | None = None,
+) -> BurstResult:
+    """`invocations` concurrent invocations of a function, released together as a burst arrives:
+    each finds no free environment and cold-starts one (up to the concurrency limit; beyond it,
+    Lambda's throttling error), whose connection then stays open while it is frozen."""
+    barrier = threading.Barrier(invocations)
+
+    def invoke_one(_: int) -> dict[str, Any]:
+        barrier.wait(timeout=60)
+        try:
+            invocation: Invocation = function.invoke(dict(event))
+            answer: dict[str, Any] = invocation.json()
+            if invocation.function_error:
+                answer = {"ok": False, "error": {"sqlstate": None, "message": answer.get("errorMessage", "")}}
+        except Throttled as exc:
+            answer = {"ok": False, "error": {"sqlstate": None, "message": f"TooManyRequestsException: {exc}"}}
+        if on_done is not None:
+            on_done()
+        return answer
+
+    result = BurstResult(invocations)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=invocations, thread_name_prefix="invoke") as pool:
+        result.responses = list(pool.map(invoke_one, range(invocations)))
+    result.wall_seconds = time.monotonic() - started
+    for response in result.responses:
+        if response.get("ok"):
+            result.succeeded += 1
+        else:
+            result.errors[describe_failure(response)] += 1
+    return result

@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from emulator.activity import BackendSampler, ConnectionSamples
-from emulator.burst import Burst, BurstResult
-from emulator.environments import function_environment
+from emulator.burst import BurstResult, invoke_burst
+from emulator.lambda_function import FunctionConfig, LambdaFunction
 from emulator.pgbouncer import find_pgbouncer
 from emulator.proxy import ProxyKind, ProxyPart
 from emulator.rdsproxy.part import RdsProxyEmulator
@@ -23,8 +23,9 @@ from emulator.stack import EmbeddedStack, StackConfig
 
 @dataclass(frozen=True)
 class DemoConfig:
-    invocations: int = 100
-    work_ms: int = 250
+    invocations: int = 500
+    # Through a pool of 5, 500 invocations queue for invocations x work / 5: 5 s at 50 ms.
+    work_ms: int = 50
     chart: Path = Path("connection-exhaustion.png")
     handler_log: Path = Path("connection-exhaustion-handler.log")
     stack: StackConfig = field(default_factory=StackConfig)
@@ -38,6 +39,8 @@ class Way:
     burst: BurstResult
     samples: ConnectionSamples
     pool_cap: int | None
+    # Client connections held at the peak: each execution environment that connected keeps its own.
+    peak_clients: int = 0
     # From the RDS Proxy emulator's counters: borrow latency (microseconds) and pinned sessions.
     borrow_p50_us: int | None = None
     borrow_p99_us: int | None = None
@@ -47,19 +50,26 @@ class Way:
 def _burst_through(
     stack: EmbeddedStack, proxy: ProxyPart, name: str, config: DemoConfig, progress: Progress
 ) -> Way:
-    init = progress.add_task(f"{name}: Init", total=config.invocations)
-    invoke = progress.add_task(f"{name}: Invoke", total=config.invocations, start=False)
+    invoke = progress.add_task(f"{name}: invocations", total=config.invocations)
+    function = FunctionConfig(
+        environment=stack.handler_environment(proxy),
+        timeout_seconds=60,
+        log_path=config.handler_log.resolve(),
+    )
+    # Idle connections the other proxies keep are not this way's: leave them out of its count.
+    others = set().union(*(part.backend_pids() for part in stack.proxies.values() if part is not proxy))
     with (
-        function_environment(stack.handler_environment(proxy)),
-        Burst(config.invocations, on_init=lambda: progress.advance(init)) as environments,
+        LambdaFunction(function) as lambda_function,
+        BackendSampler(stack.postgres, user=stack.config.db_user, exclude=others) as sampler,
     ):
-        progress.start_task(invoke)
-        # Idle connections the other proxies keep are not this way's: leave them out of its count.
-        others = set().union(*(part.backend_pids() for part in stack.proxies.values() if part is not proxy))
-        with BackendSampler(stack.postgres, user=stack.config.db_user, exclude=others) as sampler:
-            burst = environments.invoke(
-                {"sleep_ms": config.work_ms}, on_done=lambda _: progress.advance(invoke)
-            )
+        burst = invoke_burst(
+            lambda_function,
+            config.invocations,
+            {"sleep_ms": config.work_ms},
+            on_done=lambda: progress.advance(invoke),
+        )
+    # Every environment that connected holds its client connection while frozen.
+    clients = burst.succeeded
     if isinstance(proxy, RdsProxyEmulator):
         stats = proxy.stats()
         latency = stats["borrow_latency_us"]
@@ -68,12 +78,13 @@ def _burst_through(
             burst,
             sampler.samples,
             stats["max_database_connections_allowed"],
+            stats["peak_client_connections"],
             latency["p50"],
             latency["p99"],
             stats["peak_pinned_sessions"],
         )
     cap = None if proxy is stack.direct else stack.config.pool_size
-    return Way(name, burst, sampler.samples, cap)
+    return Way(name, burst, sampler.samples, cap, clients)
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
@@ -134,6 +145,7 @@ def results_table(ways: list[Way]) -> Table:
         "invocations",
         "ok",
         "failed",
+        "peak client conns",
         "peak DB conns",
         "pool cap",
         "borrow p50/p99",
@@ -152,6 +164,7 @@ def results_table(ways: list[Way]) -> Table:
             str(way.burst.invocations),
             str(way.burst.succeeded),
             str(way.burst.failed),
+            str(way.peak_clients),
             str(way.samples.peak),
             "-" if way.pool_cap is None else str(way.pool_cap),
             borrow,

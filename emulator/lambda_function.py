@@ -51,6 +51,8 @@ class FunctionConfig:
     idle_reap_seconds: float = 300
     region: str = "us-east-1"
     account_id: str = "123456789012"
+    # The environments' stdout and stderr (their CloudWatch Logs in AWS); None: the caller's.
+    log_path: Path | None = None
 
     @classmethod
     def from_applied(
@@ -81,11 +83,24 @@ class FunctionConfig:
         return WorkerSpec(
             handler_file=str(self.code_dir / f"{module.replace('.', '/')}.py"),
             handler_name=function,
-            environment=dict(self.environment),
+            # What Lambda sets in every environment, then the function's own variables.
+            environment={
+                "AWS_LAMBDA_FUNCTION_NAME": self.name,
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+                "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": self.region,
+                "LAMBDA_TASK_ROOT": str(self.code_dir),
+                "TZ": ":UTC",
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                **self.environment,
+            },
             function_name=self.name,
             function_arn=self.arn,
             memory_mb=self.memory_mb,
             timeout_seconds=self.timeout_seconds,
+            log_path=None if self.log_path is None else str(self.log_path),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import time
 import traceback
@@ -46,6 +47,8 @@ class WorkerSpec:
     function_arn: str
     memory_mb: int
     timeout_seconds: float
+    # Where the function's output goes (CloudWatch Logs in AWS); None keeps the parent's.
+    log_path: str | None = None
 
 
 @dataclass
@@ -85,6 +88,15 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
     """Init once, then answer invocations until the pipe closes (the parent froze or killed us)."""
     os.environ.clear()
     os.environ.update(spec.environment)
+    if spec.log_path:
+        log = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+    # Lambda's Python runtime gives the root logger a handler with this format.
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(message)s", force=True
+    )
     started = time.monotonic()
     try:
         module_spec = importlib.util.spec_from_file_location("lambda_function_module", spec.handler_file)
