@@ -76,10 +76,11 @@ class TerraformTools:
 def find_terraform(env: Mapping[str, str] | None = None) -> TerraformTools:
     """Terraform, tflocal and a source of the AWS provider, or TerraformUnavailable saying why."""
     env = dict(os.environ if env is None else env)
-    terraform = env.get("TERRAFORM") or shutil.which("terraform")
+    path = env.get("PATH")
+    terraform = env.get("TERRAFORM") or shutil.which("terraform", path=path)
     if not terraform:
         raise TerraformUnavailable(f"no terraform binary on PATH: {INSTALL_HINT}")
-    tflocal = shutil.which("tflocal")
+    tflocal = shutil.which("tflocal", path=path)
     plugin_dir = env.get("TF_PLUGIN_DIR")
     if plugin_dir:
         if not (Path(plugin_dir) / AWS_PROVIDER).is_dir():
