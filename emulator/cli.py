@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -14,6 +15,8 @@ from typing import Any
 from emulator.demo import DemoConfig, run_demo
 from emulator.envfile import write_env_file
 from emulator.errors import ComponentError
+from emulator.invoke_api import InvokeApi
+from emulator.lambda_function import FunctionConfig, LambdaFunction
 from emulator.lambda_package import build_package
 from emulator.proxy import ProxyKind
 from emulator.rdsproxy.config import parse_settings
@@ -228,8 +231,25 @@ def _terraform_settings(args: argparse.Namespace) -> TerraformSettings | None:
 def _up(args: argparse.Namespace) -> int:
     config = _stack_config(args, proxy=args.proxy, terraform=_terraform_settings(args))
     print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
-    with EmbeddedStack(config) as stack:
-        env = stack.environment()
+    with contextlib.ExitStack() as running:
+        stack = running.enter_context(EmbeddedStack(config))
+        # The handler as a Lambda function: the applied one when Terraform ran, else the kit's own.
+        handler_env = stack.handler_environment()
+        function_config = (
+            FunctionConfig(environment=handler_env)
+            if stack.applied is None
+            else FunctionConfig.from_applied(stack.applied.function, handler_env)
+        )
+        function = running.enter_context(LambdaFunction(function_config))
+        invoke_api = InvokeApi({function_config.name: function}, forward_to=stack.aws.endpoint_url)
+        invoke_api.start()
+        running.callback(invoke_api.stop)
+        env = {
+            **stack.environment(),
+            # boto3's Lambda client goes here (Invoke runs the handler; the rest is forwarded to moto).
+            "AWS_ENDPOINT_URL_LAMBDA": invoke_api.endpoint_url,
+            "LAMBDA_FUNCTION_NAME": function_config.name,
+        }
         print(
             f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
             f"from {stack.postgres.binaries.source}, max_connections={config.max_connections})"
@@ -246,6 +266,10 @@ def _up(args: argparse.Namespace) -> int:
                 f"{applied.function.name}; the proxy endpoint maps to the local proxy"
             )
         print(f"DB secret    {env['DB_SECRET_ARN']}")
+        print(
+            f"Lambda       {function_config.name} at {invoke_api.endpoint_url} (AWS_ENDPOINT_URL_LAMBDA; "
+            f"concurrency {function_config.concurrency_limit}, timeout {function_config.timeout_seconds:g} s)"
+        )
         print(f"TLS CA       {env['DB_SSLROOTCERT']}")
         if isinstance(stack.proxy, RdsProxyEmulator):
             cfg = stack.proxy.config

@@ -39,8 +39,6 @@ class Way:
     burst: BurstResult
     samples: ConnectionSamples
     pool_cap: int | None
-    # Client connections held at the peak: each execution environment that connected keeps its own.
-    peak_clients: int = 0
     # From the RDS Proxy emulator's counters: borrow latency (microseconds) and pinned sessions.
     borrow_p50_us: int | None = None
     borrow_p99_us: int | None = None
@@ -60,7 +58,12 @@ def _burst_through(
     others = set().union(*(part.backend_pids() for part in stack.proxies.values() if part is not proxy))
     with (
         LambdaFunction(function) as lambda_function,
-        BackendSampler(stack.postgres, user=stack.config.db_user, exclude=others) as sampler,
+        BackendSampler(
+            stack.postgres,
+            user=stack.config.db_user,
+            exclude=others,
+            client_port=None if proxy is stack.direct else proxy.port,
+        ) as sampler,
     ):
         burst = invoke_burst(
             lambda_function,
@@ -68,8 +71,6 @@ def _burst_through(
             {"sleep_ms": config.work_ms},
             on_done=lambda: progress.advance(invoke),
         )
-    # Every environment that connected holds its client connection while frozen.
-    clients = burst.succeeded
     if isinstance(proxy, RdsProxyEmulator):
         stats = proxy.stats()
         latency = stats["borrow_latency_us"]
@@ -78,13 +79,12 @@ def _burst_through(
             burst,
             sampler.samples,
             stats["max_database_connections_allowed"],
-            stats["peak_client_connections"],
             latency["p50"],
             latency["p99"],
             stats["peak_pinned_sessions"],
         )
     cap = None if proxy is stack.direct else stack.config.pool_size
-    return Way(name, burst, sampler.samples, cap, clients)
+    return Way(name, burst, sampler.samples, cap)
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
@@ -164,7 +164,7 @@ def results_table(ways: list[Way]) -> Table:
             str(way.burst.invocations),
             str(way.burst.succeeded),
             str(way.burst.failed),
-            str(way.peak_clients),
+            str(way.samples.peak_clients),
             str(way.samples.peak),
             "-" if way.pool_cap is None else str(way.pool_cap),
             borrow,
@@ -182,14 +182,24 @@ def write_chart(ways: list[Way], config: DemoConfig) -> None:
 
     fig, axes = plt.subplots(1, len(ways), figsize=(6 * len(ways), 4), sharey=True, squeeze=False)
     for ax, way in zip(axes[0], ways, strict=True):
+        if way.samples.clients:
+            ax.step(
+                way.samples.times[: len(way.samples.clients)],
+                way.samples.clients,
+                where="post",
+                color="tab:orange",
+                label="client connections (execution environments)",
+            )
         ax.step(way.samples.times, way.samples.counts, where="post", label="database connections (app role)")
         ax.axhline(config.stack.max_connections, color="red", linestyle="--", label="max_connections")
         if way.pool_cap is not None:
             ax.axhline(way.pool_cap, color="green", linestyle=":", label="pool cap")
         ax.set_title(f"{way.name}: {way.burst.succeeded} ok, {way.burst.failed} failed")
         ax.set_xlabel("seconds")
+        # Hundreds of clients and a handful of database connections on one readable axis.
+        ax.set_yscale("symlog", linthresh=10)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("backends in pg_stat_activity")
+    axes[0][0].set_ylabel("connections")
     axes[0][0].legend(loc="upper right", fontsize="small")
     fig.suptitle(f"{config.invocations} concurrent Lambda invocations")
     fig.tight_layout()

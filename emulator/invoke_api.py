@@ -3,7 +3,9 @@
 `boto3.client("lambda", endpoint_url=api.endpoint_url).invoke(FunctionName=..., Payload=...)`
 is the same client code users point at AWS: RequestResponse answers with the handler's result (and
 X-Amz-Function-Error when it failed), Event answers 202 at once and runs the function in the
-background (retrying while throttled, as Lambda's async queue does), DryRun answers 204.
+background (retrying while throttled, as Lambda's async queue does), DryRun answers 204. Every other
+Lambda API call (get_function_configuration, list_functions, ...) is forwarded to the AWS emulator
+when one is given, so AWS_ENDPOINT_URL_LAMBDA can point the whole Lambda API here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import re
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,8 +33,10 @@ EVENT_RETRY_SECONDS = 60
 class InvokeApi:
     """Serves the functions given; start() picks a free loopback port, stop() ends it."""
 
-    def __init__(self, functions: Mapping[str, LambdaFunction]) -> None:
+    def __init__(self, functions: Mapping[str, LambdaFunction], *, forward_to: str | None = None) -> None:
         self.functions = dict(functions)
+        # The AWS emulator's URL, for every call that is not Invoke.
+        self.forward_to = forward_to
         self._server = ThreadingHTTPServer((LOOPBACK, 0), _handler_class(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -97,13 +103,48 @@ def _handler_class(api: InvokeApi) -> type[BaseHTTPRequestHandler]:
             body = json.dumps({"Type": "User", "message": message, **extra}).encode()
             self._send(status, body, {"x-amzn-ErrorType": kind})
 
+        def _forward(self, raw: bytes) -> None:
+            if api.forward_to is None:
+                self._error(HTTPStatus.NOT_FOUND, "UnknownOperationException", f"no route for {self.path}")
+                return
+            hop_by_hop = {"host", "content-length", "connection", "transfer-encoding"}
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop}
+            request = urllib.request.Request(  # noqa: S310 - our own http:// AWS emulator URL
+                api.forward_to + self.path, data=raw or None, headers=headers, method=self.command
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+                    status, body, reply = answer.status, answer.read(), answer.headers
+            except urllib.error.HTTPError as error:
+                status, body, reply = error.code, error.read(), error.headers
+            self.send_response(status)
+            for name, value in reply.items():
+                if name.lower() not in hop_by_hop | {"server", "date"}:
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._forward(b"")
+
+        def do_PUT(self) -> None:
+            self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+        def do_DELETE(self) -> None:
+            self._forward(b"")
+
         def do_POST(self) -> None:
             match = _INVOKE.match(urllib.parse.urlsplit(self.path).path)
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if match is None:
-                self._error(HTTPStatus.NOT_FOUND, "UnknownOperationException", f"no route for {self.path}")
+                self._forward(raw)
                 return
             function = api.find(match["name"])
+            if function is None and api.forward_to is not None:
+                # moto answers for functions the kit does not run (it says why it cannot run them).
+                self._forward(raw)
+                return
             if function is None:
                 self._error(
                     HTTPStatus.NOT_FOUND, "ResourceNotFoundException", f"Function not found: {match['name']}"

@@ -95,8 +95,12 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
         os.close(log)
     # Lambda's Python runtime gives the root logger a handler with this format.
     logging.basicConfig(
-        level=logging.INFO, format="[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(message)s", force=True
+        level=logging.INFO,
+        format="[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        force=True,
     )
+    logging.Formatter.converter = time.gmtime  # Lambda logs in UTC
     started = time.monotonic()
     try:
         module_spec = importlib.util.spec_from_file_location("lambda_function_module", spec.handler_file)

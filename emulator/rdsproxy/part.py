@@ -70,6 +70,15 @@ class RdsProxyEmulator:
             stop_signal=signal.SIGTERM,
         )
         self._process.start()
+        try:
+            self._wait_ready(ready_file, timeout)
+        except BaseException:
+            # A proxy that never became ready must not outlive its start().
+            self.stop()
+            raise
+
+    def _wait_ready(self, ready_file: Path, timeout: float) -> None:
+        assert self._process is not None
         hint = f"its log is {self.log_path}"
         wait_until(ready_file.exists, part=PART, timeout=timeout, alive=self._process.exit_reason, hint=hint)
         self.stats_port = int(json.loads(ready_file.read_text())["stats_port"])

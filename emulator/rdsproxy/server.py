@@ -261,8 +261,11 @@ async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
     server = ProxyServer(config)
     await server.start()
     if ready_file:
-        with open(ready_file, "w") as handle:
+        # Written whole and then renamed: whoever waits for the file never reads it half-written.
+        partial = f"{ready_file}.partial"
+        with open(partial, "w") as handle:
             json.dump({"port": config.listen_port, "stats_port": server.stats_port}, handle)
+        os.replace(partial, ready_file)
     server.log.info(
         f"RDS Proxy emulator {config.name} listening on {config.listen_host}:{config.listen_port}"
         f" (stats on port {server.stats_port})."

@@ -41,6 +41,13 @@ HANDLER_FROM_ANOTHER_SHELL = (
 )
 
 
+INVOKE_FROM_ANOTHER_SHELL = (
+    "import boto3, json, os\n"
+    "answer = boto3.client('lambda').invoke(FunctionName=os.environ['LAMBDA_FUNCTION_NAME'], Payload=b'{}')\n"
+    "print(json.dumps({'status': answer['StatusCode'], 'payload': json.loads(answer['Payload'].read())}))\n"
+)
+
+
 class RunningUp:
     def __init__(self, process: subprocess.Popen[bytes], env_file: Path, log: Path) -> None:
         self.process = process
@@ -159,6 +166,25 @@ def test_the_handler_reaches_the_proxy_from_another_shell(up: RunningUp) -> None
     response = json.loads(done.stdout.strip().splitlines()[-1])
     assert response["ok"], response
     assert response["result"]["user"] == "app_user"
+
+
+def test_boto3_invokes_the_handler_from_another_shell(up: RunningUp) -> None:
+    """The env file's AWS_ENDPOINT_URL_LAMBDA sends boto3's Lambda client to the kit: the same
+    client code as against AWS runs the handler in an execution environment of the stack's."""
+    env = up.env()
+    assert {"AWS_ENDPOINT_URL_LAMBDA", "LAMBDA_FUNCTION_NAME"} <= set(env)
+    result = subprocess.run(
+        [sys.executable, "-c", INVOKE_FROM_ANOTHER_SHELL],
+        env=up.shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    answer = json.loads(result.stdout)
+    assert answer["status"] == 200
+    assert answer["payload"]["ok"] is True, answer
+    assert answer["payload"]["result"]["user"] == env["DB_USER"]
 
 
 def test_the_default_proxy_is_the_rds_proxy_emulator_with_iam_and_tls(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ def test_a_burst_exhausts_postgres_directly_and_not_through_the_proxy(tmp_path: 
         assert way.burst.failed == 0, (name, way.burst.errors)
         assert way.pool_cap == 5
         assert 1 <= way.samples.peak <= way.pool_cap, name
-        assert way.peak_clients > way.pool_cap, name
+        # Many more client connections than database connections: the multiplexing.
+        assert way.samples.peak_clients > way.pool_cap, name
 
     assert config.chart.read_bytes().startswith(PNG_SIGNATURE)
     # The environments' own output (their failed connections) went to the handler log, not the console.
