@@ -165,6 +165,14 @@ def _parser() -> argparse.ArgumentParser:
         help="how long each invocation holds its transaction (default: %(default)s)",
     )
     demo.add_argument(
+        "--init",
+        choices=["snapshot", "per_environment"],
+        default=defaults.init,
+        help="how a cold start gets its Init: forked from one Init snapshot (as Lambda SnapStart; "
+        "connections are still per environment) or every environment running Init itself, as on-demand "
+        "Lambda, which costs ~0.1 s of CPU each (default: %(default)s)",
+    )
+    demo.add_argument(
         "--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)"
     )
     demo.add_argument(
@@ -302,6 +310,7 @@ def _demo(args: argparse.Namespace) -> int:
         DemoConfig(
             invocations=args.invocations,
             work_ms=args.work_ms,
+            init=args.init,
             chart=args.chart,
             handler_log=args.handler_log,
             stack=_stack_config(args),

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import multiprocessing
@@ -20,14 +21,16 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from emulator.applied import AppliedFunction
-from emulator.lambda_worker import WorkerSpec, serve
+from emulator.lambda_worker import WorkerSpec, serve, serve_snapshot
 
 LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda"
 # The account's default concurrency quota: the limit when the function reserves none.
@@ -49,6 +52,10 @@ class FunctionConfig:
     reserved_concurrency: int | None = None
     # Lambda keeps idle environments for minutes, unpublished; locally it is a setting.
     idle_reap_seconds: float = 300
+    # "per_environment": every cold start runs Init (Lambda's default). "snapshot": Init runs once
+    # and environments are forked from it, as Lambda SnapStart restores them: much cheaper cold
+    # starts, the same per-environment connections for handlers that connect after Init.
+    init: Literal["per_environment", "snapshot"] = "per_environment"
     region: str = "us-east-1"
     account_id: str = "123456789012"
     # The environments' stdout and stderr (their CloudWatch Logs in AWS); None: the caller's.
@@ -131,39 +138,114 @@ class Invocation:
         return json.loads(self.payload)
 
 
+@dataclass
+class _Launched:
+    pid: int
+    conn: Connection
+    kill: Callable[[], None]
+    alive: Callable[[], bool]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class _FreshProcesses:
+    """Every environment a new worker that runs Init itself (Lambda's on-demand cold start)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+
+    def launch(self, number: int) -> _Launched:
+        conn, child = _context.Pipe()
+        process = _context.Process(
+            target=serve, args=(child, self.spec), name=f"lambda-env-{number}", daemon=True
+        )
+        process.start()
+        child.close()
+        assert process.pid is not None
+
+        def kill() -> None:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=10)
+
+        return _Launched(process.pid, conn, kill, process.is_alive)
+
+    def close(self) -> None:
+        return
+
+
+class _Snapshot:
+    """Environments forked from a template that ran Init once (Lambda SnapStart's model)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._control, child = _context.Pipe()
+        self._template = _context.Process(target=serve_snapshot, args=(child, spec), name="lambda-snapshot")
+        self._template.start()
+        child.close()
+        self._lock = threading.Lock()
+        kind, value = self._control.recv()
+        self.init_error: dict[str, Any] | None = value if kind == "init_error" else None
+
+    def launch(self, number: int) -> _Launched:
+        conn, child = _context.Pipe()
+        with self._lock:
+            assert self._template.pid is not None
+            reduction.send_handle(self._control, child.fileno(), self._template.pid)
+            pid: int = self._control.recv()
+        child.close()
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        return _Launched(pid, conn, kill, lambda: _pid_alive(pid))
+
+    def close(self) -> None:
+        self._control.close()
+        if self._template.is_alive():
+            self._template.kill()
+        self._template.join(timeout=10)
+
+
 class Environment:
     """One execution environment: a worker process, frozen between invocations."""
 
-    def __init__(self, number: int, spec: WorkerSpec) -> None:
+    def __init__(self, number: int, timeout: float, launcher: _FreshProcesses | _Snapshot) -> None:
         self.number = number
-        self.timeout = spec.timeout_seconds
-        self._conn, child = _context.Pipe()
-        self.process = _context.Process(
-            target=serve, args=(child, spec), name=f"lambda-env-{number}", daemon=True
-        )
-        self.process.start()
-        child.close()
+        self.timeout = timeout
         self.last_used = time.monotonic()
-        self.init_error: dict[str, Any] | None = None
+        self.init_error: dict[str, Any] | None = getattr(launcher, "init_error", None)
         self.invocations = 0
-        kind, value = self._receive(timeout=max(10.0, spec.timeout_seconds))  # Init
+        self._launched: _Launched | None = None
+        self._shut_down = False
+        if self.init_error is not None:
+            return
+        self._launched = launcher.launch(number)
+        kind, value = self._receive(timeout=max(10.0, timeout))  # Init (or its snapshot's resume)
         if kind == "init_error":
             self.init_error = value
         self._freeze()
 
     @property
     def pid(self) -> int:
-        assert self.process.pid is not None
-        return self.process.pid
+        assert self._launched is not None
+        return self._launched.pid
 
     def _receive(self, timeout: float) -> tuple[str, Any]:
-        if not self._conn.poll(timeout):
+        assert self._launched is not None
+        if not self._launched.conn.poll(timeout):
             raise TimeoutError
-        answer: tuple[str, Any] = self._conn.recv()
+        answer: tuple[str, Any] = self._launched.conn.recv()
         return answer
 
     def _freeze(self) -> None:
-        if self.process.is_alive():
+        if self.alive:
             os.kill(self.pid, signal.SIGSTOP)
 
     def _thaw(self) -> None:
@@ -172,10 +254,11 @@ class Environment:
     def invoke(self, request_id: str, event: Any) -> tuple[str, Any]:
         """("ok", json text) | ("error", payload) | ("timeout", payload); the environment is dead after
         a timeout."""
+        assert self._launched is not None
         self._thaw()
         self.invocations += 1
         try:
-            self._conn.send((request_id, event))
+            self._launched.conn.send((request_id, event))
             kind, value = self._receive(self.timeout)
         except TimeoutError:
             self.shutdown()
@@ -193,14 +276,15 @@ class Environment:
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive()
+        # A killed process may linger a moment; once shut down, the environment is gone.
+        return self._launched is not None and not self._shut_down and self._launched.alive()
 
     def shutdown(self) -> None:
         """End the process: the OS closes its sockets, as when Lambda recycles an environment."""
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=10)
-        self._conn.close()
+        if self._launched is not None and not self._shut_down:
+            self._shut_down = True
+            self._launched.kill()
+            self._launched.conn.close()
 
 
 class LambdaFunction:
@@ -208,7 +292,10 @@ class LambdaFunction:
 
     def __init__(self, config: FunctionConfig) -> None:
         self.config = config
-        self._spec = config.worker_spec()
+        spec = config.worker_spec()
+        self._launcher: _FreshProcesses | _Snapshot = (
+            _Snapshot(spec) if config.init == "snapshot" else _FreshProcesses(spec)
+        )
         self._lock = threading.Lock()
         self._idle: list[Environment] = []  # frozen, most recently used last
         self._busy: set[Environment] = set()
@@ -261,7 +348,7 @@ class LambdaFunction:
             self._starting += 1
             number = next(self._numbers)
         try:
-            environment = Environment(number, self._spec)  # cold start, outside the lock
+            environment = Environment(number, self.config.timeout_seconds, self._launcher)  # outside the lock
         finally:
             with self._lock:
                 self._starting -= 1
@@ -299,3 +386,4 @@ class LambdaFunction:
             self._idle.clear()
         for environment in environments:
             environment.shutdown()
+        self._launcher.close()

@@ -13,9 +13,12 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -84,8 +87,8 @@ def _error_payload(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def serve(conn: Connection, spec: WorkerSpec) -> None:
-    """Init once, then answer invocations until the pipe closes (the parent froze or killed us)."""
+def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
+    """The Init phase: the function's environment and logging, then the handler module's import."""
     os.environ.clear()
     os.environ.update(spec.environment)
     if spec.log_path:
@@ -101,18 +104,63 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
         force=True,
     )
     logging.Formatter.converter = time.gmtime  # Lambda logs in UTC
+    module_spec = importlib.util.spec_from_file_location("lambda_function_module", spec.handler_file)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError(f"Cannot find handler file {spec.handler_file}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    handler: Callable[[Any, Any], Any] = getattr(module, spec.handler_name)
+    return handler
+
+
+def _init_error(exc: BaseException) -> dict[str, Any]:
+    return {**_error_payload(exc), "errorType": "Runtime.ImportModuleError"}
+
+
+def serve(conn: Connection, spec: WorkerSpec) -> None:
+    """One environment: Init, then answer invocations until the pipe closes."""
     started = time.monotonic()
     try:
-        module_spec = importlib.util.spec_from_file_location("lambda_function_module", spec.handler_file)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"Cannot find handler file {spec.handler_file}")  # noqa: TRY301
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # the Init phase
-        handler = getattr(module, spec.handler_name)
-    except Exception as exc:  # noqa: BLE001 - reported to the caller as Lambda's Runtime.ImportModuleError
-        conn.send(("init_error", {**_error_payload(exc), "errorType": "Runtime.ImportModuleError"}))
+        handler = _initialize(spec)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller as Lambda reports it
+        conn.send(("init_error", _init_error(exc)))
         return
     conn.send(("ready", time.monotonic() - started))
+    _answer(conn, handler, spec)
+
+
+def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
+    """The template of a function's environments, as Lambda SnapStart snapshots one after Init:
+    Init runs here once, then each environment is forked from this process (copy-on-write) and
+    starts with Init done. Each environment still opens its own connection on its first invocation,
+    as the handler opens connections lazily; a handler that connected during Init would share that
+    socket between forks, which is why SnapStart, too, asks for connections to be made after restore."""
+    try:
+        handler = _initialize(spec)
+    except Exception as exc:  # noqa: BLE001 - every environment will report it
+        control.send(("init_error", _init_error(exc)))
+        return
+    control.send(("ready", 0.0))
+    # Environments are this process's children; let the kernel reap them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    while True:
+        try:
+            fd = reduction.recv_handle(control)
+        except (EOFError, OSError):
+            return
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            conn = Connection(fd)
+            conn.send(("ready", 0.0))
+            _answer(conn, handler, spec)
+            os._exit(0)
+        os.close(fd)
+        control.send(pid)
+
+
+def _answer(conn: Connection, handler: Callable[[Any, Any], Any], spec: WorkerSpec) -> None:
     while True:
         try:
             request_id, event = conn.recv()

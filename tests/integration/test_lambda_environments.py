@@ -23,9 +23,16 @@ from emulator.wait import wait_until
 pytestmark = pytest.mark.integration
 
 
-def _function(stack: EmbeddedStack, **settings: Any) -> LambdaFunction:
+@pytest.fixture(params=["per_environment", "snapshot"])
+def init(request: pytest.FixtureRequest) -> str:
+    """Every behaviour holds whether each environment runs Init or is forked from a snapshot."""
+    return str(request.param)
+
+
+def _function(stack: EmbeddedStack, init: str, **settings: Any) -> LambdaFunction:
     """lambda/index.py going straight to PostgreSQL (the baseline: every environment, a backend)."""
-    return LambdaFunction(FunctionConfig(environment=stack.handler_environment(stack.direct), **settings))
+    environment = stack.handler_environment(stack.direct)
+    return LambdaFunction(FunctionConfig(environment=environment, init=init, **settings))  # type: ignore[arg-type]
 
 
 def _backends(stack: EmbeddedStack) -> set[int]:
@@ -56,8 +63,8 @@ def _concurrently(
 
 
 @pytest.fixture
-def function(embedded_stack: EmbeddedStack) -> Iterator[LambdaFunction]:
-    with _function(embedded_stack) as running:
+def function(embedded_stack: EmbeddedStack, init: str) -> Iterator[LambdaFunction]:
+    with _function(embedded_stack, init) as running:
         yield running
 
 
@@ -89,8 +96,8 @@ def test_frozen_environments_keep_their_connections(
     assert pids <= _backends(embedded_stack)
 
 
-def test_scale_out_stops_at_the_concurrency_limit(embedded_stack: EmbeddedStack) -> None:
-    with _function(embedded_stack, reserved_concurrency=2) as limited:
+def test_scale_out_stops_at_the_concurrency_limit(embedded_stack: EmbeddedStack, init: str) -> None:
+    with _function(embedded_stack, init, reserved_concurrency=2) as limited:
         results = _concurrently(limited, 5, {"sleep_ms": 500})
     throttled = [r for r in results if isinstance(r, Throttled)]
     served = [r for r in results if isinstance(r, Invocation)]
@@ -102,8 +109,8 @@ def test_scale_out_stops_at_the_concurrency_limit(embedded_stack: EmbeddedStack)
     }
 
 
-def test_reaping_idle_environments_closes_their_connections(embedded_stack: EmbeddedStack) -> None:
-    with _function(embedded_stack, idle_reap_seconds=0.5) as reaped:
+def test_reaping_idle_environments_closes_their_connections(embedded_stack: EmbeddedStack, init: str) -> None:
+    with _function(embedded_stack, init, idle_reap_seconds=0.5) as reaped:
         backend = reaped.invoke({}).json()["result"]["backend_pid"]
         wait_until(lambda: not reaped.environments(), part="idle environment reaped", timeout=15)
         wait_until(lambda: backend not in _backends(embedded_stack), part="its backend gone", timeout=15)
@@ -113,8 +120,10 @@ def test_reaping_idle_environments_closes_their_connections(embedded_stack: Embe
         assert again.json()["result"]["backend_pid"] != backend
 
 
-def test_a_timed_out_invocation_is_reported_as_lambda_reports_it(embedded_stack: EmbeddedStack) -> None:
-    with _function(embedded_stack, timeout_seconds=1) as slow:
+def test_a_timed_out_invocation_is_reported_as_lambda_reports_it(
+    embedded_stack: EmbeddedStack, init: str
+) -> None:
+    with _function(embedded_stack, init, timeout_seconds=1) as slow:
         backend = slow.invoke({}).json()["result"]["backend_pid"]
         timed_out = slow.invoke({"sleep_ms": 5000})
         assert timed_out.function_error == "Unhandled"
@@ -157,3 +166,15 @@ def test_boto3_invokes_the_function_through_the_kit_endpoint(
             client.invoke(FunctionName="no-such-function", Payload=b"{}")
     finally:
         api.stop()
+
+
+def test_an_init_error_is_reported_as_lambda_reports_it(tmp_path: Path, init: str) -> None:
+    (tmp_path / "broken.py").write_text(
+        "raise RuntimeError('no config')\n\ndef handler(event, context):\n    return 1\n"
+    )
+    config = FunctionConfig(handler="broken.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as broken:
+        answer = broken.invoke({})
+    assert answer.function_error == "Unhandled"
+    assert answer.json()["errorType"] == "Runtime.ImportModuleError"
+    assert answer.json()["errorMessage"] == "no config"
