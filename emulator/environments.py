@@ -17,27 +17,13 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emulator.lambda_context import LambdaContext
+
 _ids = itertools.count(1)
 HANDLER_FILE = Path(__file__).resolve().parent.parent / "lambda" / "index.py"
-
-
-@dataclass
-class LambdaContext:
-    """The attributes of Lambda's context object that handlers commonly read."""
-
-    function_name: str
-    memory_limit_in_mb: int
-    timeout_seconds: float
-    aws_request_id: str
-    invoked_function_arn: str
-    _deadline: float
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 class InProcessEnvironment:
@@ -68,12 +54,15 @@ class InProcessEnvironment:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(f"environment {self.id} is already serving an invocation")
         try:
+            request_id = str(uuid.uuid4())
             context = LambdaContext(
                 function_name=self.function_name,
-                memory_limit_in_mb=self.memory_mb,
-                timeout_seconds=self.timeout_seconds,
-                aws_request_id=str(uuid.uuid4()),
+                function_version="$LATEST",
                 invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}",
+                memory_limit_in_mb=self.memory_mb,
+                aws_request_id=request_id,
+                log_group_name=f"/aws/lambda/{self.function_name}",
+                log_stream_name=f"local-twin/in-process-{self.id}",
                 _deadline=time.monotonic() + self.timeout_seconds,
             )
             return self._handler(event, context)

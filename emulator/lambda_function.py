@@ -35,6 +35,8 @@ from emulator.lambda_worker import WorkerSpec, serve, serve_snapshot
 LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda"
 # The account's default concurrency quota: the limit when the function reserves none.
 ACCOUNT_CONCURRENCY = 1000
+# Lambda gives the Init phase 10 s (or the function's timeout, when longer) before it gives up.
+INIT_TIMEOUT = 10.0
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["emulator.lambda_worker"])
@@ -159,6 +161,8 @@ class _FreshProcesses:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
+        # Each worker runs Init itself and reports its own failure.
+        self.init_error: dict[str, Any] | None = None
 
     def launch(self, number: int) -> _Launched:
         conn, child = _context.Pipe()
@@ -189,8 +193,15 @@ class _Snapshot:
         self._template.start()
         child.close()
         self._lock = threading.Lock()
+        self.init_error: dict[str, Any] | None = None
+        limit = max(INIT_TIMEOUT, spec.timeout_seconds)
+        if not self._control.poll(limit):
+            self.init_error = {"errorMessage": f"Init timed out after {limit:.2f} seconds",
+                               "errorType": "Runtime.InitTimeout"}  # fmt: skip
+            return
         kind, value = self._control.recv()
-        self.init_error: dict[str, Any] | None = value if kind == "init_error" else None
+        if kind == "init_error":
+            self.init_error = value
 
     def launch(self, number: int) -> _Launched:
         conn, child = _context.Pipe()
@@ -220,16 +231,28 @@ class Environment:
         self.number = number
         self.timeout = timeout
         self.last_used = time.monotonic()
-        self.init_error: dict[str, Any] | None = getattr(launcher, "init_error", None)
+        # A snapshot whose Init failed fails every environment, as each would have.
+        self.init_error = launcher.init_error
         self.invocations = 0
         self._launched: _Launched | None = None
         self._shut_down = False
         if self.init_error is not None:
             return
         self._launched = launcher.launch(number)
-        kind, value = self._receive(timeout=max(10.0, timeout))  # Init (or its snapshot's resume)
+        limit = max(INIT_TIMEOUT, timeout)
+        try:
+            kind, value = self._receive(timeout=limit)  # Init (or its snapshot's resume)
+        except TimeoutError:
+            kind, value = "init_error", {"errorMessage": f"Init timed out after {limit:.2f} seconds",
+                                         "errorType": "Runtime.InitTimeout"}  # fmt: skip
+        except (EOFError, OSError) as exc:
+            kind, value = "init_error", {"errorMessage": f"Runtime exited during Init ({exc})",
+                                         "errorType": "Runtime.ExitError"}  # fmt: skip
         if kind == "init_error":
+            # The environment is discarded, as Lambda does after a failed Init.
             self.init_error = value
+            self.shutdown()
+            return
         self._freeze()
 
     @property

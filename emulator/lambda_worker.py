@@ -27,6 +27,8 @@ import botocore.loaders
 import botocore.session
 import psycopg2  # noqa: F401 - loaded once in the zygote, for every worker
 
+from emulator.lambda_context import LambdaContext
+
 _shared_loader = botocore.loaders.create_loader()
 
 
@@ -52,23 +54,6 @@ class WorkerSpec:
     timeout_seconds: float
     # Where the function's output goes (CloudWatch Logs in AWS); None keeps the parent's.
     log_path: str | None = None
-
-
-@dataclass
-class LambdaContext:
-    """The attributes of Lambda's context object that handlers commonly read."""
-
-    function_name: str
-    function_version: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int
-    aws_request_id: str
-    log_group_name: str
-    log_stream_name: str
-    _deadline: float
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def _error_payload(exc: BaseException) -> dict[str, Any]:

@@ -178,3 +178,19 @@ def test_an_init_error_is_reported_as_lambda_reports_it(tmp_path: Path, init: st
     assert answer.function_error == "Unhandled"
     assert answer.json()["errorType"] == "Runtime.ImportModuleError"
     assert answer.json()["errorMessage"] == "no config"
+
+
+def test_an_init_that_outlasts_its_limit_is_an_error_and_leaves_no_process(
+    tmp_path: Path, init: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("emulator.lambda_function.INIT_TIMEOUT", 0.5)
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(30)\n\ndef handler(e, c):\n    return 1\n")
+    config = FunctionConfig(handler="slow.handler", code_dir=tmp_path, timeout_seconds=0.5, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as slow:
+        answer = slow.invoke({})
+        assert answer.function_error == "Unhandled"
+        assert answer.json() == {
+            "errorMessage": "Init timed out after 0.50 seconds",
+            "errorType": "Runtime.InitTimeout",
+        }
+        assert not slow.environments()
