@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from emulator.environments import InProcessEnvironment
 from emulator.lambda_function import Invocation, LambdaFunction, Throttled
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,6 +39,21 @@ def describe_failure(response: Mapping[str, Any]) -> str:
     _, fatal, after = message.partition("FATAL:")
     text = after if fatal else message
     return f"{error.get('sqlstate') or '-'} {' '.join(text.split())}"
+
+
+def _all_at_once(invoke_one: Callable[[T], dict[str, Any]], items: Sequence[T]) -> BurstResult:
+    """Run invoke_one for every item, each on its own thread, and tally the handler responses."""
+    result = BurstResult(len(items))
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="invoke") as pool:
+        result.responses = list(pool.map(invoke_one, items))
+    result.wall_seconds = time.monotonic() - started
+    for response in result.responses:
+        if response.get("ok"):
+            result.succeeded += 1
+        else:
+            result.errors[describe_failure(response)] += 1
+    return result
 
 
 class Burst:
@@ -92,17 +109,7 @@ class Burst:
                 on_done(response)
             return response
 
-        result = BurstResult(len(self.environments))
-        started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=len(self.environments), thread_name_prefix="lambda-env") as pool:
-            result.responses = list(pool.map(invoke_one, self.environments))
-        result.wall_seconds = time.monotonic() - started
-        for response in result.responses:
-            if response.get("ok"):
-                result.succeeded += 1
-            else:
-                result.errors[describe_failure(response)] += 1
-        return result
+        return _all_at_once(invoke_one, self.environments)
 
 
 def run_burst(invocations: int, event: Mapping[str, Any]) -> BurstResult:
@@ -136,14 +143,4 @@ def invoke_burst(
             on_done()
         return answer
 
-    result = BurstResult(invocations)
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=invocations, thread_name_prefix="invoke") as pool:
-        result.responses = list(pool.map(invoke_one, range(invocations)))
-    result.wall_seconds = time.monotonic() - started
-    for response in result.responses:
-        if response.get("ok"):
-            result.succeeded += 1
-        else:
-            result.errors[describe_failure(response)] += 1
-    return result
+    return _all_at_once(invoke_one, range(invocations))
