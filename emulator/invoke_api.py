@@ -79,7 +79,8 @@ class InvokeApi:
                     return
 
         thread = threading.Thread(target=run, name="lambda-event", daemon=True)
-        self._background.append(thread)
+        # Keep only the ones still running: a long `up` takes many Event invocations.
+        self._background = [t for t in self._background if t.is_alive()] + [thread]
         thread.start()
 
 
