@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from emulator.applied import AppliedStack, read_database, read_function, read_proxy
 from emulator.aws import AwsEmulator
+from emulator.errors import ComponentError
 from emulator.lambda_package import build_package
 from emulator.net import LOOPBACK
 from emulator.pgbouncer import PgBouncer, PgBouncerTarget
@@ -271,16 +272,20 @@ class EmbeddedStack(StackEnvironment):
             "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
         )
         certificate = self.ca.issue_server("rdsproxy", TLS_HOSTNAMES)
-        config = emulator_config(
-            target_host=self.postgres.host,
-            target_port=self.postgres.port,
-            secret_arn=self.secret_arn,
-            aws_endpoint_url=self.aws.endpoint_url,
-            region=cfg.region,
-            tls_cert_file=str(certificate.cert_path),
-            tls_key_file=str(certificate.key_path),
-            settings=settings,
-        )
+        try:
+            config = emulator_config(
+                target_host=self.postgres.host,
+                target_port=self.postgres.port,
+                secret_arn=self.secret_arn,
+                aws_endpoint_url=self.aws.endpoint_url,
+                region=cfg.region,
+                tls_cert_file=str(certificate.cert_path),
+                tls_key_file=str(certificate.key_path),
+                settings=settings,
+            )
+        except ValueError as exc:
+            source = "the applied Terraform (terraform/ variables)" if self.applied else "--proxy-setting"
+            raise ComponentError("RDS Proxy emulator", str(exc), f"fix the setting in {source}") from exc
         return RdsProxyEmulator(self.workdir, config, environment=self.aws.environment())
 
     def stop(self) -> None:

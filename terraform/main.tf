@@ -109,9 +109,16 @@ variable "proxy_max_connections_percent" {
 }
 
 variable "proxy_max_idle_connections_percent" {
-  description = "Share of max_connections the proxy keeps open while idle; at most proxy_max_connections_percent."
+  description = "Share of max_connections the proxy keeps open while idle, at most proxy_max_connections_percent; null: half of it, as AWS defaults."
   type        = number
-  default     = 50
+  default     = null
+  validation {
+    condition = var.proxy_max_idle_connections_percent == null ? true : (
+      var.proxy_max_idle_connections_percent >= 0 &&
+      var.proxy_max_idle_connections_percent <= var.proxy_max_connections_percent
+    )
+    error_message = "proxy_max_idle_connections_percent must be between 0 and proxy_max_connections_percent."
+  }
 }
 
 variable "proxy_connection_borrow_timeout" {

@@ -67,7 +67,7 @@ resource "aws_db_proxy_default_target_group" "this" {
   connection_pool_config {
     connection_borrow_timeout    = var.proxy_connection_borrow_timeout
     max_connections_percent      = var.proxy_max_connections_percent
-    max_idle_connections_percent = var.proxy_max_idle_connections_percent
+    max_idle_connections_percent = coalesce(var.proxy_max_idle_connections_percent, floor(var.proxy_max_connections_percent / 2))
     init_query                   = var.proxy_init_query
   }
 }

@@ -160,6 +160,30 @@ run "pool_settings_and_auth_follow_the_variables" {
   }
 }
 
+run "idle_share_defaults_to_half_the_pool_share" {
+  command = apply
+
+  variables {
+    proxy_max_connections_percent = 40
+  }
+
+  assert {
+    condition     = one(aws_db_proxy_default_target_group.this.connection_pool_config).max_idle_connections_percent == 20
+    error_message = "without proxy_max_idle_connections_percent, the idle share is half the pool share (AWS's default)"
+  }
+}
+
+run "idle_share_above_the_pool_share_is_refused" {
+  command = plan
+
+  variables {
+    proxy_max_connections_percent      = 40
+    proxy_max_idle_connections_percent = 50
+  }
+
+  expect_failures = [var.proxy_max_idle_connections_percent]
+}
+
 run "name_prefix_must_be_a_valid_proxy_name" {
   command = plan
 

@@ -37,7 +37,7 @@ def test_declared_settings_hold_under_the_mock_provider(workspace: TerraformWork
     the security group chain, and variables flowing through."""
     output = workspace.test()
     print(output)
-    assert "6 passed, 0 failed" in output
+    assert "8 passed, 0 failed" in output
 
 
 def test_a_broken_expectation_fails_the_terraform_tests(
