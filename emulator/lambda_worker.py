@@ -9,11 +9,13 @@ is imported in the worker only: its module-scope state (the database connection)
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import logging
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,7 @@ import psycopg2  # noqa: F401 - loaded once in the zygote, for every worker
 
 from emulator.lambda_context import LambdaContext
 
+_PR_SET_PDEATHSIG = 1
 _shared_loader = botocore.loaders.create_loader()
 
 
@@ -72,8 +75,18 @@ def _error_payload(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def _die_with_parent() -> None:
+    """A frozen (stopped) worker would outlive a parent killed with SIGKILL forever: have the kernel
+    kill it when its parent goes (Linux's PR_SET_PDEATHSIG; elsewhere the parent's shutdown does)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
     """The Init phase: the function's environment and logging, then the handler module's import."""
+    # Ctrl+C reaches the whole process group; the parent ends environments, as Lambda's service does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     os.environ.clear()
     os.environ.update(spec.environment)
     if spec.log_path:
@@ -137,6 +150,7 @@ def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
         if pid == 0:
             control.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _die_with_parent()  # the template's children: the death signal is not inherited
             conn = Connection(fd)
             conn.send(("ready", 0.0))
             _answer(conn, handler, spec)

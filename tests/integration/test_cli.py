@@ -80,6 +80,8 @@ def _start_up(tmp_path: Path, proxy: str) -> RunningUp:
             cwd=REPO,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            # Its own session and process group, as in a terminal of its own.
+            start_new_session=True,
         )
     running = RunningUp(process, env_file, log)
     wait_until(env_file.exists, part="python -m emulator up", timeout=120, alive=running.died)
@@ -106,9 +108,14 @@ def _stop(running: RunningUp) -> None:
             running.process.wait(10)
 
 
-def _stop_and_check_nothing_is_left(running: RunningUp, signum: signal.Signals) -> str:
-    workdir = running.workdir()
-    running.process.send_signal(signum)
+def _stop_and_check_nothing_is_left(
+    running: RunningUp, signum: signal.Signals | None, workdir: Path | None = None
+) -> str:
+    """Stop `up` with signum (None: the caller signalled it, and found its workdir first) and check
+    what it leaves."""
+    workdir = workdir or running.workdir()
+    if signum is not None:
+        running.process.send_signal(signum)
     running.process.wait(timeout=60)
     output = running.output()
     assert running.process.returncode == 0, output
@@ -211,9 +218,33 @@ def test_the_default_proxy_is_the_rds_proxy_emulator_with_iam_and_tls(tmp_path: 
         _stop_and_check_nothing_is_left(running, signal.SIGINT)
 
 
+def _session_processes(session: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # /proc/PID/stat: "pid (comm) state ppid pgrp session ..."
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session:
+                found.add(int(entry.name))
+    return found
+
+
 def test_ctrl_c_stops_every_process_and_removes_every_file(up: RunningUp) -> None:
-    output = _stop_and_check_nothing_is_left(up, signal.SIGINT)
+    """Ctrl+C in a terminal reaches the whole process group: the stack's servers, the Lambda
+    environments (one frozen after an invocation) and their zygote all end, without a traceback."""
+    subprocess.run(
+        [sys.executable, "-c", INVOKE_FROM_ANOTHER_SHELL], env=up.shell_env(), timeout=60, check=True
+    )
+    assert len(_session_processes(up.process.pid)) > 1
+    workdir = up.workdir()
+    os.killpg(up.process.pid, signal.SIGINT)
+    output = _stop_and_check_nothing_is_left(up, None, workdir)
     assert "Ready." in output
+    assert "Traceback" not in output
+    wait_until(lambda: not _session_processes(up.process.pid), part="the session's processes", timeout=30)
 
 
 def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:
