@@ -30,6 +30,8 @@ INSTALL_HINT = (
 )
 # terraform init may wait on an unreachable registry for a long time; past this it is unavailable.
 INIT_TIMEOUT = 180
+# An apply or destroy against the local AWS emulator takes about two minutes (the provider polls).
+COMMAND_TIMEOUT = 900
 
 
 class TerraformUnavailable(Exception):
@@ -141,9 +143,21 @@ class TerraformWorkspace:
         binary = self.tools.tflocal if local else self.tools.terraform
         assert binary is not None
         command = [binary, *args]
-        result = subprocess.run(
-            command, cwd=self.dir, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        limit = COMMAND_TIMEOUT if timeout is None else timeout
+        try:
+            result = subprocess.run(
+                command,
+                cwd=self.dir,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ComponentError(
+                PART, f"`{args[0]}` did not finish within {limit:.0f} s", f"see {self.log_path}"
+            ) from exc
         with self.log_path.open("a") as log:
             log.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
         if result.returncode != 0:
@@ -154,7 +168,7 @@ class TerraformWorkspace:
             )
         return result.stdout
 
-    def _var_args(self) -> list[str]:
+    def var_args(self) -> list[str]:
         return [f"-var={name}={value}" for name, value in self.variables.items()]
 
     def init(self) -> None:
@@ -163,7 +177,7 @@ class TerraformWorkspace:
                 ["init", "-input=false", "-no-color", *self.tools.init_args],
                 timeout=INIT_TIMEOUT if self.tools.needs_registry else None,
             )
-        except (ComponentError, subprocess.TimeoutExpired) as exc:
+        except ComponentError as exc:
             if self.tools.needs_registry:
                 # Nothing local to install from and the registry did not answer: not a kit failure.
                 problem = f"the hashicorp/aws provider could not be installed from the registry ({exc})"
@@ -174,14 +188,14 @@ class TerraformWorkspace:
         self._run(["validate", "-no-color"])
 
     def test(self) -> str:
-        return self._run(["test", "-no-color", *self._var_args()])
+        return self._run(["test", "-no-color", *self.var_args()])
 
     def apply(self) -> None:
         """`tflocal apply`: the AWS endpoint is the env's AWS_ENDPOINT_URL (the local AWS emulator)."""
-        self._run(["apply", "-input=false", "-auto-approve", "-no-color", *self._var_args()], local=True)
+        self._run(["apply", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=True)
 
     def destroy(self) -> None:
-        self._run(["destroy", "-input=false", "-auto-approve", "-no-color", *self._var_args()], local=True)
+        self._run(["destroy", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=True)
 
     def outputs(self) -> dict[str, Any]:
         raw: dict[str, dict[str, Any]] = json.loads(self._run(["output", "-json", "-no-color"]))

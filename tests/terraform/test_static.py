@@ -51,7 +51,7 @@ def test_a_broken_expectation_fails_the_terraform_tests(
     )
     broken.init()
     result = subprocess.run(
-        [terraform_tools.terraform, "test", "-no-color", *broken._var_args()],
+        [terraform_tools.terraform, "test", "-no-color", *broken.var_args()],
         cwd=broken.dir,
         env=broken.env,
         capture_output=True,
