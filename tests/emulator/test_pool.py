@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -61,15 +62,18 @@ def test_waiting_borrows_are_served_first_come_first_served(
 ) -> None:
     # One connection, and a borrow timeout no slow machine reaches: the order is what is tested.
     proxy = make_proxy(max_connections_percent=4, connection_borrow_timeout=60)
-    order: list[int] = []
+    served_at: dict[int, Any] = {}
     holder = proxy.connect()
     holder.execute("BEGIN")
     holder.execute("SELECT 1")
     waiters = [proxy.connect() for _ in range(3)]
 
     def wait_in_line(index: int) -> None:
-        waiters[index].execute("SELECT 1")
-        order.append(index)
+        # When the database ran it: on one connection, statements run one after another, so this
+        # orders them exactly (the order the replies reach Python threads does not).
+        row = waiters[index].execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        served_at[index] = row[0]
 
     threads = []
     for index in range(3):
@@ -85,7 +89,7 @@ def test_waiting_borrows_are_served_first_come_first_served(
     holder.close()
     for conn in waiters:
         conn.close()
-    assert order == [0, 1, 2]
+    assert sorted(served_at, key=served_at.__getitem__) == [0, 1, 2]
 
 
 def test_init_query_runs_on_every_new_database_connection(make_proxy: Callable[..., ProxyUnderTest]) -> None:
