@@ -62,7 +62,7 @@ class MetricsPublisher:
         self.server = server
         self.config = server.config
         self._previous: dict[str, float] = {}
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # metric -> (count, total) published
         self._log_lines: list[tuple[int, str]] = []
         self._log_stream = ""
 
@@ -107,16 +107,17 @@ class MetricsPublisher:
                     }
                 )
         stats = self.server.stats
-        for metric, samples, dimension_sets in (
-            ("DatabaseConnectionsBorrowLatency", stats.borrow_latencies_us, _PROXY),
-            ("QueryResponseLatency", stats.query_response_latencies_us, _PROXY),
-            ("QueryDatabaseResponseLatency", stats.query_database_latencies_us, ("DS1", "DS2", "DS3", "DS4")),
+        for metric, latencies, dimension_sets in (
+            ("DatabaseConnectionsBorrowLatency", stats.borrow_latency, _PROXY),
+            ("QueryResponseLatency", stats.query_response_latency, _PROXY),
+            ("QueryDatabaseResponseLatency", stats.query_database_latency, ("DS1", "DS2", "DS3", "DS4")),
         ):
-            new = samples[self._seen.get(metric, 0) :]
-            self._seen[metric] = len(samples)
-            if not new:
+            # The period's average: what was added since the previous publication.
+            seen_count, seen_total = self._seen.get(metric, (0, 0))
+            self._seen[metric] = (latencies.count, latencies.total_us)
+            if latencies.count == seen_count:
                 continue
-            average = sum(new) / len(new)
+            average = (latencies.total_us - seen_total) / (latencies.count - seen_count)
             for name in dimension_sets:
                 data.append(
                     {

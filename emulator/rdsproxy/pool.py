@@ -68,7 +68,7 @@ class Pool:
         self.borrowed.add(conn)
         self.stats.borrows += 1
         self.stats.database_connections_borrowed = len(self.borrowed)
-        self.stats.borrow_latencies_us.append(int((time.monotonic() - started) * 1e6))
+        self.stats.borrow_latency.add(int((time.monotonic() - started) * 1e6))
         return conn
 
     async def _wait(self, key: PoolKey, timeout: float) -> ServerConnection:

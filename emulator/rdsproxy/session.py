@@ -573,9 +573,9 @@ class ClientSession:
         """The database's first bytes for the request in flight: both query latencies end here."""
         now = time.monotonic()
         assert self._request_forwarded is not None
-        self.stats.query_database_latencies_us.append(int((now - self._request_forwarded) * 1e6))
+        self.stats.query_database_latency.add(int((now - self._request_forwarded) * 1e6))
         if self._request_received is not None:
-            self.stats.query_response_latencies_us.append(int((now - self._request_received) * 1e6))
+            self.stats.query_response_latency.add(int((now - self._request_received) * 1e6))
         self._request_received = None
         self._request_forwarded = None
 

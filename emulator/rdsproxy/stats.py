@@ -3,8 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+# Percentiles are over this many of the most recent samples: memory stays bounded however long the
+# proxy runs, while count, sum and max cover every sample since it started.
+RECENT_SAMPLES = 65536
+
+
+@dataclass
+class Latencies:
+    """Microsecond samples of one kind (borrow waits, query latencies)."""
+
+    count: int = 0
+    total_us: int = 0
+    max_us: int = 0
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_SAMPLES))
+
+    def add(self, us: int) -> None:
+        self.count += 1
+        self.total_us += us
+        self.max_us = max(self.max_us, us)
+        self.recent.append(us)
+
+    def summary(self) -> dict[str, int]:
+        ordered = sorted(self.recent)
+        return {
+            "count": self.count,
+            "p50": _percentile(ordered, 50),
+            "p99": _percentile(ordered, 99),
+            "max": self.max_us,
+        }
 
 
 @dataclass
@@ -32,12 +62,12 @@ class Stats:
     borrows: int = 0
     query_requests: int = 0
     query_requests_tls: int = 0
-    # microseconds of every borrow, for latency percentiles
-    borrow_latencies_us: list[int] = field(default_factory=list)
+    # how long each borrow waited
+    borrow_latency: Latencies = field(default_factory=Latencies)
     # per request (Query, FunctionCall, Sync): from arrival to the first answer (QueryResponseLatency), and
     # from forwarding to the database's first answer (QueryDatabaseResponseLatency)
-    query_response_latencies_us: list[int] = field(default_factory=list)
-    query_database_latencies_us: list[int] = field(default_factory=list)
+    query_response_latency: Latencies = field(default_factory=Latencies)
+    query_database_latency: Latencies = field(default_factory=Latencies)
     peak_client_connections: int = 0
     peak_database_connections: int = 0
     peak_pinned_sessions: int = 0
@@ -48,16 +78,12 @@ class Stats:
         self.peak_pinned_sessions = max(self.peak_pinned_sessions, self.database_connections_pinned)
 
     def snapshot(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("query_response_latencies_us")
-        data.pop("query_database_latencies_us")
-        latencies = sorted(data.pop("borrow_latencies_us"))
-        data["borrow_latency_us"] = {
-            "count": len(latencies),
-            "p50": _percentile(latencies, 50),
-            "p99": _percentile(latencies, 99),
-            "max": latencies[-1] if latencies else 0,
-        }
+        data: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            data[item.name] = value.summary() if isinstance(value, Latencies) else value
+        # The name /stats readers (the demo, the report) know it by.
+        data["borrow_latency_us"] = data.pop("borrow_latency")
         return data
 
 

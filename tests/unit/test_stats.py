@@ -1,0 +1,37 @@
+"""The proxy's latency records: exact totals for every sample, bounded memory however long it runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from emulator.rdsproxy.stats import RECENT_SAMPLES, Latencies, Stats
+
+pytestmark = pytest.mark.unit
+
+
+def test_count_sum_and_max_cover_every_sample_while_memory_stays_bounded() -> None:
+    latencies = Latencies()
+    for us in range(RECENT_SAMPLES + 10_000):
+        latencies.add(us)
+    assert latencies.count == RECENT_SAMPLES + 10_000
+    assert latencies.total_us == sum(range(RECENT_SAMPLES + 10_000))
+    assert latencies.max_us == RECENT_SAMPLES + 9_999
+    assert len(latencies.recent) == RECENT_SAMPLES
+
+
+def test_percentiles_are_over_the_most_recent_samples() -> None:
+    latencies = Latencies()
+    for _ in range(RECENT_SAMPLES):
+        latencies.add(1_000_000)  # an old slow period, pushed out by what follows
+    for _ in range(RECENT_SAMPLES):
+        latencies.add(7)
+    assert latencies.summary() == {"count": 2 * RECENT_SAMPLES, "p50": 7, "p99": 7, "max": 1_000_000}
+
+
+def test_the_stats_snapshot_summarises_latencies_instead_of_copying_them() -> None:
+    stats = Stats()
+    for us in (10, 20, 30):
+        stats.borrow_latency.add(us)
+    snapshot = stats.snapshot()
+    assert snapshot["borrow_latency_us"] == {"count": 3, "p50": 20, "p99": 30, "max": 30}
+    assert snapshot["query_response_latency"]["count"] == 0
