@@ -5,16 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any
 
-from emulator.environments import InProcessEnvironment
 from emulator.lambda_function import Invocation, LambdaFunction, Throttled
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -39,83 +35,6 @@ def describe_failure(response: Mapping[str, Any]) -> str:
     _, fatal, after = message.partition("FATAL:")
     text = after if fatal else message
     return f"{error.get('sqlstate') or '-'} {' '.join(text.split())}"
-
-
-def _all_at_once(invoke_one: Callable[[T], dict[str, Any]], items: Sequence[T]) -> BurstResult:
-    """Run invoke_one for every item, each on its own thread, and tally the handler responses."""
-    result = BurstResult(len(items))
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="invoke") as pool:
-        result.responses = list(pool.map(invoke_one, items))
-    result.wall_seconds = time.monotonic() - started
-    for response in result.responses:
-        if response.get("ok"):
-            result.succeeded += 1
-        else:
-            result.errors[describe_failure(response)] += 1
-    return result
-
-
-class Burst:
-    """`invocations` execution environments, initialised together, then invoked all at once.
-
-    Entering runs every environment's Init phase; invoke() releases every invocation through one
-    barrier, so each holds its connection at the same time as the others, which is what a burst of
-    cold starts does to the database; leaving shuts the environments down (their connections close).
-    """
-
-    def __init__(
-        self,
-        invocations: int,
-        *,
-        environment_factory: Callable[[], InProcessEnvironment] = InProcessEnvironment,
-        on_init: Callable[[], None] | None = None,
-    ) -> None:
-        self.invocations = invocations
-        self.environment_factory = environment_factory
-        self.on_init = on_init
-        self.environments: list[InProcessEnvironment] = []
-
-    def __enter__(self) -> Self:
-        try:
-            for _ in range(self.invocations):
-                self.environments.append(self.environment_factory())
-                if self.on_init is not None:
-                    self.on_init()
-        except BaseException:
-            self.shutdown()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.shutdown()
-
-    def shutdown(self) -> None:
-        for env in self.environments:
-            env.shutdown()
-        self.environments.clear()
-
-    def invoke(
-        self, event: Mapping[str, Any], *, on_done: Callable[[dict[str, Any]], None] | None = None
-    ) -> BurstResult:
-        barrier = threading.Barrier(len(self.environments))
-
-        def invoke_one(env: InProcessEnvironment) -> dict[str, Any]:
-            barrier.wait(timeout=60)
-            response: dict[str, Any] = env.invoke(dict(event))
-            if on_done is not None:
-                on_done(response)
-            return response
-
-        return _all_at_once(invoke_one, self.environments)
-
-
-def run_burst(invocations: int, event: Mapping[str, Any]) -> BurstResult:
-    """Initialise, invoke once all together, shut down."""
-    with Burst(invocations) as burst:
-        return burst.invoke(event)
 
 
 def invoke_burst(
@@ -143,4 +62,14 @@ def invoke_burst(
             on_done()
         return answer
 
-    return _all_at_once(invoke_one, range(invocations))
+    result = BurstResult(invocations)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=invocations, thread_name_prefix="invoke") as pool:
+        result.responses = list(pool.map(invoke_one, range(invocations)))
+    result.wall_seconds = time.monotonic() - started
+    for response in result.responses:
+        if response.get("ok"):
+            result.succeeded += 1
+        else:
+            result.errors[describe_failure(response)] += 1
+    return result

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from emulator.activity import BackendSampler
-from emulator.burst import Burst, BurstResult
-from emulator.environments import function_environment
+from emulator.burst import BurstResult, invoke_burst
+from emulator.lambda_function import FunctionConfig, LambdaFunction
 from emulator.proxy import ProxyPart
 from emulator.stack import StackEnvironment
 
@@ -18,11 +18,10 @@ WORK = {"sleep_ms": 300}
 
 def _burst(stack: StackEnvironment, via: ProxyPart) -> tuple[BurstResult, int]:
     with (
-        function_environment(stack.handler_environment(via)),
-        Burst(INVOCATIONS) as environments,
+        LambdaFunction(FunctionConfig(environment=stack.handler_environment(via))) as function,
         BackendSampler(stack.postgres, user=stack.config.db_user) as sampler,
     ):
-        result = environments.invoke(WORK)
+        result = invoke_burst(function, INVOCATIONS, WORK)
     return result, sampler.samples.peak
 
 
