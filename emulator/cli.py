@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -16,7 +17,7 @@ from emulator.demo import DemoConfig, run_demo
 from emulator.envfile import write_env_file
 from emulator.errors import ComponentError
 from emulator.invoke_api import InvokeApi
-from emulator.lambda_function import FunctionConfig, LambdaFunction
+from emulator.lambda_function import FunctionConfig, InitMode, LambdaFunction
 from emulator.lambda_package import build_package
 from emulator.proxy import ProxyKind
 from emulator.rdsproxy.config import parse_settings
@@ -166,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--init",
-        choices=["snapshot", "per_environment"],
+        choices=typing.get_args(InitMode),
         default=defaults.init,
         help="how a cold start gets its Init: forked from one Init snapshot (as Lambda SnapStart; "
         "connections are still per environment) or every environment running Init itself, as on-demand "

@@ -7,7 +7,6 @@ import logging
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,7 +14,7 @@ from rich.table import Table
 
 from emulator.activity import BackendSampler, ConnectionSamples
 from emulator.burst import BurstResult, invoke_burst
-from emulator.lambda_function import FunctionConfig, LambdaFunction
+from emulator.lambda_function import FunctionConfig, InitMode, LambdaFunction
 from emulator.pgbouncer import find_pgbouncer
 from emulator.proxy import ProxyKind, ProxyPart
 from emulator.rdsproxy.part import RdsProxyEmulator
@@ -29,7 +28,7 @@ class DemoConfig:
     work_ms: int = 50
     # 500 Inits at ~0.1 s of CPU each would take most of a 2-core minute per way: restore them from
     # one Init, as SnapStart does. The handler connects after Init, so nothing shown changes.
-    init: Literal["snapshot", "per_environment"] = "snapshot"
+    init: InitMode = "snapshot"
     chart: Path = Path("connection-exhaustion.png")
     handler_log: Path = Path("connection-exhaustion-handler.log")
     stack: StackConfig = field(default_factory=StackConfig)

@@ -38,6 +38,11 @@ ACCOUNT_CONCURRENCY = 1000
 # Lambda gives the Init phase 10 s (or the function's timeout, when longer) before it gives up.
 INIT_TIMEOUT = 10.0
 
+# "per_environment": every cold start runs Init (Lambda's default). "snapshot": Init runs once and
+# environments are forked from it, as Lambda SnapStart restores them: much cheaper cold starts, the
+# same per-environment connections for handlers that connect after Init.
+InitMode = Literal["per_environment", "snapshot"]
+
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["emulator.lambda_worker"])
 
@@ -54,10 +59,7 @@ class FunctionConfig:
     reserved_concurrency: int | None = None
     # Lambda keeps idle environments for minutes, unpublished; locally it is a setting.
     idle_reap_seconds: float = 300
-    # "per_environment": every cold start runs Init (Lambda's default). "snapshot": Init runs once
-    # and environments are forked from it, as Lambda SnapStart restores them: much cheaper cold
-    # starts, the same per-environment connections for handlers that connect after Init.
-    init: Literal["per_environment", "snapshot"] = "per_environment"
+    init: InitMode = "per_environment"
     region: str = "us-east-1"
     account_id: str = "123456789012"
     # The environments' stdout and stderr (their CloudWatch Logs in AWS); None: the caller's.

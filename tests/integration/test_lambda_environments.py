@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import typing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,14 +17,14 @@ import botocore.config
 import pytest
 
 from emulator.invoke_api import InvokeApi
-from emulator.lambda_function import FunctionConfig, Invocation, LambdaFunction, Throttled
+from emulator.lambda_function import FunctionConfig, InitMode, Invocation, LambdaFunction, Throttled
 from emulator.stack import EmbeddedStack
 from emulator.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["per_environment", "snapshot"])
+@pytest.fixture(params=typing.get_args(InitMode))
 def init(request: pytest.FixtureRequest) -> str:
     """Every behaviour holds whether each environment runs Init or is forked from a snapshot."""
     return str(request.param)
