@@ -28,7 +28,9 @@ from emulator.rdsproxy.part import RdsProxyEmulator
 from emulator.stack import EmbeddedStack, StackConfig
 
 POOL = 20
-# Plain TCP and password auth on both poolers, so the comparison is about pooling, not TLS.
+# Plain TCP and password auth on both poolers, so the comparison is about pooling, not TLS: plain
+# clients make the emulator reach the database in plain TCP (as RDS Proxy does), and PgBouncer is
+# told to do the same.
 EMULATOR_SETTINGS = {
     "require_tls": False,
     "iam_auth": "DISABLED",
@@ -132,6 +134,7 @@ def main() -> int:
         max_connections=100,
         pool_size=POOL,
         proxy_settings=EMULATOR_SETTINGS,
+        pgbouncer_server_tls=False,
     )
     with EmbeddedStack(config) as stack:
         proxy = stack.proxy

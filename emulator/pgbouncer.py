@@ -52,6 +52,7 @@ class PgBouncer:
         user: ServiceUser | None,
         certificate: ServerCertificate | None,
         require_tls: bool = False,
+        server_tls: bool = True,
     ) -> None:
         binary = find_pgbouncer()
         if binary is None:
@@ -63,6 +64,7 @@ class PgBouncer:
         self.user = user
         self.certificate = certificate
         self.require_tls = require_tls
+        self.server_tls = server_tls
         self.host = LOOPBACK
         self.port = free_port()
         self._process: ManagedProcess | None = None
@@ -95,7 +97,7 @@ class PgBouncer:
             # Drivers such as pg8000 and asyncpg send it; RDS Proxy accepts it too.
             "ignore_startup_parameters = extra_float_digits",
             f"admin_users = {t.user}",
-            "server_tls_sslmode = prefer",
+            f"server_tls_sslmode = {'prefer' if self.server_tls else 'disable'}",
             "log_connections = 0",
             "log_disconnections = 0",
         ]

@@ -76,6 +76,9 @@ class StackConfig:
     # Terraform configuration applied to the AWS emulator (database, db_user and proxy settings
     # that Terraform declares are then ignored here).
     terraform: TerraformSettings | None = None
+    # PgBouncer asks the database for TLS (server_tls_sslmode=prefer). The benchmark turns this off:
+    # its clients are plain, and RDS Proxy reaches the database with its client's encryption setting.
+    pgbouncer_server_tls: bool = True
 
 
 class StackEnvironment:
@@ -258,6 +261,7 @@ class EmbeddedStack(StackEnvironment):
             pool_size=self.config.pool_size,
             user=self.user,
             certificate=self.ca.issue_server("pgbouncer", TLS_HOSTNAMES),
+            server_tls=self.config.pgbouncer_server_tls,
         )
 
     def _make_emulator(self) -> RdsProxyEmulator:

@@ -79,3 +79,30 @@ resource "aws_lambda_function" "this" {
 
   depends_on = [aws_iam_role_policy_attachment.lambda_vpc, aws_iam_role_policy.lambda_connect]
 }
+
+# The stage's probe: the same package, role and network, another entry point. The proxy is private,
+# so the real-AWS stage reaches it from inside the VPC through this function.
+resource "aws_lambda_function" "probe" {
+  count = var.stage_probe ? 1 : 0
+
+  function_name    = "${local.name}-probe"
+  role             = aws_iam_role.lambda.arn
+  runtime          = var.lambda_runtime
+  handler          = "probe.handler"
+  filename         = var.lambda_package
+  source_code_hash = filebase64sha256(var.lambda_package)
+  timeout          = 120
+  memory_size      = var.lambda_memory_size
+  architectures    = ["x86_64"]
+
+  vpc_config {
+    subnet_ids         = aws_subnet.private[*].id
+    security_group_ids = [aws_security_group.lambda.id]
+  }
+
+  environment {
+    variables = aws_lambda_function.this.environment[0].variables
+  }
+
+  depends_on = [aws_iam_role_policy_attachment.lambda_vpc, aws_iam_role_policy.lambda_connect]
+}

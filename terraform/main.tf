@@ -174,6 +174,12 @@ variable "lambda_reserved_concurrency" {
   default     = -1
 }
 
+variable "stage_probe" {
+  description = "Also deploy the probe function (lambda/probe.py) the real-AWS stage runs its SQL scenarios through."
+  type        = bool
+  default     = false
+}
+
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 data "aws_availability_zones" "available" {

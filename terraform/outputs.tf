@@ -39,6 +39,11 @@ output "lambda_function_name" {
   value = aws_lambda_function.this.function_name
 }
 
+output "probe_function_name" {
+  description = "The stage's probe function (null unless stage_probe is true)."
+  value       = one(aws_lambda_function.probe[*].function_name)
+}
+
 output "proxy_log_group" {
   description = "Where RDS Proxy writes its log (pin reasons)."
   value       = "/aws/rds/proxy/${aws_db_proxy.this.name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import ssl
 import time
@@ -20,9 +21,21 @@ _ids = itertools.count(1)
 CLIENT_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits")
 
 
+@functools.cache
+def _database_tls() -> ssl.SSLContext:
+    """One context for every database connection: building one loads the CA store (milliseconds)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class PoolKey(NamedTuple):
     database: str
     user: str
+    # RDS Proxy connects to the database with the client's own encryption setting, so TLS and
+    # plain clients never share a database connection.
+    tls: bool
 
 
 class DatabaseError(Exception):
@@ -66,6 +79,9 @@ class ServerConnection:
         self.statements: set[str] = set()
         # extra_float_digits is not reported by the server; remember what we set.
         self.extra_float_digits = "1"
+        # The session parameters last found equal to a borrower's (None when they may have changed):
+        # the next borrower with the same ones needs no comparison.
+        self.aligned: tuple[tuple[str, str], ...] | None = None
         self.created = time.monotonic()
         self.last_used = self.created
         self.broken = False
@@ -90,16 +106,14 @@ class ServerConnection:
             raise DatabaseUnavailable(f"cannot connect to {host}:{port}: {exc}") from exc
         tls = False
         try:
-            # The proxy speaks TLS to the database when the database offers it.
-            writer.write(m.ssl_request())
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.readexactly(1), timeout)
-            if answer == b"S":
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-                await asyncio.wait_for(writer.start_tls(context, server_hostname=host), timeout)
-                tls = True
+            if key.tls:
+                # For a TLS client the proxy asks the database for TLS, and uses it when offered.
+                writer.write(m.ssl_request())
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.readexactly(1), timeout)
+                if answer == b"S":
+                    await asyncio.wait_for(writer.start_tls(_database_tls(), server_hostname=host), timeout)
+                    tls = True
             conn = cls(key, reader, writer, tls)
             await asyncio.wait_for(conn._startup(credentials, application_name), timeout)
             if init_query.strip():
@@ -178,6 +192,7 @@ class ServerConnection:
             elif frame.type == b"S":
                 name, offset = m.read_cstring(frame.body)
                 self.params[name] = m.read_cstring(frame.body, offset)[0]
+                self.aligned = None
             elif frame.type == b"Z":
                 self.txn_status = frame.body[:1]
                 break

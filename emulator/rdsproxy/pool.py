@@ -53,7 +53,22 @@ class Pool:
 
     # -- borrowing ---------------------------------------------------------------------------------
 
+    def borrow_now(self, key: PoolKey) -> ServerConnection | None:
+        """An idle connection at once, when nobody is waiting in line; None when the borrow must wait."""
+        if self._waiters:
+            return None
+        while (conn := self._take_idle(key)) is not None:
+            if self._still_alive(conn):
+                self._lend(conn, 0)
+                return conn
+            # It died while idle (database restart): never hand it out, try the next one.
+            self._close(conn)
+        return None
+
     async def borrow(self, key: PoolKey, timeout: float) -> ServerConnection:
+        conn = self.borrow_now(key)
+        if conn is not None:
+            return conn
         started = time.monotonic()
         deadline = started + timeout
         while True:
@@ -62,14 +77,16 @@ class Pool:
                 conn = await self._wait(key, deadline - time.monotonic())
             if self._still_alive(conn):
                 break
-            # It died while idle (database restart): never hand it out, try the next one.
             self._close(conn)
             self._dispatch()
+        self._lend(conn, int((time.monotonic() - started) * 1e6))
+        return conn
+
+    def _lend(self, conn: ServerConnection, waited_us: int) -> None:
         self.borrowed.add(conn)
         self.stats.borrows += 1
         self.stats.database_connections_borrowed = len(self.borrowed)
-        self.stats.borrow_latency.add(int((time.monotonic() - started) * 1e6))
-        return conn
+        self.stats.borrow_latency.add(waited_us)
 
     async def _wait(self, key: PoolKey, timeout: float) -> ServerConnection:
         loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ _ERROR = ord("E")
 _READY = ord("Z")
 
 
-@dataclass
+@dataclass(slots=True)
 class Expected:
     kind: str
     forward: bool = True
@@ -52,6 +52,17 @@ class ResponseRouter:
     def pending(self) -> list[str]:
         """The kinds of message still waiting for their answer, oldest first."""
         return [entry.kind for entry in self._queue]
+
+    def passthrough(self) -> bool:
+        """Every request waiting is the client's own and ends at ReadyForQuery (simple queries,
+        function calls, Syncs): until the next one arrives, the server's messages go to the client
+        as they are, and each ReadyForQuery answers one request."""
+        return all(entry.forward and entry.kind in _UNTIL_READY for entry in self._queue)
+
+    def ready(self) -> None:
+        """A ReadyForQuery passed through (see passthrough)."""
+        if self._queue:
+            self._queue.popleft()
 
     def expect(self, kind: str, *, forward: bool = True, on_error: Callable[[], None] | None = None) -> None:
         self._queue.append(Expected(kind, forward, on_error=on_error))

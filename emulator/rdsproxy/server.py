@@ -127,7 +127,7 @@ class ProxyServer:
         delay = 0.1
         while True:
             try:
-                conn = await self._open_connection(PoolKey("postgres", self._credentials.user))
+                conn = await self._open_connection(PoolKey("postgres", self._credentials.user, tls=True))
                 break
             except (DatabaseUnavailable, DatabaseError) as exc:
                 self.log.info(f"Waiting for the database target: {exc}")

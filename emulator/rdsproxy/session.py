@@ -61,6 +61,7 @@ class ClientSession:
         self.user = ""
         self.database = ""
         self.wanted: dict[str, str] = {}
+        self._wanted_key: tuple[tuple[str, str], ...] = ()
         self.seen: dict[str, str] = {}
         self.backend: ServerConnection | None = None
         self.router = ResponseRouter()
@@ -184,6 +185,7 @@ class ClientSession:
             value = chosen if chosen is not None else baseline
             if value is not None:
                 self.wanted[name] = _canonical(name, value)
+        self._wanted_key = tuple(self.wanted.items())
         self.seen = {
             **self.server.baseline_params,
             **{k: v for k, v in self.wanted.items() if k != "extra_float_digits"},
@@ -483,9 +485,10 @@ class ClientSession:
             return
         # Bytes are only ever buffered for a borrowed connection (see _serve): none can be waiting here.
         assert not self._out
-        key = PoolKey(self.database, self.user)
+        pool = self.server.pool
+        key = PoolKey(self.database, self.user, self.tls)
         try:
-            conn = await self.server.pool.borrow(key, float(self.config.connection_borrow_timeout))
+            conn = await pool.borrow(key, float(self.config.connection_borrow_timeout))
         except BorrowTimeout:
             self.stats.borrow_timeouts += 1
             if self.config.borrow_timeout_severity == "FATAL":
@@ -500,7 +503,8 @@ class ClientSession:
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
             raise SessionEnd from None
         try:
-            await self._align(conn)
+            if conn.aligned != self._wanted_key:
+                await self._align(conn)
         except DatabaseError as exc:
             self.server.pool.release(conn, reusable=False)
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
@@ -519,15 +523,16 @@ class ClientSession:
             current = conn.extra_float_digits if name == "extra_float_digits" else conn.params.get(name)
             if current != value:
                 sets.append(f"SET {name} = {_quote(value)}")
-        if not sets:
-            return
-        await conn.run_quietly("; ".join(sets))
-        if "extra_float_digits" in self.wanted:
-            conn.extra_float_digits = self.wanted["extra_float_digits"]
-        # Remember the server's spelling (ISO -> "ISO, MDY") so the next borrow compares equal.
-        for name in self.wanted:
-            if name != "extra_float_digits" and name in conn.params:
-                self.wanted[name] = conn.params[name]
+        if sets:
+            await conn.run_quietly("; ".join(sets))
+            if "extra_float_digits" in self.wanted:
+                conn.extra_float_digits = self.wanted["extra_float_digits"]
+            # Remember the server's spelling (ISO -> "ISO, MDY") so the next borrow compares equal.
+            for name in self.wanted:
+                if name != "extra_float_digits" and name in conn.params:
+                    self.wanted[name] = conn.params[name]
+            self._wanted_key = tuple(self.wanted.items())
+        conn.aligned = self._wanted_key
 
     async def _pump(self, conn: ServerConnection) -> None:
         """Backend to client, until the connection can go back to the pool."""
@@ -537,6 +542,12 @@ class ClientSession:
             while True:
                 if self._request_forwarded is not None and conn.frames.pending_bytes():
                     self._note_first_answer()
+                # One write (one send) for everything this read brought, not one per message.
+                out: list[bytes] = []
+                if router.passthrough():
+                    chunk, starts = conn.frames.take_complete()
+                    if starts:
+                        self._pass_through(conn, chunk, starts, out)
                 for frame in conn.frames.frames():
                     raw = frame.raw
                     kind = raw[0]
@@ -544,15 +555,16 @@ class ClientSession:
                         name, offset = m.read_cstring(raw, 5)
                         value = m.read_cstring(raw, offset)[0]
                         conn.params[name] = value
+                        conn.aligned = None
                         if self.seen.get(name) != value:
                             self.seen[name] = value
-                            writer.write(raw)
+                            out.append(raw)
                         continue
                     if kind == 0x5A:  # ReadyForQuery
                         conn.txn_status = raw[5:6]
-                    out = router.route(kind, raw)
-                    if out:
-                        writer.write(b"".join(out) if len(out) > 1 else out[0])
+                    out += router.route(kind, raw)
+                if out:
+                    writer.write(b"".join(out) if len(out) > 1 else out[0])
                 if router.idle and not self.unsynced and conn.txn_status == b"I" and self.pinned is None:
                     self.backend = None
                     self._pump_task = None
@@ -568,6 +580,29 @@ class ClientSession:
             raise
         except (OSError, asyncio.IncompleteReadError, m.ProtocolViolation) as exc:
             self._backend_lost(conn, exc)
+
+    def _pass_through(
+        self, conn: ServerConnection, chunk: bytes, starts: list[int], out: list[bytes]
+    ) -> None:
+        """Forward a run of server messages in bulk (see ResponseRouter.passthrough): only
+        ParameterStatus and ReadyForQuery are looked at, as the per-message path does."""
+        kept = 0
+        for index, start in enumerate(starts):
+            kind = chunk[start]
+            if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
+                name, offset = m.read_cstring(chunk, start + 5)
+                value = m.read_cstring(chunk, offset)[0]
+                conn.params[name] = value
+                conn.aligned = None
+                if self.seen.get(name) != value:
+                    self.seen[name] = value
+                else:
+                    out.append(chunk[kept:start])
+                    kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
+            elif kind == 0x5A:  # ReadyForQuery
+                conn.txn_status = chunk[start + 5 : start + 6]
+                self.router.ready()
+        out.append(chunk[kept:] if kept else chunk)
 
     def _note_first_answer(self) -> None:
         """The database's first bytes for the request in flight: both query latencies end here."""

@@ -109,6 +109,31 @@ run "lambda_environment_points_at_the_proxy" {
     condition     = aws_lambda_function.this.handler == "index.handler" && length(one(aws_lambda_function.this.vpc_config).subnet_ids) == 2
     error_message = "the function runs index.handler inside the VPC's two private subnets"
   }
+  assert {
+    condition     = length(aws_lambda_function.probe) == 0 && output.probe_function_name == null
+    error_message = "the stage's probe is deployed only when stage_probe is true"
+  }
+}
+
+run "stage_probe_runs_inside_the_vpc_with_the_function_environment" {
+  command = apply
+
+  variables {
+    stage_probe = true
+  }
+
+  assert {
+    condition     = aws_lambda_function.probe[0].handler == "probe.handler" && output.probe_function_name == "local-twin-probe"
+    error_message = "the probe is probe.handler, named after the stack"
+  }
+  assert {
+    condition     = one(aws_lambda_function.probe[0].environment).variables == one(aws_lambda_function.this.environment).variables
+    error_message = "the probe connects exactly as the function does"
+  }
+  assert {
+    condition     = one(aws_lambda_function.probe[0].vpc_config).security_group_ids == toset([aws_security_group.lambda.id])
+    error_message = "the probe sits in the function's security group, the one the proxy admits"
+  }
 }
 
 run "security_groups_allow_lambda_to_proxy_to_db_on_5432_only" {

@@ -134,3 +134,19 @@ def test_idle_database_connections_above_the_idle_percentage_are_closed(
         conn.execute("COMMIT")
         conn.close()
     wait_until(lambda: proxy.stats()["database_connections"] == 2, part="idle trimming", timeout=10)
+
+
+def test_the_database_connection_is_encrypted_exactly_when_the_client_connection_is(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    # "For an encrypted or unencrypted connection to a proxy, the proxy uses the same encryption
+    # setting when it makes a connection to the underlying database" (the reference, section 3).
+    proxy = make_proxy(require_tls=False, iam_auth="DISABLED")
+    ssl_of_backend = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    with proxy.connect(sslmode="disable") as plain, proxy.connect(sslmode="require") as encrypted:
+        for _ in range(3):  # and again on later borrows: the two never share a database connection
+            assert plain.execute(ssl_of_backend).fetchone() == (False,)
+            assert encrypted.execute(ssl_of_backend).fetchone() == (True,)
+    stats = proxy.stats()
+    assert stats["database_connection_requests"] - stats["database_connection_requests_tls"] >= 1
+    assert stats["database_connection_requests_tls"] >= 1

@@ -30,6 +30,30 @@ def test_frames_survive_any_split(frames: list[tuple[int, bytes]], cuts: list[in
     assert reader.pending_bytes() == 0
 
 
+@given(frames=frames_strategy, cuts=st.lists(st.integers(min_value=0, max_value=80000), max_size=30))
+def test_bulk_taking_yields_the_same_messages_as_framing_one_by_one(
+    frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    stream = b"".join(m.frame(bytes([kind]), body) for kind, body in frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    reader = m.FrameReader()
+    seen = []
+    for start, end in itertools.pairwise(points):
+        reader.feed(stream[start:end])
+        chunk, starts = reader.take_complete()
+        ends = [*starts[1:], len(chunk)] if starts else []
+        seen += [(chunk[a], chunk[a + 5 : b]) for a, b in zip(starts, ends, strict=True)]
+    assert seen == [(kind, body) for kind, body in frames]
+    assert reader.pending_bytes() == 0
+
+
+def test_bulk_taking_refuses_an_impossible_length() -> None:
+    reader = m.FrameReader(max_message=100)
+    reader.feed(b"D" + (1000).to_bytes(4, "big"))
+    with pytest.raises(m.ProtocolViolation):
+        reader.take_complete()
+
+
 def test_a_consumer_that_stops_early_gets_the_next_frame_next_time() -> None:
     reader = m.FrameReader()
     reader.feed(m.simple_query("SELECT 1") + m.simple_query("SELECT 2"))

@@ -95,3 +95,23 @@ def test_describe_statement_ends_at_its_row_description() -> None:
     no_data = m.frame(b"n")
     assert route(router, parameters) == [parameters]
     assert route(router, no_data) == [no_data, CLOSE_OK]
+
+
+def test_simple_queries_and_syncs_may_pass_through_in_bulk_and_made_up_answers_may_not() -> None:
+    router = ResponseRouter()
+    assert router.passthrough()  # nothing outstanding: whatever the server says goes to the client
+    router.expect("Q")
+    router.expect("S")
+    assert router.passthrough()
+    router.ready()
+    router.ready()
+    assert router.idle
+    router.expect("P", forward=False)
+    assert not router.passthrough()  # the proxy's own Parse: its answer must be swallowed
+    router = ResponseRouter()
+    router.expect("B")
+    assert not router.passthrough()  # extended-protocol answers complete one by one
+    router = ResponseRouter()
+    router.expect("Q")
+    router.answer(CLOSE_OK)
+    assert not router.passthrough()  # a made-up answer waits for its place in line
