@@ -1,4 +1,4 @@
-"""Sessions: `nox -s local` (everything offline, the default) and `nox -s lint`."""
+"""Sessions: `nox -s local` (everything offline, the default), `nox -s lint`, and `nox -s aws`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def local(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "not aws", *session.posargs)
+
+
+@nox.session(python="3.11")
+def aws(session: nox.Session) -> None:
+    """The real-AWS stage, never a default: it deploys terraform/ into the account of the environment's
+    credentials, runs tests/aws there and on the local twin, compares, and always destroys.
+
+    It refuses to start without credentials and an explicit yes:
+    nox -s aws -- --yes-create-billable-resources [-- pytest arguments]
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "emulator", "stage", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -1,4 +1,4 @@
-"""Command line: `python -m emulator up | demo`."""
+"""Command line: `python -m emulator up | package | demo | proxy | report | check-sql | stage`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from emulator.proxy import ProxyKind
 from emulator.rdsproxy.config import parse_settings
 from emulator.rdsproxy.part import RdsProxyEmulator
 from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stage import cli as stage_cli
 from emulator.terraform import TERRAFORM_DIR, TerraformUnavailable
 
 
@@ -94,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="package the handler without its dependencies (what the local twin uploads to the AWS emulator)",
     )
+
+    stage_cli.add_parser(commands)
 
     proxy = commands.add_parser(
         "proxy",
@@ -372,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy": _proxy,
         "report": _report,
         "check-sql": _check_sql,
+        "stage": stage_cli.run,
     }
     try:
         return commands[args.command](args)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from emulator.errors import ComponentError
@@ -27,6 +28,7 @@ def build_package(
     *,
     source: Path = LAMBDA_DIR,
     with_dependencies: bool = True,
+    extra_requirements: Sequence[Path] = (),
     python_version: str = RUNTIME_PYTHON,
     platform: str = RUNTIME_PLATFORM,
 ) -> Path:
@@ -34,11 +36,13 @@ def build_package(
 
     with_dependencies=False packages the handler alone: enough for the local twin, which runs the
     handler itself with the kit's own psycopg2 and never executes the uploaded code.
+    extra_requirements: more requirements files (the stage adds lambda/probe-requirements.txt).
     """
     with tempfile.TemporaryDirectory(prefix="lambda-package-") as staging:
         root = Path(staging)
         if with_dependencies:
-            _install_dependencies(source / "requirements.txt", root, python_version, platform)
+            for requirements in (source / "requirements.txt", *extra_requirements):
+                _install_dependencies(requirements, root, python_version, platform)
         files = {path.relative_to(root): path for path in root.rglob("*") if path.is_file()}
         files.update({path.relative_to(source): path for path in source.glob("*.py")})
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,10 +102,17 @@ def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
         force=True,
     )
     logging.Formatter.converter = time.gmtime  # Lambda logs in UTC
-    module_spec = importlib.util.spec_from_file_location("lambda_function_module", spec.handler_file)
+    # As in Lambda: the task root is first on sys.path and the handler's module has its own name,
+    # so the function's other modules import (the probe imports index) and share one instance.
+    task_root = spec.environment.get("LAMBDA_TASK_ROOT") or os.path.dirname(spec.handler_file)
+    if task_root not in sys.path:
+        sys.path.insert(0, task_root)
+    name = os.path.relpath(spec.handler_file, task_root).removesuffix(".py").replace(os.sep, ".")
+    module_spec = importlib.util.spec_from_file_location(name, spec.handler_file)
     if module_spec is None or module_spec.loader is None:
         raise ImportError(f"Cannot find handler file {spec.handler_file}")
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
     module_spec.loader.exec_module(module)
     handler: Callable[[Any, Any], Any] = getattr(module, spec.handler_name)
     return handler

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ INSTALL_HINT = (
 INIT_TIMEOUT = 180
 # An apply or destroy against the local AWS emulator takes about two minutes (the provider polls).
 COMMAND_TIMEOUT = 900
+# How long an interrupted Terraform gets to finish its call in flight and write its state.
+INTERRUPT_GRACE = 120
 
 
 class TerraformUnavailable(Exception):
@@ -120,8 +123,14 @@ class TerraformWorkspace:
         source: Path = TERRAFORM_DIR,
         env: Mapping[str, str] | None = None,
         variables: Mapping[str, str] | None = None,
+        local: bool = True,
+        command_timeout: float = COMMAND_TIMEOUT,
     ) -> None:
         self.tools = tools
+        # True: apply and destroy with tflocal, against the env's AWS_ENDPOINT_URL (the local AWS
+        # emulator). False: plain terraform, against whatever the AWS provider finds (real AWS).
+        self.local = local
+        self.command_timeout = command_timeout
         self.source = source
         self.dir = workdir
         self.variables = dict(variables or {})
@@ -143,30 +152,42 @@ class TerraformWorkspace:
         binary = self.tools.tflocal if local else self.tools.terraform
         assert binary is not None
         command = [binary, *args]
-        limit = COMMAND_TIMEOUT if timeout is None else timeout
+        limit = self.command_timeout if timeout is None else timeout
+        # A session of its own: a Ctrl+C in the terminal reaches the kit, which stops Terraform
+        # gracefully (SIGINT, then waits for it to write its state) instead of killing it mid-apply.
+        process = subprocess.Popen(
+            command,
+            cwd=self.dir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            result = subprocess.run(
-                command,
-                cwd=self.dir,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=limit,
-                check=False,
-            )
+            stdout, stderr = process.communicate(timeout=limit)
         except subprocess.TimeoutExpired as exc:
+            stdout, stderr = _interrupt(process)
+            self._log(command, stdout, stderr)
             raise ComponentError(
                 PART, f"`{args[0]}` did not finish within {limit:.0f} s", f"see {self.log_path}"
             ) from exc
-        with self.log_path.open("a") as log:
-            log.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
-        if result.returncode != 0:
+        except BaseException:
+            stdout, stderr = _interrupt(process)
+            self._log(command, stdout, stderr)
+            raise
+        self._log(command, stdout, stderr)
+        if process.returncode != 0:
             raise ComponentError(
                 PART,
-                f"`{args[0]}` failed (exit {result.returncode}):\n{tail(result.stdout + result.stderr)}",
+                f"`{args[0]}` failed (exit {process.returncode}):\n{tail(stdout + stderr)}",
                 f"the whole output is in {self.log_path}",
             )
-        return result.stdout
+        return stdout
+
+    def _log(self, command: Sequence[str], stdout: str, stderr: str) -> None:
+        with self.log_path.open("a") as log:
+            log.write(f"$ {' '.join(command)}\n{stdout}{stderr}\n")
 
     def var_args(self) -> list[str]:
         return [f"-var={name}={value}" for name, value in self.variables.items()]
@@ -191,15 +212,32 @@ class TerraformWorkspace:
         return self._run(["test", "-no-color", *self.var_args()])
 
     def apply(self) -> None:
-        """`tflocal apply`: the AWS endpoint is the env's AWS_ENDPOINT_URL (the local AWS emulator)."""
-        self._run(["apply", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=True)
+        """`tflocal apply` against the env's AWS_ENDPOINT_URL, or `terraform apply` (local=False)."""
+        self._run(["apply", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=self.local)
 
     def destroy(self) -> None:
-        self._run(["destroy", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=True)
+        self._run(
+            ["destroy", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=self.local
+        )
+
+    def state_list(self) -> list[str]:
+        """The resources Terraform's state still holds (what a failed destroy left behind)."""
+        return self._run(["state", "list", "-no-color"]).split()
 
     def outputs(self) -> dict[str, Any]:
         raw: dict[str, dict[str, Any]] = json.loads(self._run(["output", "-json", "-no-color"]))
         return {name: entry["value"] for name, entry in raw.items()}
+
+
+def _interrupt(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Stop Terraform as Ctrl+C would: it finishes the call in flight and writes its state."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=INTERRUPT_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()
 
 
 def fmt_check(tools: TerraformTools, directory: Path = TERRAFORM_DIR) -> str:

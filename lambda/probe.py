@@ -13,6 +13,10 @@ Event:
 Every session opens a connection of its own, with the function's credentials (an IAM token for the
 proxy endpoint, or the secret), runs its statements in autocommit mode and reports, per session,
 the first row of each statement or the error (SQLSTATE and message) that ended it.
+
+The probe uses psycopg 3 (lambda/probe-requirements.txt): when a server ends a session with a FATAL
+(RDS Proxy's borrow timeout, for one), libpq through psycopg2 reports only "SSL connection has been
+closed unexpectedly", while psycopg 3 reports the server's own text.
 """
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import index
-import psycopg2
-import psycopg2.extensions
+import psycopg
 
 MAX_SESSIONS = 20
 MAX_HOLD_SECONDS = 60
@@ -36,7 +39,7 @@ def _run_session(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"rows": [], "error": None}
     started = time.monotonic()
     try:
-        conn = psycopg2.connect(
+        conn = psycopg.connect(
             host=settings.host,
             port=settings.port,
             dbname=settings.dbname,
@@ -45,14 +48,14 @@ def _run_session(spec: dict[str, Any]) -> dict[str, Any]:
             sslmode=str(spec.get("sslmode", settings.sslmode)),
             connect_timeout=settings.connect_timeout,
             application_name="local-twin-stage-probe",
+            autocommit=True,
             **extra,
         )
-    except psycopg2.Error as error:
+    except psycopg.Error as error:
         result["error"] = _describe(error)
         result["seconds"] = round(time.monotonic() - started, 3)
         return result
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
             for statement in spec.get("statements", []):
                 cur.execute(statement)
@@ -61,17 +64,17 @@ def _run_session(spec: dict[str, Any]) -> dict[str, Any]:
         hold = min(max(float(spec.get("hold_seconds", 0)), 0.0), MAX_HOLD_SECONDS)
         if hold:
             time.sleep(hold)
-    except psycopg2.Error as error:
+    except psycopg.Error as error:
         result["error"] = _describe(error)
     finally:
-        with contextlib.suppress(psycopg2.Error):
+        with contextlib.suppress(psycopg.Error):
             conn.close()
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
-def _describe(error: psycopg2.Error) -> dict[str, Any]:
-    return {"sqlstate": index._sqlstate(error), "message": index.redact(str(error)).strip()}
+def _describe(error: psycopg.Error) -> dict[str, Any]:
+    return {"sqlstate": error.sqlstate, "message": index.redact(str(error)).strip()}
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""The real-AWS stage (`nox -s aws`): deploy the kit's Terraform, run tests/aws, compare, destroy."""

@@ -1,0 +1,79 @@
+"""The local twin as a stage target: the embedded stack with the stage's proxy settings, the handler
+and the probe as Lambda functions behind the Invoke API, and the AWS API emulator for the rest."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from emulator.invoke_api import InvokeApi
+from emulator.lambda_function import FunctionConfig, LambdaFunction
+from emulator.rdsproxy.part import RdsProxyEmulator
+from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
+from emulator.stage.target import STAGE_PROXY_SETTINGS, StageTarget
+
+# PostgreSQL's max_connections locally: near a db.t4g.micro's (about 80), so 5 % is a pool of 5.
+LOCAL_MAX_CONNECTIONS = 100
+# The emulator publishes its metrics and log lines this often (RDS Proxy: every minute, late).
+LOCAL_METRICS_PERIOD = 2
+LOCAL_METRICS_DEADLINE = 60.0
+
+
+@contextlib.contextmanager
+def local_target() -> Iterator[StageTarget]:
+    config = StackConfig(
+        max_connections=LOCAL_MAX_CONNECTIONS,
+        proxy_settings={
+            **DEFAULT_PROXY_SETTINGS,
+            **STAGE_PROXY_SETTINGS,
+            "metrics_period_seconds": LOCAL_METRICS_PERIOD,
+        },
+    )
+    with contextlib.ExitStack() as running:
+        stack = running.enter_context(EmbeddedStack(config))
+        proxy = stack.proxy
+        assert isinstance(proxy, RdsProxyEmulator)
+        environment = stack.handler_environment()
+        # Snapshot Init (one warm-up, then forked environments) keeps a burst's cold starts short on
+        # a small machine; what the scenarios compare does not depend on Init.
+        handler = FunctionConfig(name="local-twin-fn", environment=environment, init="snapshot")
+        probe = replace(handler, name="local-twin-probe", handler="probe.handler", timeout_seconds=120)
+        functions = {
+            config.name: running.enter_context(LambdaFunction(config)) for config in (handler, probe)
+        }
+        api = InvokeApi(functions, forward_to=stack.aws.endpoint_url)
+        api.start()
+        running.callback(api.stop)
+        lambda_client = _lambda_client(api.endpoint_url, stack)
+        outputs = {
+            "proxy_name": proxy.config.name,
+            "lambda_function_name": handler.name,
+            "probe_function_name": probe.name,
+            "proxy_log_group": f"/aws/rds/proxy/{proxy.config.name}",
+            "db_username": stack.config.db_user,
+        }
+        yield StageTarget(
+            name="local",
+            outputs=outputs,
+            client=lambda service: lambda_client if service == "lambda" else stack.aws.client(service),
+            metrics_deadline=LOCAL_METRICS_DEADLINE,
+        )
+
+
+def _lambda_client(endpoint_url: str, stack: EmbeddedStack) -> Any:
+    """Lambda calls go to the Invoke API (which forwards all but Invoke to the AWS emulator)."""
+    credentials = stack.aws.credentials
+    return boto3.session.Session().client(
+        "lambda",
+        endpoint_url=endpoint_url,
+        region_name=credentials.region,
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        # The probe holds sessions past the borrow timeout; the default read timeout is 60 s.
+        config=Config(read_timeout=180, retries={"max_attempts": 1}),
+    )

@@ -1,0 +1,87 @@
+"""What the stage will create, and roughly what it costs per hour, printed before anything is made."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.terraform import TERRAFORM_DIR
+
+# us-east-1 on-demand list prices (USD) of what bills by the hour; other regions differ by a few
+# per cent. Rough on purpose: the stage prints them so nobody is surprised, not as a quote.
+INSTANCE_HOURLY = {
+    "db.t4g.micro": (0.016, 2),
+    "db.t4g.small": (0.032, 2),
+    "db.t4g.medium": (0.065, 2),
+    "db.t3.micro": (0.018, 2),
+    "db.t3.small": (0.036, 2),
+    "db.m7g.large": (0.168, 2),
+}
+PROXY_PER_VCPU_HOUR = 0.015  # RDS Proxy bills the target's vCPUs, at least 2
+GP3_PER_GB_MONTH = 0.115
+SECRET_PER_MONTH = 0.40
+HOURS_PER_MONTH = 730
+
+_RESOURCE = re.compile(r'^resource\s+"([\w-]+)"\s+"([\w-]+)"', re.MULTILINE)
+_DEFAULT = r'variable\s+"{name}"\s*\{{[^}}]*?default\s*=\s*"?([\w.-]+)"?'
+
+
+@dataclass(frozen=True)
+class Cost:
+    lines: list[tuple[str, float | None]]
+
+    @property
+    def hourly(self) -> float | None:
+        if any(price is None for _, price in self.lines):
+            return None
+        return sum(price or 0.0 for _, price in self.lines)
+
+
+def declared_resources(source: Path = TERRAFORM_DIR) -> list[str]:
+    """Every resource the configuration declares (type.name), read from the .tf files themselves."""
+    found = []
+    for path in sorted(source.glob("*.tf")):
+        found += [f"{kind}.{name}" for kind, name in _RESOURCE.findall(path.read_text())]
+    return found
+
+
+def variable_default(name: str, source: Path = TERRAFORM_DIR) -> str:
+    """A variable's default as terraform/main.tf declares it (what the stage deploys)."""
+    found = re.search(_DEFAULT.format(name=re.escape(name)), (source / "main.tf").read_text())
+    if found is None:
+        raise ValueError(f"terraform/main.tf declares no default for {name}")
+    return found[1]
+
+
+def hourly_cost(instance_class: str, storage_gb: int) -> Cost:
+    known = INSTANCE_HOURLY.get(instance_class)
+    instance = known[0] if known else None
+    vcpus = known[1] if known else None
+    return Cost(
+        [
+            (f"RDS for PostgreSQL {instance_class}", instance),
+            (f"{storage_gb} GB gp3 storage", storage_gb * GP3_PER_GB_MONTH / HOURS_PER_MONTH),
+            (
+                f"RDS Proxy ({vcpus or '?'} vCPUs of the target, at least 2)",
+                None if vcpus is None else max(vcpus, 2) * PROXY_PER_VCPU_HOUR,
+            ),
+            ("Secrets Manager secret", SECRET_PER_MONTH / HOURS_PER_MONTH),
+        ]
+    )
+
+
+def describe(resources: list[str], cost: Cost, *, region: str, name_prefix: str) -> str:
+    lines = [f"The AWS stage will create, in {region}, with the name prefix {name_prefix}:"]
+    lines += [f"  {resource}" for resource in resources]
+    lines.append("Rough cost while it exists (us-east-1 on-demand list prices):")
+    for what, price in cost.lines:
+        lines.append(f"  {what:<52} {'unknown' if price is None else f'${price:.4f}/h'}")
+    total = cost.hourly
+    shown = "unknown (see aws.amazon.com/rds/pricing)" if total is None else f"${total:.3f}/h"
+    lines.append(f"  {'total':<52} {shown}")
+    lines.append(
+        "  plus cents for Lambda requests, CloudWatch metrics and logs. RDS bills at least 10 minutes;"
+        " a stage run takes 30-45 minutes, mostly the database being created and deleted."
+    )
+    return "\n".join(lines)
