@@ -255,3 +255,45 @@ def test_the_report_sets_each_figure_beside_its_twin_and_marks_differences(tmp_p
     assert "| tls | text | a | - | not measured on both |" in text
     rows = json.loads((tmp_path / "comparison.json").read_text())
     assert {row["verdict"] for row in rows} == {"same", "differs", "not measured on both"}
+
+
+# -- the deployer's policy --------------------------------------------------------------------
+
+# What creating and deleting each resource type takes (the AWS provider's own calls).
+CREATE_AND_DELETE = {
+    "aws_vpc": ("ec2:CreateVpc", "ec2:DeleteVpc"),
+    "aws_subnet": ("ec2:CreateSubnet", "ec2:DeleteSubnet"),
+    "aws_security_group": ("ec2:CreateSecurityGroup", "ec2:DeleteSecurityGroup"),
+    "aws_vpc_security_group_ingress_rule": (
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:RevokeSecurityGroupIngress",
+    ),
+    "aws_vpc_security_group_egress_rule": (
+        "ec2:AuthorizeSecurityGroupEgress",
+        "ec2:RevokeSecurityGroupEgress",
+    ),
+    "aws_db_subnet_group": ("rds:CreateDBSubnetGroup", "rds:DeleteDBSubnetGroup"),
+    "aws_db_parameter_group": ("rds:CreateDBParameterGroup", "rds:DeleteDBParameterGroup"),
+    "aws_db_instance": ("rds:CreateDBInstance", "rds:DeleteDBInstance"),
+    "aws_db_proxy": ("rds:CreateDBProxy", "rds:DeleteDBProxy"),
+    "aws_db_proxy_default_target_group": ("rds:ModifyDBProxyTargetGroup", "rds:DescribeDBProxyTargetGroups"),
+    "aws_db_proxy_target": ("rds:RegisterDBProxyTargets", "rds:DeregisterDBProxyTargets"),
+    "aws_secretsmanager_secret": ("secretsmanager:CreateSecret", "secretsmanager:DeleteSecret"),
+    "aws_secretsmanager_secret_version": ("secretsmanager:PutSecretValue", "secretsmanager:DescribeSecret"),
+    "aws_iam_role": ("iam:CreateRole", "iam:DeleteRole"),
+    "aws_iam_role_policy": ("iam:PutRolePolicy", "iam:DeleteRolePolicy"),
+    "aws_iam_role_policy_attachment": ("iam:AttachRolePolicy", "iam:DetachRolePolicy"),
+    "aws_lambda_function": ("lambda:CreateFunction", "lambda:DeleteFunction"),
+}
+
+
+def test_the_documented_deployer_policy_can_create_and_delete_everything_terraform_declares() -> None:
+    policy = json.loads((REPO / "docs" / "aws-stage-policy.json").read_text())
+    allowed = {action for statement in policy["Statement"] for action in statement["Action"]}
+    for resource in declared_resources():
+        kind = resource.split(".")[0]
+        assert kind in CREATE_AND_DELETE, f"{kind}: add its actions to docs/aws-stage-policy.json and here"
+        assert set(CREATE_AND_DELETE[kind]) <= allowed, kind
+    # What the stage itself calls: the identity check, the tests' invocations, metrics and logs.
+    assert {"sts:GetCallerIdentity", "lambda:InvokeFunction", "cloudwatch:GetMetricStatistics"} <= allowed
+    assert {"logs:FilterLogEvents", "iam:PassRole", "secretsmanager:GetRandomPassword"} <= allowed
