@@ -8,8 +8,9 @@ import functools
 import itertools
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from scramp import ScramClient
 
@@ -60,17 +61,64 @@ class Credentials:
     password: str
 
 
+class _BackendProtocol(asyncio.StreamReaderProtocol):
+    """Stream reads for the proxy's own exchanges (startup, init_query, alignment, checks while
+    pooled); while a session has the connection, every chunk goes straight to that session from the
+    event loop's callback: no task per borrow, no buffer and no wake-up in between."""
+
+    sink: Callable[[bytes], None] | None = None
+    on_lost: Callable[[BaseException], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        lost = self.on_lost if self.sink is not None else None
+        keep_open = super().eof_received()
+        if lost is not None:
+            lost(ConnectionResetError("database connection closed"))
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = self.on_lost if self.sink is not None else None
+        super().connection_lost(exc)
+        if lost is not None:
+            lost(exc or ConnectionResetError("database connection closed"))
+
+
+async def _open_stream(
+    host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _BackendProtocol]:
+    """asyncio.open_connection, with the protocol that can hand data to a session directly."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = _BackendProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
+
+
 class ServerConnection:
     """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
 
     def __init__(
-        self, key: PoolKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool
+        self,
+        key: PoolKey,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: bool,
+        protocol: _BackendProtocol | None = None,
     ) -> None:
         self.id = next(_ids)
         self.key = key
         self.reader = reader
         self.writer = writer
         self.tls = tls
+        self._protocol = protocol
+        self._paused = False
         self.frames = m.FrameReader()
         self.params: dict[str, str] = {}
         self.process_id = 0
@@ -101,7 +149,7 @@ class ServerConnection:
         timeout: float,
     ) -> ServerConnection:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer, protocol = await asyncio.wait_for(_open_stream(host, port), timeout)
         except (OSError, TimeoutError) as exc:
             raise DatabaseUnavailable(f"cannot connect to {host}:{port}: {exc}") from exc
         tls = False
@@ -114,7 +162,7 @@ class ServerConnection:
                 if answer == b"S":
                     await asyncio.wait_for(writer.start_tls(_database_tls(), server_hostname=host), timeout)
                     tls = True
-            conn = cls(key, reader, writer, tls)
+            conn = cls(key, reader, writer, tls, protocol)
             await asyncio.wait_for(conn._startup(credentials, application_name), timeout)
             if init_query.strip():
                 await asyncio.wait_for(conn.run_quietly(init_query), timeout)
@@ -198,6 +246,42 @@ class ServerConnection:
                 break
         if error is not None:
             raise DatabaseError(error)
+
+    def attach(self, sink: Callable[[bytes], None], on_lost: Callable[[BaseException], None]) -> None:
+        """From now on the server's bytes go to `sink` as they arrive, and a lost connection to
+        `on_lost`, until detach()."""
+        assert self._protocol is not None, "a connection opened without its protocol"
+        self._protocol.sink = sink
+        self._protocol.on_lost = on_lost
+
+    def detach(self) -> None:
+        """Back to stream reads (the proxy's own exchanges, and silence while pooled)."""
+        if self._protocol is not None:
+            self._protocol.sink = None
+            self._protocol.on_lost = None
+            self.resume_reading()
+
+    def _transport(self) -> asyncio.Transport:
+        # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs,
+        # so isinstance checks cannot tell).
+        return cast(asyncio.Transport, self.writer.transport)
+
+    def pause_reading(self) -> None:
+        """The borrowing client reads slower than the server answers: stop reading the server."""
+        transport = self._transport()
+        if not transport.is_closing():
+            transport.pause_reading()
+            self._paused = True
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    def resume_reading(self) -> None:
+        transport = self._transport()
+        if self._paused and not transport.is_closing():
+            transport.resume_reading()
+        self._paused = False
 
     def silent_since_idle(self) -> bool:
         """Nothing arrived since the last response was read, not even EOF.

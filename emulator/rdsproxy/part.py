@@ -96,6 +96,12 @@ class RdsProxyEmulator:
             data: dict[str, Any] = json.loads(answer.read())
         return data
 
+    def sessions(self) -> list[dict[str, Any]]:
+        """What every client session is doing, from the proxy's /sessions endpoint."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/sessions", timeout=5) as answer:
+            data: list[dict[str, Any]] = json.loads(answer.read())
+        return data
+
     @property
     def pid(self) -> int:
         """The emulator's process id (for resident-memory measurements)."""

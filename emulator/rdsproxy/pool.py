@@ -9,6 +9,7 @@ failover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -24,6 +25,11 @@ MAX_LIFETIME_SECONDS = 24 * 3600  # RDS Proxy recycles database connections afte
 
 class BorrowTimeout(Exception):
     """No database connection became available before connection_borrow_timeout."""
+
+
+def _expire(future: asyncio.Future[ServerConnection]) -> None:
+    if not future.done():
+        future.set_exception(BorrowTimeout())
 
 
 @dataclass(eq=False)
@@ -94,17 +100,26 @@ class Pool:
         self._waiters.append(waiter)
         self.stats.borrow_waiters = len(self._waiters)
         self._dispatch()
+        # One timer per wait (asyncio.wait would add a task's worth of machinery per borrow).
+        timer = loop.call_later(max(0.0, timeout), _expire, waiter.future)
+        future = waiter.future
         try:
-            await asyncio.wait({waiter.future}, timeout=max(0.0, timeout))
+            return await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # Served in the same instant the borrower was cancelled: the connection goes back.
+                self._park(future.result())
+                self._dispatch()
+            raise
         finally:
-            if not waiter.future.done():
-                waiter.future.cancel()
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            timer.cancel()
+            if not future.done():
+                future.cancel()
+            if future.cancelled() or future.exception() is not None:
+                # Timed out or given up: out of the line (a served waiter was taken off by _dispatch).
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             self.stats.borrow_waiters = len(self._waiters)
-        if waiter.future.cancelled():
-            raise BorrowTimeout
-        return waiter.future.result()
 
     def _take_idle(self, key: PoolKey) -> ServerConnection | None:
         idle = self._idle.get(key)

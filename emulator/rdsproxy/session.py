@@ -74,7 +74,7 @@ class ClientSession:
         self.pinned: str | None = None
         self.last_activity = time.monotonic()
         self.established = False
-        self._pump_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._out = bytearray()
         self._closing = False
         # When the request being answered arrived from the client, and when it went to the database.
@@ -270,6 +270,8 @@ class ClientSession:
                     self._flush()
                     return
             self._flush()
+            # Requests the proxy answered itself may leave nothing for the server to answer.
+            self._release_if_done()
             if self.writer.transport.get_write_buffer_size() > 1 << 20:
                 await self.writer.drain()
 
@@ -514,7 +516,9 @@ class ClientSession:
             raise
         conn.owner = self.id
         self.backend = conn
-        self._pump_task = asyncio.get_running_loop().create_task(self._pump(conn))
+        conn.attach(self._from_backend, self._lost_from_backend)
+        if conn.frames.pending_bytes():
+            self._from_backend(b"")
 
     async def _align(self, conn: ServerConnection) -> None:
         """Give the borrowed connection this client's session parameters, when they differ."""
@@ -534,51 +538,76 @@ class ClientSession:
             self._wanted_key = tuple(self.wanted.items())
         conn.aligned = self._wanted_key
 
-    async def _pump(self, conn: ServerConnection) -> None:
-        """Backend to client, until the connection can go back to the pool."""
+    def _from_backend(self, data: bytes) -> None:
+        """The borrowed connection's bytes, straight from the event loop (ServerConnection.attach):
+        to the client, and the connection back to the pool once the client's requests are answered."""
+        conn = self.backend
+        if conn is None:
+            return
         writer = self.writer
         router = self.router
+        conn.frames.feed(data)
+        if self._request_forwarded is not None:
+            self._note_first_answer()
+        # One write (one send) for everything this read brought, not one per message.
+        out: list[bytes] = []
         try:
-            while True:
-                if self._request_forwarded is not None and conn.frames.pending_bytes():
-                    self._note_first_answer()
-                # One write (one send) for everything this read brought, not one per message.
-                out: list[bytes] = []
-                if router.passthrough():
-                    chunk, starts = conn.frames.take_complete()
-                    if starts:
-                        self._pass_through(conn, chunk, starts, out)
-                for frame in conn.frames.frames():
-                    raw = frame.raw
-                    kind = raw[0]
-                    if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
-                        name, offset = m.read_cstring(raw, 5)
-                        value = m.read_cstring(raw, offset)[0]
-                        conn.params[name] = value
-                        conn.aligned = None
-                        if self.seen.get(name) != value:
-                            self.seen[name] = value
-                            out.append(raw)
-                        continue
-                    if kind == 0x5A:  # ReadyForQuery
-                        conn.txn_status = raw[5:6]
-                    out += router.route(kind, raw)
-                if out:
-                    writer.write(b"".join(out) if len(out) > 1 else out[0])
-                if router.idle and not self.unsynced and conn.txn_status == b"I" and self.pinned is None:
-                    self.backend = None
-                    self._pump_task = None
-                    self.server.pool.release(conn, reusable=True)
-                    return
-                data = await conn.reader.read(262144)
-                if not data:
-                    raise ConnectionResetError("database connection closed")
-                conn.frames.feed(data)
-                if writer.transport.get_write_buffer_size() > 1 << 20:
-                    await writer.drain()
-        except asyncio.CancelledError:
-            raise
-        except (OSError, asyncio.IncompleteReadError, m.ProtocolViolation) as exc:
+            if router.passthrough():
+                # Everything complete goes in bulk; what is left is part of a message still coming.
+                chunk, starts = conn.frames.take_complete()
+                if starts:
+                    self._pass_through(conn, chunk, starts, out)
+            else:
+                self._route_each(conn, out)
+        except m.ProtocolViolation as exc:
+            self._backend_lost(conn, exc)
+            return
+        if out and not writer.is_closing():
+            writer.write(b"".join(out) if len(out) > 1 else out[0])
+        if not self._release_if_done() and writer.transport.get_write_buffer_size() > 1 << 20:
+            # The client reads slower than the server answers: hold the server until it catches up.
+            conn.pause_reading()
+            self._drain_task = asyncio.get_running_loop().create_task(self._resume_when_drained(conn))
+
+    async def _resume_when_drained(self, conn: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+        conn.resume_reading()
+
+    def _route_each(self, conn: ServerConnection, out: list[bytes]) -> None:
+        """Server messages one by one, for requests whose answers the proxy must match or hide."""
+        router = self.router
+        for frame in conn.frames.frames():
+            raw = frame.raw
+            kind = raw[0]
+            if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
+                name, offset = m.read_cstring(raw, 5)
+                value = m.read_cstring(raw, offset)[0]
+                conn.params[name] = value
+                conn.aligned = None
+                if self.seen.get(name) != value:
+                    self.seen[name] = value
+                    out.append(raw)
+                continue
+            if kind == 0x5A:  # ReadyForQuery
+                conn.txn_status = raw[5:6]
+            out += router.route(kind, raw)
+
+    def _release_if_done(self) -> bool:
+        """Everything the client sent is answered, outside a transaction, unpinned: back to the pool."""
+        conn = self.backend
+        if conn is None or not self.router.idle or self.unsynced or self.pinned is not None:
+            return False
+        if conn.txn_status != b"I":
+            return False
+        self.backend = None
+        conn.detach()
+        self.server.pool.release(conn, reusable=True)
+        return True
+
+    def _lost_from_backend(self, exc: BaseException) -> None:
+        conn = self.backend
+        if conn is not None:
             self._backend_lost(conn, exc)
 
     def _pass_through(
@@ -619,7 +648,7 @@ class ClientSession:
         in_flight = not self.router.idle
         in_transaction = conn.txn_status != b"I"
         self.backend = None
-        self._pump_task = None
+        conn.detach()
         self.server.pool.release(conn, reusable=False)
         self.server.log.db_closed(conn, f"The database connection was lost: {exc}")
         error = m.error_response(
@@ -661,6 +690,8 @@ class ClientSession:
             "skipping_until_sync": self.skip_until_sync,
             "pinned": self.pinned,
             "prepared_statements": len(self.statements),
+            # The client reads slower than its database connection answers: that connection waits.
+            "db_reading_paused": backend.reading_paused if backend else False,
         }
 
     # -- ending ---------------------------------------------------------------------------------
@@ -678,12 +709,11 @@ class ClientSession:
         self._closing = True
         conn = self.backend
         self.backend = None
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            # The session is over either way; how the pump ended does not matter any more.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump_task
+        if self._drain_task is not None:
+            self._drain_task.cancel()
         if conn is not None:
+            # Back to stream reads: the rollback below, and silence while pooled.
+            conn.detach()
             await self._give_back(conn)
         if self.established:
             self.stats.client_connections -= 1

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from emulator.rdsproxy import messages as m
 from emulator.rdsproxy import texts
+from emulator.wait import wait_until
 
 from .helpers import ProxyUnderTest, RawClient, startup_packet
 
@@ -200,3 +202,36 @@ def test_an_unknown_prepared_statement_is_an_error_then_the_session_goes_on(
     client.send(m.simple_query("SELECT 7"))
     assert any(f.type == b"D" for f in client.read_until(b"Z"))
     client.close()
+
+
+def test_a_client_that_stops_reading_holds_back_its_server_not_the_proxy(md5_proxy: ProxyUnderTest) -> None:
+    # 40 MB of rows for a client that reads nothing for a while: the proxy stops reading that
+    # database connection (instead of buffering it all), other clients are served meanwhile, and
+    # every byte arrives in order once the client reads again.
+    slow = _login(md5_proxy)
+    slow.send(m.simple_query("SELECT i, repeat('x', 4000) FROM generate_series(1, 10000) AS i"))
+    before = _resident_kb(md5_proxy.part.pid)
+    wait_until(
+        lambda: any(s["db_reading_paused"] for s in md5_proxy.part.sessions()),
+        part="the emulator (pausing a database connection)",
+        timeout=30,
+    )
+    other = _login(md5_proxy)
+    other.send(m.simple_query("SELECT 42"))
+    answer = other.read_until(b"Z")
+    assert [f.type for f in answer] == [b"T", b"D", b"C", b"Z"]
+    grown_mb = (_resident_kb(md5_proxy.part.pid) - before) / 1024
+    assert grown_mb < 20, f"the proxy grew by {grown_mb:.0f} MB buffering what its client would not read"
+    rows = 0
+    for frame in slow.read_until(b"Z"):
+        if frame.type == b"D":
+            rows += 1
+            assert frame.body[6 : 6 + len(str(rows))] == str(rows).encode()
+    assert rows == 10000
+    slow.close()
+    other.close()
+
+
+def _resident_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
