@@ -487,10 +487,9 @@ class ClientSession:
             return
         # Bytes are only ever buffered for a borrowed connection (see _serve): none can be waiting here.
         assert not self._out
-        pool = self.server.pool
         key = PoolKey(self.database, self.user, self.tls)
         try:
-            conn = await pool.borrow(key, float(self.config.connection_borrow_timeout))
+            conn = await self.server.pool.borrow(key, float(self.config.connection_borrow_timeout))
         except BorrowTimeout:
             self.stats.borrow_timeouts += 1
             if self.config.borrow_timeout_severity == "FATAL":
@@ -581,17 +580,23 @@ class ClientSession:
             raw = frame.raw
             kind = raw[0]
             if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
-                name, offset = m.read_cstring(raw, 5)
-                value = m.read_cstring(raw, offset)[0]
-                conn.params[name] = value
-                conn.aligned = None
-                if self.seen.get(name) != value:
-                    self.seen[name] = value
+                if self._server_parameter(conn, raw, 0):
                     out.append(raw)
                 continue
             if kind == 0x5A:  # ReadyForQuery
                 conn.txn_status = raw[5:6]
             out += router.route(kind, raw)
+
+    def _server_parameter(self, conn: ServerConnection, data: bytes, start: int) -> bool:
+        """The ParameterStatus at data[start:], remembered; True when the client has not seen it."""
+        name, offset = m.read_cstring(data, start + 5)
+        value = m.read_cstring(data, offset)[0]
+        conn.params[name] = value
+        conn.aligned = None
+        if self.seen.get(name) == value:
+            return False
+        self.seen[name] = value
+        return True
 
     def _release_if_done(self) -> bool:
         """Everything the client sent is answered, outside a transaction, unpinned: back to the pool."""
@@ -619,13 +624,7 @@ class ClientSession:
         for index, start in enumerate(starts):
             kind = chunk[start]
             if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
-                name, offset = m.read_cstring(chunk, start + 5)
-                value = m.read_cstring(chunk, offset)[0]
-                conn.params[name] = value
-                conn.aligned = None
-                if self.seen.get(name) != value:
-                    self.seen[name] = value
-                else:
+                if not self._server_parameter(conn, chunk, start):
                     out.append(chunk[kept:start])
                     kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
             elif kind == 0x5A:  # ReadyForQuery
