@@ -89,27 +89,30 @@ def _left_behind(aws: AwsEmulator, name: str) -> list[str]:
     return [str(item) for item in left if str(item).startswith(name)]
 
 
+def _destroyed_after(
+    run: subprocess.CompletedProcess[str], aws: AwsEmulator, *, code: int, summary: str
+) -> None:
+    """The run ended with `code` and pytest's `summary`, and left none of its resources behind."""
+    assert run.returncode == code, run.stdout[-4000:] + run.stderr[-2000:]
+    assert re.search(rf"\b{summary}\b", run.stdout), run.stdout[-3000:]
+    assert "Destroyed." in run.stdout
+    assert _left_behind(aws, _name(run)) == []
+
+
 def test_the_stage_prints_its_plan_applies_runs_the_aws_tests_and_destroys(
     runs: dict[str, subprocess.CompletedProcess[str]], aws: AwsEmulator
 ) -> None:
     run = runs["passing"]
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "an emulator, not AWS" in run.stdout
     assert "aws_db_proxy.this" in run.stdout
     assert re.search(r"total\s+\$0\.\d+/h", run.stdout)
-    assert re.search(r"\b2 passed\b", run.stdout), run.stdout[-3000:]
-    assert "Destroyed." in run.stdout
-    assert _left_behind(aws, _name(run)) == []
+    _destroyed_after(run, aws, code=0, summary="2 passed")
 
 
 def test_a_failure_after_the_apply_still_destroys_and_fails_the_stage(
     runs: dict[str, subprocess.CompletedProcess[str]], aws: AwsEmulator
 ) -> None:
-    run = runs["failing"]
-    assert run.returncode == 1, run.stdout[-4000:] + run.stderr[-2000:]
-    assert re.search(r"\b1 failed\b", run.stdout), run.stdout[-3000:]
-    assert "Destroyed." in run.stdout
-    assert _left_behind(aws, _name(run)) == []
+    _destroyed_after(runs["failing"], aws, code=1, summary="1 failed")
 
 
 def test_the_stages_vpcs_are_gone_too(

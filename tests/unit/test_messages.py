@@ -17,29 +17,35 @@ frames_strategy = st.lists(
 )
 
 
-@given(frames=frames_strategy, cuts=st.lists(st.integers(min_value=0, max_value=80000), max_size=30))
-def test_frames_survive_any_split(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
+cuts_strategy = st.lists(st.integers(min_value=0, max_value=80000), max_size=30)
+
+
+def _pieces(frames: list[tuple[int, bytes]], cuts: list[int]) -> list[bytes]:
+    """The frames' bytes cut at arbitrary places, as TCP may deliver them."""
     stream = b"".join(m.frame(bytes([kind]), body) for kind, body in frames)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    return [stream[start:end] for start, end in itertools.pairwise(points)]
+
+
+@given(frames=frames_strategy, cuts=cuts_strategy)
+def test_frames_survive_any_split(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
     reader = m.FrameReader()
     seen = []
-    for start, end in itertools.pairwise(points):
-        reader.feed(stream[start:end])
+    for piece in _pieces(frames, cuts):
+        reader.feed(piece)
         seen += [(f.kind, f.body) for f in reader.frames()]
     assert seen == [(kind, body) for kind, body in frames]
     assert reader.pending_bytes() == 0
 
 
-@given(frames=frames_strategy, cuts=st.lists(st.integers(min_value=0, max_value=80000), max_size=30))
+@given(frames=frames_strategy, cuts=cuts_strategy)
 def test_bulk_taking_yields_the_same_messages_as_framing_one_by_one(
     frames: list[tuple[int, bytes]], cuts: list[int]
 ) -> None:
-    stream = b"".join(m.frame(bytes([kind]), body) for kind, body in frames)
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     reader = m.FrameReader()
     seen = []
-    for start, end in itertools.pairwise(points):
-        reader.feed(stream[start:end])
+    for piece in _pieces(frames, cuts):
+        reader.feed(piece)
         chunk, starts = reader.take_complete()
         ends = [*starts[1:], len(chunk)] if starts else []
         seen += [(chunk[a], chunk[a + 5 : b]) for a, b in zip(starts, ends, strict=True)]
