@@ -44,7 +44,7 @@ def local_target() -> Iterator[StageTarget]:
         handler = FunctionConfig(name="local-twin-fn", environment=environment, init="snapshot")
         probe = replace(handler, name="local-twin-probe", handler="probe.handler", timeout_seconds=120)
         functions = {
-            config.name: running.enter_context(LambdaFunction(config)) for config in (handler, probe)
+            function.name: running.enter_context(LambdaFunction(function)) for function in (handler, probe)
         }
         api = InvokeApi(functions, forward_to=stack.aws.endpoint_url)
         api.start()

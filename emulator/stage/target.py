@@ -26,10 +26,11 @@ STAGE_VARIABLES: dict[str, str] = {
     "proxy_debug_logging": "true",
     "stage_probe": "true",
 }
+# The same, by the emulator's names (the local twin's proxy).
 STAGE_PROXY_SETTINGS: dict[str, Any] = {
-    "max_connections_percent": 5,
-    "connection_borrow_timeout": 5,
-    "debug_logging": True,
+    "max_connections_percent": int(STAGE_VARIABLES["proxy_max_connections_percent"]),
+    "connection_borrow_timeout": int(STAGE_VARIABLES["proxy_connection_borrow_timeout"]),
+    "debug_logging": STAGE_VARIABLES["proxy_debug_logging"] == "true",
 }
 # What the targets' outputs must name (terraform/outputs.tf; the local twin provides the same keys).
 OUTPUT_KEYS = (
