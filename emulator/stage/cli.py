@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         check_confirmation(args.confirmed, env)
         identity = check_credentials(aws_session(env))
     except StageRefused as refusal:
-        print(f"error: the AWS stage will not start: {refusal}")
+        print(f"error: the AWS stage will not start: {refusal}", flush=True)
         return 2
     tools = find_terraform(env)
     endpoint = env.get("AWS_ENDPOINT_URL")
@@ -64,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
     results = args.results.resolve() / name
     instance_class = variable_default("db_instance_class")
     storage = int(variable_default("db_allocated_storage"))
-    print(f"AWS account {identity.account} as {identity.arn}, region {identity.region}")
+    print(f"AWS account {identity.account} as {identity.arn}, region {identity.region}", flush=True)
     if endpoint:
         # The stage's offline tests point it at an AWS API emulator; nothing there costs money.
-        print(f"AWS API     {endpoint} (AWS_ENDPOINT_URL: an emulator, not AWS; applied with tflocal)")
+        note = "AWS_ENDPOINT_URL: an emulator, not AWS; applied with tflocal"
+        print(f"AWS API     {endpoint} ({note})", flush=True)
     cost = hourly_cost(instance_class, storage)
-    print(describe(declared_resources(), cost, region=identity.region, name_prefix=name))
+    print(describe(declared_resources(), cost, region=identity.region, name_prefix=name), flush=True)
     package = build_package(
         results / "lambda-package.zip",
         # An emulator never runs the uploaded code; AWS needs the drivers for its runtime.
@@ -89,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     code = run_stage(deployment, pytest_runner(results, pytest_args, env=env))
     if (results / "local.json").exists() or (results / "aws.json").exists():
         report = compare.write_report(results)
-        print(f"Comparison written to {report}")
-    print(f"The stage's files: {results}")
+        print(f"Comparison written to {report}", flush=True)
+    print(f"The stage's files: {results}", flush=True)
     return code

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from emulator.stage.target import OUTPUTS_ENV, RESULTS_ENV, STAGE_VARIABLES
-from emulator.terraform import TERRAFORM_DIR, TerraformWorkspace
+from emulator.terraform import TERRAFORM_DIR, TerraformTools, TerraformWorkspace
 
 REPO = Path(__file__).resolve().parents[2]
 # Creating an RDS instance and a proxy takes 10-20 minutes; deleting a VPC Lambda's network
@@ -80,7 +80,12 @@ def stage_variables(name: str, package: Path, region: str) -> dict[str, Any]:
 
 
 def terraform_deployment(
-    workdir: Path, variables: Mapping[str, Any], *, tools: Any, local: bool, env: Mapping[str, str]
+    workdir: Path,
+    variables: Mapping[str, Any],
+    *,
+    tools: TerraformTools,
+    local: bool,
+    env: Mapping[str, str],
 ) -> TerraformDeployment:
     workspace = TerraformWorkspace(
         tools,
@@ -119,9 +124,10 @@ def run_stage(
     deployment: Deployment,
     run_tests: Callable[[Mapping[str, Any]], int],
     *,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     """Apply, test, always destroy; the exit code of the whole (tests' own code when they ran)."""
+    say = say or _say
     code = 1
     with _termination_as_interrupt():
         try:
@@ -140,6 +146,11 @@ def run_stage(
     if not destroyed:
         return EXIT_DESTROY_FAILED if code == 0 else code
     return code
+
+
+def _say(line: str) -> None:
+    # Flushed at once: in CI the log is the progress bar of a run that takes half an hour.
+    print(line, flush=True)
 
 
 def _destroy(deployment: Deployment, say: Callable[[str], None]) -> bool:
