@@ -19,8 +19,12 @@ def wait_until(
     timeout: float,
     alive: Callable[[], str | None] | None = None,
     hint: str = "",
+    max_delay: float = 0.1,
 ) -> float:
     """Poll probe until it returns True; return the seconds it took.
+
+    The pause between polls doubles from 5 ms up to max_delay (raise it for probes that cost money
+    or count against a quota, such as CloudWatch's API).
 
     alive, when given, is asked between polls and returns a reason when the part has died (for a
     process: its exit status and the tail of its log), so a crash fails at once instead of at the
@@ -45,4 +49,4 @@ def wait_until(
             detail = f" (last check: {last_error})" if last_error else ""
             raise ReadinessTimeout(part, f"not ready after {timeout:.0f} s{detail}", hint)
         time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 0.1)
+        delay = min(delay * 2, max_delay)

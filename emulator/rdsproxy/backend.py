@@ -110,7 +110,7 @@ class ServerConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         tls: bool,
-        protocol: _BackendProtocol | None = None,
+        protocol: _BackendProtocol,
     ) -> None:
         self.id = next(_ids)
         self.key = key
@@ -250,16 +250,14 @@ class ServerConnection:
     def attach(self, sink: Callable[[bytes], None], on_lost: Callable[[BaseException], None]) -> None:
         """From now on the server's bytes go to `sink` as they arrive, and a lost connection to
         `on_lost`, until detach()."""
-        assert self._protocol is not None, "a connection opened without its protocol"
         self._protocol.sink = sink
         self._protocol.on_lost = on_lost
 
     def detach(self) -> None:
         """Back to stream reads (the proxy's own exchanges, and silence while pooled)."""
-        if self._protocol is not None:
-            self._protocol.sink = None
-            self._protocol.on_lost = None
-            self.resume_reading()
+        self._protocol.sink = None
+        self._protocol.on_lost = None
+        self.resume_reading()
 
     def _transport(self) -> asyncio.Transport:
         # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs,

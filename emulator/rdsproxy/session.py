@@ -601,9 +601,8 @@ class ClientSession:
     def _release_if_done(self) -> bool:
         """Everything the client sent is answered, outside a transaction, unpinned: back to the pool."""
         conn = self.backend
-        if conn is None or not self.router.idle or self.unsynced or self.pinned is not None:
-            return False
-        if conn.txn_status != b"I":
+        busy = not self.router.idle or self.unsynced or self.pinned is not None
+        if conn is None or busy or conn.txn_status != b"I":
             return False
         self.backend = None
         conn.detach()

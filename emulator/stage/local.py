@@ -62,6 +62,7 @@ def local_target() -> Iterator[StageTarget]:
             outputs=outputs,
             client=lambda service: lambda_client if service == "lambda" else stack.aws.client(service),
             metrics_deadline=LOCAL_METRICS_DEADLINE,
+            poll_seconds=1.0,
         )
 
 

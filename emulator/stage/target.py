@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from emulator.wait import wait_until
 
 # The settings both targets run with: a small pool, so a burst shares it and a borrow can time out,
 # a short borrow timeout, and the log lines that name pin reasons.
@@ -62,6 +63,8 @@ class StageTarget:
     # CloudWatch has RDS Proxy's one-minute figures a few minutes late; the local twin publishes
     # every few seconds.
     metrics_deadline: float
+    # How often to ask again (CloudWatch's API calls count against a quota in AWS).
+    poll_seconds: float
     figures: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,13 +98,13 @@ class StageTarget:
 
     def metric_max(self, metric: str, since: datetime.datetime, statistic: str = "Maximum") -> float | None:
         """The largest one-minute figure of a proxy metric (dimension ProxyName) since `since`."""
-        now = datetime.datetime.now(datetime.UTC)
+        until = now()
         answer = self.client("cloudwatch").get_metric_statistics(
             Namespace="AWS/RDS",
             MetricName=metric,
             Dimensions=[{"Name": "ProxyName", "Value": str(self.outputs["proxy_name"])}],
             StartTime=since - datetime.timedelta(minutes=1),
-            EndTime=now + datetime.timedelta(minutes=1),
+            EndTime=until + datetime.timedelta(minutes=1),
             Period=60,
             Statistics=[statistic],
         )
@@ -116,17 +119,17 @@ class StageTarget:
         statistic: str = "Maximum",
     ) -> float:
         """Poll until the metric has a figure `accept` takes, up to the target's metrics deadline."""
-        deadline = time.monotonic() + self.metrics_deadline
-        seen: float | None = None
-        while True:
+        found: list[float] = []
+
+        def accepted() -> bool:
             seen = self.metric_max(metric, since, statistic)
-            if seen is not None and accept(seen):
-                return seen
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{metric} ({statistic}) on {self.name} was {seen} after {self.metrics_deadline:.0f} s"
-                )
-            time.sleep(5 if self.name == "aws" else 1)
+            if seen is None or not accept(seen):
+                raise LookupError(f"{metric} ({statistic}) is {seen}")  # the timeout's last check
+            found.append(seen)
+            return True
+
+        self._poll(accepted, f"{metric} on the {self.name} target")
+        return found[-1]
 
     def log_messages(self, since: datetime.datetime) -> list[str]:
         """The proxy's log lines since `since` (empty while the log group does not exist yet)."""
@@ -146,14 +149,17 @@ class StageTarget:
 
     def wait_for_log(self, since: datetime.datetime, accept: Callable[[str], bool]) -> list[str]:
         """The log lines `accept` takes, once there is at least one (up to the metrics deadline)."""
-        deadline = time.monotonic() + self.metrics_deadline
-        while True:
-            found = [line for line in self.log_messages(since) if accept(line)]
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no such line in {self.outputs['proxy_log_group']} on {self.name}")
-            time.sleep(5 if self.name == "aws" else 1)
+        found: list[str] = []
+
+        def any_accepted() -> bool:
+            found[:] = [line for line in self.log_messages(since) if accept(line)]
+            return bool(found)
+
+        self._poll(any_accepted, f"a matching line in {self.outputs['proxy_log_group']} ({self.name})")
+        return found
+
+    def _poll(self, probe: Callable[[], bool], what: str) -> None:
+        wait_until(probe, part=what, timeout=self.metrics_deadline, max_delay=self.poll_seconds)
 
 
 def now() -> datetime.datetime:
@@ -176,4 +182,6 @@ def aws_target(outputs: Mapping[str, Any]) -> StageTarget:
     missing = [key for key in OUTPUT_KEYS if not outputs.get(key)]
     if missing:
         raise ValueError(f"the deployed stack's outputs lack {', '.join(missing)} (was stage_probe set?)")
-    return StageTarget(name="aws", outputs=outputs, client=client, metrics_deadline=AWS_METRICS_DEADLINE)
+    return StageTarget(
+        name="aws", outputs=outputs, client=client, metrics_deadline=AWS_METRICS_DEADLINE, poll_seconds=5.0
+    )
