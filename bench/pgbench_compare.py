@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emulator.pgbouncer import find_pgbouncer
-from emulator.proxy import ProxyKind, ProxyPart
-from emulator.rdsproxy import messages as m
 from emulator.rdsproxy.auth import md5_password
-from emulator.rdsproxy.part import RdsProxyEmulator
-from emulator.stack import EmbeddedStack, StackConfig
+from emulator.rdsproxy.protocol import messages as m
+from emulator.stack.embedded import EmbeddedStack, StackConfig
+from emulator.stack.pgbouncer import find_pgbouncer
+from emulator.stack.proxies import ProxyKind, ProxyPart
+from emulator.stack.rdsproxy import RdsProxyEmulator
 
 POOL = 20
 # Plain TCP and password auth on both poolers, so the comparison is about pooling, not TLS: plain

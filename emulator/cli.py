@@ -13,18 +13,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from emulator.demo import DemoConfig, run_demo
-from emulator.envfile import write_env_file
+from emulator.awslambda.function import FunctionConfig, InitMode, LambdaFunction
+from emulator.awslambda.invoke_api import InvokeApi
+from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
-from emulator.invoke_api import InvokeApi
-from emulator.lambda_function import FunctionConfig, InitMode, LambdaFunction
-from emulator.lambda_package import build_package
-from emulator.proxy import ProxyKind
+from emulator.paths import TERRAFORM_DIR
 from emulator.rdsproxy.config import parse_settings
-from emulator.rdsproxy.part import RdsProxyEmulator
-from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stack.envfile import write_env_file
+from emulator.stack.proxies import ProxyKind
+from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stage import cli as stage_cli
-from emulator.terraform import TERRAFORM_DIR, TerraformUnavailable
+from emulator.terraform.workspace import TerraformUnavailable
+from emulator.tools.demo import DemoConfig, run_demo
 
 
 class Shutdown(BaseException):
@@ -343,7 +344,7 @@ def _proxy(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415
 
-    from emulator.report import RunReport, read_log, read_stats  # noqa: PLC0415
+    from emulator.tools.report import RunReport, read_log, read_stats  # noqa: PLC0415
 
     report = read_log(args.log, RunReport(stats=read_stats(args.stats) if args.stats else {}))
     console = Console(width=None if sys.stdout.isatty() else 140)
@@ -353,7 +354,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _check_sql(args: argparse.Namespace) -> int:
-    from emulator.sqlcheck import check_paths  # noqa: PLC0415
+    from emulator.tools.sqlcheck import check_paths  # noqa: PLC0415
 
     findings = check_paths(args.paths)
     for finding in findings:

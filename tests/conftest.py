@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator.compose import ComposeStack, docker_engine_problem
-from emulator.pgbouncer import find_pgbouncer
-from emulator.proxy import ProxyKind
-from emulator.stack import EmbeddedStack, StackConfig, StackEnvironment
+from emulator.stack.compose import ComposeStack, docker_engine_problem
+from emulator.stack.embedded import EmbeddedStack, StackConfig, StackEnvironment
+from emulator.stack.pgbouncer import find_pgbouncer
+from emulator.stack.proxies import ProxyKind
 from emulator.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

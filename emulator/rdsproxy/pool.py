@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from emulator.rdsproxy.backend import DatabaseError, DatabaseUnavailable, PoolKey, ServerConnection
+from emulator.rdsproxy.dbconn import DatabaseError, DatabaseUnavailable, PoolKey, ServerConnection
 from emulator.rdsproxy.stats import Stats
 
 log = logging.getLogger("emulator.rdsproxy.pool")

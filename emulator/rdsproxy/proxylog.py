@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from emulator.rdsproxy.backend import ServerConnection
+    from emulator.rdsproxy.dbconn import ServerConnection
     from emulator.rdsproxy.session import ClientSession
 
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import boto3
 
-from emulator.rdsproxy.backend import (
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.dbconn import (
     Credentials,
     DatabaseError,
     DatabaseUnavailable,
     PoolKey,
     ServerConnection,
 )
-from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.metrics import NAMESPACE, MetricsPublisher
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.proxylog import ProxyLog

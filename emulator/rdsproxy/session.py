@@ -17,13 +17,13 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from emulator.rdsproxy import messages as m
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
-from emulator.rdsproxy.backend import CLIENT_PARAMETERS, DatabaseError, PoolKey, ServerConnection
-from emulator.rdsproxy.pinning import REASON_PARSE, PinRule, clears_prepared_statements, pin_reason
+from emulator.rdsproxy.dbconn import CLIENT_PARAMETERS, DatabaseError, PoolKey, ServerConnection
 from emulator.rdsproxy.pool import BorrowTimeout
-from emulator.rdsproxy.routing import ResponseRouter
+from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.pinning import REASON_PARSE, PinRule, clears_prepared_statements, pin_reason
+from emulator.rdsproxy.protocol.routing import ResponseRouter
 
 if TYPE_CHECKING:
     from emulator.rdsproxy.server import ProxyServer

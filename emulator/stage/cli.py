@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emulator.lambda_package import LAMBDA_DIR, build_package
+from emulator.awslambda.package import build_package
+from emulator.paths import LAMBDA_DIR
 from emulator.stage import compare
 from emulator.stage.guards import (
     CONFIRM_FLAG,
@@ -18,7 +19,7 @@ from emulator.stage.guards import (
 )
 from emulator.stage.plan import declared_resources, describe, hourly_cost, variable_default
 from emulator.stage.run import pytest_runner, run_stage, stage_name, stage_variables, terraform_deployment
-from emulator.terraform import find_terraform
+from emulator.terraform.workspace import find_terraform
 
 
 def add_parser(commands: Any) -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from emulator.invoke_api import InvokeApi
-from emulator.lambda_function import FunctionConfig, LambdaFunction
-from emulator.rdsproxy.part import RdsProxyEmulator
-from emulator.stack import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
+from emulator.awslambda.function import FunctionConfig, LambdaFunction
+from emulator.awslambda.invoke_api import InvokeApi
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
+from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stage.target import STAGE_PROXY_SETTINGS, StageTarget
 
 # PostgreSQL's max_connections locally: near a db.t4g.micro's (about 80), so 5 % is a pool of 5.

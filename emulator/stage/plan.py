@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.terraform import TERRAFORM_DIR
+from emulator.paths import TERRAFORM_DIR
 
 # us-east-1 on-demand list prices (USD) of what bills by the hour; other regions differ by a few
 # per cent. Rough on purpose: the stage prints them so nobody is surprised, not as a quote.

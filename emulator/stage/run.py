@@ -20,10 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from emulator.paths import REPO, TERRAFORM_DIR
 from emulator.stage.target import OUTPUTS_ENV, RESULTS_ENV, STAGE_VARIABLES
-from emulator.terraform import TERRAFORM_DIR, TerraformTools, TerraformWorkspace
+from emulator.terraform.workspace import TerraformTools, TerraformWorkspace
 
-REPO = Path(__file__).resolve().parents[2]
 # Creating an RDS instance and a proxy takes 10-20 minutes; deleting a VPC Lambda's network
 # interfaces can take as long again.
 AWS_COMMAND_TIMEOUT = 3600

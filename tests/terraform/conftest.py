@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.terraform import TerraformTools, TerraformUnavailable, find_terraform
+from emulator.terraform.workspace import TerraformTools, TerraformUnavailable, find_terraform
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,10 @@ import botocore.exceptions
 import psycopg
 import pytest
 
-from emulator.environments import InProcessEnvironment, function_environment
-from emulator.rdsproxy.part import RdsProxyEmulator
-from emulator.stack import EmbeddedStack, StackConfig, TerraformSettings
-from emulator.terraform import TerraformTools
+from emulator.stack.embedded import EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.terraform.workspace import TerraformTools
+from tests.support.inprocess import InProcessEnvironment, function_environment
 
 pytestmark = [pytest.mark.terraform, pytest.mark.integration]
 

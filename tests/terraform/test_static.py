@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator.lambda_package import build_package
-from emulator.terraform import TERRAFORM_DIR, TerraformTools, TerraformWorkspace, fmt_check
+from emulator.awslambda.package import build_package
+from emulator.terraform.workspace import TERRAFORM_DIR, TerraformTools, TerraformWorkspace, fmt_check
 
 pytestmark = pytest.mark.terraform
 

@@ -1,0 +1,414 @@
+"""A Lambda function run locally the way Lambda runs it: execution environments as worker processes.
+
+- Each environment is a process that imports the handler once (Init) and serves one invocation at
+  a time. Between invocations it is frozen with SIGSTOP: no code runs, its sockets stay open.
+- An invocation takes a frozen environment if there is one (warm start), else a new one (cold
+  start) while fewer than the concurrency limit exist; beyond that it is throttled with Lambda's
+  TooManyRequestsException.
+- Environments idle for `idle_reap_seconds` are shut down (the process ends, its connections
+  close), as when Lambda recycles them.
+- An invocation past the timeout is killed with its environment, and reported as Lambda reports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from multiprocessing import reduction
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from emulator.awslambda.worker import WorkerSpec, serve, serve_snapshot
+from emulator.paths import LAMBDA_DIR
+from emulator.terraform.applied import AppliedFunction
+
+# The account's default concurrency quota: the limit when the function reserves none.
+ACCOUNT_CONCURRENCY = 1000
+# Lambda gives the Init phase 10 s (or the function's timeout, when longer) before it gives up.
+INIT_TIMEOUT = 10.0
+
+# "per_environment": every cold start runs Init (Lambda's default). "snapshot": Init runs once and
+# environments are forked from it, as Lambda SnapStart restores them: much cheaper cold starts, the
+# same per-environment connections for handlers that connect after Init.
+InitMode = Literal["per_environment", "snapshot"]
+
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(["emulator.awslambda.worker"])
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    name: str = "local-twin-fn"
+    handler: str = "index.handler"
+    code_dir: Path = LAMBDA_DIR
+    environment: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 30
+    memory_mb: int = 256
+    # None: the account's unreserved concurrency (ACCOUNT_CONCURRENCY).
+    reserved_concurrency: int | None = None
+    # Lambda keeps idle environments for minutes, unpublished; locally it is a setting.
+    idle_reap_seconds: float = 300
+    init: InitMode = "per_environment"
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    # The environments' stdout and stderr (their CloudWatch Logs in AWS); None: the caller's.
+    log_path: Path | None = None
+
+    @classmethod
+    def from_applied(
+        cls, applied: AppliedFunction, environment: Mapping[str, str], **extra: Any
+    ) -> FunctionConfig:
+        """The function as applied to the AWS emulator; `environment` is what the local run uses
+        (the applied variables with the proxy endpoint mapped, see AppliedStack)."""
+        return cls(
+            name=applied.name,
+            handler=applied.handler,
+            environment=dict(environment),
+            timeout_seconds=applied.timeout,
+            memory_mb=applied.memory_size,
+            reserved_concurrency=applied.reserved_concurrency,
+            **extra,
+        )
+
+    @property
+    def concurrency_limit(self) -> int:
+        return ACCOUNT_CONCURRENCY if self.reserved_concurrency is None else self.reserved_concurrency
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.name}"
+
+    def worker_spec(self) -> WorkerSpec:
+        module, _, function = self.handler.rpartition(".")
+        return WorkerSpec(
+            handler_file=str(self.code_dir / f"{module.replace('.', '/')}.py"),
+            handler_name=function,
+            # What Lambda sets in every environment, then the function's own variables.
+            environment={
+                "AWS_LAMBDA_FUNCTION_NAME": self.name,
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+                "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": self.region,
+                "LAMBDA_TASK_ROOT": str(self.code_dir),
+                "TZ": ":UTC",
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                **self.environment,
+            },
+            function_name=self.name,
+            function_arn=self.arn,
+            memory_mb=self.memory_mb,
+            timeout_seconds=self.timeout_seconds,
+            log_path=None if self.log_path is None else str(self.log_path),
+        )
+
+
+class Throttled(Exception):
+    """Lambda's TooManyRequestsException: every environment the limit allows is busy."""
+
+    def __init__(self, reserved: bool) -> None:
+        self.reason = (
+            "ReservedFunctionConcurrentInvocationLimitExceeded"
+            if reserved
+            else "ConcurrentInvocationLimitExceeded"
+        )
+        super().__init__("Rate Exceeded.")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One invocation's outcome, as the Invoke API reports it."""
+
+    request_id: str
+    payload: bytes
+    # None on success; "Unhandled" when the handler raised, timed out or failed to initialise.
+    function_error: str | None
+    cold_start: bool
+    environment_id: int
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass
+class _Launched:
+    pid: int
+    conn: Connection
+    kill: Callable[[], None]
+    alive: Callable[[], bool]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class _FreshProcesses:
+    """Every environment a new worker that runs Init itself (Lambda's on-demand cold start)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        # Each worker runs Init itself and reports its own failure.
+        self.init_error: dict[str, Any] | None = None
+
+    def launch(self, number: int) -> _Launched:
+        conn, child = _context.Pipe()
+        process = _context.Process(
+            target=serve, args=(child, self.spec), name=f"lambda-env-{number}", daemon=True
+        )
+        process.start()
+        child.close()
+        assert process.pid is not None
+
+        def kill() -> None:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=10)
+
+        return _Launched(process.pid, conn, kill, process.is_alive)
+
+    def close(self) -> None:
+        return
+
+
+class _Snapshot:
+    """Environments forked from a template that ran Init once (Lambda SnapStart's model)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self._control, child = _context.Pipe()
+        self._template = _context.Process(target=serve_snapshot, args=(child, spec), name="lambda-snapshot")
+        self._template.start()
+        child.close()
+        self._lock = threading.Lock()
+        self.init_error: dict[str, Any] | None = None
+        limit = max(INIT_TIMEOUT, spec.timeout_seconds)
+        if not self._control.poll(limit):
+            self.init_error = {"errorMessage": f"Init timed out after {limit:.2f} seconds",
+                               "errorType": "Runtime.InitTimeout"}  # fmt: skip
+            return
+        kind, value = self._control.recv()
+        if kind == "init_error":
+            self.init_error = value
+
+    def launch(self, number: int) -> _Launched:
+        conn, child = _context.Pipe()
+        with self._lock:
+            assert self._template.pid is not None
+            reduction.send_handle(self._control, child.fileno(), self._template.pid)
+            pid: int = self._control.recv()
+        child.close()
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        return _Launched(pid, conn, kill, lambda: _pid_alive(pid))
+
+    def close(self) -> None:
+        self._control.close()
+        if self._template.is_alive():
+            self._template.kill()
+        self._template.join(timeout=10)
+
+
+class Environment:
+    """One execution environment: a worker process, frozen between invocations."""
+
+    def __init__(self, number: int, timeout: float, launcher: _FreshProcesses | _Snapshot) -> None:
+        self.number = number
+        self.timeout = timeout
+        self.last_used = time.monotonic()
+        # A snapshot whose Init failed fails every environment, as each would have.
+        self.init_error = launcher.init_error
+        self.invocations = 0
+        self._launched: _Launched | None = None
+        self._shut_down = False
+        if self.init_error is not None:
+            return
+        self._launched = launcher.launch(number)
+        limit = max(INIT_TIMEOUT, timeout)
+        try:
+            kind, value = self._receive(timeout=limit)  # Init (or its snapshot's resume)
+        except TimeoutError:
+            kind, value = "init_error", {"errorMessage": f"Init timed out after {limit:.2f} seconds",
+                                         "errorType": "Runtime.InitTimeout"}  # fmt: skip
+        except (EOFError, OSError) as exc:
+            kind, value = "init_error", {"errorMessage": f"Runtime exited during Init ({exc})",
+                                         "errorType": "Runtime.ExitError"}  # fmt: skip
+        if kind == "init_error":
+            # The environment is discarded, as Lambda does after a failed Init.
+            self.init_error = value
+            self.shutdown()
+            return
+        self._freeze()
+
+    @property
+    def pid(self) -> int:
+        assert self._launched is not None
+        return self._launched.pid
+
+    def _receive(self, timeout: float) -> tuple[str, Any]:
+        assert self._launched is not None
+        if not self._launched.conn.poll(timeout):
+            raise TimeoutError
+        answer: tuple[str, Any] = self._launched.conn.recv()
+        return answer
+
+    def _freeze(self) -> None:
+        if self.alive:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def _thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def invoke(self, request_id: str, event: Any) -> tuple[str, Any]:
+        """("ok", json text) | ("error", payload) | ("timeout", payload); the environment is dead after
+        a timeout."""
+        assert self._launched is not None
+        self._thaw()
+        self.invocations += 1
+        try:
+            self._launched.conn.send((request_id, event))
+            kind, value = self._receive(self.timeout)
+        except TimeoutError:
+            self.shutdown()
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            message = f"{stamp} {request_id} Task timed out after {self.timeout:.2f} seconds"
+            return "timeout", {"errorMessage": message}
+        except (EOFError, OSError) as exc:
+            self.shutdown()
+            return "error", {"errorMessage": f"RequestId: {request_id} Error: Runtime exited ({exc})",
+                             "errorType": "Runtime.ExitError"}  # fmt: skip
+        finally:
+            self.last_used = time.monotonic()
+        self._freeze()
+        return kind, value
+
+    @property
+    def alive(self) -> bool:
+        # A killed process may linger a moment; once shut down, the environment is gone.
+        return self._launched is not None and not self._shut_down and self._launched.alive()
+
+    def shutdown(self) -> None:
+        """End the process: the OS closes its sockets, as when Lambda recycles an environment."""
+        if self._launched is not None and not self._shut_down:
+            self._shut_down = True
+            self._launched.kill()
+            self._launched.conn.close()
+
+
+class LambdaFunction:
+    """Invoke with `invoke(event)`; use as a context manager so every environment ends with it."""
+
+    def __init__(self, config: FunctionConfig) -> None:
+        self.config = config
+        spec = config.worker_spec()
+        self._launcher: _FreshProcesses | _Snapshot = (
+            _Snapshot(spec) if config.init == "snapshot" else _FreshProcesses(spec)
+        )
+        self._lock = threading.Lock()
+        self._idle: list[Environment] = []  # frozen, most recently used last
+        self._busy: set[Environment] = set()
+        self._starting = 0
+        self._numbers = iter(range(1, 1 << 62))
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name=f"reaper-{config.name}", daemon=True)
+        self._reaper.start()
+        self.cold_starts = 0
+        self.throttles = 0
+        self.invocations = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+    def environments(self) -> list[Environment]:
+        with self._lock:
+            return [*self._idle, *self._busy]
+
+    def invoke(self, event: Any) -> Invocation:
+        request_id = str(uuid.uuid4())
+        environment, cold = self._acquire()
+        try:
+            if environment.init_error is not None:
+                kind, value = "error", environment.init_error
+            else:
+                kind, value = environment.invoke(request_id, event)
+        finally:
+            self._release(environment)
+            with self._lock:
+                self.invocations += 1
+        if kind == "ok":
+            return Invocation(request_id, str(value).encode(), None, cold, environment.number)
+        return Invocation(request_id, json.dumps(value).encode(), "Unhandled", cold, environment.number)
+
+    def _acquire(self) -> tuple[Environment, bool]:
+        with self._lock:
+            if self._idle:
+                environment = self._idle.pop()
+                self._busy.add(environment)
+                return environment, False
+            if len(self._busy) + self._starting >= self.config.concurrency_limit:
+                self.throttles += 1
+                raise Throttled(self.config.reserved_concurrency is not None)
+            self._starting += 1
+            number = next(self._numbers)
+        try:
+            environment = Environment(number, self.config.timeout_seconds, self._launcher)  # outside the lock
+        finally:
+            with self._lock:
+                self._starting -= 1
+        with self._lock:
+            self._busy.add(environment)
+            self.cold_starts += 1
+        return environment, True
+
+    def _release(self, environment: Environment) -> None:
+        with self._lock:
+            self._busy.discard(environment)
+            if environment.alive and environment.init_error is None and not self._stop.is_set():
+                self._idle.append(environment)
+                return
+        environment.shutdown()
+
+    def _reap(self) -> None:
+        while not self._stop.wait(min(1.0, self.config.idle_reap_seconds / 4)):
+            self.reap_idle()
+
+    def reap_idle(self) -> int:
+        """Shut down environments idle longer than idle_reap_seconds; how many were."""
+        deadline = time.monotonic() - self.config.idle_reap_seconds
+        with self._lock:
+            old = [env for env in self._idle if env.last_used <= deadline]
+            self._idle = [env for env in self._idle if env not in old]
+        for environment in old:
+            environment.shutdown()
+        return len(old)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            environments = [*self._idle, *self._busy]
+            self._idle.clear()
+        for environment in environments:
+            environment.shutdown()
+        self._launcher.close()

@@ -1,0 +1,318 @@
+"""One database connection of the pool: opened, authenticated with the secret, and kept in step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, cast
+
+from scramp import ScramClient
+
+from emulator.rdsproxy.auth import md5_password
+from emulator.rdsproxy.protocol import messages as m
+
+_ids = itertools.count(1)
+# The session parameters RDS Proxy lets clients choose at startup; kept in step on every borrow.
+CLIENT_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits")
+
+
+@functools.cache
+def _database_tls() -> ssl.SSLContext:
+    """One context for every database connection: building one loads the CA store (milliseconds)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class PoolKey(NamedTuple):
+    database: str
+    user: str
+    # RDS Proxy connects to the database with the client's own encryption setting, so TLS and
+    # plain clients never share a database connection.
+    tls: bool
+
+
+class DatabaseError(Exception):
+    """The database refused (ErrorResponse during startup or init_query): not worth retrying."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        super().__init__(fields.get("M", "database error"))
+
+    @property
+    def sqlstate(self) -> str:
+        return self.fields.get("C", "XX000")
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (down, restarting, refusing connections): worth retrying."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+
+class _BackendProtocol(asyncio.StreamReaderProtocol):
+    """Stream reads for the proxy's own exchanges (startup, init_query, alignment, checks while
+    pooled); while a session has the connection, every chunk goes straight to that session from the
+    event loop's callback: no task per borrow, no buffer and no wake-up in between."""
+
+    sink: Callable[[bytes], None] | None = None
+    on_lost: Callable[[BaseException], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        lost = self.on_lost if self.sink is not None else None
+        keep_open = super().eof_received()
+        if lost is not None:
+            lost(ConnectionResetError("database connection closed"))
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = self.on_lost if self.sink is not None else None
+        super().connection_lost(exc)
+        if lost is not None:
+            lost(exc or ConnectionResetError("database connection closed"))
+
+
+async def _open_stream(
+    host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _BackendProtocol]:
+    """asyncio.open_connection, with the protocol that can hand data to a session directly."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = _BackendProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
+
+
+class ServerConnection:
+    """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
+
+    def __init__(
+        self,
+        key: PoolKey,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: bool,
+        protocol: _BackendProtocol,
+    ) -> None:
+        self.id = next(_ids)
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+        self.tls = tls
+        self._protocol = protocol
+        self._paused = False
+        self.frames = m.FrameReader()
+        self.params: dict[str, str] = {}
+        self.process_id = 0
+        self.txn_status = b"I"
+        # Backend names of the prepared statements this connection holds.
+        self.statements: set[str] = set()
+        # extra_float_digits is not reported by the server; remember what we set.
+        self.extra_float_digits = "1"
+        # The session parameters last found equal to a borrower's (None when they may have changed):
+        # the next borrower with the same ones needs no comparison.
+        self.aligned: tuple[tuple[str, str], ...] | None = None
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.broken = False
+        # The clientConnection id of the session that borrowed it (0 while pooled).
+        self.owner = 0
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        key: PoolKey,
+        credentials: Credentials,
+        *,
+        application_name: str,
+        init_query: str,
+        timeout: float,
+    ) -> ServerConnection:
+        try:
+            reader, writer, protocol = await asyncio.wait_for(_open_stream(host, port), timeout)
+        except (OSError, TimeoutError) as exc:
+            raise DatabaseUnavailable(f"cannot connect to {host}:{port}: {exc}") from exc
+        tls = False
+        try:
+            if key.tls:
+                # For a TLS client the proxy asks the database for TLS, and uses it when offered.
+                writer.write(m.ssl_request())
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.readexactly(1), timeout)
+                if answer == b"S":
+                    await asyncio.wait_for(writer.start_tls(_database_tls(), server_hostname=host), timeout)
+                    tls = True
+            conn = cls(key, reader, writer, tls, protocol)
+            await asyncio.wait_for(conn._startup(credentials, application_name), timeout)
+            if init_query.strip():
+                await asyncio.wait_for(conn.run_quietly(init_query), timeout)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            writer.close()
+            raise DatabaseUnavailable(f"database connection failed during startup: {exc!r}") from exc
+        except BaseException:
+            writer.close()
+            raise
+        return conn
+
+    async def _startup(self, credentials: Credentials, application_name: str) -> None:
+        self.writer.write(
+            m.startup_message(
+                {
+                    "user": credentials.user,
+                    "database": self.key.database,
+                    "application_name": application_name,
+                }
+            )
+        )
+        scram: ScramClient | None = None
+        while True:
+            frame = await self.read_frame()
+            if frame.type == b"R":
+                code = m.auth_code(frame.body)
+                if code == m.AUTH_OK:
+                    continue
+                if code == m.AUTH_CLEARTEXT:
+                    self.writer.write(m.password_message(credentials.password))
+                elif code == m.AUTH_MD5:
+                    salt = frame.body[4:8]
+                    self.writer.write(
+                        m.password_message(md5_password(credentials.user, credentials.password, salt))
+                    )
+                elif code == m.AUTH_SASL:
+                    scram = ScramClient(["SCRAM-SHA-256"], credentials.user, credentials.password)
+                    first = scram.get_client_first().encode()
+                    self.writer.write(m.sasl_initial_response("SCRAM-SHA-256", first))
+                elif code == m.AUTH_SASL_CONTINUE and scram is not None:
+                    scram.set_server_first(frame.body[4:].decode())
+                    self.writer.write(m.sasl_response(scram.get_client_final().encode()))
+                elif code == m.AUTH_SASL_FINAL and scram is not None:
+                    scram.set_server_final(frame.body[4:].decode())
+                else:
+                    raise DatabaseError({"C": "28000", "M": f"unsupported authentication request {code}"})
+            elif frame.type == b"S":
+                name, offset = m.read_cstring(frame.body)
+                self.params[name] = m.read_cstring(frame.body, offset)[0]
+            elif frame.type == b"K":
+                self.process_id = int.from_bytes(frame.body[:4], "big")
+            elif frame.type == b"E":
+                raise DatabaseError(m.parse_message_fields(frame.body))
+            elif frame.type == b"Z":
+                self.txn_status = frame.body[:1]
+                return
+
+    async def read_frame(self) -> m.Frame:
+        while True:
+            for frame in self.frames.frames():
+                return frame
+            data = await self.reader.read(65536)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            self.frames.feed(data)
+
+    async def run_quietly(self, sql: str) -> None:
+        """Run SQL of the proxy's own (init_query, parameter alignment); raise on error."""
+        self.writer.write(m.simple_query(sql))
+        error: dict[str, str] | None = None
+        while True:
+            frame = await self.read_frame()
+            if frame.type == b"E":
+                error = m.parse_message_fields(frame.body)
+            elif frame.type == b"S":
+                name, offset = m.read_cstring(frame.body)
+                self.params[name] = m.read_cstring(frame.body, offset)[0]
+                self.aligned = None
+            elif frame.type == b"Z":
+                self.txn_status = frame.body[:1]
+                break
+        if error is not None:
+            raise DatabaseError(error)
+
+    def attach(self, sink: Callable[[bytes], None], on_lost: Callable[[BaseException], None]) -> None:
+        """From now on the server's bytes go to `sink` as they arrive, and a lost connection to
+        `on_lost`, until detach()."""
+        self._protocol.sink = sink
+        self._protocol.on_lost = on_lost
+
+    def detach(self) -> None:
+        """Back to stream reads (the proxy's own exchanges, and silence while pooled)."""
+        self._protocol.sink = None
+        self._protocol.on_lost = None
+        self.resume_reading()
+
+    def _transport(self) -> asyncio.Transport:
+        # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs,
+        # so isinstance checks cannot tell).
+        return cast(asyncio.Transport, self.writer.transport)
+
+    def pause_reading(self) -> None:
+        """The borrowing client reads slower than the server answers: stop reading the server."""
+        transport = self._transport()
+        if not transport.is_closing():
+            transport.pause_reading()
+            self._paused = True
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    def resume_reading(self) -> None:
+        transport = self._transport()
+        if self._paused and not transport.is_closing():
+            transport.resume_reading()
+        self._paused = False
+
+    def silent_since_idle(self) -> bool:
+        """Nothing arrived since the last response was read, not even EOF.
+
+        StreamReader buffers what the socket delivers even when nobody reads, but has no public way
+        to ask how much: its buffer attribute is read directly, for want of a better API.
+        """
+        buffered = getattr(self.reader, "_buffer", b"")
+        return not buffered and not self.reader.at_eof() and not self.frames.pending_bytes()
+
+    async def fetch_value(self, sql: str) -> str:
+        """The first column of the first row of a query of the proxy's own."""
+        self.writer.write(m.simple_query(sql))
+        value: str | None = None
+        error: dict[str, str] | None = None
+        while True:
+            frame = await self.read_frame()
+            if frame.type == b"D" and value is None:
+                body = frame.body
+                length = int.from_bytes(body[2:6], "big", signed=True)
+                value = body[6 : 6 + length].decode() if length >= 0 else ""
+            elif frame.type == b"E":
+                error = m.parse_message_fields(frame.body)
+            elif frame.type == b"Z":
+                self.txn_status = frame.body[:1]
+                break
+        if error is not None or value is None:
+            raise DatabaseError(error or {"M": f"no value from {sql!r}"})
+        return value
+
+    def close(self) -> None:
+        self.broken = True
+        if not self.writer.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.writer.write(m.TERMINATE)
+            self.writer.close()

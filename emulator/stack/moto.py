@@ -1,0 +1,103 @@
+"""The local AWS API: moto in server mode, in-process, on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from emulator.errors import ComponentError
+from emulator.net import LOOPBACK
+from emulator.stack.moto_quirks import apply_moto_quirk_fixes
+from emulator.wait import wait_until
+
+PART = "AWS API emulator (moto server)"
+INSTALL_HINT = "pip install 'moto[server]'"
+# Access key ids have AKIA + 16 characters; the secret key is random per stack so IAM tokens are
+# really signed and checked, never accepted for their shape alone.
+ACCESS_KEY_ID = "AKIALOCALTWINEXAMPLE"
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str
+    region: str
+
+
+class AwsEmulator:
+    """moto's ThreadedMotoServer with the settings the kit's Terraform and handler need."""
+
+    def __init__(self, region: str = "us-east-1") -> None:
+        self.credentials = AwsCredentials(ACCESS_KEY_ID, secrets.token_urlsafe(30), region)
+        self._server: Any = None
+        self.endpoint_url = ""
+
+    def start(self, timeout: float = 30) -> None:
+        # Terraform attaches AWS managed policies to the proxy and Lambda roles; moto only knows them
+        # when asked to load them, and reads this when its IAM backend is first created.
+        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
+        try:
+            from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy import, only when started
+        except ImportError as exc:
+            raise ComponentError(PART, f"moto's server mode is not installed ({exc})", INSTALL_HINT) from exc
+        apply_moto_quirk_fixes()
+        # One log line per request would drown everything else.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        wait_until(self._ready, part=PART, timeout=timeout, hint=INSTALL_HINT)
+
+    def _ready(self) -> bool:
+        self.client("sts").get_caller_identity()
+        return True
+
+    def reset(self) -> None:
+        """Forget every resource. moto keeps its state per Python process, not per server, so this
+        also empties every other emulator of this process: stacks never call it on each other."""
+        # Our own http:// loopback URL, never a user-supplied scheme.
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            answer.read()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self, service: str) -> Any:
+        """A boto3 client pointed at the emulator, with the stack's credentials."""
+        return boto3.session.Session().client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.endpoint_url,
+            region_name=self.credentials.region,
+            aws_access_key_id=self.credentials.access_key_id,
+            aws_secret_access_key=self.credentials.secret_access_key,
+        )
+
+    def create_db_secret(self, name: str, *, username: str, password: str) -> str:
+        """The Secrets Manager secret RDS Proxy reads: {"username": ..., "password": ...}; returns its ARN."""
+        answer = self.client("secretsmanager").create_secret(
+            Name=name,
+            SecretString=json.dumps({"username": username, "password": password}),
+            Description="Database credentials for the local twin (RDS Proxy auth secret)",
+        )
+        return str(answer["ARN"])
+
+    def environment(self) -> dict[str, str]:
+        """What a client process needs to reach this emulator with boto3 or the AWS CLI."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.credentials.region,
+            "AWS_DEFAULT_REGION": self.credentials.region,
+            "AWS_ACCESS_KEY_ID": self.credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
+        }

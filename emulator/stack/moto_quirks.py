@@ -1,0 +1,66 @@
+"""Where moto answers differently from AWS in ways the kit's Terraform stack meets, and the fixes.
+
+moto keeps its state per Python process, and the kit runs it in-process, so these patches apply
+to the kit's own AWS emulator only. Each one makes moto answer as AWS does; none changes the .tf.
+Handled elsewhere: AWS managed policies need MOTO_IAM_LOAD_MANAGED_POLICIES=true (emulator.stack.moto);
+moto has no DB proxy endpoints (the kit's stack declares none) and no ModifyDBProxy (changing a
+proxy's auth or TLS needs a new apply, not an update: README, "moto's quirks").
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+_applied = False
+
+
+def apply_moto_quirk_fixes() -> None:
+    global _applied  # noqa: PLW0603 - patch once per process
+    if _applied:
+        return
+    _applied = True
+    _unique_db_instance_resource_ids()
+    _keep_the_init_query()
+
+
+def _unique_db_instance_resource_ids() -> None:
+    """moto gives every DB instance the resource id db-M5ENSHXFPU6XHZ4G4ZEI5QIO2U. The AWS provider
+    reads an instance back by that id, so two applied stacks in one process would read each
+    other's instance. AWS makes them unique; so does the kit."""
+    from moto.rds.models import DBInstance  # noqa: PLC0415 - only with moto's server
+
+    original = DBInstance.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        alphabet = string.ascii_uppercase + string.digits
+        self.dbi_resource_id = "db-" + "".join(secrets.choice(alphabet) for _ in range(26))
+
+    DBInstance.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _keep_the_init_query() -> None:
+    """moto's ModifyDBProxyTargetGroup drops ConnectionPoolConfig.InitQuery and its Describe never
+    returns one, so the proxy's init_query would be lost between Terraform and the emulator."""
+    from moto.rds.models import DBProxyTargetGroup, RDSBackend  # noqa: PLC0415
+
+    modify = RDSBackend.modify_db_proxy_target_group
+
+    def modify_db_proxy_target_group(self: Any, proxy_name: str, config: dict[str, Any]) -> Any:
+        group = modify(self, proxy_name, config)
+        if "InitQuery" in config:
+            group.init_query = config["InitQuery"]  # type: ignore[attr-defined]
+        return group
+
+    pool_config = DBProxyTargetGroup.connection_pool_config.fget  # type: ignore[attr-defined]
+
+    def connection_pool_config(self: Any) -> dict[str, Any]:
+        config: dict[str, Any] = pool_config(self)
+        if getattr(self, "init_query", ""):
+            config["InitQuery"] = self.init_query
+        return config
+
+    RDSBackend.modify_db_proxy_target_group = modify_db_proxy_target_group  # type: ignore[method-assign]
+    DBProxyTargetGroup.connection_pool_config = property(connection_pool_config)  # type: ignore[assignment,method-assign]

@@ -1,0 +1,154 @@
+"""The RDS Proxy emulator as a part of the local stack: its own process, like PostgreSQL's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from emulator.net import LOOPBACK, free_port
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.stack.process import ManagedProcess
+from emulator.wait import wait_until
+
+PART = "RDS Proxy emulator"
+
+
+class RdsProxyEmulator:
+    """`python -m emulator proxy` with a configuration file the stack writes."""
+
+    kind = "emulator"
+
+    def __init__(self, workdir: Path, config: ProxyConfig, *, environment: Mapping[str, str]) -> None:
+        self.workdir = workdir / "rdsproxy"
+        self.config = config
+        self.environment = dict(environment)
+        self.host = config.listen_host
+        self.port = config.listen_port
+        self._process: ManagedProcess | None = None
+        self.stats_port = 0
+
+    @property
+    def handler_auth(self) -> str:
+        return "iam" if self.config.iam_auth == "REQUIRED" else "secret"
+
+    @property
+    def tls(self) -> bool:
+        return self.config.tls_available
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "proxy.log"
+
+    def start(self, timeout: float = 60) -> None:
+        self.workdir.mkdir(exist_ok=True)
+        config_file = self.workdir / "proxy.json"
+        config_file.write_text(self.config.to_json())
+        ready_file = self.workdir / "ready.json"
+        # A ready file left by an earlier run in this directory would make a dead proxy look ready.
+        ready_file.unlink(missing_ok=True)
+        env = {**os.environ, **self.environment}
+        self._process = ManagedProcess(
+            PART,
+            [
+                sys.executable,
+                "-m",
+                "emulator",
+                "proxy",
+                "--config",
+                str(config_file),
+                "--ready-file",
+                str(ready_file),
+            ],
+            log_path=self.log_path,
+            env=env,
+            stop_signal=signal.SIGTERM,
+        )
+        self._process.start()
+        try:
+            self._wait_ready(ready_file, timeout)
+        except BaseException:
+            # A proxy that never became ready must not outlive its start().
+            self.stop()
+            raise
+
+    def _wait_ready(self, ready_file: Path, timeout: float) -> None:
+        assert self._process is not None
+        hint = f"its log is {self.log_path}"
+        wait_until(ready_file.exists, part=PART, timeout=timeout, alive=self._process.exit_reason, hint=hint)
+        self.stats_port = int(json.loads(ready_file.read_text())["stats_port"])
+        wait_until(
+            lambda: bool(self.stats()["target_ready"]),
+            part=PART + " (reaching its target)",
+            timeout=timeout,
+            alive=self._process.exit_reason,
+            hint=hint,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """The live counters, from the proxy's /stats endpoint."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/stats", timeout=5) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+        return data
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """What every client session is doing, from the proxy's /sessions endpoint."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/sessions", timeout=5) as answer:
+            data: list[dict[str, Any]] = json.loads(answer.read())
+        return data
+
+    @property
+    def pid(self) -> int:
+        """The emulator's process id (for resident-memory measurements)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    def metrics(self) -> dict[str, Any]:
+        """The CloudWatch metric values right now, from the proxy's /metrics endpoint."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/metrics", timeout=5) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+        return data
+
+    def backend_pids(self) -> set[int]:
+        return set(self.stats()["backend_pids"])
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def emulator_config(
+    *,
+    target_host: str,
+    target_port: int,
+    secret_arn: str,
+    aws_endpoint_url: str,
+    region: str,
+    tls_cert_file: str,
+    tls_key_file: str,
+    settings: Mapping[str, Any],
+) -> ProxyConfig:
+    """The stack's emulator configuration: its own addresses, then the user's Terraform-named settings."""
+    base: dict[str, Any] = {
+        "listen_host": LOOPBACK,
+        "listen_port": free_port(),
+        "stats_port": free_port(),
+        "target_host": target_host,
+        "target_port": target_port,
+        "secret_arn": secret_arn,
+        "aws_endpoint_url": aws_endpoint_url,
+        "region": region,
+        "tls_cert_file": tls_cert_file,
+        "tls_key_file": tls_key_file,
+    }
+    return ProxyConfig.from_mapping({**base, **settings})

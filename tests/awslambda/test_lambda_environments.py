@@ -1,0 +1,197 @@
+"""Execution environments as Lambda runs them: worker processes, frozen between invocations,
+scaled out up to the concurrency limit, reaped when idle, killed on timeout; and boto3's Invoke."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import typing
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+
+from emulator.awslambda.function import FunctionConfig, InitMode, Invocation, LambdaFunction, Throttled
+from emulator.awslambda.invoke_api import InvokeApi
+from emulator.stack.embedded import EmbeddedStack
+from emulator.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=typing.get_args(InitMode))
+def init(request: pytest.FixtureRequest) -> str:
+    """Every behaviour holds whether each environment runs Init or is forked from a snapshot."""
+    return str(request.param)
+
+
+def _function(stack: EmbeddedStack, init: str, **settings: Any) -> LambdaFunction:
+    """lambda/index.py going straight to PostgreSQL (the baseline: every environment, a backend)."""
+    environment = stack.handler_environment(stack.direct)
+    return LambdaFunction(FunctionConfig(environment=environment, init=init, **settings))  # type: ignore[arg-type]
+
+
+def _backends(stack: EmbeddedStack) -> set[int]:
+    with stack.postgres.admin_connection() as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (stack.config.db_user,))
+        return {int(row[0]) for row in rows.fetchall()}
+
+
+def _process_state(pid: int) -> str:
+    # /proc/PID/stat: "pid (comm) STATE ..."; T is stopped (SIGSTOP), i.e. frozen.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _concurrently(
+    function: LambdaFunction, count: int, event: dict[str, Any]
+) -> list[Invocation | Throttled]:
+    barrier = threading.Barrier(count)
+
+    def one(_: int) -> Invocation | Throttled:
+        barrier.wait(timeout=30)
+        try:
+            return function.invoke(event)
+        except Throttled as exc:
+            return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+@pytest.fixture
+def function(embedded_stack: EmbeddedStack, init: str) -> Iterator[LambdaFunction]:
+    with _function(embedded_stack, init) as running:
+        yield running
+
+
+def test_a_warm_environment_reuses_its_connection(function: LambdaFunction) -> None:
+    first, second = function.invoke({}), function.invoke({})
+    assert (first.cold_start, second.cold_start) == (True, False)
+    assert first.environment_id == second.environment_id
+    assert first.function_error is None, first.json()
+    assert second.json()["connection_reused"] is True
+    assert second.json()["result"]["backend_pid"] == first.json()["result"]["backend_pid"]
+
+
+def test_frozen_environments_keep_their_connections(
+    embedded_stack: EmbeddedStack, function: LambdaFunction
+) -> None:
+    results = _concurrently(function, 3, {"sleep_ms": 300})
+    assert all(isinstance(r, Invocation) and r.cold_start for r in results)
+    pids = {r.json()["result"]["backend_pid"] for r in results if isinstance(r, Invocation)}
+    assert len(pids) == 3
+    environments = function.environments()
+    assert len(environments) == 3
+    # Between invocations every environment is stopped (SIGSTOP lands asynchronously), and its
+    # backend is still there.
+    wait_until(
+        lambda: {_process_state(env.pid) for env in environments} == {"T"},
+        part="frozen environments",
+        timeout=10,
+    )
+    assert pids <= _backends(embedded_stack)
+
+
+def test_scale_out_stops_at_the_concurrency_limit(embedded_stack: EmbeddedStack, init: str) -> None:
+    with _function(embedded_stack, init, reserved_concurrency=2) as limited:
+        results = _concurrently(limited, 5, {"sleep_ms": 500})
+    throttled = [r for r in results if isinstance(r, Throttled)]
+    served = [r for r in results if isinstance(r, Invocation)]
+    assert len(served) == 2
+    assert all(r.function_error is None for r in served)
+    assert len(throttled) == 3
+    assert {(str(t), t.reason) for t in throttled} == {
+        ("Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded")
+    }
+
+
+def test_reaping_idle_environments_closes_their_connections(embedded_stack: EmbeddedStack, init: str) -> None:
+    with _function(embedded_stack, init, idle_reap_seconds=0.5) as reaped:
+        backend = reaped.invoke({}).json()["result"]["backend_pid"]
+        wait_until(lambda: not reaped.environments(), part="idle environment reaped", timeout=15)
+        wait_until(lambda: backend not in _backends(embedded_stack), part="its backend gone", timeout=15)
+        # The next invocation is a cold start with a new connection.
+        again = reaped.invoke({})
+        assert again.cold_start
+        assert again.json()["result"]["backend_pid"] != backend
+
+
+def test_a_timed_out_invocation_is_reported_as_lambda_reports_it(
+    embedded_stack: EmbeddedStack, init: str
+) -> None:
+    with _function(embedded_stack, init, timeout_seconds=1) as slow:
+        backend = slow.invoke({}).json()["result"]["backend_pid"]
+        timed_out = slow.invoke({"sleep_ms": 5000})
+        assert timed_out.function_error == "Unhandled"
+        message = timed_out.json()["errorMessage"]
+        stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+        assert re.fullmatch(rf"{stamp} {timed_out.request_id} Task timed out after 1\.00 seconds", message), (
+            message
+        )
+        # Lambda resets the environment: the process and its connection are gone.
+        assert not slow.environments()
+        wait_until(lambda: backend not in _backends(embedded_stack), part="its backend gone", timeout=15)
+
+
+def test_boto3_invokes_the_function_through_the_kit_endpoint(
+    embedded_stack: EmbeddedStack, function: LambdaFunction
+) -> None:
+    api = InvokeApi({function.config.name: function})
+    api.start()
+    try:
+        client = boto3.client(
+            "lambda",
+            endpoint_url=api.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            config=botocore.config.Config(retries={"max_attempts": 0}),
+        )
+        answer = client.invoke(FunctionName=function.config.name, Payload=json.dumps({"sleep_ms": 1}))
+        assert answer["StatusCode"] == 200
+        assert "FunctionError" not in answer
+        body = json.loads(answer["Payload"].read())
+        assert body["ok"] is True
+        assert body["result"]["user"] == embedded_stack.config.db_user
+
+        queued = client.invoke(FunctionName=function.config.arn, InvocationType="Event", Payload=b"{}")
+        assert queued["StatusCode"] == 202
+        wait_until(lambda: function.invocations == 2, part="the Event invocation", timeout=15)
+
+        with pytest.raises(client.exceptions.ResourceNotFoundException):
+            client.invoke(FunctionName="no-such-function", Payload=b"{}")
+    finally:
+        api.stop()
+
+
+def test_an_init_error_is_reported_as_lambda_reports_it(tmp_path: Path, init: str) -> None:
+    (tmp_path / "broken.py").write_text(
+        "raise RuntimeError('no config')\n\ndef handler(event, context):\n    return 1\n"
+    )
+    config = FunctionConfig(handler="broken.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as broken:
+        answer = broken.invoke({})
+    assert answer.function_error == "Unhandled"
+    assert answer.json()["errorType"] == "Runtime.ImportModuleError"
+    assert answer.json()["errorMessage"] == "no config"
+
+
+def test_an_init_that_outlasts_its_limit_is_an_error_and_leaves_no_process(
+    tmp_path: Path, init: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("emulator.awslambda.function.INIT_TIMEOUT", 0.5)
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(30)\n\ndef handler(e, c):\n    return 1\n")
+    config = FunctionConfig(handler="slow.handler", code_dir=tmp_path, timeout_seconds=0.5, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as slow:
+        answer = slow.invoke({})
+        assert answer.function_error == "Unhandled"
+        assert answer.json() == {
+            "errorMessage": "Init timed out after 0.50 seconds",
+            "errorType": "Runtime.InitTimeout",
+        }
+        assert not slow.environments()

@@ -1,0 +1,287 @@
+"""The handler's own logic, with fake database connections and fake AWS clients."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.support.inprocess import HANDLER_FILE, InProcessEnvironment
+
+pytestmark = pytest.mark.unit
+
+TOKEN_SIGNATURE = "d1e2a3d4b5e6e7f8" * 4
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> FakeCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        if self.conn.fail_next is not None:
+            error, self.conn.fail_next = self.conn.fail_next, None
+            if isinstance(error, psycopg2.OperationalError):
+                self.conn.closed = 2
+            raise error
+        self.conn.statements.append((sql, params))
+
+    def fetchone(self) -> tuple[Any, ...]:
+        return ("2026-01-01 00:00:00+00", self.conn.pid, "app", "app_user", "15.0")
+
+
+class FakeConnection:
+    def __init__(self, pid: int, **kwargs: Any) -> None:
+        self.pid = pid
+        self.kwargs = kwargs
+        self.closed = 0
+        self.statements: list[tuple[str, Any]] = []
+        self.fail_next: Exception | None = None
+        self.commits = 0
+
+    def cursor(self) -> FakeCursor:
+        return FakeCursor(self)
+
+    def __enter__(self) -> FakeConnection:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.commits += 1
+
+    def close(self) -> None:
+        self.closed = 1
+
+
+class FakeRds:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def generate_db_auth_token(self, **kwargs: Any) -> str:
+        self.calls.append(kwargs)
+        n = len(self.calls)
+        return (
+            f"{kwargs['DBHostname']}:{kwargs['Port']}/?Action=connect&DBUser={kwargs['DBUsername']}"
+            f"&X-Amz-Date=20260101T00000{n}Z&X-Amz-Signature={TOKEN_SIGNATURE}{n}"
+        )
+
+
+class FakeSecrets:
+    def get_secret_value(self, SecretId: str) -> dict[str, str]:
+        assert SecretId == "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"
+        return {"SecretString": json.dumps({"username": "app_user", "password": "from-the-secret"})}
+
+
+class FakeDatabase:
+    """psycopg2.connect stand-in: records every connect and can refuse the next ones."""
+
+    def __init__(self) -> None:
+        self.connections: list[FakeConnection] = []
+        self.refusals: list[Exception] = []
+
+    def connect(self, **kwargs: Any) -> FakeConnection:
+        if self.refusals:
+            raise self.refusals.pop(0)
+        conn = FakeConnection(pid=1000 + len(self.connections), **kwargs)
+        self.connections.append(conn)
+        return conn
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_PROXY_ENDPOINT", "proxy.example.internal")
+    monkeypatch.setenv("DB_PORT", "5432")
+    monkeypatch.setenv("DB_NAME", "app")
+    monkeypatch.setenv("DB_USER", "app_user")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNITTEST00000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit-test-secret")
+    monkeypatch.delenv("DB_AUTH", raising=False)
+    monkeypatch.delenv("DB_SSLMODE", raising=False)
+    monkeypatch.delenv("DB_SSLROOTCERT", raising=False)
+
+
+@pytest.fixture
+def fakes(
+    env: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[InProcessEnvironment, FakeDatabase, FakeRds]]:
+    environment = InProcessEnvironment(HANDLER_FILE)
+    database, rds = FakeDatabase(), FakeRds()
+    module = environment.module
+    monkeypatch.setattr(module.psycopg2, "connect", database.connect)
+    monkeypatch.setattr(module, "_rds", rds)
+    monkeypatch.setattr(module, "_secrets", FakeSecrets())
+    return environment, database, rds
+
+
+def test_the_connection_is_opened_once_per_environment_and_reused(fakes: Any) -> None:
+    environment, database, _ = fakes
+    first = environment.invoke({})
+    second = environment.invoke({})
+    assert first["ok"]
+    assert second["ok"]
+    assert len(database.connections) == 1
+    assert first["connection_reused"] is False
+    assert second["connection_reused"] is True
+    assert second["environment"]["invocations"] == 2
+    assert second["environment"]["connections_opened"] == 1
+
+
+def test_each_environment_has_its_own_connection(env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    database = FakeDatabase()
+    environments = [InProcessEnvironment(HANDLER_FILE) for _ in range(2)]
+    for environment in environments:
+        monkeypatch.setattr(environment.module.psycopg2, "connect", database.connect)
+        monkeypatch.setattr(environment.module, "_rds", FakeRds())
+        environment.invoke({})
+    assert len(database.connections) == 2
+
+
+def test_the_password_is_an_iam_token_for_the_proxy_endpoint_over_tls(fakes: Any) -> None:
+    environment, database, rds = fakes
+    environment.invoke({})
+    assert rds.calls == [
+        {
+            "DBHostname": "proxy.example.internal",
+            "Port": 5432,
+            "DBUsername": "app_user",
+            "Region": "us-east-1",
+        }
+    ]
+    kwargs = database.connections[0].kwargs
+    assert kwargs["password"].startswith("proxy.example.internal:5432/?Action=connect&DBUser=app_user")
+    assert kwargs["sslmode"] == "require"
+    assert (kwargs["host"], kwargs["port"], kwargs["dbname"], kwargs["user"]) == (
+        "proxy.example.internal",
+        5432,
+        "app",
+        "app_user",
+    )
+
+
+def test_secret_auth_reads_the_password_from_secrets_manager(
+    fakes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment, database, rds = fakes
+    monkeypatch.setenv("DB_AUTH", "secret")
+    monkeypatch.setenv("DB_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:db")
+    assert environment.invoke({})["ok"]
+    assert database.connections[0].kwargs["password"] == "from-the-secret"
+    assert rds.calls == []
+
+
+def test_a_broken_connection_is_replaced_once_with_a_fresh_token(fakes: Any) -> None:
+    environment, database, rds = fakes
+    environment.invoke({})
+    database.connections[0].fail_next = psycopg2.OperationalError("server closed the connection unexpectedly")
+    response = environment.invoke({})
+    assert response["ok"], response
+    assert len(database.connections) == 2
+    assert len(rds.calls) == 2
+    assert database.connections[0].kwargs["password"] != database.connections[1].kwargs["password"]
+    assert response["connection_reused"] is False
+
+
+def test_a_refused_token_is_retried_once_with_a_fresh_one(fakes: Any) -> None:
+    environment, database, rds = fakes
+    database.refusals.append(
+        psycopg2.OperationalError(
+            'connection to server failed: FATAL:  IAM authentication failed for user "app_user". '
+            "Check the IAM token for this user and try again."
+        )
+    )
+    response = environment.invoke({})
+    assert response["ok"], response
+    assert len(rds.calls) == 2
+
+
+def test_a_token_refused_twice_is_reported_without_a_third_try(fakes: Any) -> None:
+    environment, database, rds = fakes
+    refusal = 'FATAL:  password authentication failed for user "app_user"'
+    database.refusals += [psycopg2.OperationalError(refusal), psycopg2.OperationalError(refusal)]
+    response = environment.invoke({})
+    assert response["ok"] is False
+    assert response["error"]["sqlstate"] == "28P01"
+    assert len(rds.calls) == 2
+
+
+def test_too_many_clients_is_reported_not_retried(fakes: Any) -> None:
+    environment, database, rds = fakes
+    database.refusals.append(
+        psycopg2.OperationalError(
+            'connection to server at "10.0.0.1", port 5432 failed: FATAL:  sorry, too many clients already'
+        )
+    )
+    response = environment.invoke({})
+    message = 'connection to server at "10.0.0.1", port 5432 failed: FATAL:  sorry, too many clients already'
+    assert response == {
+        "ok": False,
+        "error": {"type": "OperationalError", "sqlstate": "53300", "message": message},
+        "environment": response["environment"],
+    }
+    assert len(rds.calls) == 1
+
+
+def test_an_sql_error_is_reported_and_the_connection_kept(fakes: Any) -> None:
+    environment, database, _ = fakes
+    environment.invoke({})
+    error = psycopg2.ProgrammingError("relation does not exist")
+    database.connections[0].fail_next = error
+    response = environment.invoke({})
+    assert response["ok"] is False
+    assert response["error"]["type"] == "ProgrammingError"
+    assert environment.invoke({})["connection_reused"] is True
+    assert len(database.connections) == 1
+
+
+def test_tokens_never_reach_logs_or_responses(fakes: Any, caplog: pytest.LogCaptureFixture) -> None:
+    environment, database, rds = fakes
+    token = rds.generate_db_auth_token(DBHostname="h", Port=1, DBUsername="u")
+    rds.calls.clear()
+    leak = f"FATAL:  password authentication failed for token {token}"
+    database.refusals += [psycopg2.OperationalError(leak), psycopg2.OperationalError(leak)]
+    with caplog.at_level(logging.INFO):
+        response = environment.invoke({})
+    text = json.dumps(response) + caplog.text
+    assert TOKEN_SIGNATURE not in text
+    assert "X-Amz-Signature=***" in json.dumps(response)
+
+
+def test_the_result_is_json_and_the_work_is_one_committed_transaction(fakes: Any) -> None:
+    environment, database, _ = fakes
+    response = environment.invoke({"sleep_ms": 50})
+    assert json.loads(json.dumps(response)) == response
+    conn = database.connections[0]
+    assert conn.commits == 1
+    assert ("SELECT pg_sleep(%s)", (0.05,)) in conn.statements
+
+
+def test_simulated_work_is_capped_at_ten_seconds(fakes: Any) -> None:
+    environment, database, _ = fakes
+    environment.invoke({"sleep_ms": 3_600_000})
+    assert ("SELECT pg_sleep(%s)", (10.0,)) in database.connections[0].statements
+
+
+def test_configuration_errors_are_structured(fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    environment, _, _ = fakes
+    monkeypatch.setenv("DB_AUTH", "kerberos")
+    response = environment.invoke({})
+    assert response["ok"] is False
+    assert response["error"]["type"] == "ValueError"
+    assert "DB_AUTH" in response["error"]["message"]
+
+
+def test_shutting_an_environment_down_closes_its_connection(fakes: Any) -> None:
+    environment, database, _ = fakes
+    environment.invoke({})
+    environment.shutdown()
+    assert database.connections[0].closed == 1

@@ -1,0 +1,149 @@
+"""Clients of the emulator under test: tokens, connection strings, a raw protocol client."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import psycopg
+
+from emulator.rdsproxy.auth import md5_password
+from emulator.rdsproxy.protocol import messages as m
+from emulator.stack.embedded import EmbeddedStack
+from emulator.stack.rdsproxy import RdsProxyEmulator
+
+
+@dataclass
+class ProxyUnderTest:
+    stack: EmbeddedStack
+    part: RdsProxyEmulator
+
+    @property
+    def host(self) -> str:
+        return self.part.host
+
+    @property
+    def port(self) -> int:
+        return self.part.port
+
+    @property
+    def user(self) -> str:
+        return self.stack.config.db_user
+
+    @property
+    def database(self) -> str:
+        return self.stack.config.database
+
+    @property
+    def ca(self) -> str:
+        return str(self.stack.ca.ca_path)
+
+    def token(self, user: str | None = None, host: str | None = None, port: int | None = None) -> str:
+        aws = self.stack.aws
+        rds = boto3.session.Session().client(
+            "rds",
+            region_name=aws.credentials.region,
+            aws_access_key_id=aws.credentials.access_key_id,
+            aws_secret_access_key=aws.credentials.secret_access_key,
+        )
+        return str(
+            rds.generate_db_auth_token(
+                DBHostname=host or self.host, Port=port or self.port, DBUsername=user or self.user
+            )
+        )
+
+    def password(self) -> str:
+        """What a client sends: a token when IAM is required, else the secret's password."""
+        return self.token() if self.part.config.iam_auth == "REQUIRED" else self.stack.db_password
+
+    def conninfo(self, **extra: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": self.database,
+            "password": self.password(),
+            "sslmode": "require"
+            if self.part.config.require_tls or self.part.config.iam_auth == "REQUIRED"
+            else "disable",
+            "connect_timeout": 10,
+        }
+        params.update(extra)
+        return params
+
+    def connect(self, **extra: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(**self.conninfo(**extra), autocommit=True)
+
+    def stats(self) -> dict[str, Any]:
+        return self.part.stats()
+
+
+class RawClient:
+    """Hand-built protocol bytes on a socket: what drivers never send."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.frames = m.FrameReader()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_slowly(self, data: bytes) -> None:
+        for byte in data:
+            self.sock.sendall(bytes([byte]))
+
+    def start_tls(self, ca: str) -> None:
+        self.send(m.ssl_request())
+        assert self.sock.recv(1) == b"S"
+        context = ssl.create_default_context(cafile=ca)
+        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+
+    def read_frame(self) -> m.Frame:
+        while True:
+            for frame in self.frames.frames():
+                return frame
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed by the proxy")
+            self.frames.feed(data)
+
+    def read_until(self, kind: bytes) -> list[m.Frame]:
+        frames = []
+        while True:
+            frame = self.read_frame()
+            frames.append(frame)
+            if frame.type == kind:
+                return frames
+
+    def expect_error(self) -> dict[str, str]:
+        frames = self.read_until(b"E")
+        return m.parse_message_fields(frames[-1].body)
+
+    def closed(self) -> bool:
+        """Whether the proxy ended the connection (our socket is closed either way)."""
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, ssl.SSLError):
+            return True
+        finally:
+            self.sock.close()
+
+    def login_md5(self, user: str, password: str, database: str, **params: str) -> list[m.Frame]:
+        self.send(m.startup_message({"user": user, "database": database, **params}))
+        request = self.read_frame()
+        assert request.type == b"R", request.raw
+        assert m.auth_code(request.body) == m.AUTH_MD5, request.raw
+        self.send(m.password_message(md5_password(user, password, request.body[4:8])))
+        return self.read_until(b"Z")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def startup_packet(code: int, payload: bytes = b"") -> bytes:
+    body = struct.pack("!I", code) + payload
+    return struct.pack("!I", len(body) + 4) + body

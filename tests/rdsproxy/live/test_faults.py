@@ -1,0 +1,116 @@
+"""Faults: clients that vanish, and a database that restarts under the proxy."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from emulator.stack.embedded import EmbeddedStack, StackConfig
+from emulator.stack.proxies import ProxyKind
+from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.wait import wait_until
+
+from .conftest import wait_quiescent
+from .helpers import ProxyUnderTest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[EmbeddedStack]:
+    """A stack of its own: these tests stop and start PostgreSQL."""
+    config = StackConfig(
+        proxy=ProxyKind.EMULATOR,
+        max_connections=20,
+        pool_size=3,
+        proxy_settings={"require_tls": True, "iam_auth": "REQUIRED", "connection_borrow_timeout": 20},
+    )
+    with EmbeddedStack(config) as stack:
+        yield stack
+
+
+@pytest.fixture
+def faulty(own_stack: EmbeddedStack) -> Iterator[ProxyUnderTest]:
+    assert isinstance(own_stack.proxy, RdsProxyEmulator)
+    yield ProxyUnderTest(own_stack, own_stack.proxy)
+    wait_quiescent(own_stack.proxy, timeout=20)
+
+
+def _abandon(conn: psycopg.Connection[object]) -> None:
+    """Drop the TCP connection without a Terminate message, as a crashed client would."""
+    sock = socket.socket(fileno=conn.pgconn.socket)
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.detach()
+    conn.close()
+
+
+def test_a_client_that_vanishes_mid_transaction_leaves_nothing_behind(faulty: ProxyUnderTest) -> None:
+    with faulty.connect() as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS vanishing (note text)")
+        setup.execute("TRUNCATE vanishing")
+    conn = faulty.connect()
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO vanishing VALUES ('never committed')")
+    _abandon(conn)
+    wait_quiescent(faulty.part)
+    with faulty.connect() as other:
+        assert other.execute("SELECT count(*) FROM vanishing").fetchone() == (0,)
+        assert other.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+        ).fetchone() == (0,)
+
+
+def test_a_client_that_vanishes_mid_query_does_not_hand_its_connection_on(faulty: ProxyUnderTest) -> None:
+    conn = faulty.connect()
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    conn.execute("BEGIN")
+    assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+    conn.pgconn.send_query(b"SELECT pg_sleep(30)")
+    time.sleep(0.2)  # let the query reach the server; the test is about what happens while it runs
+    _abandon(conn)
+    wait_quiescent(faulty.part)
+    with faulty.connect() as other:
+        for _ in range(5):
+            assert other.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+
+
+def test_a_database_restart_spares_idle_clients_and_fails_only_the_request_in_flight(
+    faulty: ProxyUnderTest,
+) -> None:
+    idle = faulty.connect()
+    busy = faulty.connect()
+    idle.execute("SELECT 1")
+    outcome: dict[str, object] = {}
+
+    def long_query() -> None:
+        try:
+            busy.execute("SELECT pg_sleep(20)")
+            outcome["busy"] = "finished"
+        except psycopg.Error as exc:
+            outcome["busy"] = exc
+
+    thread = threading.Thread(target=long_query)
+    thread.start()
+    wait_until(lambda: faulty.stats()["pool"]["borrowed"] == 1, part="the long query", timeout=10)
+    postgres = faulty.stack.postgres
+    postgres.stop()
+
+    thread.join(20)
+    error = outcome["busy"]
+    assert isinstance(error, psycopg.Error)
+    assert error.sqlstate in ("08006", "57P01"), error
+    # The client that was in flight keeps its client connection too, and waits for the database.
+    restarted = threading.Timer(1.0, postgres.start)
+    restarted.start()
+    try:
+        assert idle.execute("SELECT 'idle client survived'").fetchone() == ("idle client survived",)
+        assert busy.execute("SELECT 'busy client goes on'").fetchone() == ("busy client goes on",)
+    finally:
+        restarted.join()
+    idle.close()
+    busy.close()

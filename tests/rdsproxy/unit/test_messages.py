@@ -1,0 +1,119 @@
+"""Protocol framing: any legal message, split or coalesced arbitrarily by TCP, comes out whole."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emulator.rdsproxy.protocol import messages as m
+
+pytestmark = pytest.mark.unit
+
+frames_strategy = st.lists(
+    st.tuples(st.sampled_from(b"QPBDESCHXdcfpZTDNAR1237"), st.binary(max_size=3000)), min_size=1, max_size=20
+)
+
+
+cuts_strategy = st.lists(st.integers(min_value=0, max_value=80000), max_size=30)
+
+
+def _pieces(frames: list[tuple[int, bytes]], cuts: list[int]) -> list[bytes]:
+    """The frames' bytes cut at arbitrary places, as TCP may deliver them."""
+    stream = b"".join(m.frame(bytes([kind]), body) for kind, body in frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    return [stream[start:end] for start, end in itertools.pairwise(points)]
+
+
+@given(frames=frames_strategy, cuts=cuts_strategy)
+def test_frames_survive_any_split(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
+    reader = m.FrameReader()
+    seen = []
+    for piece in _pieces(frames, cuts):
+        reader.feed(piece)
+        seen += [(f.kind, f.body) for f in reader.frames()]
+    assert seen == [(kind, body) for kind, body in frames]
+    assert reader.pending_bytes() == 0
+
+
+@given(frames=frames_strategy, cuts=cuts_strategy)
+def test_bulk_taking_yields_the_same_messages_as_framing_one_by_one(
+    frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    reader = m.FrameReader()
+    seen = []
+    for piece in _pieces(frames, cuts):
+        reader.feed(piece)
+        chunk, starts = reader.take_complete()
+        ends = [*starts[1:], len(chunk)] if starts else []
+        seen += [(chunk[a], chunk[a + 5 : b]) for a, b in zip(starts, ends, strict=True)]
+    assert seen == [(kind, body) for kind, body in frames]
+    assert reader.pending_bytes() == 0
+
+
+def test_bulk_taking_refuses_an_impossible_length() -> None:
+    reader = m.FrameReader(max_message=100)
+    reader.feed(b"D" + (1000).to_bytes(4, "big"))
+    with pytest.raises(m.ProtocolViolation):
+        reader.take_complete()
+
+
+def test_a_consumer_that_stops_early_gets_the_next_frame_next_time() -> None:
+    reader = m.FrameReader()
+    reader.feed(m.simple_query("SELECT 1") + m.simple_query("SELECT 2"))
+    first = next(iter(reader.frames()))
+    second = next(iter(reader.frames()))
+    assert (m.query_text(first.body), m.query_text(second.body)) == ("SELECT 1", "SELECT 2")
+
+
+@pytest.mark.parametrize("length", [0, 3])
+def test_an_impossible_length_is_a_protocol_violation(length: int) -> None:
+    reader = m.FrameReader()
+    reader.feed(b"Q" + length.to_bytes(4, "big"))
+    with pytest.raises(m.ProtocolViolation, match="invalid message length"):
+        list(reader.frames())
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_buffered() -> None:
+    reader = m.FrameReader(max_message=1000)
+    reader.feed(b"Q" + (5000).to_bytes(4, "big"))
+    with pytest.raises(m.ProtocolViolation, match="exceeds the 1000 byte limit"):
+        list(reader.frames())
+
+
+def test_startup_parameters_are_parsed() -> None:
+    reader = m.StartupReader()
+    reader.feed(m.startup_message({"user": "u", "database": "d", "application_name": "ä"}))
+    packet = reader.packet()
+    assert packet is not None
+    assert packet.code == m.PROTOCOL_3_0
+    assert packet.params == {"user": "u", "database": "d", "application_name": "ä"}
+
+
+def test_a_startup_packet_without_its_terminator_is_malformed() -> None:
+    body = m.PROTOCOL_3_0.to_bytes(4, "big") + b"user\0u\0"
+    reader = m.StartupReader()
+    reader.feed((len(body) + 4).to_bytes(4, "big") + body)
+    with pytest.raises(m.ProtocolViolation, match="malformed startup packet"):
+        reader.packet()
+
+
+def test_error_fields_round_trip() -> None:
+    raw = m.error_response("FATAL", "08000", "Timed-out waiting to acquire database connection.", D="detail")
+    fields = m.parse_message_fields(raw[5:])
+    assert fields == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "08000",
+        "M": "Timed-out waiting to acquire database connection.",
+        "D": "detail",
+    }
+
+
+def test_a_bind_is_renamed_without_touching_its_parameters() -> None:
+    body = b"portal\0client_name\0" + b"\x00\x01\x00\x01\x00\x01\x00\x00\x00\x04\x00\x00\x00\x2a\x00\x00"
+    renamed = m.rename_bind(body, "rdsproxy_7")
+    assert m.bind_statement(renamed[5:])[:2] == ("portal", "rdsproxy_7")
+    assert renamed.endswith(body[len(b"portal\0client_name\0") :])

@@ -1,0 +1,203 @@
+"""Which statements pin, which look-alikes must not, and the lexical traps in between."""
+
+from __future__ import annotations
+
+import pytest
+
+from emulator.rdsproxy.protocol.pinning import (
+    REASON_SETTINGS,
+    REASON_TOO_LONG,
+    PinRule,
+    clears_prepared_statements,
+    digest,
+    pin_reason,
+)
+
+pytestmark = pytest.mark.unit
+
+PINS = [
+    # SET and RESET, every spelling
+    "SET search_path TO app",
+    "set search_path = app, public",
+    "SET SESSION statement_timeout = 5000",
+    "SeT TimeZone TO 'UTC'",
+    "SET NAMES 'UTF8'",
+    "SET TIME ZONE 'Europe/Paris'",
+    "SET ROLE reporting",
+    "SET SESSION AUTHORIZATION other_user",
+    "SET LOCAL statement_timeout = 1000",  # no documented exemption for PostgreSQL
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "RESET ALL",
+    "reset search_path",
+    "  \n\t SET jit = off",
+    "/* leading comment */ SET work_mem = '64MB'",
+    "-- line comment\nSET work_mem = '64MB'",
+    "SELECT set_config('search_path', 'app', false)",
+    "select SET_CONFIG('jit', 'off', FALSE)",
+    "SELECT set_config('jit', 'off', true)",  # SET LOCAL equivalent: pins by default
+    "SELECT set_config('a.b', $1, $2)",  # unknowable at parse time: pins
+    # prepared statements and session state in SQL
+    "PREPARE q(int) AS SELECT $1",
+    "EXECUTE q(1)",
+    "DEALLOCATE q",
+    "DEALLOCATE ALL",
+    "DEALLOCATE PREPARE ALL",
+    "DISCARD ALL",
+    "DISCARD PLANS",
+    "DISCARD SEQUENCES",
+    "DISCARD TEMP",
+    # temporary objects
+    "CREATE TEMP TABLE t (id int)",
+    "CREATE TEMPORARY TABLE t (id int)",
+    "CREATE GLOBAL TEMPORARY TABLE t (id int)",
+    "CREATE LOCAL TEMP TABLE t (id int)",
+    "create temp sequence s",
+    "CREATE TEMP VIEW v AS SELECT 1",
+    "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+    "CREATE TABLE pg_temp.t (id int)",
+    "SELECT * INTO TEMP t2 FROM t",
+    "CREATE TEMP TABLE t AS SELECT 1",
+    # cursors, notifications, libraries
+    "DECLARE c CURSOR FOR SELECT 1",
+    "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1",
+    "declare c binary cursor for select 1",
+    "LISTEN jobs",
+    'LISTEN "Jobs"',
+    "LOAD 'auto_explain'",
+    # sequences and session-level advisory locks
+    "SELECT nextval('orders_id_seq')",
+    "INSERT INTO t (id) VALUES (nextval('s'))",
+    "SELECT pg_catalog.nextval('s')",
+    "SELECT setval('s', 42)",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT pg_advisory_lock_shared(1)",
+    "SELECT pg_try_advisory_lock(1, 2)",
+    "SELECT pg_try_advisory_lock_shared(1)",
+    "SELECT pg_advisory_unlock(1)",
+    "SELECT pg_advisory_unlock_all()",
+    "SELECT pg_advisory_lock  (1)",
+    # multi-statement strings pin when any part does
+    "SELECT 1; SET x.y = 1",
+    "BEGIN; SELECT 1; LISTEN ch; COMMIT",
+    "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+]
+
+DOES_NOT_PIN = [
+    "SELECT 1",
+    "select abalance from pgbench_accounts where aid = 1",
+    "UPDATE t SET a = 1 WHERE id = 2",  # UPDATE ... SET is not the SET command
+    "INSERT INTO settings (name) VALUES ('set x = 1')",
+    "SELECT 'SET search_path TO x'",
+    "SELECT $$ SET search_path TO x $$",
+    "SELECT $fn$ LISTEN x; SET y = 1 $fn$",
+    "SELECT E'it\\'s SET x'",
+    'SELECT "set", "nextval" FROM t',
+    "/* SET search_path = x */ SELECT 1",
+    "-- SET search_path = x\nSELECT 1",
+    "/* outer /* SET x = 1 */ still a comment */ SELECT 1",
+    "SELECT offset_value FROM t OFFSET 5",
+    "SELECT pg_advisory_xact_lock(1)",
+    "SELECT pg_advisory_xact_lock_shared(1)",
+    "SELECT pg_try_advisory_xact_lock(1)",
+    "SELECT pg_try_advisory_xact_lock_shared(1, 2)",
+    "SELECT currval('s')",  # not in the AWS list
+    "SELECT current_setting('search_path')",
+    "UNLISTEN jobs",
+    "NOTIFY jobs, 'payload'",
+    "CREATE TABLE t (id serial PRIMARY KEY)",  # the implicit nextval is invisible in the text
+    "CREATE TABLE temperatures (c numeric)",
+    "CREATE VIEW temp_view AS SELECT 1",
+    "SELECT * FROM temp_table",
+    "CALL refresh_everything()",  # procedures that change state inside are not detected
+    "DO $$ BEGIN PERFORM set_config('x.y', '1', false); END $$",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT a",
+    "SHOW search_path",
+    "EXPLAIN SELECT 1",
+    "COPY t FROM STDIN",
+    "VACUUM t",
+    "SELECT 1 AS settings_count",
+    "WITH executed AS (SELECT 1) SELECT * FROM executed",
+    "CLOSE c",  # closing a cursor does not create session state
+]
+
+
+@pytest.mark.parametrize("sql", PINS)
+def test_pins(sql: str) -> None:
+    reason = pin_reason(sql)
+    assert reason is not None
+    assert reason.startswith("SQL changed session settings that the proxy doesn't track.")
+
+
+@pytest.mark.parametrize("sql", DOES_NOT_PIN)
+def test_does_not_pin(sql: str) -> None:
+    assert pin_reason(sql) is None
+
+
+def test_there_are_at_least_sixty_verdicts() -> None:
+    assert len(PINS) + len(DOES_NOT_PIN) >= 60
+
+
+def test_a_statement_over_16384_bytes_pins_with_its_own_reason() -> None:
+    sql = "SELECT '" + "x" * 16380 + "'"
+    assert len(sql.encode()) > 16384
+    assert pin_reason(sql) == REASON_TOO_LONG
+    assert pin_reason("SELECT '" + "x" * 16000 + "'") is None
+
+
+def test_the_limit_counts_bytes_not_characters() -> None:
+    sql = "SELECT '" + "é" * 8200 + "'"  # 8209 characters, 16409 bytes
+    assert len(sql) < 16384 < len(sql.encode())
+    assert pin_reason(sql) == REASON_TOO_LONG
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SET LOCAL statement_timeout = 1", "SELECT set_config('a.b', 'c', true)", "SET TRANSACTION READ ONLY"],
+)
+def test_transaction_scoped_settings_can_be_exempted(sql: str) -> None:
+    assert pin_reason(sql, PinRule(exempt_set_local=True)) is None
+    assert pin_reason(sql) is not None
+
+
+def test_session_scoped_settings_pin_even_with_the_exemption() -> None:
+    rule = PinRule(exempt_set_local=True)
+    assert pin_reason("SET statement_timeout = 1", rule) is not None
+    assert pin_reason("SELECT set_config('a.b', 'c', false)", rule) is not None
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # digests seen in real RDS Proxy logs (reference, section 2.4)
+        ("set search_path = \"public\"; set names 'UTF8';", "set search_path = $1; set names $2;"),
+        ("set client_encoding to 'UTF8'", "set client_encoding to $1;"),
+        ("SET extra_float_digits = 3", "set extra_float_digits = $1;"),
+        ("set search_path to app,shared,public", "set search_path to $1,$2,$3;"),
+        (
+            "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+            "select pg_advisory_unlock_all(); close all; unlisten *; reset all;",
+        ),
+        ("SELECT set_config('jit', 'off', false)", "select set_config($1,$2,false);"),
+    ],
+)
+def test_digests_match_real_rds_proxy_logs(sql: str, expected: str) -> None:
+    assert digest(sql) == expected
+    assert pin_reason(sql) == REASON_SETTINGS.format(digest=expected)
+
+
+@pytest.mark.parametrize(
+    ("sql", "clears"),
+    [
+        ("DISCARD ALL", True),
+        ("DEALLOCATE ALL", True),
+        ("deallocate prepare all", True),
+        ("DEALLOCATE q", False),
+        ("DISCARD PLANS", False),
+        ("SELECT 1", False),
+    ],
+)
+def test_statements_that_forget_every_prepared_statement(sql: str, clears: bool) -> None:
+    assert clears_prepared_statements(sql) is clears

@@ -1,0 +1,289 @@
+"""`python -m emulator up --env-file FILE`: another shell reaches the stack; Ctrl+C removes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator.stack.envfile import parse_env
+from emulator.stack.pgbouncer import find_pgbouncer
+from emulator.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED_KEYS = {
+    "PGHOST",
+    "PGPORT",
+    "DB_PROXY_ENDPOINT",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USER",
+    "DB_SECRET_ARN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+}
+HANDLER_FROM_ANOTHER_SHELL = (
+    "import importlib.util, json, sys\n"
+    "spec = importlib.util.spec_from_file_location('index', sys.argv[1])\n"
+    "index = importlib.util.module_from_spec(spec); spec.loader.exec_module(index)\n"
+    "print(json.dumps(index.handler({}, None)))\n"
+)
+
+
+INVOKE_FROM_ANOTHER_SHELL = (
+    "import boto3, json, os\n"
+    "answer = boto3.client('lambda').invoke(FunctionName=os.environ['LAMBDA_FUNCTION_NAME'], Payload=b'{}')\n"
+    "print(json.dumps({'status': answer['StatusCode'], 'payload': json.loads(answer['Payload'].read())}))\n"
+)
+
+
+class RunningUp:
+    def __init__(self, process: subprocess.Popen[bytes], env_file: Path, log: Path) -> None:
+        self.process = process
+        self.env_file = env_file
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def died(self) -> str | None:
+        return None if self.process.poll() is None else f"exit {self.process.returncode}: {self.output()}"
+
+    def env(self) -> dict[str, str]:
+        return parse_env(self.env_file.read_text())
+
+    def workdir(self) -> Path:
+        return Path(self.env()["DB_SSLROOTCERT"]).parent
+
+    def shell_env(self) -> dict[str, str]:
+        """What `set -a; . FILE` gives a fresh shell."""
+        return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **self.env()}
+
+
+def _start_up(tmp_path: Path, proxy: str) -> RunningUp:
+    env_file = tmp_path / "stack.env"
+    log = tmp_path / "up.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "emulator", "up", "--proxy", proxy, "--env-file", str(env_file)],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            # Its own session and process group, as in a terminal of its own.
+            start_new_session=True,
+        )
+    running = RunningUp(process, env_file, log)
+    wait_until(env_file.exists, part="python -m emulator up", timeout=120, alive=running.died)
+    return running
+
+
+@pytest.fixture(params=["emulator", pytest.param("pgbouncer", marks=pytest.mark.pgbouncer)])
+def up(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningUp]:
+    if request.param == "pgbouncer" and find_pgbouncer() is None:
+        pytest.skip("no pgbouncer binary (apt-get install pgbouncer); .ci/run installs it")
+    running = _start_up(tmp_path, request.param)
+    yield running
+    _stop(running)
+
+
+def _stop(running: RunningUp) -> None:
+    """Stop `up` as a user does (Ctrl+C): SIGKILL would orphan its servers."""
+    if running.process.poll() is None:
+        running.process.send_signal(signal.SIGINT)
+        try:
+            running.process.wait(60)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait(10)
+
+
+def _stop_and_check_nothing_is_left(
+    running: RunningUp, signum: signal.Signals | None, workdir: Path | None = None
+) -> str:
+    """Stop `up` with signum (None: the caller signalled it, and found its workdir first) and check
+    what it leaves."""
+    workdir = workdir or running.workdir()
+    if signum is not None:
+        running.process.send_signal(signum)
+    running.process.wait(timeout=60)
+    output = running.output()
+    assert running.process.returncode == 0, output
+    assert not running.env_file.exists(), "the env file describes a stack that is gone"
+    assert not workdir.exists()
+    leftovers = [
+        entry.name
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and str(workdir).encode() in _cmdline(entry)
+    ]
+    assert leftovers == []
+    return output
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_env_file_has_every_key_another_shell_needs(up: RunningUp) -> None:
+    assert set(up.env()) >= REQUIRED_KEYS
+    assert up.env()["LOCAL_TWIN_PROXY"] in ("emulator", "pgbouncer")
+    assert up.env()["DB_AUTH"] == "iam"
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="no psql client (apt-get install postgresql-client)")
+def test_psql_reaches_postgresql_from_another_shell(up: RunningUp) -> None:
+    done = subprocess.run(
+        [
+            "psql",
+            "-XAtc",
+            "SELECT current_user, current_setting('max_connections'), ssl FROM pg_stat_ssl "
+            "WHERE pid = pg_backend_pid()",
+        ],
+        env=up.shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout.strip() == "app_user|20|t"
+
+
+def test_the_handler_reaches_the_proxy_from_another_shell(up: RunningUp) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HANDLER_FROM_ANOTHER_SHELL, str(REPO / "lambda" / "index.py")],
+        env=up.shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    response = json.loads(done.stdout.strip().splitlines()[-1])
+    assert response["ok"], response
+    assert response["result"]["user"] == "app_user"
+
+
+def test_boto3_invokes_the_handler_from_another_shell(up: RunningUp) -> None:
+    """The env file's AWS_ENDPOINT_URL_LAMBDA sends boto3's Lambda client to the kit: the same
+    client code as against AWS runs the handler in an execution environment of the stack's."""
+    env = up.env()
+    assert {"AWS_ENDPOINT_URL_LAMBDA", "LAMBDA_FUNCTION_NAME"} <= set(env)
+    result = subprocess.run(
+        [sys.executable, "-c", INVOKE_FROM_ANOTHER_SHELL],
+        env=up.shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    answer = json.loads(result.stdout)
+    assert answer["status"] == 200
+    assert answer["payload"]["ok"] is True, answer
+    assert answer["payload"]["result"]["user"] == env["DB_USER"]
+
+
+def test_the_default_proxy_is_the_rds_proxy_emulator_with_iam_and_tls(tmp_path: Path) -> None:
+    running = _start_up(tmp_path, "emulator")
+    try:
+        env = running.env()
+        assert env["LOCAL_TWIN_PROXY"] == "emulator"
+        # A plain connection is refused in RDS Proxy's words; a token over TLS gets in.
+        done = subprocess.run(
+            ["psql", "-XAtc", "SELECT 1"],
+            env={
+                **running.shell_env(),
+                "PGHOST": env["DB_PROXY_ENDPOINT"],
+                "PGPORT": env["DB_PORT"],
+                "PGSSLMODE": "disable",
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "This RDS Proxy requires TLS connections." in done.stderr
+    finally:
+        _stop_and_check_nothing_is_left(running, signal.SIGINT)
+
+
+def _session_processes(session: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # /proc/PID/stat: "pid (comm) state ppid pgrp session ..."
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session:
+                found.add(int(entry.name))
+    return found
+
+
+def test_ctrl_c_stops_every_process_and_removes_every_file(up: RunningUp) -> None:
+    """Ctrl+C in a terminal reaches the whole process group: the stack's servers, the Lambda
+    environments (one frozen after an invocation) and their zygote all end, without a traceback."""
+    subprocess.run(
+        [sys.executable, "-c", INVOKE_FROM_ANOTHER_SHELL], env=up.shell_env(), timeout=60, check=True
+    )
+    assert len(_session_processes(up.process.pid)) > 1
+    workdir = up.workdir()
+    os.killpg(up.process.pid, signal.SIGINT)
+    output = _stop_and_check_nothing_is_left(up, None, workdir)
+    assert "Ready." in output
+    assert "Traceback" not in output
+    wait_until(lambda: not _session_processes(up.process.pid), part="the session's processes", timeout=30)
+
+
+def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:
+    running = _start_up(tmp_path, "direct")
+    try:
+        _stop_and_check_nothing_is_left(running, signal.SIGTERM)
+    finally:
+        _stop(running)
+
+
+def test_help_documents_every_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    for command in ("up", "demo"):
+        assert command in done.stdout
+    up_help = subprocess.run(
+        [sys.executable, "-m", "emulator", "up", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    for option in ("--proxy", "--env-file", "--max-connections", "--pool-size"):
+        assert option in up_help
+
+
+def test_a_part_that_fails_to_start_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    # PostgreSQL refuses max_connections=0: the error must name it and point at its log.
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "up", "--proxy", "direct", "--max-connections", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: PostgreSQL: exited before it was ready"), done.stderr
+    assert "how to fix: its log is" in done.stderr
+    workdir = Path(done.stderr.split("how to fix: its log is ")[1].split()[0]).parent
+    assert not workdir.exists()
