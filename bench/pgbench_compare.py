@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import find_pgbouncer
-from emulator.stack.proxies import ProxyKind, ProxyPart
+from emulator.stack.proxies import ProxyComponent, ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 
 POOL = 20
@@ -38,7 +39,7 @@ EMULATOR_SETTINGS = {
 }
 
 
-def pgbench(stack: EmbeddedStack, target: ProxyPart, clients: int, seconds: int) -> float:
+def pgbench(stack: EmbeddedStack, target: ProxyComponent, clients: int, seconds: int) -> float:
     env = {
         **os.environ,
         "PGHOST": target.host,
@@ -87,14 +88,14 @@ async def hold_idle_clients(proxy: RdsProxyEmulator, stack: EmbeddedStack, count
                 frames.feed(await reader.read(65536))
                 done = False
                 for frame in frames.frames():
-                    if frame.type == b"R" and m.auth_code(frame.body) == m.AUTH_MD5:
+                    if frame.kind == Backend.AUTHENTICATION and m.auth_code(frame.body) == m.AUTH_MD5:
                         salt = frame.body[4:8]
                         writer.write(
                             m.password_message(md5_password(stack.config.db_user, stack.db_password, salt))
                         )
-                    elif frame.type == b"E":
+                    elif frame.kind == Backend.ERROR_RESPONSE:
                         raise RuntimeError(m.parse_message_fields(frame.body))
-                    elif frame.type == b"Z":
+                    elif frame.kind == Backend.READY_FOR_QUERY:
                         done = True
                 if done:
                     break

@@ -1,7 +1,23 @@
 """The local twin of AWS Lambda + RDS Proxy + PostgreSQL.
 
-The package holds the embedded local stack (PostgreSQL, the AWS API emulator and a proxy as plain
-processes on 127.0.0.1), the in-process Lambda execution environments and the demonstration.
+Where things live (each package's docstring says more, and what it may import):
+
+    rdsproxy/        the RDS Proxy emulator, a process of its own (`python -m emulator proxy`)
+      protocol/        sans-I/O core: framing, response routing, pinning rules, statements, parameters
+      login, session   a client's way in; its multiplexed session after login
+      pool, dbconn     the borrow queue; one database connection
+      listener, target the endpoint that accepts clients; the database behind it
+      admin, metrics,  the HTTP endpoint (/stats ...); CloudWatch metrics and logs;
+      proxylog, texts  RDS Proxy's log lines and error texts, in its own words
+    awslambda/       Lambda: execution environments as worker processes, the Invoke API, the zip
+    stack/           the local stack: PostgreSQL, moto, PgBouncer and the emulator as processes
+    terraform/       terraform/tflocal runs against moto, and what an apply created
+    stage/           the real-AWS stage: deploy, run tests/aws on AWS and on the twin, compare
+    tools/           for people: the exhaustion demo, the pinning report, check-sql
+    twin.py          LocalTwin: a stack, its functions and the Invoke API, as one object
+    cli.py           `python -m emulator ...`: argument parsing, one function per command
+    errors, net, paths, wait   shared: the kit's errors, loopback ports, where the kit's
+                               files are, readiness checks with deadlines
 """
 
 __version__ = "0.1.0"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -13,23 +12,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from emulator.awslambda.function import FunctionConfig, InitMode, LambdaFunction
-from emulator.awslambda.invoke_api import InvokeApi
+from emulator.awslambda.function import InitMode
 from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
 from emulator.paths import TERRAFORM_DIR
 from emulator.rdsproxy.config import parse_settings
-from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, StackConfig, TerraformSettings
 from emulator.stack.envfile import write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stage import cli as stage_cli
-from emulator.terraform.workspace import TerraformUnavailable
 from emulator.tools.demo import DemoConfig, run_demo
+from emulator.twin import LocalTwin
+
+# The subcommands' container: argparse._SubParsersAction, a private class.
+Commands = Any
 
 
 class Shutdown(BaseException):
-    """SIGTERM, delivered like Ctrl+C so every `with` block tears its part down."""
+    """SIGTERM, delivered like Ctrl+C so every `with` block tears its component down."""
 
 
 def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
@@ -42,7 +43,17 @@ def _parser() -> argparse.ArgumentParser:
         description="The local twin of AWS Lambda + RDS Proxy + PostgreSQL, without AWS and without Docker.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_up(commands)
+    _add_package(commands)
+    stage_cli.add_parser(commands)
+    _add_proxy(commands)
+    _add_report(commands)
+    _add_check(commands)
+    _add_demo(commands)
+    return parser
 
+
+def _add_up(commands: Commands) -> None:
     up = commands.add_parser(
         "up",
         help="start PostgreSQL, the AWS API emulator and a proxy in the foreground (Ctrl+C stops them)",
@@ -82,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _stack_options(up)
 
+
+def _add_package(commands: Commands) -> None:
     package = commands.add_parser(
         "package",
         help="build the Lambda deployment zip (handler plus psycopg2 for the Lambda runtime)",
@@ -97,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
         help="package the handler without its dependencies (what the local twin uploads to the AWS emulator)",
     )
 
-    stage_cli.add_parser(commands)
 
+def _add_proxy(commands: Commands) -> None:
     proxy = commands.add_parser(
         "proxy",
         help="run the RDS Proxy emulator alone, in the foreground",
@@ -122,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
 
+
+def _add_report(commands: Commands) -> None:
     report = commands.add_parser(
         "report",
         help="summarise a run through the RDS Proxy emulator: pins by reason and digest, peaks, latency",
@@ -141,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
         help="its /stats URL (LOCAL_TWIN_PROXY_STATS_URL) or a saved copy of it",
     )
 
+
+def _add_check(commands: Commands) -> None:
     check = commands.add_parser(
         "check-sql",
         help="warn which SQL in your code would make RDS Proxy pin, why, and what to do instead",
@@ -150,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
     check.add_argument("--warn-only", action="store_true", help="exit 0 even when something would pin")
 
+
+def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="the connection-exhaustion demonstration: one burst directly and through the pooler",
@@ -187,7 +206,6 @@ def _parser() -> argparse.ArgumentParser:
         help="where the handler's log lines go (default: %(default)s)",
     )
     _stack_options(demo)
-    return parser
 
 
 def _stack_options(parser: argparse.ArgumentParser) -> None:
@@ -244,25 +262,11 @@ def _terraform_settings(args: argparse.Namespace) -> TerraformSettings | None:
 def _up(args: argparse.Namespace) -> int:
     config = _stack_config(args, proxy=args.proxy, terraform=_terraform_settings(args))
     print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
-    with contextlib.ExitStack() as running:
-        stack = running.enter_context(EmbeddedStack(config))
-        # The handler as a Lambda function: the applied one when Terraform ran, else the kit's own.
-        handler_env = stack.handler_environment()
-        function_config = (
-            FunctionConfig(environment=handler_env)
-            if stack.applied is None
-            else FunctionConfig.from_applied(stack.applied.function, handler_env)
-        )
-        function = running.enter_context(LambdaFunction(function_config))
-        invoke_api = InvokeApi({function_config.name: function}, forward_to=stack.aws.endpoint_url)
-        invoke_api.start()
-        running.callback(invoke_api.stop)
-        env = {
-            **stack.environment(),
-            # boto3's Lambda client goes here (Invoke runs the handler; the rest is forwarded to moto).
-            "AWS_ENDPOINT_URL_LAMBDA": invoke_api.endpoint_url,
-            "LAMBDA_FUNCTION_NAME": function_config.name,
-        }
+    with LocalTwin(config) as twin:
+        stack = twin.stack
+        function_config = twin.function_configs[0]
+        invoke_api = twin.invoke_api
+        env = twin.environment()
         print(
             f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
             f"from {stack.postgres.binaries.source}, max_connections={config.max_connections})"
@@ -326,7 +330,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _proxy(args: argparse.Namespace) -> int:
     from emulator.rdsproxy.config import ProxyConfig  # noqa: PLC0415
-    from emulator.rdsproxy.server import run  # noqa: PLC0415
+    from emulator.rdsproxy.main import run  # noqa: PLC0415
 
     try:
         config = ProxyConfig.from_file(args.config) if args.config else ProxyConfig()
@@ -380,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (ComponentError, TerraformUnavailable) as exc:
+    except ComponentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Shutdown):

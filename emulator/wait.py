@@ -15,7 +15,7 @@ from emulator.errors import ReadinessTimeout
 def wait_until(
     probe: Callable[[], bool],
     *,
-    part: str,
+    component: str,
     timeout: float,
     alive: Callable[[], str | None] | None = None,
     hint: str = "",
@@ -26,7 +26,7 @@ def wait_until(
     The pause between polls doubles from 5 ms up to max_delay (raise it for probes that cost money
     or count against a quota, such as CloudWatch's API).
 
-    alive, when given, is asked between polls and returns a reason when the part has died (for a
+    alive, when given, is asked between polls and returns a reason when the component has died (for a
     process: its exit status and the tail of its log), so a crash fails at once instead of at the
     deadline.
     """
@@ -43,10 +43,10 @@ def wait_until(
         if alive is not None:
             dead = alive()
             if dead is not None:
-                raise ReadinessTimeout(part, f"exited before it was ready: {dead}", hint)
+                raise ReadinessTimeout(component, f"exited before it was ready: {dead}", hint)
         now = time.monotonic()
         if now >= deadline:
             detail = f" (last check: {last_error})" if last_error else ""
-            raise ReadinessTimeout(part, f"not ready after {timeout:.0f} s{detail}", hint)
+            raise ReadinessTimeout(component, f"not ready after {timeout:.0f} s{detail}", hint)
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, max_delay)

@@ -13,10 +13,8 @@ from emulator.stack.compose import ComposeStack, docker_engine_problem
 from emulator.stack.embedded import EmbeddedStack, StackConfig, StackEnvironment
 from emulator.stack.pgbouncer import find_pgbouncer
 from emulator.stack.proxies import ProxyKind
+from emulator.terraform.workspace import TerraformTools, TerraformUnavailable, find_terraform
 from emulator.wait import wait_until
-
-REPO = Path(__file__).resolve().parent.parent
-HANDLER_FILE = REPO / "lambda" / "index.py"
 
 # Small numbers keep the exhaustion quick and certain: 20 slots, 3 reserved for superusers.
 TEST_STACK = StackConfig(max_connections=20, pool_size=5)
@@ -40,7 +38,9 @@ def no_orphan_processes() -> Iterator[None]:
     """Whatever the tests start, they stop: no server may outlive the test session."""
     before = _stack_processes()
     yield
-    wait_until(lambda: not (_stack_processes() - before), part="servers started by the tests", timeout=30)
+    wait_until(
+        lambda: not (_stack_processes() - before), component="servers started by the tests", timeout=30
+    )
 
 
 def _docker_reason() -> str | None:
@@ -85,3 +85,18 @@ def restore_environ() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def terraform_tools() -> TerraformTools:
+    try:
+        tools = find_terraform()
+    except TerraformUnavailable as exc:
+        pytest.skip(f"Terraform stage: {exc}")
+    if tools.needs_registry:
+        # Without a local provider source the registry would be needed, and these machines have none.
+        pytest.skip(
+            "Terraform stage: no local source of the hashicorp/aws provider (set TF_PLUGIN_DIR to a "
+            "filesystem mirror, or configure provider_installation in your CLI configuration)"
+        )
+    return tools

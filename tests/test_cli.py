@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from emulator.paths import REPO
 from emulator.stack.envfile import parse_env
 from emulator.stack.pgbouncer import find_pgbouncer
 from emulator.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = {
     "PGHOST",
     "PGPORT",
@@ -84,7 +84,7 @@ def _start_up(tmp_path: Path, proxy: str) -> RunningUp:
             start_new_session=True,
         )
     running = RunningUp(process, env_file, log)
-    wait_until(env_file.exists, part="python -m emulator up", timeout=120, alive=running.died)
+    wait_until(env_file.exists, component="python -m emulator up", timeout=120, alive=running.died)
     return running
 
 
@@ -244,7 +244,9 @@ def test_ctrl_c_stops_every_process_and_removes_every_file(up: RunningUp) -> Non
     output = _stop_and_check_nothing_is_left(up, None, workdir)
     assert "Ready." in output
     assert "Traceback" not in output
-    wait_until(lambda: not _session_processes(up.process.pid), part="the session's processes", timeout=30)
+    wait_until(
+        lambda: not _session_processes(up.process.pid), component="the session's processes", timeout=30
+    )
 
 
 def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from emulator.awslambda import worker
 from emulator.awslambda.worker import WorkerSpec, serve, serve_snapshot
 from emulator.paths import LAMBDA_DIR
 from emulator.terraform.applied import AppliedFunction
@@ -43,8 +44,14 @@ INIT_TIMEOUT = 10.0
 # same per-environment connections for handlers that connect after Init.
 InitMode = Literal["per_environment", "snapshot"]
 
+
+def lambda_error(message: str, error_type: str) -> dict[str, str]:
+    """An error as Lambda reports it in the response payload."""
+    return {"errorMessage": message, "errorType": error_type}
+
+
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["emulator.awslambda.worker"])
+_context.set_forkserver_preload([worker.__name__])
 
 
 @dataclass(frozen=True)
@@ -198,8 +205,7 @@ class _Snapshot:
         self.init_error: dict[str, Any] | None = None
         limit = max(INIT_TIMEOUT, spec.timeout_seconds)
         if not self._control.poll(limit):
-            self.init_error = {"errorMessage": f"Init timed out after {limit:.2f} seconds",
-                               "errorType": "Runtime.InitTimeout"}  # fmt: skip
+            self.init_error = lambda_error(f"Init timed out after {limit:.2f} seconds", "Runtime.InitTimeout")
             return
         kind, value = self._control.recv()
         if kind == "init_error":
@@ -245,11 +251,15 @@ class Environment:
         try:
             kind, value = self._receive(timeout=limit)  # Init (or its snapshot's resume)
         except TimeoutError:
-            kind, value = "init_error", {"errorMessage": f"Init timed out after {limit:.2f} seconds",
-                                         "errorType": "Runtime.InitTimeout"}  # fmt: skip
+            kind, value = (
+                "init_error",
+                lambda_error(f"Init timed out after {limit:.2f} seconds", "Runtime.InitTimeout"),
+            )
         except (EOFError, OSError) as exc:
-            kind, value = "init_error", {"errorMessage": f"Runtime exited during Init ({exc})",
-                                         "errorType": "Runtime.ExitError"}  # fmt: skip
+            kind, value = (
+                "init_error",
+                lambda_error(f"Runtime exited during Init ({exc})", "Runtime.ExitError"),
+            )
         if kind == "init_error":
             # The environment is discarded, as Lambda does after a failed Init.
             self.init_error = value
@@ -292,8 +302,9 @@ class Environment:
             return "timeout", {"errorMessage": message}
         except (EOFError, OSError) as exc:
             self.shutdown()
-            return "error", {"errorMessage": f"RequestId: {request_id} Error: Runtime exited ({exc})",
-                             "errorType": "Runtime.ExitError"}  # fmt: skip
+            return "error", lambda_error(
+                f"RequestId: {request_id} Error: Runtime exited ({exc})", "Runtime.ExitError"
+            )
         finally:
             self.last_used = time.monotonic()
         self._freeze()
@@ -329,8 +340,6 @@ class LambdaFunction:
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name=f"reaper-{config.name}", daemon=True)
         self._reaper.start()
-        self.cold_starts = 0
-        self.throttles = 0
         self.invocations = 0
 
     def __enter__(self) -> Self:
@@ -368,7 +377,6 @@ class LambdaFunction:
                 self._busy.add(environment)
                 return environment, False
             if len(self._busy) + self._starting >= self.config.concurrency_limit:
-                self.throttles += 1
                 raise Throttled(self.config.reserved_concurrency is not None)
             self._starting += 1
             number = next(self._numbers)
@@ -379,7 +387,6 @@ class LambdaFunction:
                 self._starting -= 1
         with self._lock:
             self._busy.add(environment)
-            self.cold_starts += 1
         return environment, True
 
     def _release(self, environment: Environment) -> None:

@@ -1,4 +1,8 @@
-"""One database connection of the pool: opened, authenticated with the secret, and kept in step."""
+"""One database connection of the pool: opened, authenticated with the secret, and kept in step.
+
+"Database connection" is RDS Proxy's own word (its logs say dbConnection); "server" is kept for the
+PostgreSQL server itself.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from scramp import ScramClient
 
 from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend
+from emulator.rdsproxy.protocol.server import ServerState
 
 _ids = itertools.count(1)
-# The session parameters RDS Proxy lets clients choose at startup; kept in step on every borrow.
-CLIENT_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits")
 
 
 @functools.cache
@@ -101,7 +105,7 @@ async def _open_stream(
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
 
 
-class ServerConnection:
+class DbConnection:
     """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
 
     def __init__(
@@ -120,16 +124,9 @@ class ServerConnection:
         self._protocol = protocol
         self._paused = False
         self.frames = m.FrameReader()
-        self.params: dict[str, str] = {}
         self.process_id = 0
-        self.txn_status = b"I"
-        # Backend names of the prepared statements this connection holds.
-        self.statements: set[str] = set()
-        # extra_float_digits is not reported by the server; remember what we set.
-        self.extra_float_digits = "1"
-        # The session parameters last found equal to a borrower's (None when they may have changed):
-        # the next borrower with the same ones needs no comparison.
-        self.aligned: tuple[tuple[str, str], ...] | None = None
+        # The server session's state as the proxy knows it (transaction status, parameters, statements).
+        self.state = ServerState()
         self.created = time.monotonic()
         self.last_used = self.created
         self.broken = False
@@ -147,7 +144,7 @@ class ServerConnection:
         application_name: str,
         init_query: str,
         timeout: float,
-    ) -> ServerConnection:
+    ) -> DbConnection:
         try:
             reader, writer, protocol = await asyncio.wait_for(_open_stream(host, port), timeout)
         except (OSError, TimeoutError) as exc:
@@ -187,7 +184,8 @@ class ServerConnection:
         scram: ScramClient | None = None
         while True:
             frame = await self.read_frame()
-            if frame.type == b"R":
+            kind = frame.kind
+            if kind == Backend.AUTHENTICATION:
                 code = m.auth_code(frame.body)
                 if code == m.AUTH_OK:
                     continue
@@ -209,15 +207,11 @@ class ServerConnection:
                     scram.set_server_final(frame.body[4:].decode())
                 else:
                     raise DatabaseError({"C": "28000", "M": f"unsupported authentication request {code}"})
-            elif frame.type == b"S":
-                name, offset = m.read_cstring(frame.body)
-                self.params[name] = m.read_cstring(frame.body, offset)[0]
-            elif frame.type == b"K":
+            elif kind == Backend.BACKEND_KEY_DATA:
                 self.process_id = int.from_bytes(frame.body[:4], "big")
-            elif frame.type == b"E":
+            elif kind == Backend.ERROR_RESPONSE:
                 raise DatabaseError(m.parse_message_fields(frame.body))
-            elif frame.type == b"Z":
-                self.txn_status = frame.body[:1]
+            elif self._bookkeeping(frame):
                 return
 
     async def read_frame(self) -> m.Frame:
@@ -229,23 +223,38 @@ class ServerConnection:
                 raise asyncio.IncompleteReadError(b"", None)
             self.frames.feed(data)
 
-    async def run_quietly(self, sql: str) -> None:
-        """Run SQL of the proxy's own (init_query, parameter alignment); raise on error."""
+    def _bookkeeping(self, frame: m.Frame) -> bool:
+        """Remember what the server reports (parameters, transaction status); True at ReadyForQuery."""
+        if frame.kind == Backend.PARAMETER_STATUS:
+            self.state.reported(*m.read_parameter_status(frame.raw))
+        elif frame.kind == Backend.READY_FOR_QUERY:
+            self.state.txn_status = frame.body[:1]
+            return True
+        return False
+
+    @property
+    def txn_status(self) -> bytes:
+        return self.state.txn_status
+
+    async def _simple_query(self, sql: str) -> list[m.Frame]:
+        """A query of the proxy's own: its answer up to ReadyForQuery; raise on error."""
         self.writer.write(m.simple_query(sql))
+        answer: list[m.Frame] = []
         error: dict[str, str] | None = None
         while True:
             frame = await self.read_frame()
-            if frame.type == b"E":
+            if frame.kind == Backend.ERROR_RESPONSE:
                 error = m.parse_message_fields(frame.body)
-            elif frame.type == b"S":
-                name, offset = m.read_cstring(frame.body)
-                self.params[name] = m.read_cstring(frame.body, offset)[0]
-                self.aligned = None
-            elif frame.type == b"Z":
-                self.txn_status = frame.body[:1]
+            elif self._bookkeeping(frame):
                 break
+            answer.append(frame)
         if error is not None:
             raise DatabaseError(error)
+        return answer
+
+    async def run_quietly(self, sql: str) -> None:
+        """Run SQL of the proxy's own (init_query, parameter alignment); raise on error."""
+        await self._simple_query(sql)
 
     def attach(self, sink: Callable[[bytes], None], on_lost: Callable[[BaseException], None]) -> None:
         """From now on the server's bytes go to `sink` as they arrive, and a lost connection to
@@ -292,23 +301,12 @@ class ServerConnection:
 
     async def fetch_value(self, sql: str) -> str:
         """The first column of the first row of a query of the proxy's own."""
-        self.writer.write(m.simple_query(sql))
-        value: str | None = None
-        error: dict[str, str] | None = None
-        while True:
-            frame = await self.read_frame()
-            if frame.type == b"D" and value is None:
+        for frame in await self._simple_query(sql):
+            if frame.kind == Backend.DATA_ROW:
                 body = frame.body
                 length = int.from_bytes(body[2:6], "big", signed=True)
-                value = body[6 : 6 + length].decode() if length >= 0 else ""
-            elif frame.type == b"E":
-                error = m.parse_message_fields(frame.body)
-            elif frame.type == b"Z":
-                self.txn_status = frame.body[:1]
-                break
-        if error is not None or value is None:
-            raise DatabaseError(error or {"M": f"no value from {sql!r}"})
-        return value
+                return body[6 : 6 + length].decode() if length >= 0 else ""
+        raise DatabaseError({"M": f"no value from {sql!r}"})
 
     def close(self) -> None:
         self.broken = True

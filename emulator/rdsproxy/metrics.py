@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config
 
-if TYPE_CHECKING:
-    from emulator.rdsproxy.server import ProxyServer
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.stats import Stats
 
 log = logging.getLogger("emulator.rdsproxy.metrics")
 NAMESPACE = "AWS/RDS"
@@ -58,9 +59,13 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
 
 
 class MetricsPublisher:
-    def __init__(self, server: ProxyServer) -> None:
-        self.server = server
-        self.config = server.config
+    """Publishes the proxy's snapshot to CloudWatch as RDS Proxy's metrics, and its log lines to
+    CloudWatch Logs, every metrics_period_seconds."""
+
+    def __init__(self, config: ProxyConfig, snapshot: Callable[[], dict[str, Any]], stats: Stats) -> None:
+        self.config = config
+        self._snapshot = snapshot
+        self._stats = stats
         self._previous: dict[str, float] = {}
         self._seen: dict[str, tuple[int, int]] = {}  # metric -> (count, total) published
         self._log_lines: list[tuple[int, str]] = []
@@ -78,12 +83,11 @@ class MetricsPublisher:
 
     def values(self) -> dict[str, float]:
         """Every metric's value now (counts as totals since the proxy started)."""
-        snapshot = self.server.snapshot()
+        snapshot = self._snapshot()
         snapshot["client_connections_no_tls"] = (
             snapshot["client_connections"] - snapshot["client_connections_tls"]
         )
         snapshot["query_requests_no_tls"] = snapshot["query_requests"] - snapshot["query_requests_tls"]
-        snapshot["database_connections_with_tls"] = sum(1 for c in self.server.pool.connections() if c.tls)
         snapshot["availability_percentage"] = 100.0 if snapshot["target_ready"] else 0.0
         return {metric: float(snapshot[field]) for metric, (field, *_rest) in METRICS.items()}
 
@@ -106,7 +110,7 @@ class MetricsPublisher:
                         "Unit": unit,
                     }
                 )
-        stats = self.server.stats
+        stats = self._stats
         for metric, latencies, dimension_sets in (
             ("DatabaseConnectionsBorrowLatency", stats.borrow_latency, _PROXY),
             ("QueryResponseLatency", stats.query_response_latency, _PROXY),

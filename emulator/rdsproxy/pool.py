@@ -16,18 +16,26 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from emulator.rdsproxy.dbconn import DatabaseError, DatabaseUnavailable, PoolKey, ServerConnection
+from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.stats import Stats
 
 log = logging.getLogger("emulator.rdsproxy.pool")
 MAX_LIFETIME_SECONDS = 24 * 3600  # RDS Proxy recycles database connections after about a day
 
 
-class BorrowTimeout(Exception):
+class PoolError(Exception):
+    """A borrow could not be served."""
+
+
+class BorrowTimeout(PoolError):
     """No database connection became available before connection_borrow_timeout."""
 
 
-def _expire(future: asyncio.Future[ServerConnection]) -> None:
+class PoolClosed(PoolError):
+    """The proxy is shutting down: nothing more is lent."""
+
+
+def _expire(future: asyncio.Future[DbConnection]) -> None:
     if not future.done():
         future.set_exception(BorrowTimeout())
 
@@ -35,14 +43,16 @@ def _expire(future: asyncio.Future[ServerConnection]) -> None:
 @dataclass(eq=False)
 class _Waiter:
     key: PoolKey
-    future: asyncio.Future[ServerConnection]
+    future: asyncio.Future[DbConnection]
     deadline: float
 
 
-Opener = Callable[[PoolKey], Awaitable[ServerConnection]]
+Opener = Callable[[PoolKey], Awaitable[DbConnection]]
 
 
 class Pool:
+    """Database connections by (database, user, TLS), at most `cap` of them, lent one borrower at a time."""
+
     def __init__(
         self, opener: Opener, stats: Stats, *, idle_keep: int = 0, idle_seconds: float = 300
     ) -> None:
@@ -51,16 +61,18 @@ class Pool:
         self.cap = 0
         self.idle_keep = idle_keep
         self.idle_seconds = idle_seconds
-        self._idle: dict[PoolKey, deque[ServerConnection]] = {}
+        self._idle: dict[PoolKey, deque[DbConnection]] = {}
         self._waiters: deque[_Waiter] = deque()
         self._total = 0  # open or opening
-        self.borrowed: set[ServerConnection] = set()
+        self.borrowed: set[DbConnection] = set()
         self.closed = False
 
     # -- borrowing ---------------------------------------------------------------------------------
 
-    def borrow_now(self, key: PoolKey) -> ServerConnection | None:
+    def borrow_now(self, key: PoolKey) -> DbConnection | None:
         """An idle connection at once, when nobody is waiting in line; None when the borrow must wait."""
+        if self.closed:
+            raise PoolClosed
         if self._waiters:
             return None
         while (conn := self._take_idle(key)) is not None:
@@ -71,7 +83,7 @@ class Pool:
             self._close(conn)
         return None
 
-    async def borrow(self, key: PoolKey, timeout: float) -> ServerConnection:
+    async def borrow(self, key: PoolKey, timeout: float) -> DbConnection:
         conn = self.borrow_now(key)
         if conn is not None:
             return conn
@@ -88,17 +100,24 @@ class Pool:
         self._lend(conn, int((time.monotonic() - started) * 1e6))
         return conn
 
-    def _lend(self, conn: ServerConnection, waited_us: int) -> None:
+    def _lend(self, conn: DbConnection, waited_us: int) -> None:
         self.borrowed.add(conn)
         self.stats.borrows += 1
-        self.stats.database_connections_borrowed = len(self.borrowed)
         self.stats.borrow_latency.add(waited_us)
+        self._publish()
 
-    async def _wait(self, key: PoolKey, timeout: float) -> ServerConnection:
+    def _publish(self) -> None:
+        """The pool's gauges, written in this one place."""
+        stats = self.stats
+        stats.database_connections = self._total
+        stats.database_connections_borrowed = len(self.borrowed)
+        stats.borrow_waiters = len(self._waiters)
+        stats.note_peaks()
+
+    async def _wait(self, key: PoolKey, timeout: float) -> DbConnection:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(key, loop.create_future(), time.monotonic() + timeout)
         self._waiters.append(waiter)
-        self.stats.borrow_waiters = len(self._waiters)
         self._dispatch()
         # One timer per wait (asyncio.wait would add a task's worth of machinery per borrow).
         timer = loop.call_later(max(0.0, timeout), _expire, waiter.future)
@@ -119,9 +138,9 @@ class Pool:
                 # Timed out or given up: out of the line (a served waiter was taken off by _dispatch).
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-            self.stats.borrow_waiters = len(self._waiters)
+            self._publish()
 
-    def _take_idle(self, key: PoolKey) -> ServerConnection | None:
+    def _take_idle(self, key: PoolKey) -> DbConnection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()  # most recently used first: its cache is warm
@@ -131,14 +150,14 @@ class Pool:
         return None
 
     @staticmethod
-    def _still_alive(conn: ServerConnection) -> bool:
+    def _still_alive(conn: DbConnection) -> bool:
         """An idle connection must have stayed silent: anything it said (the FATAL a database sends
         when it shuts down, or EOF) means it is dead. This is how idle clients survive a restart:
         the dead connection is dropped at the borrow, before anyone uses it."""
         return not conn.broken and not conn.writer.is_closing() and conn.silent_since_idle()
 
-    def _any_idle(self) -> ServerConnection | None:
-        oldest: ServerConnection | None = None
+    def _any_idle(self) -> DbConnection | None:
+        oldest: DbConnection | None = None
         for idle in self._idle.values():
             if idle and (oldest is None or idle[0].last_used < oldest.last_used):
                 oldest = idle[0]
@@ -168,7 +187,7 @@ class Pool:
             if victim is None:
                 break
             self._close(victim)
-        self.stats.borrow_waiters = len(self._waiters)
+        self._publish()
 
     async def _open_for(self, waiter: _Waiter) -> None:
         delay = 0.05
@@ -177,23 +196,24 @@ class Pool:
                 conn = await self._opener(waiter.key)
                 break
             except DatabaseUnavailable as exc:
-                if time.monotonic() + delay >= waiter.deadline or waiter.future.done():
+                # Keep trying until the borrow's own deadline, as RDS Proxy queues during a failover.
+                remaining = waiter.deadline - time.monotonic()
+                if remaining <= 0 or waiter.future.done():
                     self._total -= 1
                     if not waiter.future.done():
                         waiter.future.set_exception(BorrowTimeout(str(exc)))
                     self._dispatch()
                     return
                 log.info("database unavailable, retrying in %.2f s: %s", delay, exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
-            except (DatabaseError, Exception) as exc:  # noqa: BLE001 - handed to the borrowing session
+            except Exception as exc:  # noqa: BLE001 - DatabaseError and the rest: handed to the borrower
                 self._total -= 1
                 if not waiter.future.done():
                     waiter.future.set_exception(exc)
                 self._dispatch()
                 return
-        self.stats.database_connections = self._total
-        self.stats.note_peaks()
+        self._publish()
         if waiter.future.done():  # the client gave up or timed out meanwhile: keep it for the next one
             self._park(conn)
         else:
@@ -201,39 +221,31 @@ class Pool:
 
     # -- returning -----------------------------------------------------------------------------
 
-    def release(self, conn: ServerConnection, *, reusable: bool) -> None:
+    def release(self, conn: DbConnection, *, reusable: bool) -> None:
         self.borrowed.discard(conn)
-        self.stats.database_connections_borrowed = len(self.borrowed)
         if not reusable or conn.broken or time.monotonic() - conn.created > MAX_LIFETIME_SECONDS:
             self._close(conn)
         else:
             self._park(conn)
         self._dispatch()
 
-    def _park(self, conn: ServerConnection) -> None:
+    def _park(self, conn: DbConnection) -> None:
         conn.last_used = time.monotonic()
         self._idle.setdefault(conn.key, deque()).append(conn)
 
-    def _close(self, conn: ServerConnection) -> None:
+    def _close(self, conn: DbConnection) -> None:
         conn.close()
         self._forget(conn)
 
-    def _forget(self, conn: ServerConnection) -> None:
+    def _forget(self, conn: DbConnection) -> None:
         self._total -= 1
-        self.stats.database_connections = self._total
-
-    def add_opened(self, conn: ServerConnection) -> None:
-        """A connection opened outside a borrow (the first one, that reads the target's settings)."""
-        self._total += 1
-        self.stats.database_connections = self._total
-        self.stats.note_peaks()
-        self._park(conn)
+        self._publish()
 
     @property
     def total(self) -> int:
         return self._total
 
-    def connections(self) -> list[ServerConnection]:
+    def connections(self) -> list[DbConnection]:
         """Every open connection, idle or borrowed."""
         return [conn for idle in self._idle.values() for conn in idle] + list(self.borrowed)
 
@@ -259,4 +271,4 @@ class Pool:
                 self._close(idle.popleft())
         for waiter in self._waiters:
             if not waiter.future.done():
-                waiter.future.set_exception(BorrowTimeout("the proxy is shutting down"))
+                waiter.future.set_exception(PoolClosed())

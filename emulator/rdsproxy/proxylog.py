@@ -2,18 +2,41 @@
 
 AWS says the format "is subject to change"; these lines follow what real RDS Proxy logs show (see
 the reference, section 2.4), so that people grepping their CloudWatch logs find the same text here.
+Every line is written here, and the ones tools read back (the pin line) come with their pattern.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
-if TYPE_CHECKING:
-    from emulator.rdsproxy.dbconn import ServerConnection
-    from emulator.rdsproxy.session import ClientSession
+PINNED = (
+    "[proxyEndpoint={endpoint}] [clientConnection={client}] The client session was pinned to the database "
+    "connection [dbConnection={db}] for the remainder of the session. The proxy can't reuse this "
+    "connection until the session ends. Reason: {reason}"
+)
+# A pin line as the report reads it back (from this log or from CloudWatch).
+PINNED_PATTERN = re.compile(r"\[WARN\].*The client session was pinned.*Reason: (?P<reason>.*)$")
+WOULD_PIN = (
+    "[{endpoint}] [clientConnection={client}] If this prepared statement runs, the client session will be "
+    "pinned. Reason: {reason}"
+)
+
+
+class Client(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def peer(self) -> str: ...
+
+
+class Database(Protocol):
+    @property
+    def id(self) -> int: ...
 
 
 class ProxyLog:
@@ -44,23 +67,27 @@ class ProxyLog:
         if self.debug_enabled:
             self._write("DEBUG", f"[proxyEndpoint={self.endpoint}] {text}")
 
-    def _client(self, session: ClientSession) -> str:
-        return f"[{self.endpoint}] [clientConnection={session.id}]"
+    def _client(self, client: Client) -> str:
+        return f"[{self.endpoint}] [clientConnection={client.id}]"
 
-    def client_connected(self, session: ClientSession) -> None:
-        self.info(
-            f"[{self.endpoint}] [clientConnection={session.id}] A new client connected from {session.peer}."
-        )
+    def client_connected(self, client: Client) -> None:
+        self.info(f"{self._client(client)} A new client connected from {client.peer}.")
 
-    def client_refused(self, session: ClientSession, reason: str) -> None:
-        self.info(f"{self._client(session)} The client connection was refused. Reason: {reason}")
+    def client_refused(self, client: Client, reason: str) -> None:
+        self.info(f"{self._client(client)} The client connection was refused. Reason: {reason}")
 
-    def client_closed(self, session: ClientSession, reason: str) -> None:
-        self.info(f"{self._client(session)} The client connection closed. Reason: {reason}")
+    def client_closed(self, client: Client, reason: str) -> None:
+        self.info(f"{self._client(client)} The client connection closed. Reason: {reason}")
 
-    def db_opened(self, conn: ServerConnection, target: str) -> None:
+    def pinned(self, client: Client, db: Database, reason: str) -> None:
+        self.warn(PINNED.format(endpoint=self.endpoint, client=client.id, db=db.id, reason=reason))
+
+    def would_pin(self, client: Client, reason: str) -> None:
+        self.info(WOULD_PIN.format(endpoint=self.endpoint, client=client.id, reason=reason))
+
+    def db_opened(self, conn: Database, target: str) -> None:
         where = f"from the proxy to the database at {target}"
         self.info(f"[dbConnection={conn.id}] A TCP connection was established {where}.")
 
-    def db_closed(self, conn: ServerConnection, reason: str) -> None:
+    def db_closed(self, conn: Database, reason: str) -> None:
         self.info(f"[dbConnection={conn.id}] The database connection closed. Reason: {reason}")

@@ -1,4 +1,4 @@
-"""One client connection: startup rules, TLS, authentication, then transaction-level multiplexing.
+"""One client connection after login: transaction-level multiplexing.
 
 The client borrows a database connection at its first message that needs one and gives it back
 when the server reports ReadyForQuery with status idle and nothing the client sent is still
@@ -10,270 +10,200 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import itertools
 import random
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from emulator.rdsproxy import texts
-from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
-from emulator.rdsproxy.dbconn import CLIENT_PARAMETERS, DatabaseError, PoolKey, ServerConnection
-from emulator.rdsproxy.pool import BorrowTimeout
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
+from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login
+from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend, Frontend
+from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.protocol.pinning import REASON_PARSE, PinRule, clears_prepared_statements, pin_reason
-from emulator.rdsproxy.protocol.routing import ResponseRouter
+from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
+from emulator.rdsproxy.protocol.server import relay
+from emulator.rdsproxy.protocol.statements import StatementCatalogue, StatementNames
+from emulator.rdsproxy.proxylog import ProxyLog
+from emulator.rdsproxy.stats import Stats
+from emulator.rdsproxy.target import Target
 
-if TYPE_CHECKING:
-    from emulator.rdsproxy.server import ProxyServer
-
-_ALLOWED = {name.lower(): name for name in ("user", "database", *CLIENT_PARAMETERS)}
-_PARSE_COMPLETE = m.frame(b"1")
-_CLOSE_COMPLETE = m.frame(b"3")
-_FALSE = ("false", "off", "0", "no")
-_session_ids = itertools.count(1)
+_PARSE_COMPLETE = m.frame(Backend.PARSE_COMPLETE)
+_CLOSE_COMPLETE = m.frame(Backend.CLOSE_COMPLETE)
+# Requests that end at ReadyForQuery: the latency metrics measure each one.
+_REQUESTS = frozenset({Frontend.QUERY, Frontend.FUNCTION_CALL, Frontend.SYNC})
+# Messages that would start work on a database connection.
+_STARTS_WORK = frozenset(
+    {
+        Frontend.QUERY,
+        Frontend.PARSE,
+        Frontend.BIND,
+        Frontend.EXECUTE,
+        Frontend.DESCRIBE,
+        Frontend.FUNCTION_CALL,
+    }
+)
+_COPY = frozenset({Frontend.COPY_DATA, Frontend.COPY_DONE, Frontend.COPY_FAIL})
+# A client that reads slower than its database connection answers holds the connection back here.
+_WRITE_BUFFER_HIGH = 1 << 20
 
 
 class SessionEnd(Exception):
     """The client connection is over (already told why, when there was anything to tell)."""
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+@dataclass(frozen=True)
+class SessionDeps:
+    """What a session needs from the proxy around it."""
+
+    config: ProxyConfig
+    stats: Stats
+    log: ProxyLog
+    pool: Pool
+    target: Target
+    statement_names: StatementNames
+    tls_context: ssl.SSLContext | None
+    # Called once when the session is over.
+    ended: Callable[[ClientSession], None]
+
+    # -- what login asks (login.Authority) -------------------------------------------------------
+
+    def credentials_for(self, user: str) -> Credentials | None:
+        return self.target.credentials_for(user)
+
+    def secret_key_for(self, access_key_id: str) -> str | None:
+        return self.target.secret_key_for(access_key_id)
 
 
 class ClientSession:
-    def __init__(
-        self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.server = server
-        self.config = server.config
-        self.stats = server.stats
+    """A client connection from login to close, and the database connection it has borrowed, if any."""
+
+    def __init__(self, deps: SessionDeps, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.deps = deps
         self.reader = reader
         self.writer = writer
         # RDS Proxy logs client connections with a 32-bit number.
         self.id = random.getrandbits(32)
-        self.serial = next(_session_ids)
         host, port = (writer.get_extra_info("peername") or ("?", "?"))[:2]
         self.peer = f"{host}:{port}"
-        self.tls = False
-        self.user = ""
-        self.database = ""
-        self.wanted: dict[str, str] = {}
-        self._wanted_key: tuple[tuple[str, str], ...] = ()
-        self.seen: dict[str, str] = {}
-        self.backend: ServerConnection | None = None
+        self.login = Login("", "", tls=False)
+        self.parameters = SessionParameters({}, {})
+        self.statements = StatementCatalogue(deps.statement_names)
+        self.rule = PinRule(exempt_set_local=deps.config.exempt_set_local)
+        self.backend: DbConnection | None = None
         self.router = ResponseRouter()
         self.unsynced = False
         self.skip_until_sync = False
         self.lost_transaction: bytes | None = None
-        # client name -> (backend name, query, parameter types, why running it pins or None)
-        self.statements: dict[str, tuple[str, str, bytes, str | None]] = {}
-        self.rule = PinRule(exempt_set_local=self.config.exempt_set_local)
         self.pinned: str | None = None
-        self.last_activity = time.monotonic()
         self.established = False
-        self._drain_task: asyncio.Task[None] | None = None
+        self.last_activity = time.monotonic()
+        self.latency = RequestLatency(deps.stats)
         self._out = bytearray()
+        self._drain_task: asyncio.Task[None] | None = None
         self._closing = False
-        # When the request being answered arrived from the client, and when it went to the database.
-        self._request_received: float | None = None
-        self._request_forwarded: float | None = None
+        self._handlers: dict[int, Callable[[m.Frame], Awaitable[None]]] = {
+            Frontend.QUERY: self._query,
+            Frontend.PARSE: self._parse,
+            Frontend.BIND: self._bind,
+            Frontend.DESCRIBE: self._describe,
+            Frontend.EXECUTE: self._execute,
+            Frontend.CLOSE: self._close,
+            Frontend.SYNC: self._sync,
+            Frontend.FLUSH: self._when_borrowed,
+            Frontend.FUNCTION_CALL: self._function_call,
+            Frontend.COPY_DATA: self._when_borrowed,
+            Frontend.COPY_DONE: self._when_borrowed,
+            Frontend.COPY_FAIL: self._when_borrowed,
+        }
+
+    @property
+    def tls(self) -> bool:
+        return self.login.tls
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.stats.client_connections_received += 1
+        stats = self.deps.stats
+        stats.client_connections_received += 1
         try:
-            if await self._startup():
+            if await self._start():
                 await self._serve()
         except m.ProtocolViolation as exc:
             self._fatal(texts.PROTOCOL_VIOLATION, str(exc))
-        except SessionEnd:
+        except (SessionEnd, CancelRequested):
             pass
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError, OSError):
             pass
         finally:
             await self._cleanup()
+
+    async def _start(self) -> bool:
+        deps = self.deps
+        stream = ClientStream(self.reader, self.writer, timeout=float(deps.config.idle_client_timeout))
+        try:
+            self.login = await login(stream, deps, self._debug)
+        except Refused as refusal:
+            self._fatal(refusal.code, refusal.message)
+            if refusal.auth:
+                deps.stats.client_connections_setup_failed_auth += 1
+            deps.log.client_refused(self, refusal.message)
+            return False
+        await deps.target.wait_ready(float(deps.config.connection_borrow_timeout))
+        self.parameters = SessionParameters(self.login.params, deps.target.baseline_params)
+        out = [m.authentication(m.AUTH_OK)]
+        out += [m.parameter_status(name, value) for name, value in self.parameters.seen.items()]
+        out += [m.backend_key_data(self.id & 0x7FFFFFFF, random.getrandbits(31)), m.ready_for_query(b"I")]
+        self.writer.write(b"".join(out))
+        self.established = True
+        deps.stats.client_opened(tls=self.tls)
+        deps.log.client_connected(self)
+        return True
+
+    def _debug(self, text: str) -> None:
+        self.deps.log.debug(f"[clientConnection={self.id}] {text}")
 
     def _fatal(self, code: str, message: str) -> None:
         if not self.writer.is_closing():
             self.writer.write(m.error_response("FATAL", code, message))
 
-    def _refuse(self, code: str, message: str, *, auth: bool = False) -> bool:
-        self._fatal(code, message)
-        if auth:
-            self.stats.client_connections_setup_failed_auth += 1
-        self.server.log.client_refused(self, message)
-        return False
-
-    async def _read_more(self, timeout: float | None = None) -> bytes:
-        data = await asyncio.wait_for(self.reader.read(65536), timeout)
-        if not data:
-            raise SessionEnd
-        return data
-
-    # -- startup --------------------------------------------------------------------------------
-
-    async def _startup(self) -> bool:
-        startup = m.StartupReader()
-        login_timeout = float(self.config.idle_client_timeout)
-        while True:
-            packet = startup.packet()
-            if packet is None:
-                startup.feed(await self._read_more(login_timeout))
-                continue
-            if packet.code == m.SSL_REQUEST:
-                if startup.take_raw():
-                    raise m.ProtocolViolation("data after SSLRequest before the TLS handshake")
-                if self.tls or self.server.tls_context is None:
-                    self.writer.write(b"N")
-                    continue
-                self.writer.write(b"S")
-                await self.writer.drain()
-                await self.writer.start_tls(self.server.tls_context)
-                self.tls = True
-                continue
-            if packet.code == m.GSSENC_REQUEST:
-                self.writer.write(b"N")
-                continue
-            if packet.code == m.CANCEL_REQUEST:
-                # RDS Proxy does not support query cancellation: accepted and ignored.
-                return False
-            if packet.code != m.PROTOCOL_3_0:
-                return self._refuse(texts.FEATURE_NOT_SUPPORTED, texts.PROTOCOL_VERSION)
-            return await self._login(packet.params)
-
-    def _check_parameters(self, params: dict[str, str]) -> str | None:
-        for name, value in params.items():
-            lower = name.lower()
-            if lower == "replication":
-                if value.lower() not in _FALSE:
-                    return texts.REPLICATION
-            elif lower == "options":
-                return texts.COMMAND_LINE_OPTIONS
-            elif lower not in _ALLOWED:
-                return texts.UNSUPPORTED_OPTION.format(name=name)
-        return None
-
-    async def _login(self, params: dict[str, str]) -> bool:
-        refusal = self._check_parameters(params)
-        if refusal is not None:
-            return self._refuse(texts.FEATURE_NOT_SUPPORTED, refusal)
-        self.user = params.get("user", "")
-        if not self.user:
-            return self._refuse(texts.INVALID_AUTHORIZATION, texts.MISSING_USER)
-        self.database = params.get("database") or self.user
-        if self.config.require_tls and not self.tls:
-            return self._refuse(texts.INVALID_AUTHORIZATION, texts.TLS_REQUIRED, auth=True)
-        iam = self.config.iam_auth == "REQUIRED"
-        if iam and not self.tls:
-            return self._refuse(texts.INVALID_AUTHORIZATION, texts.IAM_NEEDS_TLS, auth=True)
-        credentials = self.server.credentials_for(self.user)
-        if credentials is None:
-            return self._refuse(
-                texts.INVALID_AUTHORIZATION, texts.NO_CREDENTIALS.format(user=self.user), auth=True
-            )
-        ok = await (self._iam() if iam else self._password(credentials.password))
-        if not ok:
-            return False
-        await self.server.target_ready(float(self.config.connection_borrow_timeout))
-        for name in CLIENT_PARAMETERS:
-            chosen = next((v for k, v in params.items() if k.lower() == name.lower()), None)
-            baseline = self.server.baseline_params.get(name)
-            value = chosen if chosen is not None else baseline
-            if value is not None:
-                self.wanted[name] = _canonical(name, value)
-        self._wanted_key = tuple(self.wanted.items())
-        self.seen = {
-            **self.server.baseline_params,
-            **{k: v for k, v in self.wanted.items() if k != "extra_float_digits"},
-        }
-        out = [m.authentication(m.AUTH_OK)]
-        out += [m.parameter_status(name, value) for name, value in self.seen.items()]
-        out += [m.backend_key_data(self.serial & 0x7FFFFFFF, random.getrandbits(31)), m.ready_for_query(b"I")]
-        self.writer.write(b"".join(out))
-        self.established = True
-        self.stats.client_connections_setup_succeeded += 1
-        self.stats.client_connections += 1
-        if self.tls:
-            self.stats.client_connections_tls += 1
-        self.stats.note_peaks()
-        self.server.log.client_connected(self)
-        return True
-
-    async def _next_auth_message(self, frames: m.FrameReader) -> m.Frame:
-        while True:
-            for frame in frames.frames():
-                if frame.type != b"p":
-                    raise m.ProtocolViolation(f"expected a password message, got {frame.type!r}")
-                return frame
-            frames.feed(await self._read_more(float(self.config.idle_client_timeout)))
-
-    async def _iam(self) -> bool:
-        # The proxy must see the token itself: it asks for the password in clear, over TLS only.
-        self.writer.write(m.authentication(m.AUTH_CLEARTEXT))
-        frames = m.FrameReader(max_message=65536)
-        token = m.read_cstring((await self._next_auth_message(frames)).body)[0]
-        try:
-            verify_iam_token(
-                token,
-                user=self.user,
-                endpoint_hosts=self.config.endpoint_hosts,
-                port=self.config.listen_port,
-                secret_for_key=self.server.secret_key_for,
-            )
-        except TokenRejected as why:
-            self.server.log.debug(f"[clientConnection={self.id}] IAM token refused: {why}")
-            return self._refuse(texts.INVALID_PASSWORD, texts.IAM_FAILED.format(user=self.user), auth=True)
-        return True
-
-    async def _password(self, password: str) -> bool:
-        frames = m.FrameReader(max_message=65536)
-        wrong = texts.WRONG_PASSWORD.format(user=self.user)
-        if self.config.client_password_auth_type == "POSTGRES_MD5":
-            salt = md5_salt()
-            self.writer.write(m.authentication(m.AUTH_MD5, salt))
-            sent = m.read_cstring((await self._next_auth_message(frames)).body)[0]
-            if not hmac.compare_digest(sent, md5_password(self.user, password, salt)):
-                return self._refuse(texts.INVALID_PASSWORD, wrong, auth=True)
-            return True
-        scram = ScramExchange(password)
-        self.writer.write(m.auth_sasl([ScramExchange.MECHANISM]))
-        mechanism, first = m.parse_sasl_initial((await self._next_auth_message(frames)).body)
-        if mechanism != ScramExchange.MECHANISM:
-            return self._refuse(texts.INVALID_AUTHORIZATION, texts.UNSUPPORTED_AUTH, auth=True)
-        try:
-            server_first = scram.first(first)
-        except Exception:  # noqa: BLE001 - scramp rejects malformed client-first messages
-            return self._refuse(texts.INVALID_PASSWORD, wrong, auth=True)
-        self.writer.write(m.authentication(m.AUTH_SASL_CONTINUE, server_first))
-        final = scram.final((await self._next_auth_message(frames)).body)
-        if final is None:
-            return self._refuse(texts.INVALID_PASSWORD, wrong, auth=True)
-        self.writer.write(m.authentication(m.AUTH_SASL_FINAL, final))
-        return True
-
-    # -- the multiplexed session ----------------------------------------------------------------
+    # -- the client's messages ------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        frames = m.FrameReader(self.config.max_message_bytes)
+        frames = m.FrameReader(self.deps.config.max_message_bytes)
         while True:
             data = await self.reader.read(262144)
             if not data:
                 return
             self.last_activity = time.monotonic()
             frames.feed(data)
-            for frame in frames.frames():
-                if not await self._client_message(frame):
-                    self._flush()
-                    return
-            self._flush()
+            try:
+                for frame in frames.frames():
+                    await self._dispatch(frame)
+            finally:
+                self._flush()
             # Requests the proxy answered itself may leave nothing for the server to answer.
             self._release_if_done()
-            if self.writer.transport.get_write_buffer_size() > 1 << 20:
+            if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
                 await self.writer.drain()
+
+    async def _dispatch(self, frame: m.Frame) -> None:
+        kind = frame.kind
+        if kind == Frontend.TERMINATE:
+            raise SessionEnd
+        if self.skip_until_sync and kind != Frontend.SYNC:
+            return
+        if self.lost_transaction is not None and kind in _STARTS_WORK:
+            self._report_lost_transaction(kind)
+            return
+        if kind in _REQUESTS:
+            self.latency.request_arrived()
+        await self._handlers.get(kind, self._opaque)(frame)
 
     def _send(self, raw: bytes) -> None:
         self._out += raw
@@ -281,79 +211,55 @@ class ClientSession:
     def _flush(self) -> None:
         if self._out and self.backend is not None:
             self.backend.writer.write(bytes(self._out))
-            if self._request_received is not None and self._request_forwarded is None:
-                self._request_forwarded = time.monotonic()
+            self.latency.request_forwarded()
         self._out.clear()
-
-    def _request_arrived(self) -> None:
-        if self._request_received is None:
-            self._request_received = time.monotonic()
 
     def _to_client(self, frames: list[bytes]) -> None:
         if frames:
             self.writer.write(b"".join(frames))
 
-    async def _client_message(self, frame: m.Frame) -> bool:
-        kind = frame.type
-        if kind == b"X":
-            return False
-        if self.skip_until_sync and kind != b"S":
-            return True
-        if self.lost_transaction is not None and kind in (b"Q", b"P", b"B", b"E", b"D", b"F"):
-            self._report_lost_transaction(kind)
-            return True
-        if kind in (b"Q", b"F", b"S"):
-            self._request_arrived()
-        if kind == b"Q":
-            self.stats.query_requests += 1
-            if self.tls:
-                self.stats.query_requests_tls += 1
-            text = m.query_text(frame.body)
-            reason = pin_reason(text, self.rule)
-            await self._ensure_backend()
-            if reason is not None:
-                self._pin(reason)
-                if clears_prepared_statements(text) and self.backend is not None:
-                    self.backend.statements.clear()
-            self.router.expect("Q")
+    async def _query(self, frame: m.Frame) -> None:
+        self.deps.stats.query_received(tls=self.tls)
+        text = m.query_text(frame.body)
+        reason = pin_reason(text, self.rule)
+        await self._ensure_backend()
+        if reason is not None:
+            self._pin(reason)
+            if clears_prepared_statements(text) and self.backend is not None:
+                self.backend.state.statements.clear()
+        self.router.expect(Expect.QUERY)
+        self._send(frame.raw)
+
+    async def _execute(self, frame: m.Frame) -> None:
+        await self._ensure_backend()
+        self.router.expect(Expect.EXECUTE)
+        self._send(frame.raw)
+        self.unsynced = True
+
+    async def _sync(self, frame: m.Frame) -> None:
+        self.skip_until_sync = False
+        self.unsynced = False
+        if self.backend is None and self.router.idle:
+            self._to_client([m.ready_for_query(b"I")])
+            return
+        await self._ensure_backend()
+        self.router.expect(Expect.SYNC)
+        self._send(frame.raw)
+
+    async def _function_call(self, frame: m.Frame) -> None:
+        await self._ensure_backend()
+        self.router.expect(Expect.FUNCTION_CALL)
+        self._send(frame.raw)
+
+    async def _when_borrowed(self, frame: m.Frame) -> None:
+        """Flush and COPY data mean something only on a borrowed connection."""
+        if self.backend is not None:
             self._send(frame.raw)
-        elif kind == b"P":
-            await self._parse(frame)
-        elif kind == b"B":
-            await self._bind(frame)
-        elif kind == b"D":
-            await self._describe(frame)
-        elif kind == b"E":
-            await self._ensure_backend()
-            self.router.expect("E")
-            self._send(frame.raw)
-            self.unsynced = True
-        elif kind == b"C":
-            await self._close(frame)
-        elif kind == b"S":
-            self.skip_until_sync = False
-            self.unsynced = False
-            if self.backend is None and self.router.idle:
-                self._to_client([m.ready_for_query(b"I")])
-            else:
-                await self._ensure_backend()
-                self.router.expect("S")
-                self._send(frame.raw)
-        elif kind == b"H":
-            if self.backend is not None:
-                self._send(frame.raw)
-        elif kind == b"F":
-            await self._ensure_backend()
-            self.router.expect("F")
-            self._send(frame.raw)
-        elif kind in (b"d", b"c", b"f"):
-            if self.backend is not None:
-                self._send(frame.raw)
-        else:
-            # Anything else travels as an opaque frame.
-            await self._ensure_backend()
-            self._send(frame.raw)
-        return True
+
+    async def _opaque(self, frame: m.Frame) -> None:
+        # Anything else travels as an opaque frame.
+        await self._ensure_backend()
+        self._send(frame.raw)
 
     def _statement_error(self, code: str, message: str) -> None:
         """Answer a statement-level error the server would have given, and skip to Sync as it would."""
@@ -364,71 +270,71 @@ class ClientSession:
         name, query, types = m.parse_parse(frame.body)
         await self._ensure_backend()
         self.unsynced = True
-        if self.config.legacy_eqp_pinning or (name and self.config.pin_named_statements):
+        config = self.deps.config
+        if config.legacy_eqp_pinning or (name and config.pin_named_statements):
             self._pin(REASON_PARSE)
         reason = pin_reason(query, self.rule)
         if not name:
             # The unnamed statement runs with the Bind/Execute that follow: pin now.
             if reason is not None:
                 self._pin(reason)
-            self.router.expect("P")
+            self.router.expect(Expect.PARSE)
             self._send(frame.raw)
             return
         if reason is not None and self.pinned is None:
-            self.server.log.info(
-                f"[{self.server.log.endpoint}] [clientConnection={self.id}] If this prepared statement runs, "
-                f"the client session will be pinned. Reason: {reason}"
-            )
+            self.deps.log.would_pin(self, reason)
         if name in self.statements:
             self._statement_error("42P05", f'prepared statement "{name}" already exists')
             return
-        backend_name = self.server.statement_name(query, types)
-        self.statements[name] = (backend_name, query, types, reason)
+        statement = self.statements.prepare(name, query, types, reason)
         backend = self.backend
         assert backend is not None
-        if backend_name in backend.statements:
+        backend_name = statement.backend_name
+        if backend_name in backend.state.statements:
             self._to_client(self.router.answer(_PARSE_COMPLETE))
             return
 
         def failed() -> None:
-            backend.statements.discard(backend_name)
-            self.statements.pop(name, None)
+            backend.state.statements.discard(backend_name)
+            self.statements.forget(name)
 
-        backend.statements.add(backend_name)
-        self.router.expect("P", on_error=failed)
+        backend.state.statements.add(backend_name)
+        self.router.expect(Expect.PARSE, on_error=failed)
         self._send(m.parse_message(backend_name, query, types))
 
     def _prepared_on_backend(self, name: str) -> str | None:
         """The backend name for the client's statement, preparing it on this connection if needed."""
-        known = self.statements.get(name)
-        if known is None:
+        statement = self.statements.get(name)
+        if statement is None:
             self._statement_error("26000", f'prepared statement "{name}" does not exist')
             return None
-        backend_name, query, types, _ = known
         backend = self.backend
         assert backend is not None
-        if backend_name not in backend.statements:
-            backend.statements.add(backend_name)
-            self.router.expect("P", forward=False, on_error=lambda: backend.statements.discard(backend_name))
-            self._send(m.parse_message(backend_name, query, types))
+        backend_name = statement.backend_name
+        if backend_name not in backend.state.statements:
+            backend.state.statements.add(backend_name)
+            self.router.expect(
+                Expect.PARSE, forward=False, on_error=lambda: backend.state.statements.discard(backend_name)
+            )
+            self._send(m.parse_message(backend_name, statement.query, statement.types))
         return backend_name
 
     async def _bind(self, frame: m.Frame) -> None:
-        _, statement, _ = m.bind_statement(frame.body)
+        _, name, _ = m.bind_statement(frame.body)
         await self._ensure_backend()
         self.unsynced = True
-        if statement:
-            backend_name = self._prepared_on_backend(statement)
-            if backend_name is None:
-                return
-            reason = self.statements[statement][3]
-            if reason is not None:
-                self._pin(reason)
-            self.router.expect("B")
-            self._send(m.rename_bind(frame.body, backend_name))
-        else:
-            self.router.expect("B")
+        if not name:
+            self.router.expect(Expect.BIND)
             self._send(frame.raw)
+            return
+        backend_name = self._prepared_on_backend(name)
+        if backend_name is None:
+            return
+        statement = self.statements.get(name)
+        if statement is not None and statement.pin_reason is not None:
+            self._pin(statement.pin_reason)
+        self.router.expect(Expect.BIND)
+        self._send(m.rename_bind(frame.body, backend_name))
 
     async def _describe(self, frame: m.Frame) -> None:
         target, name = m.parse_target(frame.body)
@@ -438,10 +344,10 @@ class ClientSession:
             backend_name = self._prepared_on_backend(name)
             if backend_name is None:
                 return
-            self.router.expect("DS")
-            self._send(m.target_message(b"D", "S", backend_name))
+            self.router.expect(Expect.DESCRIBE_STATEMENT)
+            self._send(m.target_message(Frontend.DESCRIBE, "S", backend_name))
         else:
-            self.router.expect("DS" if target == "S" else "DP")
+            self.router.expect(Expect.DESCRIBE_STATEMENT if target == "S" else Expect.DESCRIBE_PORTAL)
             self._send(frame.raw)
 
     async def _close(self, frame: m.Frame) -> None:
@@ -450,11 +356,11 @@ class ClientSession:
         if target == "S" and name:
             # Never pins: the client forgets the statement; the database connection keeps its copy for
             # the next client that prepares the same text. Closing an unknown name is no error.
-            self.statements.pop(name, None)
+            self.statements.forget(name)
             self._to_client(self.router.answer(_CLOSE_COMPLETE))
             return
         await self._ensure_backend()
-        self.router.expect("C")
+        self.router.expect(Expect.CLOSE)
         self._send(frame.raw)
 
     def _pin(self, reason: str) -> None:
@@ -462,20 +368,15 @@ class ClientSession:
         if self.pinned is not None or self.backend is None:
             return
         self.pinned = reason
-        self.stats.database_connections_pinned += 1
-        self.stats.note_peaks()
-        self.server.log.warn(
-            f"[proxyEndpoint={self.server.log.endpoint}] [clientConnection={self.id}] The client session was "
-            f"pinned to the database connection [dbConnection={self.backend.id}] for the remainder of the "
-            f"session. The proxy can't reuse this connection until the session ends. Reason: {reason}"
-        )
+        self.deps.stats.pin_started()
+        self.deps.log.pinned(self, self.backend, reason)
 
-    def _report_lost_transaction(self, kind: bytes) -> None:
+    def _report_lost_transaction(self, kind: int) -> None:
         error = self.lost_transaction
         assert error is not None
         self.lost_transaction = None
         self._to_client([error])
-        if kind in (b"Q", b"F"):
+        if kind in (Frontend.QUERY, Frontend.FUNCTION_CALL):
             self._to_client([m.ready_for_query(b"I")])
         else:
             self.skip_until_sync = True
@@ -487,31 +388,32 @@ class ClientSession:
             return
         # Bytes are only ever buffered for a borrowed connection (see _serve): none can be waiting here.
         assert not self._out
-        key = PoolKey(self.database, self.user, self.tls)
+        deps = self.deps
+        timeout = float(deps.config.connection_borrow_timeout)
         try:
-            conn = await self.server.pool.borrow(key, float(self.config.connection_borrow_timeout))
+            conn = await deps.pool.borrow(PoolKey(self.login.database, self.login.user, self.tls), timeout)
         except BorrowTimeout:
-            self.stats.borrow_timeouts += 1
-            if self.config.borrow_timeout_severity == "FATAL":
+            deps.stats.borrow_timeouts += 1
+            if deps.config.borrow_timeout_severity == "FATAL":
                 self._fatal(texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)
-                self.server.log.client_closed(
-                    self, "The proxy timed out waiting to acquire a database connection."
-                )
+                deps.log.client_closed(self, "The proxy timed out waiting to acquire a database connection.")
                 raise SessionEnd from None
             self._to_client([m.error_response("ERROR", texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)])
             raise
+        except PoolClosed:
+            raise SessionEnd from None
         except DatabaseError as exc:
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
             raise SessionEnd from None
         try:
-            if conn.aligned != self._wanted_key:
+            if conn.state.aligned != self.parameters.key:
                 await self._align(conn)
         except DatabaseError as exc:
-            self.server.pool.release(conn, reusable=False)
+            deps.pool.release(conn, reusable=False)
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
             raise SessionEnd from None
         except (OSError, asyncio.IncompleteReadError):
-            self.server.pool.release(conn, reusable=False)
+            deps.pool.release(conn, reusable=False)
             raise
         conn.owner = self.id
         self.backend = conn
@@ -519,84 +421,46 @@ class ClientSession:
         if conn.frames.pending_bytes():
             self._from_backend(b"")
 
-    async def _align(self, conn: ServerConnection) -> None:
+    async def _align(self, conn: DbConnection) -> None:
         """Give the borrowed connection this client's session parameters, when they differ."""
-        sets = []
-        for name, value in self.wanted.items():
-            current = conn.extra_float_digits if name == "extra_float_digits" else conn.params.get(name)
-            if current != value:
-                sets.append(f"SET {name} = {_quote(value)}")
-        if sets:
-            await conn.run_quietly("; ".join(sets))
-            if "extra_float_digits" in self.wanted:
-                conn.extra_float_digits = self.wanted["extra_float_digits"]
-            # Remember the server's spelling (ISO -> "ISO, MDY") so the next borrow compares equal.
-            for name in self.wanted:
-                if name != "extra_float_digits" and name in conn.params:
-                    self.wanted[name] = conn.params[name]
-            self._wanted_key = tuple(self.wanted.items())
-        conn.aligned = self._wanted_key
+        parameters = self.parameters
+        state = conn.state
+        sets = parameters.alignment(state.params, state.unreported)
+        if sets is not None:
+            await conn.run_quietly(sets)
+            if UNREPORTED in parameters.wanted:
+                state.unreported[UNREPORTED] = parameters.wanted[UNREPORTED]
+            parameters.aligned(state.params)
+        state.aligned = parameters.key
+
+    # -- the database connection's answers --------------------------------------------------------
 
     def _from_backend(self, data: bytes) -> None:
-        """The borrowed connection's bytes, straight from the event loop (ServerConnection.attach):
+        """The borrowed connection's bytes, straight from the event loop (DbConnection.attach):
         to the client, and the connection back to the pool once the client's requests are answered."""
         conn = self.backend
         if conn is None:
             return
         writer = self.writer
-        router = self.router
         conn.frames.feed(data)
-        if self._request_forwarded is not None:
-            self._note_first_answer()
-        # One write (one send) for everything this read brought, not one per message.
-        out: list[bytes] = []
+        self.latency.first_answer()
         try:
-            if router.passthrough():
-                # Everything complete goes in bulk; what is left is part of a message still coming.
-                chunk, starts = conn.frames.take_complete()
-                if starts:
-                    self._pass_through(conn, chunk, starts, out)
-            else:
-                self._route_each(conn, out)
+            out = relay(conn.frames, self.router, conn.state, self.parameters)
         except m.ProtocolViolation as exc:
             self._backend_lost(conn, exc)
             return
+        # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
-        if not self._release_if_done() and writer.transport.get_write_buffer_size() > 1 << 20:
+        if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
             # The client reads slower than the server answers: hold the server until it catches up.
             conn.pause_reading()
             self._drain_task = asyncio.get_running_loop().create_task(self._resume_when_drained(conn))
 
-    async def _resume_when_drained(self, conn: ServerConnection) -> None:
+    async def _resume_when_drained(self, conn: DbConnection) -> None:
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
         conn.resume_reading()
-
-    def _route_each(self, conn: ServerConnection, out: list[bytes]) -> None:
-        """Server messages one by one, for requests whose answers the proxy must match or hide."""
-        router = self.router
-        for frame in conn.frames.frames():
-            raw = frame.raw
-            kind = raw[0]
-            if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
-                if self._server_parameter(conn, raw, 0):
-                    out.append(raw)
-                continue
-            if kind == 0x5A:  # ReadyForQuery
-                conn.txn_status = raw[5:6]
-            out += router.route(kind, raw)
-
-    def _server_parameter(self, conn: ServerConnection, data: bytes, start: int) -> bool:
-        """The ParameterStatus at data[start:], remembered; True when the client has not seen it."""
-        name, offset = m.read_cstring(data, start + 5)
-        value = m.read_cstring(data, offset)[0]
-        conn.params[name] = value
-        conn.aligned = None
-        if self.seen.get(name) == value:
-            return False
-        self.seen[name] = value
-        return True
 
     def _release_if_done(self) -> bool:
         """Everything the client sent is answered, outside a transaction, unpinned: back to the pool."""
@@ -606,7 +470,7 @@ class ClientSession:
             return False
         self.backend = None
         conn.detach()
-        self.server.pool.release(conn, reusable=True)
+        self.deps.pool.release(conn, reusable=True)
         return True
 
     def _lost_from_backend(self, exc: BaseException) -> None:
@@ -614,41 +478,14 @@ class ClientSession:
         if conn is not None:
             self._backend_lost(conn, exc)
 
-    def _pass_through(
-        self, conn: ServerConnection, chunk: bytes, starts: list[int], out: list[bytes]
-    ) -> None:
-        """Forward a run of server messages in bulk (see ResponseRouter.passthrough): only
-        ParameterStatus and ReadyForQuery are looked at, as the per-message path does."""
-        kept = 0
-        for index, start in enumerate(starts):
-            kind = chunk[start]
-            if kind == 0x53:  # ParameterStatus: pass on only what changes the client's view
-                if not self._server_parameter(conn, chunk, start):
-                    out.append(chunk[kept:start])
-                    kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
-            elif kind == 0x5A:  # ReadyForQuery
-                conn.txn_status = chunk[start + 5 : start + 6]
-                self.router.ready()
-        out.append(chunk[kept:] if kept else chunk)
-
-    def _note_first_answer(self) -> None:
-        """The database's first bytes for the request in flight: both query latencies end here."""
-        now = time.monotonic()
-        assert self._request_forwarded is not None
-        self.stats.query_database_latency.add(int((now - self._request_forwarded) * 1e6))
-        if self._request_received is not None:
-            self.stats.query_response_latency.add(int((now - self._request_received) * 1e6))
-        self._request_received = None
-        self._request_forwarded = None
-
-    def _backend_lost(self, conn: ServerConnection, exc: BaseException) -> None:
+    def _backend_lost(self, conn: DbConnection, exc: BaseException) -> None:
         """The database connection died under this client (restart, failover, terminated backend)."""
         in_flight = not self.router.idle
         in_transaction = conn.txn_status != b"I"
         self.backend = None
         conn.detach()
-        self.server.pool.release(conn, reusable=False)
-        self.server.log.db_closed(conn, f"The database connection was lost: {exc}")
+        self.deps.pool.release(conn, reusable=False)
+        self.deps.log.db_closed(conn, f"The database connection was lost: {exc}")
         error = m.error_response(
             "ERROR",
             texts.CONNECTION_FAILURE,
@@ -675,8 +512,8 @@ class ClientSession:
         return {
             "client_connection": self.id,
             "peer": self.peer,
-            "user": self.user,
-            "database": self.database,
+            "user": self.login.user,
+            "database": self.login.database,
             "tls": self.tls,
             "established": self.established,
             "idle_seconds": round(time.monotonic() - self.last_activity, 3),
@@ -696,7 +533,7 @@ class ClientSession:
 
     async def close_idle(self) -> None:
         """idle_client_timeout: the proxy closes the TCP connection, without an error message."""
-        self.server.log.client_closed(
+        self.deps.log.client_closed(
             self, "The client connection was idle for longer than the idle client timeout."
         )
         self.writer.close()
@@ -705,6 +542,7 @@ class ClientSession:
         if self._closing:
             return
         self._closing = True
+        deps = self.deps
         conn = self.backend
         self.backend = None
         if self._drain_task is not None:
@@ -714,42 +552,65 @@ class ClientSession:
             conn.detach()
             await self._give_back(conn)
         if self.established:
-            self.stats.client_connections -= 1
-            self.stats.client_connections_closed += 1
-            if self.tls:
-                self.stats.client_connections_tls -= 1
+            deps.stats.client_closed(tls=self.tls)
             if self.pinned is not None:
-                self.stats.database_connections_pinned -= 1
-            self.server.log.client_closed(self, "The client requested that the connection close.")
-        self.server.forget(self)
+                deps.stats.pin_ended()
+            deps.log.client_closed(self, "The client requested that the connection close.")
+        deps.ended(self)
         if not self.writer.is_closing():
             self.writer.close()
 
-    async def _give_back(self, conn: ServerConnection) -> None:
+    async def _give_back(self, conn: DbConnection) -> None:
         """What the client left on its borrowed connection must not reach the next client."""
+        pool = self.deps.pool
+        log = self.deps.log
         if self.pinned is not None:
-            self.server.log.db_closed(conn, "The client session that pinned this database connection ended.")
-            self.server.pool.release(conn, reusable=False)
+            log.db_closed(conn, "The client session that pinned this database connection ended.")
+            pool.release(conn, reusable=False)
             return
         if not self.router.idle:
-            self.server.log.db_closed(
+            log.db_closed(
                 conn,
                 "The client connection that borrowed this database connection from the connection pool "
                 "was closed in the middle of a request.",
             )
-            self.server.pool.release(conn, reusable=False)
+            pool.release(conn, reusable=False)
             return
         if conn.txn_status != b"I":
             try:
                 await asyncio.wait_for(conn.run_quietly("ROLLBACK"), 5)
             except (DatabaseError, OSError, TimeoutError, asyncio.IncompleteReadError):
-                self.server.pool.release(conn, reusable=False)
+                pool.release(conn, reusable=False)
                 return
-        self.server.pool.release(conn, reusable=conn.txn_status == b"I")
+        pool.release(conn, reusable=conn.txn_status == b"I")
 
 
-def _canonical(name: str, value: str) -> str:
-    if name == "client_encoding":
-        upper = value.upper().replace("-", "").replace("_", "")
-        return "UTF8" if upper in ("UTF8", "UNICODE") else value.upper()
-    return value
+class RequestLatency:
+    """QueryResponseLatency and QueryDatabaseResponseLatency of the request being answered: from its
+    arrival (and from its forwarding to the database) to the database's first bytes."""
+
+    __slots__ = ("_forwarded", "_received", "_stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self._received: float | None = None
+        self._forwarded: float | None = None
+
+    def request_arrived(self) -> None:
+        if self._received is None:
+            self._received = time.monotonic()
+
+    def request_forwarded(self) -> None:
+        if self._received is not None and self._forwarded is None:
+            self._forwarded = time.monotonic()
+
+    def first_answer(self) -> None:
+        forwarded = self._forwarded
+        if forwarded is None:
+            return
+        now = time.monotonic()
+        self._stats.query_database_latency.add(int((now - forwarded) * 1e6))
+        if self._received is not None:
+            self._stats.query_response_latency.add(int((now - self._received) * 1e6))
+        self._received = None
+        self._forwarded = None

@@ -43,9 +43,7 @@ class Stats:
     client_connections: int = 0
     client_connections_tls: int = 0
     database_connections: int = 0
-    database_connections_tls: int = 0
     database_connections_borrowed: int = 0
-    database_connections_in_transaction: int = 0
     database_connections_pinned: int = 0
     borrow_waiters: int = 0
     max_database_connections_allowed: int = 0
@@ -71,6 +69,33 @@ class Stats:
     peak_client_connections: int = 0
     peak_database_connections: int = 0
     peak_pinned_sessions: int = 0
+
+    # Paired changes of the current values, so that every increment has its decrement in one place.
+
+    def client_opened(self, *, tls: bool) -> None:
+        self.client_connections_setup_succeeded += 1
+        self.client_connections += 1
+        if tls:
+            self.client_connections_tls += 1
+        self.note_peaks()
+
+    def client_closed(self, *, tls: bool) -> None:
+        self.client_connections -= 1
+        self.client_connections_closed += 1
+        if tls:
+            self.client_connections_tls -= 1
+
+    def pin_started(self) -> None:
+        self.database_connections_pinned += 1
+        self.note_peaks()
+
+    def pin_ended(self) -> None:
+        self.database_connections_pinned -= 1
+
+    def query_received(self, *, tls: bool) -> None:
+        self.query_requests += 1
+        if tls:
+            self.query_requests_tls += 1
 
     def note_peaks(self) -> None:
         self.peak_client_connections = max(self.peak_client_connections, self.client_connections)

@@ -7,21 +7,20 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import psycopg
 
 from emulator.errors import ComponentError
+from emulator.lifecycle import Started
 from emulator.net import LOOPBACK, free_port
 from emulator.paths import COMPOSE_FILE
 from emulator.stack.embedded import StackConfig, StackEnvironment
+from emulator.stack.moto import ACCESS_KEY_ID
 from emulator.stack.postgres import PostgresEndpoint
-from emulator.stack.proxies import DirectProxy
+from emulator.stack.proxies import DirectProxy, RemoteProxy
 from emulator.wait import wait_until
 
-PART = "Docker Compose stack"
-_AWS_KEY_ID = "AKIALOCALTWINEXAMPLE"
+COMPONENT = "Docker Compose stack"
 _AWS_SECRET = "local-twin-secret-key"  # noqa: S105 - moto accepts any key; same as compose.yaml
 
 
@@ -43,32 +42,7 @@ def docker_engine_problem() -> str | None:
     return None
 
 
-class RemoteProxy:
-    """A proxy running somewhere else (a container): only its address and how to log in."""
-
-    def __init__(self, kind: str, host: str, port: int, *, handler_auth: str, tls: bool) -> None:
-        self.kind = kind
-        self.host = host
-        self.port = port
-        self.handler_auth = handler_auth
-        self._tls = tls
-
-    @property
-    def tls(self) -> bool:
-        return self._tls
-
-    def start(self) -> None:
-        """Started by Docker Compose."""
-
-    def stop(self) -> None:
-        """Stopped by Docker Compose."""
-
-    def backend_pids(self) -> set[int]:
-        # Only the containers' admin consoles know; the compose stack runs one proxy, so none to exclude.
-        return set()
-
-
-class ComposeStack(StackEnvironment):
+class ComposeStack(Started, StackEnvironment):
     """PostgreSQL, PgBouncer and moto from compose.yaml, on free loopback ports, one project per stack."""
 
     ca_file = None
@@ -94,27 +68,14 @@ class ComposeStack(StackEnvironment):
             "MAX_CONNECTIONS": str(self.config.max_connections),
             "POOL_SIZE": str(self.config.pool_size),
             "SECRET_NAME": self.config.secret_name,
-            "AWS_ACCESS_KEY_ID": _AWS_KEY_ID,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": _AWS_SECRET,
             "AWS_REGION": self.config.region,
         }
         argv = ["docker", "compose", "-f", str(self.compose_file), "-p", self.project, *args]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
-            raise ComponentError(PART, f"`{' '.join(argv[2:])}` failed:\n{done.stderr.strip()}")
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+            raise ComponentError(COMPONENT, f"`{' '.join(argv[2:])}` failed:\n{done.stderr.strip()}")
 
     def start(self) -> None:
         self._compose("up", "-d", "--wait", "postgres", "moto")
@@ -126,8 +87,8 @@ class ComposeStack(StackEnvironment):
         self.proxy = RemoteProxy(
             "pgbouncer", LOOPBACK, self.ports["PGBOUNCER_HOST_PORT"], handler_auth="iam", tls=True
         )
-        wait_until(self._pgbouncer_ready, part="PgBouncer container", timeout=120)
-        wait_until(self._secret_ready, part="Secrets Manager secret (secret service)", timeout=120)
+        wait_until(self._pgbouncer_ready, component="PgBouncer container", timeout=120)
+        wait_until(self._secret_ready, component="Secrets Manager secret (secret service)", timeout=120)
 
     def _pgbouncer_ready(self) -> bool:
         with psycopg.connect(
@@ -147,7 +108,7 @@ class ComposeStack(StackEnvironment):
             "secretsmanager",
             endpoint_url=self.endpoint_url,
             region_name=self.config.region,
-            aws_access_key_id=_AWS_KEY_ID,
+            aws_access_key_id=ACCESS_KEY_ID,
             aws_secret_access_key=_AWS_SECRET,
         )
         self.secret_arn = str(client.describe_secret(SecretId=self.config.secret_name)["ARN"])
@@ -161,6 +122,6 @@ class ComposeStack(StackEnvironment):
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_REGION": self.config.region,
             "AWS_DEFAULT_REGION": self.config.region,
-            "AWS_ACCESS_KEY_ID": _AWS_KEY_ID,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": _AWS_SECRET,
         }

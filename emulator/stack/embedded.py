@@ -11,18 +11,18 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
+from emulator.lifecycle import Started
 from emulator.net import LOOPBACK
 from emulator.paths import TERRAFORM_DIR
 from emulator.stack.moto import AwsEmulator
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.stack.process import ServiceUser, hand_over, service_user
-from emulator.stack.proxies import DirectProxy, ProxyKind, ProxyPart
+from emulator.stack.proxies import DirectProxy, ProxyComponent, ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config
 from emulator.stack.tls import LocalCA
 from emulator.terraform.applied import AppliedStack, read_database, read_function, read_proxy
@@ -90,7 +90,7 @@ class StackEnvironment:
 
     config: StackConfig
     postgres: PostgresEndpoint
-    proxy: ProxyPart
+    proxy: ProxyComponent
     direct: DirectProxy
     secret_arn: str
     db_password: str
@@ -100,7 +100,7 @@ class StackEnvironment:
     def aws_environment(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def handler_environment(self, via: ProxyPart | None = None) -> dict[str, str]:
+    def handler_environment(self, via: ProxyComponent | None = None) -> dict[str, str]:
         """The Lambda function's environment variables, as Terraform would set them.
 
         via picks the endpoint: the stack's proxy by default, or stack.direct for the no-proxy
@@ -144,7 +144,7 @@ class StackEnvironment:
 
 
 @dataclass
-class EmbeddedStack(StackEnvironment):
+class EmbeddedStack(Started, StackEnvironment):
     """Start with `with EmbeddedStack(config) as stack:`; everything stops and is removed on exit."""
 
     config: StackConfig = field(default_factory=StackConfig)
@@ -153,27 +153,14 @@ class EmbeddedStack(StackEnvironment):
     ca: LocalCA = field(init=False)
     postgres: PostgresServer = field(init=False)
     aws: AwsEmulator = field(init=False)
-    proxy: ProxyPart = field(init=False)
-    proxies: dict[ProxyKind, ProxyPart] = field(init=False, default_factory=dict)
+    proxy: ProxyComponent = field(init=False)
+    proxies: dict[ProxyKind, ProxyComponent] = field(init=False, default_factory=dict)
     direct: DirectProxy = field(init=False)
     db_password: str = field(init=False, default_factory=lambda: secrets.token_urlsafe(18))
     secret_arn: str = field(init=False, default="")
     applied: AppliedStack | None = field(init=False, default=None)
     terraform: TerraformWorkspace | None = field(init=False, default=None)
     _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         cfg = self.config
@@ -210,10 +197,10 @@ class EmbeddedStack(StackEnvironment):
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
         for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
-            part = self._make_proxy(kind)
-            self._cleanups.append(part.stop)
-            part.start()
-            self.proxies[kind] = part
+            component = self._make_proxy(kind)
+            self._cleanups.append(component.stop)
+            component.start()
+            self.proxies[kind] = component
         self.proxy = self.proxies[cfg.proxy]
 
     def _apply_terraform(self, settings: TerraformSettings) -> None:
@@ -244,7 +231,7 @@ class EmbeddedStack(StackEnvironment):
         self.db_password = database.password
         self.secret_arn = proxy.secret_arn
 
-    def _make_proxy(self, kind: ProxyKind) -> ProxyPart:
+    def _make_proxy(self, kind: ProxyKind) -> ProxyComponent:
         if kind is ProxyKind.DIRECT:
             return self.direct
         if kind is ProxyKind.EMULATOR:
@@ -276,25 +263,31 @@ class EmbeddedStack(StackEnvironment):
         settings.setdefault(
             "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
         )
-        certificate = self.ca.issue_server("rdsproxy", TLS_HOSTNAMES)
         try:
-            config = emulator_config(
-                target_host=self.postgres.host,
-                target_port=self.postgres.port,
-                secret_arn=self.secret_arn,
-                aws_endpoint_url=self.aws.endpoint_url,
-                region=cfg.region,
-                tls_cert_file=str(certificate.cert_path),
-                tls_key_file=str(certificate.key_path),
-                settings=settings,
-            )
+            return self.make_emulator(settings)
         except ValueError as exc:
             source = "the applied Terraform (terraform/ variables)" if self.applied else "--proxy-setting"
             raise ComponentError("RDS Proxy emulator", str(exc), f"fix the setting in {source}") from exc
-        return RdsProxyEmulator(self.workdir, config, environment=self.aws.environment())
+
+    def make_emulator(self, settings: Mapping[str, Any], *, name: str = "rdsproxy") -> RdsProxyEmulator:
+        """An RDS Proxy emulator (not started) in front of this stack's PostgreSQL, with the stack's
+        secret, certificate authority and AWS endpoint, and these settings by their Terraform names.
+        Raises ValueError for settings the emulator refuses."""
+        certificate = self.ca.issue_server(name, TLS_HOSTNAMES)
+        config = emulator_config(
+            target_host=self.postgres.host,
+            target_port=self.postgres.port,
+            secret_arn=self.secret_arn,
+            aws_endpoint_url=self.aws.endpoint_url,
+            region=self.config.region,
+            tls_cert_file=str(certificate.cert_path),
+            tls_key_file=str(certificate.key_path),
+            settings=settings,
+        )
+        return RdsProxyEmulator(self.workdir / name, config, environment=self.aws.environment())
 
     def stop(self) -> None:
-        """Stop everything that was started, newest first; a part that fails to stop is reported and the
+        """Stop everything that was started, newest first; a component that fails to stop is reported and the
         others are still stopped."""
         while self._cleanups:
             cleanup = self._cleanups.pop()
@@ -310,7 +303,7 @@ class EmbeddedStack(StackEnvironment):
     def aws_environment(self) -> dict[str, str]:
         return self.aws.environment()
 
-    def handler_environment(self, via: ProxyPart | None = None) -> dict[str, str]:
+    def handler_environment(self, via: ProxyComponent | None = None) -> dict[str, str]:
         env = super().handler_environment(via)
         if self.applied is not None and (via is None or via is self.proxy):
             # The applied function's own variables, its proxy endpoint mapped to the local proxy.

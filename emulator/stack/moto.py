@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import secrets
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from emulator.net import LOOPBACK
 from emulator.stack.moto_quirks import apply_moto_quirk_fixes
 from emulator.wait import wait_until
 
-PART = "AWS API emulator (moto server)"
+COMPONENT = "AWS API emulator (moto server)"
 INSTALL_HINT = "pip install 'moto[server]'"
 # Access key ids have AKIA + 16 characters; the secret key is random per stack so IAM tokens are
 # really signed and checked, never accepted for their shape alone.
@@ -46,7 +45,9 @@ class AwsEmulator:
         try:
             from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy import, only when started
         except ImportError as exc:
-            raise ComponentError(PART, f"moto's server mode is not installed ({exc})", INSTALL_HINT) from exc
+            raise ComponentError(
+                COMPONENT, f"moto's server mode is not installed ({exc})", INSTALL_HINT
+            ) from exc
         apply_moto_quirk_fixes()
         # One log line per request would drown everything else.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -54,19 +55,11 @@ class AwsEmulator:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
-        wait_until(self._ready, part=PART, timeout=timeout, hint=INSTALL_HINT)
+        wait_until(self._ready, component=COMPONENT, timeout=timeout, hint=INSTALL_HINT)
 
     def _ready(self) -> bool:
         self.client("sts").get_caller_identity()
         return True
-
-    def reset(self) -> None:
-        """Forget every resource. moto keeps its state per Python process, not per server, so this
-        also empties every other emulator of this process: stacks never call it on each other."""
-        # Our own http:// loopback URL, never a user-supplied scheme.
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-            answer.read()
 
     def stop(self) -> None:
         if self._server is not None:

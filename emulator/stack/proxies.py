@@ -12,7 +12,7 @@ class ProxyKind(enum.StrEnum):
     DIRECT = "direct"
 
 
-class ProxyPart(Protocol):
+class ProxyComponent(Protocol):
     """What the stack needs from a proxy: where it listens and how the handler logs in to it."""
 
     @property
@@ -40,15 +40,14 @@ class ProxyPart(Protocol):
         ...
 
 
-class DirectProxy:
-    """No proxy: clients connect to PostgreSQL itself, one backend per client (the problem)."""
+class RemoteProxy:
+    """A proxy the stack does not run (a container, or none at all): its address and how to log in."""
 
-    kind = "direct"
-    handler_auth = "secret"
-
-    def __init__(self, host: str, port: int, *, tls: bool) -> None:
+    def __init__(self, kind: str, host: str, port: int, *, handler_auth: str, tls: bool) -> None:
+        self.kind = kind
         self.host = host
         self.port = port
+        self.handler_auth = handler_auth
         self._tls = tls
 
     @property
@@ -56,11 +55,18 @@ class DirectProxy:
         return self._tls
 
     def start(self) -> None:
-        """Nothing to start."""
+        """Started elsewhere (by Docker Compose), or nothing to start."""
 
     def stop(self) -> None:
-        """Nothing to stop."""
+        """Stopped elsewhere, or nothing to stop."""
 
     def backend_pids(self) -> set[int]:
-        """Clients' own connections belong to no proxy."""
+        """Database connections of proxies the stack does not run are not counted as the proxy's."""
         return set()
+
+
+class DirectProxy(RemoteProxy):
+    """No proxy: clients connect to PostgreSQL itself, one backend per client (the problem)."""
+
+    def __init__(self, host: str, port: int, *, tls: bool) -> None:
+        super().__init__(ProxyKind.DIRECT, host, port, handler_auth="secret", tls=tls)

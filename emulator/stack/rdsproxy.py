@@ -1,4 +1,4 @@
-"""The RDS Proxy emulator as a part of the local stack: its own process, like PostgreSQL's."""
+"""The RDS Proxy emulator as a component of the local stack: its own process, like PostgreSQL's."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from typing import Any
 from emulator.net import LOOPBACK, free_port
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.stack.process import ManagedProcess
-from emulator.wait import wait_until
 
-PART = "RDS Proxy emulator"
+COMPONENT = "RDS Proxy emulator"
 
 
 class RdsProxyEmulator:
@@ -25,7 +24,8 @@ class RdsProxyEmulator:
     kind = "emulator"
 
     def __init__(self, workdir: Path, config: ProxyConfig, *, environment: Mapping[str, str]) -> None:
-        self.workdir = workdir / "rdsproxy"
+        # Its own directory (configuration, ready file, log), made at start().
+        self.workdir = workdir
         self.config = config
         self.environment = dict(environment)
         self.host = config.listen_host
@@ -54,7 +54,7 @@ class RdsProxyEmulator:
         ready_file.unlink(missing_ok=True)
         env = {**os.environ, **self.environment}
         self._process = ManagedProcess(
-            PART,
+            COMPONENT,
             [
                 sys.executable,
                 "-m",
@@ -79,27 +79,30 @@ class RdsProxyEmulator:
 
     def _wait_ready(self, ready_file: Path, timeout: float) -> None:
         assert self._process is not None
-        hint = f"its log is {self.log_path}"
-        wait_until(ready_file.exists, part=PART, timeout=timeout, alive=self._process.exit_reason, hint=hint)
+        self._process.wait_ready(ready_file.exists, timeout=timeout)
         self.stats_port = int(json.loads(ready_file.read_text())["stats_port"])
-        wait_until(
-            lambda: bool(self.stats()["target_ready"]),
-            part=PART + " (reaching its target)",
-            timeout=timeout,
-            alive=self._process.exit_reason,
-            hint=hint,
+        self._process.wait_ready(
+            lambda: bool(self.stats()["target_ready"]), timeout=timeout, what=" (reaching its target)"
         )
+
+    def _get(self, path: str) -> Any:
+        """A JSON answer of the proxy's HTTP endpoint."""
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}{path}", timeout=5) as answer:
+            return json.loads(answer.read())
 
     def stats(self) -> dict[str, Any]:
         """The live counters, from the proxy's /stats endpoint."""
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/stats", timeout=5) as answer:
-            data: dict[str, Any] = json.loads(answer.read())
+        data: dict[str, Any] = self._get("/stats")
         return data
 
     def sessions(self) -> list[dict[str, Any]]:
         """What every client session is doing, from the proxy's /sessions endpoint."""
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/sessions", timeout=5) as answer:
-            data: list[dict[str, Any]] = json.loads(answer.read())
+        data: list[dict[str, Any]] = self._get("/sessions")
+        return data
+
+    def metrics(self) -> dict[str, Any]:
+        """The CloudWatch metric values right now, from the proxy's /metrics endpoint."""
+        data: dict[str, Any] = self._get("/metrics")
         return data
 
     @property
@@ -108,12 +111,6 @@ class RdsProxyEmulator:
         assert self._process is not None, "not started"
         return self._process.pid
 
-    def metrics(self) -> dict[str, Any]:
-        """The CloudWatch metric values right now, from the proxy's /metrics endpoint."""
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}/metrics", timeout=5) as answer:
-            data: dict[str, Any] = json.loads(answer.read())
-        return data
-
     def backend_pids(self) -> set[int]:
         return set(self.stats()["backend_pids"])
 
@@ -121,10 +118,6 @@ class RdsProxyEmulator:
         if self._process is not None:
             self._process.stop()
             self._process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 def emulator_config(

@@ -6,16 +6,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
-import boto3
 from botocore.config import Config
 
-from emulator.awslambda.function import FunctionConfig, LambdaFunction
-from emulator.awslambda.invoke_api import InvokeApi
+from emulator.awslambda.function import FunctionConfig
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stage.target import STAGE_PROXY_SETTINGS, StageTarget
+from emulator.twin import LocalTwin
 
 # PostgreSQL's max_connections locally: near a db.t4g.micro's (about 80), so 5 % is a pool of 5.
 LOCAL_MAX_CONNECTIONS = 100
@@ -34,22 +32,13 @@ def local_target() -> Iterator[StageTarget]:
             "metrics_period_seconds": LOCAL_METRICS_PERIOD,
         },
     )
-    with contextlib.ExitStack() as running:
-        stack = running.enter_context(EmbeddedStack(config))
+    with LocalTwin(config, functions=_stage_functions) as twin:
+        stack = twin.stack
         proxy = stack.proxy
         assert isinstance(proxy, RdsProxyEmulator)
-        environment = stack.handler_environment()
-        # Snapshot Init (one warm-up, then forked environments) keeps a burst's cold starts short on
-        # a small machine; what the scenarios compare does not depend on Init.
-        handler = FunctionConfig(name="local-twin-fn", environment=environment, init="snapshot")
-        probe = replace(handler, name="local-twin-probe", handler="probe.handler", timeout_seconds=120)
-        functions = {
-            function.name: running.enter_context(LambdaFunction(function)) for function in (handler, probe)
-        }
-        api = InvokeApi(functions, forward_to=stack.aws.endpoint_url)
-        api.start()
-        running.callback(api.stop)
-        lambda_client = _lambda_client(api.endpoint_url, stack)
+        handler, probe = twin.function_configs
+        # The probe holds sessions past the borrow timeout; the default read timeout is 60 s.
+        lambda_client = twin.lambda_client(Config(read_timeout=180, retries={"max_attempts": 1}))
         outputs = {
             "proxy_name": proxy.config.name,
             "lambda_function_name": handler.name,
@@ -66,15 +55,10 @@ def local_target() -> Iterator[StageTarget]:
         )
 
 
-def _lambda_client(endpoint_url: str, stack: EmbeddedStack) -> Any:
-    """Lambda calls go to the Invoke API (which forwards all but Invoke to the AWS emulator)."""
-    credentials = stack.aws.credentials
-    return boto3.session.Session().client(
-        "lambda",
-        endpoint_url=endpoint_url,
-        region_name=credentials.region,
-        aws_access_key_id=credentials.access_key_id,
-        aws_secret_access_key=credentials.secret_access_key,
-        # The probe holds sessions past the borrow timeout; the default read timeout is 60 s.
-        config=Config(read_timeout=180, retries={"max_attempts": 1}),
-    )
+def _stage_functions(stack: EmbeddedStack) -> list[FunctionConfig]:
+    """The handler and the probe, as the stage's Terraform declares them."""
+    # Snapshot Init (one warm-up, then forked environments) keeps a burst's cold starts short on
+    # a small machine; what the scenarios compare does not depend on Init.
+    handler = FunctionConfig(name="local-twin-fn", environment=stack.handler_environment(), init="snapshot")
+    probe = replace(handler, name="local-twin-probe", handler="probe.handler", timeout_seconds=120)
+    return [handler, probe]

@@ -159,7 +159,7 @@ class StageTarget:
         return found
 
     def _poll(self, probe: Callable[[], bool], what: str) -> None:
-        wait_until(probe, part=what, timeout=self.metrics_deadline, max_delay=self.poll_seconds)
+        wait_until(probe, component=what, timeout=self.metrics_deadline, max_delay=self.poll_seconds)
 
 
 def now() -> datetime.datetime:

@@ -22,7 +22,7 @@ from typing import Any
 from emulator.errors import ComponentError
 from emulator.paths import TERRAFORM_DIR
 
-PART = "Terraform"
+COMPONENT = "Terraform"
 AWS_PROVIDER = Path("registry.terraform.io") / "hashicorp" / "aws"
 INSTALL_HINT = (
     "install Terraform >= 1.11 (https://developer.hashicorp.com/terraform/install) and make the "
@@ -37,8 +37,11 @@ COMMAND_TIMEOUT = 900
 INTERRUPT_GRACE = 120
 
 
-class TerraformUnavailable(Exception):
+class TerraformUnavailable(ComponentError):
     """Terraform or its AWS provider cannot be had here; the message says which and how to get it."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("Terraform", problem)
 
 
 def _implied_mirrors() -> list[Path]:
@@ -145,7 +148,7 @@ class TerraformWorkspace:
     def _run(self, args: Sequence[str], *, local: bool = False, timeout: float | None = None) -> str:
         if local and not self.tools.tflocal:
             raise ComponentError(
-                PART,
+                COMPONENT,
                 "tflocal is not installed (it points Terraform at the local AWS API)",
                 "pip install terraform-local",
             )
@@ -170,7 +173,7 @@ class TerraformWorkspace:
             stdout, stderr = _interrupt(process)
             self._log(command, stdout, stderr)
             raise ComponentError(
-                PART, f"`{args[0]}` did not finish within {limit:.0f} s", f"see {self.log_path}"
+                COMPONENT, f"`{args[0]}` did not finish within {limit:.0f} s", f"see {self.log_path}"
             ) from exc
         except BaseException:
             stdout, stderr = _interrupt(process)
@@ -179,7 +182,7 @@ class TerraformWorkspace:
         self._log(command, stdout, stderr)
         if process.returncode != 0:
             raise ComponentError(
-                PART,
+                COMPONENT,
                 f"`{args[0]}` failed (exit {process.returncode}):\n{tail(stdout + stderr)}",
                 f"the whole output is in {self.log_path}",
             )

@@ -15,7 +15,7 @@ from rich.table import Table
 from emulator.awslambda.function import FunctionConfig, InitMode, LambdaFunction
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import find_pgbouncer
-from emulator.stack.proxies import ProxyKind, ProxyPart
+from emulator.stack.proxies import ProxyComponent, ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.tools.activity import BackendSampler, ConnectionSamples
 from emulator.tools.burst import BurstResult, invoke_burst
@@ -49,7 +49,7 @@ class Way:
 
 
 def _burst_through(
-    stack: EmbeddedStack, proxy: ProxyPart, name: str, config: DemoConfig, progress: Progress
+    stack: EmbeddedStack, proxy: ProxyComponent, name: str, config: DemoConfig, progress: Progress
 ) -> Way:
     invoke = progress.add_task(f"{name}: invocations", total=config.invocations)
     function = FunctionConfig(
@@ -59,7 +59,7 @@ def _burst_through(
         init=config.init,
     )
     # Idle connections the other proxies keep are not this way's: leave them out of its count.
-    others = set().union(*(part.backend_pids() for part in stack.proxies.values() if part is not proxy))
+    others = set().union(*(other.backend_pids() for other in stack.proxies.values() if other is not proxy))
     with (
         LambdaFunction(function) as lambda_function,
         BackendSampler(

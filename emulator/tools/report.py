@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,8 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
-_PIN = re.compile(r"\[WARN\].*The client session was pinned.*Reason: (?P<reason>.*)$")
-_DIGEST = re.compile(r'^(?P<head>.*?) Digest: "(?P<digest>.*)"\.$')
+from emulator.rdsproxy.protocol.pinning import DIGEST_PATTERN
+from emulator.rdsproxy.proxylog import PINNED_PATTERN
 
 
 @dataclass
@@ -60,10 +59,10 @@ def _latencies(latency: dict[str, int]) -> str:
 def read_log(path: Path, report: RunReport | None = None) -> RunReport:
     report = report or RunReport()
     for line in path.read_text(errors="replace").splitlines():
-        pin = _PIN.search(line)
+        pin = PINNED_PATTERN.search(line)
         if pin:
             reason = pin["reason"]
-            digest = _DIGEST.match(reason)
+            digest = DIGEST_PATTERN.match(reason)
             key = (digest["head"], digest["digest"]) if digest else (reason, "")
             report.pins[key] += 1
         elif "A new client connected from" in line:

@@ -91,7 +91,7 @@ def test_frozen_environments_keep_their_connections(
     # backend is still there.
     wait_until(
         lambda: {_process_state(env.pid) for env in environments} == {"T"},
-        part="frozen environments",
+        component="frozen environments",
         timeout=10,
     )
     assert pids <= _backends(embedded_stack)
@@ -113,8 +113,8 @@ def test_scale_out_stops_at_the_concurrency_limit(embedded_stack: EmbeddedStack,
 def test_reaping_idle_environments_closes_their_connections(embedded_stack: EmbeddedStack, init: str) -> None:
     with _function(embedded_stack, init, idle_reap_seconds=0.5) as reaped:
         backend = reaped.invoke({}).json()["result"]["backend_pid"]
-        wait_until(lambda: not reaped.environments(), part="idle environment reaped", timeout=15)
-        wait_until(lambda: backend not in _backends(embedded_stack), part="its backend gone", timeout=15)
+        wait_until(lambda: not reaped.environments(), component="idle environment reaped", timeout=15)
+        wait_until(lambda: backend not in _backends(embedded_stack), component="its backend gone", timeout=15)
         # The next invocation is a cold start with a new connection.
         again = reaped.invoke({})
         assert again.cold_start
@@ -135,7 +135,7 @@ def test_a_timed_out_invocation_is_reported_as_lambda_reports_it(
         )
         # Lambda resets the environment: the process and its connection are gone.
         assert not slow.environments()
-        wait_until(lambda: backend not in _backends(embedded_stack), part="its backend gone", timeout=15)
+        wait_until(lambda: backend not in _backends(embedded_stack), component="its backend gone", timeout=15)
 
 
 def test_boto3_invokes_the_function_through_the_kit_endpoint(
@@ -161,7 +161,7 @@ def test_boto3_invokes_the_function_through_the_kit_endpoint(
 
         queued = client.invoke(FunctionName=function.config.arn, InvocationType="Event", Payload=b"{}")
         assert queued["StatusCode"] == 202
-        wait_until(lambda: function.invocations == 2, part="the Event invocation", timeout=15)
+        wait_until(lambda: function.invocations == 2, component="the Event invocation", timeout=15)
 
         with pytest.raises(client.exceptions.ResourceNotFoundException):
             client.invoke(FunctionName="no-such-function", Payload=b"{}")

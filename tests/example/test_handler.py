@@ -10,7 +10,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.support.inprocess import HANDLER_FILE, InProcessEnvironment
+from emulator.paths import HANDLER_FILE
+from tests.support.inprocess import InProcessEnvironment
 
 pytestmark = pytest.mark.unit
 

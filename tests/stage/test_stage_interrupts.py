@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from emulator.paths import REPO
 from emulator.terraform.workspace import TerraformTools, TerraformWorkspace
 from emulator.wait import wait_until
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 # A `terraform` that takes its time: it notes each command, and on SIGINT notes that it finished
 # writing its state before exiting, as Terraform does.
@@ -80,7 +80,7 @@ def test_a_stage_stopped_during_the_apply_lets_terraform_write_its_state_then_de
         start_new_session=True,
     )
     try:
-        wait_until(lambda: "apply started" in _calls(fake_terraform), timeout=30, part="fake terraform")
+        wait_until(lambda: "apply started" in _calls(fake_terraform), timeout=30, component="fake terraform")
         # A terminal's Ctrl+C goes to the whole foreground process group; a CI runner's SIGTERM too.
         os.killpg(stage.pid, stop)
         output, _ = stage.communicate(timeout=60)
@@ -103,7 +103,7 @@ def test_terraform_stopped_by_ctrl_c_is_interrupted_gracefully_not_killed(
     started = time.monotonic()
 
     def interrupt_soon() -> None:
-        wait_until(lambda: "apply started" in _calls(fake_terraform), timeout=30, part="fake terraform")
+        wait_until(lambda: "apply started" in _calls(fake_terraform), timeout=30, component="fake terraform")
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_soon, daemon=True).start()

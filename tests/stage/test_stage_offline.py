@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from emulator.paths import REPO
 from emulator.stack.moto import AwsEmulator
 from emulator.stage.guards import CONFIRM_FLAG
 from emulator.terraform.workspace import TerraformTools
@@ -32,7 +33,6 @@ pytestmark = [
     # `docker` process behind when no engine answers: moto's leak, not the kit's.
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-REPO = Path(__file__).resolve().parents[2]
 STAGE_TIMEOUT = 900
 
 

@@ -90,7 +90,7 @@ class ProxyUnderTest:
     """The applied stack's emulator, and how a client logs in to it."""
 
     stack: EmbeddedStack
-    part: RdsProxyEmulator
+    emulator: RdsProxyEmulator
 
     @property
     def user(self) -> str:
@@ -105,13 +105,15 @@ class ProxyUnderTest:
             aws_secret_access_key=aws.secret_access_key,
         )
         return str(
-            rds.generate_db_auth_token(DBHostname=self.part.host, Port=self.part.port, DBUsername=self.user)
+            rds.generate_db_auth_token(
+                DBHostname=self.emulator.host, Port=self.emulator.port, DBUsername=self.user
+            )
         )
 
     def connect(self, **extra: Any) -> psycopg.Connection[Any]:
         params: dict[str, Any] = {
-            "host": self.part.host,
-            "port": self.part.port,
+            "host": self.emulator.host,
+            "port": self.emulator.port,
             "user": self.user,
             "dbname": self.stack.config.database,
             "sslmode": "require",
@@ -135,7 +137,7 @@ def test_the_emulator_takes_its_settings_from_the_applied_proxy(kit_defaults: Em
     rds = kit_defaults.aws.client("rds")
     proxy = rds.describe_db_proxies(DBProxyName=outputs["proxy_name"])["DBProxies"][0]
     pool = rds.describe_db_proxy_target_groups(DBProxyName=outputs["proxy_name"])["TargetGroups"][0]
-    config = _emulator(kit_defaults).part.config
+    config = _emulator(kit_defaults).emulator.config
 
     assert proxy["Auth"][0]["IAMAuth"] == config.iam_auth == "REQUIRED"
     assert proxy["RequireTLS"] is config.require_tls is True
@@ -155,7 +157,7 @@ def test_the_pool_cap_is_the_applied_share_of_max_connections(kit_defaults: Embe
     """25 % of max_connections 20 is 5: MaxDatabaseConnectionsAllowed says so, and a burst of 12
     clients never gets more than 5 backends in pg_stat_activity."""
     proxy = _emulator(kit_defaults)
-    assert proxy.part.metrics()["values"]["MaxDatabaseConnectionsAllowed"] == 5
+    assert proxy.emulator.metrics()["values"]["MaxDatabaseConnectionsAllowed"] == 5
 
     clients = 12
     peak = 0
@@ -223,8 +225,8 @@ def test_the_handler_runs_with_the_applied_function_environment(kit_defaults: Em
 
 def test_without_iam_auth_the_proxy_asks_for_the_secret_password(password_auth: EmbeddedStack) -> None:
     proxy = _emulator(password_auth)
-    assert proxy.part.config.iam_auth == "DISABLED"
-    assert proxy.part.config.require_tls is False
+    assert proxy.emulator.config.iam_auth == "DISABLED"
+    assert proxy.emulator.config.require_tls is False
     # A plain connection with the secret's password (SCRAM) is accepted ...
     with proxy.connect(password=password_auth.db_password, sslmode="disable") as conn:
         assert conn.execute("SELECT current_user").fetchone() == (proxy.user,)
@@ -236,8 +238,8 @@ def test_without_iam_auth_the_proxy_asks_for_the_secret_password(password_auth: 
 def test_pool_share_and_init_query_follow_the_variables(password_auth: EmbeddedStack) -> None:
     """40 % of 20 is 8; the init_query reached the emulator through the AWS API and ran."""
     proxy = _emulator(password_auth)
-    assert proxy.part.metrics()["values"]["MaxDatabaseConnectionsAllowed"] == 8
-    assert proxy.part.config.init_query == "SET statement_timeout = '1234s'"
+    assert proxy.emulator.metrics()["values"]["MaxDatabaseConnectionsAllowed"] == 8
+    assert proxy.emulator.config.init_query == "SET statement_timeout = '1234s'"
     with proxy.connect(password=password_auth.db_password, sslmode="disable") as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("1234s",)
 

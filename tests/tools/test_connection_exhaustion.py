@@ -6,7 +6,7 @@ import pytest
 
 from emulator.awslambda.function import FunctionConfig, LambdaFunction
 from emulator.stack.embedded import StackEnvironment
-from emulator.stack.proxies import ProxyPart
+from emulator.stack.proxies import ProxyComponent
 from emulator.tools.activity import BackendSampler
 from emulator.tools.burst import BurstResult, invoke_burst
 
@@ -16,7 +16,7 @@ INVOCATIONS = 40  # twice max_connections (20)
 WORK = {"sleep_ms": 300}
 
 
-def _burst(stack: StackEnvironment, via: ProxyPart) -> tuple[BurstResult, int]:
+def _burst(stack: StackEnvironment, via: ProxyComponent) -> tuple[BurstResult, int]:
     with (
         LambdaFunction(FunctionConfig(environment=stack.handler_environment(via))) as function,
         BackendSampler(stack.postgres, user=stack.config.db_user) as sampler,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from emulator.paths import LAMBDA_DIR
 from emulator.tools.sqlcheck import check_file, check_paths
 
 pytestmark = pytest.mark.unit
 
-HANDLER = Path(__file__).resolve().parents[2] / "lambda"
 
 SAMPLE = '''
 import psycopg2
@@ -28,7 +28,7 @@ XACT = "SELECT pg_advisory_xact_lock(%s)"
 
 
 def test_the_kits_own_handler_has_nothing_that_pins() -> None:
-    assert check_paths([HANDLER]) == []
+    assert check_paths([LAMBDA_DIR]) == []
 
 
 def test_each_pinning_statement_is_found_with_its_rule_and_fix(tmp_path: Path) -> None:

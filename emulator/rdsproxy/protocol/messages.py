@@ -1,10 +1,13 @@
 """PostgreSQL protocol 3.0 framing, sans-I/O: bytes in, frames out, and builders for what we send.
 
-Only what a proxy must understand is decoded; every other message travels as an opaque frame.
+Only what a proxy must understand is decoded; every other message travels as an opaque frame. Message
+letters are decoded once, at the edge, into the two enums below: the rest of the proxy compares
+`Frontend.QUERY`, never `b"Q"`.
 """
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,9 +21,58 @@ MAX_STARTUP_PACKET = 10000
 # PostgreSQL's limit for any message (PQ_LARGE_MESSAGE_LIMIT is 1 GB - 1).
 DEFAULT_MAX_MESSAGE = 0x3FFFFFFF
 
-_HEADER = struct.Struct("!cI")
+_HEADER = struct.Struct("!BI")
 _INT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!H")
+
+
+class Frontend(enum.IntEnum):
+    """What a client sends after the startup packet (the message's first byte)."""
+
+    QUERY = ord("Q")
+    PARSE = ord("P")
+    BIND = ord("B")
+    DESCRIBE = ord("D")
+    EXECUTE = ord("E")
+    CLOSE = ord("C")
+    SYNC = ord("S")
+    FLUSH = ord("H")
+    FUNCTION_CALL = ord("F")
+    COPY_DATA = ord("d")
+    COPY_DONE = ord("c")
+    COPY_FAIL = ord("f")
+    TERMINATE = ord("X")
+    # PasswordMessage, and the SASL initial and continuing responses.
+    PASSWORD = ord("p")
+
+
+class Backend(enum.IntEnum):
+    """What a server sends (the message's first byte)."""
+
+    AUTHENTICATION = ord("R")
+    PARAMETER_STATUS = ord("S")
+    BACKEND_KEY_DATA = ord("K")
+    READY_FOR_QUERY = ord("Z")
+    ERROR_RESPONSE = ord("E")
+    NOTICE_RESPONSE = ord("N")
+    NOTIFICATION_RESPONSE = ord("A")
+    PARSE_COMPLETE = ord("1")
+    BIND_COMPLETE = ord("2")
+    CLOSE_COMPLETE = ord("3")
+    COMMAND_COMPLETE = ord("C")
+    DATA_ROW = ord("D")
+    ROW_DESCRIPTION = ord("T")
+    NO_DATA = ord("n")
+    PARAMETER_DESCRIPTION = ord("t")
+    EMPTY_QUERY_RESPONSE = ord("I")
+    PORTAL_SUSPENDED = ord("s")
+    COPY_IN_RESPONSE = ord("G")
+    COPY_OUT_RESPONSE = ord("H")
+    COPY_BOTH_RESPONSE = ord("W")
+    COPY_DATA = ord("d")
+    COPY_DONE = ord("c")
+    FUNCTION_CALL_RESPONSE = ord("V")
+    NEGOTIATE_PROTOCOL_VERSION = ord("v")
 
 
 class ProtocolViolation(Exception):
@@ -37,15 +89,23 @@ class Frame:
 
     @property
     def kind(self) -> int:
+        """The message letter, to compare with Frontend or Backend members."""
         return self.raw[0]
-
-    @property
-    def type(self) -> bytes:
-        return self.raw[:1]
 
     @property
     def body(self) -> bytes:
         return self.raw[5:]
+
+
+def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
+    """Where the message starting at offset ends (its header checked), whether or not it is all there."""
+    _, length = _HEADER.unpack_from(buf, offset)
+    if length < 4:
+        raise ProtocolViolation(f"invalid message length {length}")
+    if length > limit:
+        raise ProtocolViolation(f"message of {length} bytes exceeds the {limit} byte limit")
+    end: int = offset + 1 + length
+    return end
 
 
 class FrameReader:
@@ -66,12 +126,7 @@ class FrameReader:
         offset = 0
         try:
             while len(buf) - offset >= 5:
-                _, length = _HEADER.unpack_from(buf, offset)
-                if length < 4:
-                    raise ProtocolViolation(f"invalid message length {length}")
-                if length > self._max:
-                    raise ProtocolViolation(f"message of {length} bytes exceeds the {self._max} byte limit")
-                end = offset + 1 + length
+                end = _message_end(buf, offset, self._max)
                 if len(buf) < end:
                     break
                 raw = bytes(buf[offset:end])
@@ -91,14 +146,9 @@ class FrameReader:
         size = len(buf)
         starts = []
         offset = 0
-        unpack = _HEADER.unpack_from
+        limit = self._max
         while size - offset >= 5:
-            _, length = unpack(buf, offset)
-            if length < 4:
-                raise ProtocolViolation(f"invalid message length {length}")
-            if length > self._max:
-                raise ProtocolViolation(f"message of {length} bytes exceeds the {self._max} byte limit")
-            end = offset + 1 + length
+            end = _message_end(buf, offset, limit)
             if size < end:
                 break
             starts.append(offset)
@@ -186,6 +236,12 @@ def read_cstring(body: bytes, offset: int = 0) -> tuple[str, int]:
     return body[offset:end].decode("utf-8", errors="replace"), end + 1
 
 
+def read_parameter_status(data: bytes, start: int = 0) -> tuple[str, str]:
+    """(name, value) of the ParameterStatus message that starts at data[start]."""
+    name, offset = read_cstring(data, start + 5)
+    return name, read_cstring(data, offset)[0]
+
+
 def parse_message_fields(body: bytes) -> dict[str, str]:
     """ErrorResponse / NoticeResponse fields by code letter (S, C, M, ...)."""
     fields: dict[str, str] = {}
@@ -230,7 +286,7 @@ def _cstr(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def frame(kind: bytes, body: bytes = b"") -> bytes:
+def frame(kind: int, body: bytes = b"") -> bytes:
     return _HEADER.pack(kind, len(body) + 4) + body
 
 
@@ -239,25 +295,16 @@ def error_response(severity: str, code: str, message: str, **extra: str) -> byte
     body = b"S" + _cstr(severity) + b"V" + _cstr(severity) + b"C" + _cstr(code) + b"M" + _cstr(message)
     for letter, value in extra.items():
         body += letter.encode() + _cstr(value)
-    return frame(b"E", body + b"\0")
+    return frame(Backend.ERROR_RESPONSE, body + b"\0")
 
 
 def notice_response(code: str, message: str) -> bytes:
     body = b"S" + _cstr("NOTICE") + b"V" + _cstr("NOTICE") + b"C" + _cstr(code) + b"M" + _cstr(message)
-    return frame(b"N", body + b"\0")
-
-
-def error_with_severity(body: bytes, severity: str) -> bytes:
-    """An ErrorResponse with its severity replaced (a backend's FATAL becomes the client's ERROR)."""
-    fields = parse_message_fields(body)
-    fields["S"] = severity
-    fields["V"] = severity
-    out = b"".join(code.encode() + _cstr(value) for code, value in fields.items())
-    return frame(b"E", out + b"\0")
+    return frame(Backend.NOTICE_RESPONSE, body + b"\0")
 
 
 def authentication(code: int, payload: bytes = b"") -> bytes:
-    return frame(b"R", _INT32.pack(code) + payload)
+    return frame(Backend.AUTHENTICATION, _INT32.pack(code) + payload)
 
 
 AUTH_OK = 0
@@ -273,32 +320,32 @@ def auth_sasl(mechanisms: list[str]) -> bytes:
 
 
 def parameter_status(name: str, value: str) -> bytes:
-    return frame(b"S", _cstr(name) + _cstr(value))
+    return frame(Backend.PARAMETER_STATUS, _cstr(name) + _cstr(value))
 
 
 def backend_key_data(pid: int, key: int) -> bytes:
-    return frame(b"K", struct.pack("!II", pid, key))
+    return frame(Backend.BACKEND_KEY_DATA, struct.pack("!II", pid, key))
 
 
 def ready_for_query(status: bytes) -> bytes:
-    return frame(b"Z", status)
+    return frame(Backend.READY_FOR_QUERY, status)
 
 
 def simple_query(text: str) -> bytes:
-    return frame(b"Q", _cstr(text))
+    return frame(Frontend.QUERY, _cstr(text))
 
 
 def password_message(secret: bytes | str) -> bytes:
     data = secret.encode() if isinstance(secret, str) else secret
-    return frame(b"p", data + b"\0")
+    return frame(Frontend.PASSWORD, data + b"\0")
 
 
 def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
-    return frame(b"p", _cstr(mechanism) + _INT32.pack(len(data)) + data)
+    return frame(Frontend.PASSWORD, _cstr(mechanism) + _INT32.pack(len(data)) + data)
 
 
 def sasl_response(data: bytes) -> bytes:
-    return frame(b"p", data)
+    return frame(Frontend.PASSWORD, data)
 
 
 def startup_message(params: dict[str, str]) -> bytes:
@@ -311,20 +358,20 @@ def ssl_request() -> bytes:
 
 
 def parse_message(name: str, query: str, param_section: bytes) -> bytes:
-    return frame(b"P", _cstr(name) + _cstr(query) + param_section)
+    return frame(Frontend.PARSE, _cstr(name) + _cstr(query) + param_section)
 
 
 def rename_bind(body: bytes, statement: str) -> bytes:
     portal, _, rest = bind_statement(body)
-    return frame(b"B", _cstr(portal) + _cstr(statement) + body[rest:])
+    return frame(Frontend.BIND, _cstr(portal) + _cstr(statement) + body[rest:])
 
 
-def target_message(kind: bytes, target: str, name: str) -> bytes:
+def target_message(kind: int, target: str, name: str) -> bytes:
     return frame(kind, target.encode() + _cstr(name))
 
 
-TERMINATE = frame(b"X")
-SYNC = frame(b"S")
+TERMINATE = frame(Frontend.TERMINATE)
+SYNC = frame(Frontend.SYNC)
 
 
 def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:

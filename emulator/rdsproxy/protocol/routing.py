@@ -9,38 +9,59 @@ exactly the responses to what it sent, in order, and nothing of what the proxy a
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Message type -> the response types that complete it (ErrorResponse completes any of them).
+from emulator.rdsproxy.protocol.messages import Backend
+
+
+class Expect(enum.Enum):
+    """What a place in the queue waits for: the answer to one message sent, or a made-up answer."""
+
+    PARSE = "parse"
+    BIND = "bind"
+    CLOSE = "close"
+    DESCRIBE_STATEMENT = "describe statement"
+    DESCRIBE_PORTAL = "describe portal"
+    EXECUTE = "execute"
+    QUERY = "query"
+    FUNCTION_CALL = "function call"
+    SYNC = "sync"
+    # An answer the proxy made up; it goes out when everything before it is answered.
+    SYNTHETIC = "synthetic"
+
+
+# The response types that complete a message (ErrorResponse completes any of them).
 _COMPLETES = {
-    "P": frozenset(b"1"),
-    "B": frozenset(b"2"),
-    "C": frozenset(b"3"),
-    "DS": frozenset(b"Tn"),  # Describe statement: ParameterDescription, then RowDescription / NoData
-    "DP": frozenset(b"Tn"),
-    "E": frozenset(b"CIs"),  # CommandComplete, EmptyQueryResponse, PortalSuspended
+    Expect.PARSE: frozenset({Backend.PARSE_COMPLETE}),
+    Expect.BIND: frozenset({Backend.BIND_COMPLETE}),
+    Expect.CLOSE: frozenset({Backend.CLOSE_COMPLETE}),
+    # Describe: ParameterDescription (statements only), then RowDescription or NoData.
+    Expect.DESCRIBE_STATEMENT: frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA}),
+    Expect.DESCRIBE_PORTAL: frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA}),
+    Expect.EXECUTE: frozenset(
+        {Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED}
+    ),
 }
-_UNTIL_READY = frozenset({"Q", "F", "S"})  # Query, FunctionCall, Sync end at ReadyForQuery
-_ASYNC = frozenset(b"NAS")  # Notice, Notification, ParameterStatus: at any time
-_ERROR = ord("E")
-_READY = ord("Z")
+# Query, FunctionCall and Sync end at ReadyForQuery.
+_UNTIL_READY = frozenset({Expect.QUERY, Expect.FUNCTION_CALL, Expect.SYNC})
+# Notice, Notification, ParameterStatus: at any time.
+_ASYNC = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
 
 
 @dataclass(slots=True)
 class Expected:
-    kind: str
+    kind: Expect
     forward: bool = True
     synthetic: bytes = b""
     on_error: Callable[[], None] | None = None
 
-    @property
-    def is_synthetic(self) -> bool:
-        return bool(self.synthetic)
-
 
 class ResponseRouter:
+    """The queue of answers one database connection owes its borrower, in the order they are due."""
+
     def __init__(self) -> None:
         self._queue: deque[Expected] = deque()
 
@@ -50,8 +71,8 @@ class ResponseRouter:
         return not self._queue
 
     def pending(self) -> list[str]:
-        """The kinds of message still waiting for their answer, oldest first."""
-        return [entry.kind for entry in self._queue]
+        """What is still waiting for its answer, oldest first."""
+        return [entry.kind.value for entry in self._queue]
 
     def passthrough(self) -> bool:
         """Every request waiting is the client's own and ends at ReadyForQuery (simple queries,
@@ -64,17 +85,19 @@ class ResponseRouter:
         if self._queue:
             self._queue.popleft()
 
-    def expect(self, kind: str, *, forward: bool = True, on_error: Callable[[], None] | None = None) -> None:
+    def expect(
+        self, kind: Expect, *, forward: bool = True, on_error: Callable[[], None] | None = None
+    ) -> None:
         self._queue.append(Expected(kind, forward, on_error=on_error))
 
     def answer(self, payload: bytes) -> list[bytes]:
         """A response the proxy makes up; returned at once when nothing before it is outstanding."""
-        self._queue.append(Expected("synthetic", synthetic=payload))
+        self._queue.append(Expected(Expect.SYNTHETIC, synthetic=payload))
         return self._drain()
 
     def _drain(self) -> list[bytes]:
         out = []
-        while self._queue and self._queue[0].is_synthetic:
+        while self._queue and self._queue[0].kind is Expect.SYNTHETIC:
             out.append(self._queue.popleft().synthetic)
         return out
 
@@ -83,11 +106,11 @@ class ResponseRouter:
         if kind in _ASYNC or not self._queue:
             return [raw]
         head = self._queue[0]
-        if kind == _READY:
+        if kind == Backend.READY_FOR_QUERY:
             self._queue.popleft()
             out = [raw] if head.forward else []
             return out + self._drain()
-        if kind == _ERROR:
+        if kind == Backend.ERROR_RESPONSE:
             if head.kind in _UNTIL_READY:
                 return [raw] if head.forward else []
             # The server skips everything up to the next Sync: so do our expectations and made-up answers.

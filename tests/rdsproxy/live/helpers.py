@@ -11,24 +11,27 @@ from typing import Any
 import boto3
 import psycopg
 
+from emulator.errors import ReadinessTimeout
 from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend
 from emulator.stack.embedded import EmbeddedStack
 from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.wait import wait_until
 
 
 @dataclass
 class ProxyUnderTest:
     stack: EmbeddedStack
-    part: RdsProxyEmulator
+    emulator: RdsProxyEmulator
 
     @property
     def host(self) -> str:
-        return self.part.host
+        return self.emulator.host
 
     @property
     def port(self) -> int:
-        return self.part.port
+        return self.emulator.port
 
     @property
     def user(self) -> str:
@@ -58,7 +61,7 @@ class ProxyUnderTest:
 
     def password(self) -> str:
         """What a client sends: a token when IAM is required, else the secret's password."""
-        return self.token() if self.part.config.iam_auth == "REQUIRED" else self.stack.db_password
+        return self.token() if self.emulator.config.iam_auth == "REQUIRED" else self.stack.db_password
 
     def conninfo(self, **extra: Any) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -68,7 +71,7 @@ class ProxyUnderTest:
             "dbname": self.database,
             "password": self.password(),
             "sslmode": "require"
-            if self.part.config.require_tls or self.part.config.iam_auth == "REQUIRED"
+            if self.emulator.config.require_tls or self.emulator.config.iam_auth == "REQUIRED"
             else "disable",
             "connect_timeout": 10,
         }
@@ -79,7 +82,7 @@ class ProxyUnderTest:
         return psycopg.connect(**self.conninfo(**extra), autocommit=True)
 
     def stats(self) -> dict[str, Any]:
-        return self.part.stats()
+        return self.emulator.stats()
 
 
 class RawClient:
@@ -111,16 +114,20 @@ class RawClient:
                 raise ConnectionResetError("closed by the proxy")
             self.frames.feed(data)
 
-    def read_until(self, kind: bytes) -> list[m.Frame]:
+    def read_until(self, kind: int) -> list[m.Frame]:
         frames = []
         while True:
             frame = self.read_frame()
             frames.append(frame)
-            if frame.type == kind:
+            if frame.kind == kind:
                 return frames
 
+    def kinds_until_ready(self) -> list[int]:
+        """The kinds of message received up to and including the next ReadyForQuery."""
+        return [frame.kind for frame in self.read_until(Backend.READY_FOR_QUERY)]
+
     def expect_error(self) -> dict[str, str]:
-        frames = self.read_until(b"E")
+        frames = self.read_until(Backend.ERROR_RESPONSE)
         return m.parse_message_fields(frames[-1].body)
 
     def closed(self) -> bool:
@@ -135,10 +142,10 @@ class RawClient:
     def login_md5(self, user: str, password: str, database: str, **params: str) -> list[m.Frame]:
         self.send(m.startup_message({"user": user, "database": database, **params}))
         request = self.read_frame()
-        assert request.type == b"R", request.raw
+        assert request.kind == Backend.AUTHENTICATION, request.raw
         assert m.auth_code(request.body) == m.AUTH_MD5, request.raw
         self.send(m.password_message(md5_password(user, password, request.body[4:8])))
-        return self.read_until(b"Z")
+        return self.read_until(Backend.READY_FOR_QUERY)
 
     def close(self) -> None:
         self.sock.close()
@@ -147,3 +154,27 @@ class RawClient:
 def startup_packet(code: int, payload: bytes = b"") -> bytes:
     body = struct.pack("!I", code) + payload
     return struct.pack("!I", len(body) + 4) + body
+
+
+def wait_quiescent(proxy: RdsProxyEmulator, timeout: float = 10) -> dict[str, Any]:
+    """Nothing borrowed, nothing in a transaction, no client left, the pool within its cap."""
+    seen: dict[str, Any] = {}
+
+    def quiet() -> bool:
+        stats = seen["stats"] = proxy.stats()
+        pool = stats["pool"]
+        return bool(
+            pool["borrowed"] == 0
+            and stats["database_connections_in_transaction"] == 0
+            and stats["client_connections"] == 0
+            and stats["database_connections_pinned"] == 0
+            and stats["borrow_waiters"] == 0
+            and pool["total"] <= pool["cap"]
+            and pool["total"] == pool["idle"]
+        )
+
+    try:
+        wait_until(quiet, component="the proxy's pool (quiescent)", timeout=timeout)
+    except ReadinessTimeout:
+        raise AssertionError(f"the proxy is not quiescent: {seen.get('stats')}") from None
+    return dict(seen["stats"])

@@ -15,8 +15,7 @@ from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
 
-from .conftest import wait_quiescent
-from .helpers import ProxyUnderTest
+from .helpers import ProxyUnderTest, wait_quiescent
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +56,7 @@ def test_a_client_that_vanishes_mid_transaction_leaves_nothing_behind(faulty: Pr
     conn.execute("BEGIN")
     conn.execute("INSERT INTO vanishing VALUES ('never committed')")
     _abandon(conn)
-    wait_quiescent(faulty.part)
+    wait_quiescent(faulty.emulator)
     with faulty.connect() as other:
         assert other.execute("SELECT count(*) FROM vanishing").fetchone() == (0,)
         assert other.execute(
@@ -73,7 +72,7 @@ def test_a_client_that_vanishes_mid_query_does_not_hand_its_connection_on(faulty
     conn.pgconn.send_query(b"SELECT pg_sleep(30)")
     time.sleep(0.2)  # let the query reach the server; the test is about what happens while it runs
     _abandon(conn)
-    wait_quiescent(faulty.part)
+    wait_quiescent(faulty.emulator)
     with faulty.connect() as other:
         for _ in range(5):
             assert other.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
@@ -96,7 +95,7 @@ def test_a_database_restart_spares_idle_clients_and_fails_only_the_request_in_fl
 
     thread = threading.Thread(target=long_query)
     thread.start()
-    wait_until(lambda: faulty.stats()["pool"]["borrowed"] == 1, part="the long query", timeout=10)
+    wait_until(lambda: faulty.stats()["pool"]["borrowed"] == 1, component="the long query", timeout=10)
     postgres = faulty.stack.postgres
     postgres.stop()
 

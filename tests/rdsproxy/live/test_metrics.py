@@ -46,14 +46,14 @@ def test_pinned_sessions_and_connections_are_published_exactly(publishing: Proxy
         for conn in pinned:
             conn.execute("SET work_mem = '8MB'")
         plain.execute("SELECT 1")
-        local: dict[str, Any] = publishing.part.metrics()["values"]
+        local: dict[str, Any] = publishing.emulator.metrics()["values"]
         assert local["DatabaseConnectionsCurrentlySessionPinned"] == 2
         assert local["ClientConnections"] == 3
         assert local["MaxDatabaseConnectionsAllowed"] == 3
         assert local["DatabaseConnectionsCurrentlyBorrowed"] == 2  # the pinned ones keep theirs
         wait_until(
             lambda: _maximum(publishing, "DatabaseConnectionsCurrentlySessionPinned", ds3) == 2,
-            part="DatabaseConnectionsCurrentlySessionPinned in CloudWatch",
+            component="DatabaseConnectionsCurrentlySessionPinned in CloudWatch",
             timeout=20,
         )
         assert _maximum(publishing, "ClientConnections", ds1) == 3
@@ -62,8 +62,8 @@ def test_pinned_sessions_and_connections_are_published_exactly(publishing: Proxy
         for conn in [*pinned, plain]:
             conn.close()
     wait_until(
-        lambda: publishing.part.metrics()["values"]["DatabaseConnectionsCurrentlySessionPinned"] == 0,
-        part="pinned sessions ending",
+        lambda: publishing.emulator.metrics()["values"]["DatabaseConnectionsCurrentlySessionPinned"] == 0,
+        component="pinned sessions ending",
         timeout=10,
     )
 
@@ -95,7 +95,7 @@ def test_every_metric_is_published_with_its_dimension_sets(publishing: ProxyUnde
         ("QueryResponseLatency", ("EndpointName", "ProxyName")),
         ("QueryDatabaseResponseLatency", ("ProxyName", "TargetGroup", "TargetRole")),
     }
-    wait_until(lambda: wanted <= published(), part="metrics in CloudWatch", timeout=20)
+    wait_until(lambda: wanted <= published(), component="metrics in CloudWatch", timeout=20)
 
 
 def test_the_log_goes_to_the_proxys_log_group(publishing: ProxyUnderTest) -> None:
@@ -107,7 +107,7 @@ def test_the_log_goes_to_the_proxys_log_group(publishing: ProxyUnderTest) -> Non
         events = logs.filter_log_events(logGroupName="/aws/rds/proxy/metrics-proxy")["events"]
         return any("The client session was pinned" in event["message"] for event in events)
 
-    wait_until(pin_logged, part="the pin in CloudWatch Logs", timeout=20)
+    wait_until(pin_logged, component="the pin in CloudWatch Logs", timeout=20)
 
 
 def test_query_latencies_measure_the_database_and_the_whole_answer(
@@ -121,6 +121,6 @@ def test_query_latencies_measure_the_database_and_the_whole_answer(
     for metric, dimensions in (("QueryDatabaseResponseLatency", ds3), ("QueryResponseLatency", ds1)):
         wait_until(
             lambda m=metric, d=dimensions: (_maximum(proxy, m, d) or 0) >= 0.3e6 / 2,
-            part=f"{metric} in CloudWatch",
+            component=f"{metric} in CloudWatch",
             timeout=20,
         )

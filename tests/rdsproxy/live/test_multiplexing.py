@@ -11,16 +11,13 @@ import psycopg
 import pytest
 
 from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend, Frontend
 from emulator.rdsproxy.protocol.pinning import REASON_SETTINGS
 from emulator.wait import wait_until
 
 from .helpers import ProxyUnderTest, RawClient
 
 pytestmark = pytest.mark.integration
-
-
-def _pids(proxy: ProxyUnderTest) -> int:
-    return proxy.stack.postgres.connection_count(user=proxy.user)
 
 
 @pytest.fixture
@@ -111,14 +108,20 @@ def test_closing_a_prepared_statement_never_pins(make_proxy: Callable[..., Proxy
     client = RawClient(proxy.host, proxy.port)
     client.login_md5(proxy.user, proxy.stack.db_password, proxy.database)
     client.send(m.parse_message("s1", "SELECT 1", b"\0\0") + m.SYNC)
-    assert [f.type for f in client.read_until(b"Z")] == [b"1", b"Z"]
-    client.send(m.target_message(b"C", "S", "s1") + m.SYNC)
-    assert [f.type for f in client.read_until(b"Z")] == [b"3", b"Z"]
+    assert [f.kind for f in client.read_until(Backend.READY_FOR_QUERY)] == [
+        Backend.PARSE_COMPLETE,
+        Backend.READY_FOR_QUERY,
+    ]
+    client.send(m.target_message(Frontend.CLOSE, "S", "s1") + m.SYNC)
+    assert [f.kind for f in client.read_until(Backend.READY_FOR_QUERY)] == [
+        Backend.CLOSE_COMPLETE,
+        Backend.READY_FOR_QUERY,
+    ]
     assert proxy.stats()["database_connections_pinned"] == 0
     # Closed for the client: binding it again is the server's usual error.
-    client.send(m.frame(b"B", b"\0s1\0\0\0\0\0\0\0") + m.SYNC)
+    client.send(m.frame(Frontend.BIND, b"\0s1\0\0\0\0\0\0\0") + m.SYNC)
     assert client.expect_error()["C"] == "26000"
-    client.read_until(b"Z")
+    client.read_until(Backend.READY_FOR_QUERY)
     client.close()
 
 
@@ -165,7 +168,7 @@ def test_a_set_pins_the_session_and_never_leaks_to_another_client(pool_of_two: P
 def test_the_pin_is_logged_in_rds_proxy_format(pool_of_two: ProxyUnderTest) -> None:
     with pool_of_two.connect() as conn:
         conn.execute("SET extra_float_digits = 3")
-    log = pool_of_two.part.log_path.read_text()
+    log = pool_of_two.emulator.log_path.read_text()
     expected = REASON_SETTINGS.format(digest="set extra_float_digits = $1;")
     line = next(line for line in log.splitlines() if expected in line)
     assert "[WARN] [proxyEndpoint=default] [clientConnection=" in line
@@ -186,7 +189,7 @@ def test_a_pinned_sessions_connection_is_closed_not_reused(pool_of_two: ProxyUnd
                 admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
                 == (0,)
             ),
-            part="the pinned backend",
+            component="the pinned backend",
             timeout=10,
         )
     with pool_of_two.connect() as fresh:

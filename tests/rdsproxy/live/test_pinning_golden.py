@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def _pin_lines(proxy: ProxyUnderTest, client: int | None = None) -> list[str]:
     lines = [
         line
-        for line in proxy.part.log_path.read_text().splitlines()
+        for line in proxy.emulator.log_path.read_text().splitlines()
         if "The client session was pinned" in line
     ]
     return [line for line in lines if client is None or f"[clientConnection={client}]" in line]
@@ -90,7 +90,7 @@ def test_a_prisma_style_search_path_pins(proxy: ProxyUnderTest) -> None:
 
 def test_the_kits_own_handler_never_pins(proxy: ProxyUnderTest) -> None:
     before = len(_pin_lines(proxy))
-    with function_environment(proxy.stack.handler_environment(proxy.part)):
+    with function_environment(proxy.stack.handler_environment(proxy.emulator)):
         environment = InProcessEnvironment()
         try:
             for _ in range(5):
@@ -136,9 +136,9 @@ def test_the_report_summarises_a_real_run(make_proxy: Callable[..., ProxyUnderTe
             "emulator",
             "report",
             "--log",
-            str(proxy.part.log_path),
+            str(proxy.emulator.log_path),
             "--stats",
-            f"http://127.0.0.1:{proxy.part.stats_port}/stats",
+            f"http://127.0.0.1:{proxy.emulator.stats_port}/stats",
         ],
         capture_output=True,
         text=True,

@@ -45,7 +45,7 @@ def test_the_pessimistic_options_pin_on_parse(
         conn.execute("SELECT %s::int", (1,))
         assert proxy.stats()["database_connections_pinned"] == 1
     assert any(
-        line.endswith(f"Reason: {REASON_PARSE}") for line in proxy.part.log_path.read_text().splitlines()
+        line.endswith(f"Reason: {REASON_PARSE}") for line in proxy.emulator.log_path.read_text().splitlines()
     )
 
 
@@ -97,4 +97,6 @@ def test_borrow_latency_is_what_the_clients_waited(make_proxy: Callable[..., Pro
         return max((p["Maximum"] for p in points), default=0.0)
 
     # Published as the average of a period's borrows: at least half the long wait.
-    wait_until(lambda: published_maximum() >= 0.25e6, part="DatabaseConnectionsBorrowLatency", timeout=20)
+    wait_until(
+        lambda: published_maximum() >= 0.25e6, component="DatabaseConnectionsBorrowLatency", timeout=20
+    )

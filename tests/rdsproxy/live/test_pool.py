@@ -81,7 +81,7 @@ def test_waiting_borrows_are_served_first_come_first_served(
         thread.start()
         threads.append(thread)
         wait_until(
-            lambda n=index: proxy.stats()["borrow_waiters"] == n + 1, part="the borrow queue", timeout=5
+            lambda n=index: proxy.stats()["borrow_waiters"] == n + 1, component="the borrow queue", timeout=5
         )
     holder.execute("COMMIT")
     for thread in threads:
@@ -113,7 +113,7 @@ def test_an_idle_client_is_disconnected_and_its_database_connection_stays(
     conn = proxy.connect()
     conn.execute("SELECT 1")
     database_connections = proxy.stats()["database_connections"]
-    wait_until(lambda: proxy.stats()["client_connections"] == 0, part="idle client timeout", timeout=10)
+    wait_until(lambda: proxy.stats()["client_connections"] == 0, component="idle client timeout", timeout=10)
     with pytest.raises(psycopg.OperationalError):
         conn.execute("SELECT 1")
     conn.close()
@@ -133,7 +133,7 @@ def test_idle_database_connections_above_the_idle_percentage_are_closed(
     for conn in clients:
         conn.execute("COMMIT")
         conn.close()
-    wait_until(lambda: proxy.stats()["database_connections"] == 2, part="idle trimming", timeout=10)
+    wait_until(lambda: proxy.stats()["database_connections"] == 2, component="idle trimming", timeout=10)
 
 
 def test_the_database_connection_is_encrypted_exactly_when_the_client_connection_is(

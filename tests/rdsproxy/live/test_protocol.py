@@ -10,6 +10,7 @@ import pytest
 
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend, Frontend
 from emulator.wait import wait_until
 
 from .helpers import ProxyUnderTest, RawClient, startup_packet
@@ -41,7 +42,7 @@ def test_a_startup_packet_split_into_single_bytes_is_reassembled(md5_proxy: Prox
     client = RawClient(md5_proxy.host, md5_proxy.port)
     client.send_slowly(m.startup_message({"user": md5_proxy.user, "database": md5_proxy.database}))
     request = client.read_frame()
-    assert request.type == b"R"
+    assert request.kind == Backend.AUTHENTICATION
     assert m.auth_code(request.body) == m.AUTH_MD5
     client.close()
 
@@ -83,7 +84,7 @@ def test_a_startup_without_user_is_refused(md5_proxy: ProxyUnderTest) -> None:
 def test_the_accepted_startup_parameters_are_reported_back(md5_proxy: ProxyUnderTest) -> None:
     client = _login(md5_proxy, application_name="raw-test", TimeZone="Asia/Tokyo", extra_float_digits="2")
     client.send(m.simple_query("SHOW TimeZone"))
-    rows = [f for f in client.read_until(b"Z") if f.type == b"D"]
+    rows = [f for f in client.read_until(Backend.READY_FOR_QUERY) if f.kind == Backend.DATA_ROW]
     assert rows[0].body.endswith(b"Asia/Tokyo")
     client.send(m.TERMINATE)
     client.close()
@@ -94,7 +95,7 @@ def test_gssenc_is_declined_and_the_startup_goes_on(md5_proxy: ProxyUnderTest) -
     client.send(startup_packet(m.GSSENC_REQUEST))
     assert client.sock.recv(1) == b"N"
     client.send(m.startup_message({"user": md5_proxy.user}))
-    assert client.read_frame().type == b"R"
+    assert client.read_frame().kind == Backend.AUTHENTICATION
     client.close()
 
 
@@ -130,18 +131,18 @@ def test_an_oversized_startup_packet_ends_the_connection(md5_proxy: ProxyUnderTe
 def test_a_malformed_message_ends_that_client_only(md5_proxy: ProxyUnderTest) -> None:
     bystander = _login(md5_proxy)
     bystander.send(m.simple_query("BEGIN"))
-    bystander.read_until(b"Z")
+    bystander.read_until(Backend.READY_FOR_QUERY)
     offender = _login(md5_proxy)
     offender.send(b"Q" + struct.pack("!I", 2))  # a length below 4 is impossible
     error = offender.expect_error()
     assert (error["S"], error["C"]) == ("FATAL", "08P01")
     assert offender.closed()
     bystander.send(m.simple_query("SELECT 42"))
-    frames = bystander.read_until(b"Z")
-    assert any(f.type == b"D" and f.body.endswith(b"42") for f in frames)
+    frames = bystander.read_until(Backend.READY_FOR_QUERY)
+    assert any(f.kind == Backend.DATA_ROW and f.body.endswith(b"42") for f in frames)
     assert frames[-1].raw == m.ready_for_query(b"T")
     bystander.send(m.simple_query("COMMIT"))
-    bystander.read_until(b"Z")
+    bystander.read_until(Backend.READY_FOR_QUERY)
     bystander.close()
 
 
@@ -165,7 +166,9 @@ def test_pipelined_simple_queries_in_one_packet_each_get_their_answers(md5_proxy
     client.send(m.simple_query("SELECT 1") + m.simple_query("SELECT 2") + m.simple_query("SELECT 3"))
     values = []
     for _ in range(3):
-        values += [f.body[-1:] for f in client.read_until(b"Z") if f.type == b"D"]
+        values += [
+            f.body[-1:] for f in client.read_until(Backend.READY_FOR_QUERY) if f.kind == Backend.DATA_ROW
+        ]
     assert values == [b"1", b"2", b"3"]
     client.close()
 
@@ -173,7 +176,7 @@ def test_pipelined_simple_queries_in_one_packet_each_get_their_answers(md5_proxy
 def test_a_large_row_arrives_whole(md5_proxy: ProxyUnderTest) -> None:
     client = _login(md5_proxy)
     client.send(m.simple_query("SELECT repeat('ab', 2000000)"))
-    rows = [f for f in client.read_until(b"Z") if f.type == b"D"]
+    rows = [f for f in client.read_until(Backend.READY_FOR_QUERY) if f.kind == Backend.DATA_ROW]
     assert len(rows[0].body) == 2 + 4 + 4_000_000
     client.close()
 
@@ -192,15 +195,15 @@ def test_an_unknown_prepared_statement_is_an_error_then_the_session_goes_on(
 ) -> None:
     client = _login(md5_proxy)
     client.send(
-        m.frame(b"B", b"\0nope\0" + struct.pack("!HHH", 0, 0, 0))
-        + m.frame(b"E", b"\0" + b"\0\0\0\0")
+        m.frame(Frontend.BIND, b"\0nope\0" + struct.pack("!HHH", 0, 0, 0))
+        + m.frame(Frontend.EXECUTE, b"\0" + b"\0\0\0\0")
         + m.SYNC
     )
     error = client.expect_error()
     assert (error["C"], error["M"]) == ("26000", 'prepared statement "nope" does not exist')
     assert client.read_frame().raw == m.ready_for_query(b"I")
     client.send(m.simple_query("SELECT 7"))
-    assert any(f.type == b"D" for f in client.read_until(b"Z"))
+    assert any(f.kind == Backend.DATA_ROW for f in client.read_until(Backend.READY_FOR_QUERY))
     client.close()
 
 
@@ -210,21 +213,26 @@ def test_a_client_that_stops_reading_holds_back_its_server_not_the_proxy(md5_pro
     # every byte arrives in order once the client reads again.
     slow = _login(md5_proxy)
     slow.send(m.simple_query("SELECT i, repeat('x', 4000) FROM generate_series(1, 10000) AS i"))
-    before = _resident_kb(md5_proxy.part.pid)
+    before = _resident_kb(md5_proxy.emulator.pid)
     wait_until(
-        lambda: any(s["db_reading_paused"] for s in md5_proxy.part.sessions()),
-        part="the emulator (pausing a database connection)",
+        lambda: any(s["db_reading_paused"] for s in md5_proxy.emulator.sessions()),
+        component="the emulator (pausing a database connection)",
         timeout=30,
     )
     other = _login(md5_proxy)
     other.send(m.simple_query("SELECT 42"))
-    answer = other.read_until(b"Z")
-    assert [f.type for f in answer] == [b"T", b"D", b"C", b"Z"]
-    grown_mb = (_resident_kb(md5_proxy.part.pid) - before) / 1024
+    answer = other.read_until(Backend.READY_FOR_QUERY)
+    assert [f.kind for f in answer] == [
+        Backend.ROW_DESCRIPTION,
+        Backend.DATA_ROW,
+        Backend.COMMAND_COMPLETE,
+        Backend.READY_FOR_QUERY,
+    ]
+    grown_mb = (_resident_kb(md5_proxy.emulator.pid) - before) / 1024
     assert grown_mb < 20, f"the proxy grew by {grown_mb:.0f} MB buffering what its client would not read"
     rows = 0
-    for frame in slow.read_until(b"Z"):
-        if frame.type == b"D":
+    for frame in slow.read_until(Backend.READY_FOR_QUERY):
+        if frame.kind == Backend.DATA_ROW:
             rows += 1
             assert frame.body[6 : 6 + len(str(rows))] == str(rows).encode()
     assert rows == 10000

@@ -22,7 +22,7 @@ cuts_strategy = st.lists(st.integers(min_value=0, max_value=80000), max_size=30)
 
 def _pieces(frames: list[tuple[int, bytes]], cuts: list[int]) -> list[bytes]:
     """The frames' bytes cut at arbitrary places, as TCP may deliver them."""
-    stream = b"".join(m.frame(bytes([kind]), body) for kind, body in frames)
+    stream = b"".join(m.frame(kind, body) for kind, body in frames)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     return [stream[start:end] for start, end in itertools.pairwise(points)]
 

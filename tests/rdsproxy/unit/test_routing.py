@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 
 from emulator.rdsproxy.protocol import messages as m
-from emulator.rdsproxy.protocol.routing import ResponseRouter
+from emulator.rdsproxy.protocol.messages import Backend
+from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
 
 pytestmark = pytest.mark.unit
 
-PARSE_OK = m.frame(b"1")
-BIND_OK = m.frame(b"2")
-CLOSE_OK = m.frame(b"3")
-ROW = m.frame(b"D", b"\x00\x01\x00\x00\x00\x011")
-DONE = m.frame(b"C", b"SELECT 1\0")
+PARSE_OK = m.frame(Backend.PARSE_COMPLETE)
+BIND_OK = m.frame(Backend.BIND_COMPLETE)
+CLOSE_OK = m.frame(Backend.CLOSE_COMPLETE)
+ROW = m.frame(Backend.DATA_ROW, b"\x00\x01\x00\x00\x00\x011")
+DONE = m.frame(Backend.COMMAND_COMPLETE, b"SELECT 1\0")
 READY = m.ready_for_query(b"I")
 ERROR = m.error_response("ERROR", "42P01", "relation does not exist")
 NOTICE = m.notice_response("00000", "hello")
@@ -28,19 +29,19 @@ def route(router: ResponseRouter, *frames: bytes) -> list[bytes]:
 
 def test_a_parse_the_proxy_added_is_invisible_to_the_client() -> None:
     router = ResponseRouter()
-    router.expect("P", forward=False)  # re-preparation on this connection
-    router.expect("B")
-    router.expect("E")
-    router.expect("S")
+    router.expect(Expect.PARSE, forward=False)  # re-preparation on this connection
+    router.expect(Expect.BIND)
+    router.expect(Expect.EXECUTE)
+    router.expect(Expect.SYNC)
     assert route(router, PARSE_OK, BIND_OK, ROW, DONE, READY) == [BIND_OK, ROW, DONE, READY]
     assert router.idle
 
 
 def test_a_made_up_answer_waits_for_the_answers_before_it() -> None:
     router = ResponseRouter()
-    router.expect("P")
+    router.expect(Expect.PARSE)
     assert router.answer(CLOSE_OK) == []  # the Parse before it is still unanswered
-    router.expect("S")
+    router.expect(Expect.SYNC)
     assert route(router, PARSE_OK) == [PARSE_OK, CLOSE_OK]
     assert route(router, READY) == [READY]
 
@@ -53,11 +54,11 @@ def test_a_made_up_answer_with_nothing_outstanding_goes_out_at_once() -> None:
 def test_after_an_error_the_answers_until_sync_are_skipped_as_the_server_skips_them() -> None:
     failed = []
     router = ResponseRouter()
-    router.expect("P", forward=False, on_error=lambda: failed.append("parse"))
+    router.expect(Expect.PARSE, forward=False, on_error=lambda: failed.append("parse"))
     router.answer(PARSE_OK)  # would have answered a later message the server now skips
-    router.expect("B", on_error=lambda: failed.append("bind"))
-    router.expect("E")
-    router.expect("S")
+    router.expect(Expect.BIND, on_error=lambda: failed.append("bind"))
+    router.expect(Expect.EXECUTE)
+    router.expect(Expect.SYNC)
     # The proxy's own Parse failed: the client still learns why.
     assert route(router, ERROR, READY) == [ERROR, READY]
     assert failed == ["parse", "bind"]
@@ -66,14 +67,14 @@ def test_after_an_error_the_answers_until_sync_are_skipped_as_the_server_skips_t
 
 def test_notices_and_notifications_pass_at_any_time() -> None:
     router = ResponseRouter()
-    router.expect("P", forward=False)
-    router.expect("S")
+    router.expect(Expect.PARSE, forward=False)
+    router.expect(Expect.SYNC)
     assert route(router, NOTICE, PARSE_OK, NOTICE, READY) == [NOTICE, NOTICE, READY]
 
 
 def test_a_simple_query_ends_only_at_ready_for_query_even_after_an_error() -> None:
     router = ResponseRouter()
-    router.expect("Q")
+    router.expect(Expect.QUERY)
     assert route(router, ERROR) == [ERROR]
     assert not router.idle
     assert route(router, READY) == [READY]
@@ -82,17 +83,21 @@ def test_a_simple_query_ends_only_at_ready_for_query_even_after_an_error() -> No
 
 def test_the_proxys_own_query_is_swallowed_whole() -> None:
     router = ResponseRouter()
-    router.expect("Q", forward=False)
-    router.expect("Q")
-    assert route(router, m.frame(b"C", b"SET\0"), READY, ROW, DONE, READY) == [ROW, DONE, READY]
+    router.expect(Expect.QUERY, forward=False)
+    router.expect(Expect.QUERY)
+    assert route(router, m.frame(Backend.COMMAND_COMPLETE, b"SET\0"), READY, ROW, DONE, READY) == [
+        ROW,
+        DONE,
+        READY,
+    ]
 
 
 def test_describe_statement_ends_at_its_row_description() -> None:
     router = ResponseRouter()
-    router.expect("DS")
+    router.expect(Expect.DESCRIBE_STATEMENT)
     router.answer(CLOSE_OK)
-    parameters = m.frame(b"t", b"\x00\x00")
-    no_data = m.frame(b"n")
+    parameters = m.frame(Backend.PARAMETER_DESCRIPTION, b"\x00\x00")
+    no_data = m.frame(Backend.NO_DATA)
     assert route(router, parameters) == [parameters]
     assert route(router, no_data) == [no_data, CLOSE_OK]
 
@@ -100,18 +105,18 @@ def test_describe_statement_ends_at_its_row_description() -> None:
 def test_simple_queries_and_syncs_may_pass_through_in_bulk_and_made_up_answers_may_not() -> None:
     router = ResponseRouter()
     assert router.passthrough()  # nothing outstanding: whatever the server says goes to the client
-    router.expect("Q")
-    router.expect("S")
+    router.expect(Expect.QUERY)
+    router.expect(Expect.SYNC)
     assert router.passthrough()
     router.ready()
     router.ready()
     assert router.idle
-    router.expect("P", forward=False)
+    router.expect(Expect.PARSE, forward=False)
     assert not router.passthrough()  # the proxy's own Parse: its answer must be swallowed
     router = ResponseRouter()
-    router.expect("B")
+    router.expect(Expect.BIND)
     assert not router.passthrough()  # extended-protocol answers complete one by one
     router = ResponseRouter()
-    router.expect("Q")
+    router.expect(Expect.QUERY)
     router.answer(CLOSE_OK)
     assert not router.passthrough()  # a made-up answer waits for its place in line

@@ -1,0 +1,117 @@
+"""The proxy's listener: it accepts client connections, gives each a session, and keeps the house
+(idle clients, idle database connections, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any
+
+from emulator.rdsproxy.admin import AdminEndpoint
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.metrics import MetricsPublisher
+from emulator.rdsproxy.pool import Pool
+from emulator.rdsproxy.protocol.statements import StatementNames
+from emulator.rdsproxy.proxylog import ProxyLog
+from emulator.rdsproxy.session import ClientSession, SessionDeps
+from emulator.rdsproxy.stats import Stats
+from emulator.rdsproxy.target import Target
+
+
+class ProxyListener:
+    """One RDS Proxy endpoint: a listener, its client sessions, the pool they share, and its target."""
+
+    def __init__(self, config: ProxyConfig, log: ProxyLog | None = None) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.log = log or ProxyLog(debug=config.debug_logging)
+        self.target = Target(config, self.stats, self.log)
+        self.pool = Pool(self.target.open_connection, self.stats, idle_seconds=config.idle_connection_seconds)
+        self.sessions: set[ClientSession] = set()
+        tls_context: ssl.SSLContext | None = None
+        if config.tls_available:
+            tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls_context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        self.deps = SessionDeps(
+            config=config,
+            stats=self.stats,
+            log=self.log,
+            pool=self.pool,
+            target=self.target,
+            statement_names=StatementNames(),
+            tls_context=tls_context,
+            ended=self.sessions.discard,
+        )
+        self.metrics = MetricsPublisher(config, self.snapshot, self.stats)
+        self.admin = AdminEndpoint(self)
+        self._listener: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        await self.target.load_secret()
+        self._listener = await asyncio.start_server(
+            self._accept, self.config.listen_host, self.config.listen_port, backlog=4096
+        )
+        if self.config.stats_port >= 0:
+            await self.admin.start(self.config.listen_host, self.config.stats_port)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._reach_target()), loop.create_task(self._sweep())]
+        if self.config.publish_to_cloudwatch:
+            self.log.sinks.append(self.metrics.log_sink)
+            self._tasks.append(loop.create_task(self.metrics.run()))
+
+    async def _reach_target(self) -> None:
+        await self.target.discover()
+        self.pool.cap = self.config.pool_cap(self.target.max_connections)
+        self.pool.idle_keep = self.config.idle_keep(self.target.max_connections)
+        self.stats.max_database_connections_allowed = self.pool.cap
+        self.log.info(
+            f"Target {self.config.target_host}:{self.config.target_port} is available: max_connections="
+            f"{self.target.max_connections}, MaxDatabaseConnectionsAllowed={self.pool.cap}."
+        )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = ClientSession(self.deps, reader, writer)
+        self.sessions.add(session)
+        await session.run()
+
+    async def _sweep(self) -> None:
+        """Once a second: close idle clients (idle_client_timeout) and trim idle database connections."""
+        while True:
+            await asyncio.sleep(1)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                if session.established and now - session.last_activity > self.config.idle_client_timeout:
+                    await session.close_idle()
+            self.pool.trim_idle()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        self.admin.stop()
+        for session in list(self.sessions):
+            session.writer.close()
+        self.pool.close_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters and the pool as they are now (/stats, and the metrics' raw material)."""
+        data = self.stats.snapshot()
+        connections = self.pool.connections()
+        data["database_connections_in_transaction"] = sum(
+            1 for conn in self.pool.borrowed if conn.txn_status != b"I"
+        )
+        data["database_connections_with_tls"] = sum(1 for conn in connections if conn.tls)
+        data["pool"] = {
+            "cap": self.pool.cap,
+            "total": self.pool.total,
+            "idle": self.pool.idle_count(),
+            "borrowed": len(self.pool.borrowed),
+        }
+        data["borrowed"] = [{"db_connection": c.id, "owner": c.owner} for c in self.pool.borrowed]
+        data["backend_pids"] = sorted(conn.process_id for conn in connections)
+        data["target_ready"] = self.target.ready
+        data["target_max_connections"] = self.target.max_connections
+        return data

@@ -1,0 +1,71 @@
+"""A client's session parameters: the ones it chose at startup, kept on every connection it borrows.
+
+RDS Proxy lets a client choose five parameters in its startup packet. Database connections are shared,
+so before a client uses one, the proxy makes the connection's parameters the client's (SET), and it
+passes a ParameterStatus on to the client only when the client's view changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# The session parameters RDS Proxy lets clients choose at startup.
+CLIENT_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits")
+# Not reported by the server (no ParameterStatus): the proxy remembers what it set.
+UNREPORTED = "extra_float_digits"
+Key = tuple[tuple[str, str], ...]
+
+
+def canonical(name: str, value: str) -> str:
+    """The spelling the server reports back, where it differs in a way we can predict."""
+    if name == "client_encoding":
+        upper = value.upper().replace("-", "").replace("_", "")
+        return "UTF8" if upper in ("UTF8", "UNICODE") else value.upper()
+    return value
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class SessionParameters:
+    """What the client asked for (wanted) and what it has been told (seen)."""
+
+    def __init__(self, chosen: Mapping[str, str], baseline: Mapping[str, str]) -> None:
+        self.wanted: dict[str, str] = {}
+        for name in CLIENT_PARAMETERS:
+            value = next((v for k, v in chosen.items() if k.lower() == name.lower()), None)
+            if value is None:
+                value = baseline.get(name)
+            if value is not None:
+                self.wanted[name] = canonical(name, value)
+        self.key: Key = tuple(self.wanted.items())
+        # What the client learns at login: the server's reported parameters, with its own choices.
+        self.seen: dict[str, str] = {
+            **baseline,
+            **{k: v for k, v in self.wanted.items() if k != UNREPORTED},
+        }
+
+    def alignment(self, reported: Mapping[str, str], unreported: Mapping[str, str]) -> str | None:
+        """The SET statements that give a connection this client's parameters, or None."""
+        sets = []
+        for name, value in self.wanted.items():
+            current = unreported.get(name) if name == UNREPORTED else reported.get(name)
+            if current != value:
+                sets.append(f"SET {name} = {_quote(value)}")
+        return "; ".join(sets) if sets else None
+
+    def aligned(self, reported: Mapping[str, str]) -> None:
+        """After alignment: remember the server's spelling (ISO -> "ISO, MDY") so that the next
+        borrow compares equal."""
+        for name in self.wanted:
+            if name != UNREPORTED and name in reported:
+                self.wanted[name] = reported[name]
+        self.key = tuple(self.wanted.items())
+
+    def reported(self, name: str, value: str) -> bool:
+        """The server reported a parameter: True when the client has not seen this value yet."""
+        if self.seen.get(name) == value:
+            return False
+        self.seen[name] = value
+        return True

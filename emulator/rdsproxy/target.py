@@ -1,0 +1,110 @@
+"""The proxy's database target: its credentials (the Secrets Manager secret), what it is like
+(max_connections, its session defaults) and how to open a database connection to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+
+import boto3
+
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.proxylog import ProxyLog
+from emulator.rdsproxy.stats import Stats
+
+_APPLICATION_NAME = ""  # what pooled connections start with; clients' own names are set per borrow
+
+
+class Target:
+    def __init__(self, config: ProxyConfig, stats: Stats, log: ProxyLog) -> None:
+        self.config = config
+        self.stats = stats
+        self.log = log
+        self.credentials: Credentials | None = None
+        # The server's session defaults (what a client that chose nothing gets) and its max_connections.
+        self.baseline_params: dict[str, str] = {}
+        self.max_connections = 0
+        self._ready = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def credentials_for(self, user: str) -> Credentials | None:
+        """The secret's credentials when they are for this user (one secret, one user)."""
+        credentials = self.credentials
+        return credentials if credentials is not None and credentials.user == user else None
+
+    def secret_key_for(self, access_key_id: str) -> str | None:
+        """The secret key that signs IAM tokens: the credentials this proxy was given."""
+        if access_key_id == os.environ.get("AWS_ACCESS_KEY_ID"):
+            return os.environ.get("AWS_SECRET_ACCESS_KEY")
+        return None
+
+    async def wait_ready(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def load_secret(self) -> None:
+        self.credentials = await asyncio.get_running_loop().run_in_executor(None, self._read_secret)
+
+    def _read_secret(self) -> Credentials:
+        client = boto3.session.Session().client(
+            "secretsmanager",
+            endpoint_url=self.config.aws_endpoint_url or None,
+            region_name=self.config.region,
+        )
+        secret = json.loads(client.get_secret_value(SecretId=self.config.secret_arn)["SecretString"])
+        # The proxy ignores every other field (host, port, engine) of the secret, as RDS Proxy does.
+        return Credentials(str(secret["username"]), str(secret["password"]))
+
+    async def open_connection(self, key: PoolKey) -> DbConnection:
+        """A new database connection (the pool's opener), counted as RDS Proxy's metrics count them."""
+        assert self.credentials is not None
+        stats = self.stats
+        stats.database_connection_requests += 1
+        try:
+            conn = await DbConnection.open(
+                self.config.target_host,
+                self.config.target_port,
+                key,
+                self.credentials,
+                application_name=_APPLICATION_NAME,
+                init_query=self.config.init_query,
+                timeout=10,
+            )
+        except DatabaseError as exc:
+            stats.database_connections_setup_failed += 1
+            if exc.sqlstate in ("57P03", "53300"):  # starting up, shutting down, or full: try again
+                raise DatabaseUnavailable(str(exc)) from exc
+            raise
+        except DatabaseUnavailable:
+            stats.database_connections_setup_failed += 1
+            raise
+        stats.database_connections_setup_succeeded += 1
+        if conn.tls:
+            stats.database_connection_requests_tls += 1
+        self.log.db_opened(conn, f"{self.config.target_host}:{self.config.target_port}")
+        return conn
+
+    async def discover(self) -> None:
+        """Read max_connections and the server's session defaults, retrying while the target is down."""
+        assert self.credentials is not None
+        delay = 0.1
+        while True:
+            try:
+                conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=True))
+                break
+            except (DatabaseUnavailable, DatabaseError) as exc:
+                self.log.info(f"Waiting for the database target: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        try:
+            self.max_connections = int(await conn.fetch_value("SHOW max_connections"))
+            self.baseline_params = dict(conn.state.params)
+        finally:
+            conn.close()
+        self._ready.set()

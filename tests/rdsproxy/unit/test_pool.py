@@ -1,0 +1,196 @@
+"""The pool's rules with a fake opener: the cap, the FIFO line, timeouts, dead connections, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
+from emulator.rdsproxy.stats import Stats
+
+pytestmark = pytest.mark.unit
+
+APP = PoolKey("app", "app_user", tls=True)
+OTHER = PoolKey("other", "app_user", tls=True)
+T = TypeVar("T")
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class FakeConnection:
+    """What the pool looks at: key, liveness, age; close() marks it broken."""
+
+    def __init__(self, key: PoolKey, number: int) -> None:
+        self.key = key
+        self.number = number
+        self.writer = FakeWriter()
+        self.broken = False
+        self.silent = True
+        self.created = time.monotonic()
+        self.last_used = self.created
+
+    def silent_since_idle(self) -> bool:
+        return self.silent
+
+    def close(self) -> None:
+        self.broken = True
+        self.writer.closing = True
+
+
+class Opener:
+    def __init__(self) -> None:
+        self.opened: list[FakeConnection] = []
+        self.unavailable = False
+
+    async def __call__(self, key: PoolKey) -> DbConnection:
+        if self.unavailable:
+            raise DatabaseUnavailable("the database is down")
+        conn = FakeConnection(key, len(self.opened) + 1)
+        self.opened.append(conn)
+        return cast(DbConnection, conn)
+
+
+def run(test: Callable[[Pool, Opener], Awaitable[T]], *, cap: int = 2, **pool_args: Any) -> T:
+    async def main() -> T:
+        opener = Opener()
+        pool = Pool(opener, Stats(), **pool_args)
+        pool.cap = cap
+        return await test(pool, opener)
+
+    return asyncio.run(main())
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 2) -> bool:
+    """Poll a condition on the event loop until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+def number(conn: DbConnection) -> int:
+    return cast(FakeConnection, conn).number
+
+
+def test_a_returned_connection_is_lent_again_most_recently_used_first() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[int]:
+        first, second = await pool.borrow(APP, 1), await pool.borrow(APP, 1)
+        pool.release(first, reusable=True)
+        pool.release(second, reusable=True)
+        again = await pool.borrow(APP, 1)
+        return [number(again), len(opener.opened)]
+
+    assert run(test) == [2, 2]
+
+
+def test_borrowers_beyond_the_cap_wait_in_line_and_are_served_first_come_first_served() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[str]:
+        held = [await pool.borrow(APP, 1), await pool.borrow(APP, 1)]
+        served: list[str] = []
+
+        async def wait(name: str) -> None:
+            conn = await pool.borrow(APP, 5)
+            served.append(f"{name}:{number(conn)}")
+
+        waiters = [asyncio.create_task(wait(name)) for name in ("a", "b")]
+        await asyncio.sleep(0)
+        assert pool.stats.borrow_waiters == 2
+        assert len(opener.opened) == 2  # the cap holds
+        pool.release(held[1], reusable=True)
+        pool.release(held[0], reusable=True)
+        await asyncio.gather(*waiters)
+        return served
+
+    assert run(test) == ["a:2", "b:1"]
+
+
+def test_a_borrow_that_waits_past_its_timeout_fails_and_leaves_the_line() -> None:
+    async def test(pool: Pool, opener: Opener) -> int:
+        await pool.borrow(APP, 1)
+        with pytest.raises(BorrowTimeout):
+            await pool.borrow(APP, 0.05)
+        return pool.stats.borrow_waiters
+
+    assert run(test, cap=1) == 0
+
+
+def test_a_connection_that_died_while_idle_is_never_lent() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[int]:
+        conn = await pool.borrow(APP, 1)
+        pool.release(conn, reusable=True)
+        opener.opened[0].silent = False  # the server said something (a FATAL) or closed
+        again = await pool.borrow(APP, 1)
+        return [number(again), pool.total]
+
+    assert run(test) == [2, 1]
+
+
+def test_a_full_pool_closes_an_idle_connection_of_another_database_to_make_room() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        other = await pool.borrow(OTHER, 1)
+        pool.release(other, reusable=True)
+        app = await pool.borrow(APP, 1)
+        return [number(app), opener.opened[0].broken, pool.total]
+
+    assert run(test, cap=1) == [2, True, 1]
+
+
+def test_idle_connections_beyond_the_idle_share_are_closed_after_the_idle_time() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[int]:
+        conns = [await pool.borrow(APP, 1) for _ in range(3)]
+        for conn in conns:
+            pool.release(conn, reusable=True)
+        kept_while_fresh = pool.trim_idle()
+        for conn in opener.opened:
+            conn.last_used -= 10
+        return [kept_while_fresh, pool.trim_idle(), pool.idle_count()]
+
+    assert run(test, cap=3, idle_keep=1, idle_seconds=5) == [0, 2, 1]
+
+
+def test_while_the_database_is_down_a_borrow_keeps_trying_until_its_timeout() -> None:
+    async def test(pool: Pool, opener: Opener) -> int:
+        opener.unavailable = True
+        started = time.monotonic()
+        with pytest.raises(BorrowTimeout):
+            await pool.borrow(APP, 0.3)
+        assert time.monotonic() - started >= 0.3
+        # The attempt to open gives its slot back once it sees the borrower has gone.
+        return await eventually(lambda: pool.total == 0)
+
+    assert run(test)
+
+
+def test_a_closed_pool_fails_its_waiters_and_every_later_borrow_with_pool_closed() -> None:
+    async def test(pool: Pool, opener: Opener) -> bool:
+        await pool.borrow(APP, 1)
+        waiter = asyncio.create_task(pool.borrow(APP, 5))
+        await asyncio.sleep(0)
+        pool.close_all()
+        with pytest.raises(PoolClosed):
+            await waiter
+        with pytest.raises(PoolClosed):
+            await pool.borrow(APP, 1)
+        return True
+
+    assert run(test, cap=1)
+
+
+def test_a_connection_given_back_as_not_reusable_is_closed_and_frees_its_slot() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        conn = await pool.borrow(APP, 1)
+        pool.release(conn, reusable=False)
+        return [opener.opened[0].broken, pool.total, pool.stats.database_connections]
+
+    assert run(test) == [True, 0, 0]
