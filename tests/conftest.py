@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
+import psutil
 import pytest
 
 from emulator.stack.compose import ComposeStack, docker_engine_problem
@@ -20,16 +21,22 @@ from emulator.wait import wait_until
 TEST_STACK = StackConfig(max_connections=20, pool_size=5)
 
 
+# Every process this test session starts inherits this mark, so that the session counts its own
+# servers only (other test sessions may run beside it).
+SESSION_MARK = "LOCAL_TWIN_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
 def _stack_processes() -> set[int]:
-    """Processes whose command line names a stack directory (every server the kit starts does)."""
+    """This session's processes whose command line names a stack directory (every server the kit
+    starts does)."""
     found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"/local-twin-" in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        info = process.info
+        cmdline = " ".join(info.get("cmdline") or ())
+        environ = info.get("environ") or {}
+        if "/local-twin-" in cmdline and environ.get(SESSION_MARK) == os.environ[SESSION_MARK]:
+            found.add(process.pid)
     return found
 
 

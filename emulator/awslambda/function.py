@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+import psutil
+
 from emulator.awslambda import worker
 from emulator.awslambda.worker import WorkerSpec, serve, serve_snapshot
 from emulator.paths import LAMBDA_DIR
@@ -159,10 +161,9 @@ class _Launched:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
         return False
-    return state not in ("Z", "X")
 
 
 class _FreshProcesses:

@@ -64,6 +64,7 @@ def verify_iam_token(
     user: str,
     endpoint_hosts: Iterable[str],
     port: int,
+    region: str,
     secret_for_key: Callable[[str], str | None],
     now: datetime.datetime | None = None,
 ) -> None:
@@ -79,11 +80,14 @@ def verify_iam_token(
     if p["X-Amz-Algorithm"] != "AWS4-HMAC-SHA256":
         raise TokenRejected("not SigV4")
     try:
-        key_id, date, region, service, terminator = p["X-Amz-Credential"].split("/")
+        key_id, date, scope_region, service, terminator = p["X-Amz-Credential"].split("/")
     except ValueError as exc:
         raise TokenRejected("malformed credential scope") from exc
     if service != "rds-db" or terminator != "aws4_request" or not p["X-Amz-Date"].startswith(date):
         raise TokenRejected("credential scope is not for rds-db")
+    if scope_region != region:
+        # A token is signed for one region: the one of the proxy it was generated for.
+        raise TokenRejected(f"token is signed for region {scope_region!r}, the proxy is in {region!r}")
     try:
         signed_at = datetime.datetime.strptime(p["X-Amz-Date"], _TIMESTAMP).replace(tzinfo=datetime.UTC)
         expires = int(p["X-Amz-Expires"])
@@ -140,7 +144,7 @@ class ScramExchange:
         self._nonce = ""
 
     def first(self, client_first: bytes) -> bytes:
-        text = client_first.decode()
+        text = _decode(client_first)
         gs2_flag, _, rest = text.partition(",")
         _authzid, _, bare = rest.partition(",")
         if gs2_flag not in ("n", "y"):  # "p" would ask for channel binding, which we do not offer
@@ -156,8 +160,9 @@ class ScramExchange:
         return self._server_first.encode()
 
     def final(self, client_final: bytes) -> bytes | None:
-        """The server-final message, or None when the proof is wrong."""
-        text = client_final.decode()
+        """The server-final message, or None when the proof is wrong; ScramException when the
+        message is not a SCRAM client-final message at all."""
+        text = _decode(client_final)
         without_proof, _, proof_part = text.rpartition(",p=")
         attributes = dict(part.split("=", 1) for part in without_proof.split(",") if "=" in part)
         if attributes.get("r") != self._nonce or not proof_part:
@@ -175,6 +180,13 @@ class ScramExchange:
             return None
         server_signature = hmac.new(self._server_key, auth_message, hashlib.sha256).digest()
         return b"v=" + base64.b64encode(server_signature)
+
+
+def _decode(message: bytes) -> str:
+    try:
+        return message.decode()
+    except UnicodeDecodeError as exc:
+        raise ScramException("malformed SCRAM message: not UTF-8") from exc
 
 
 def md5_salt() -> bytes:

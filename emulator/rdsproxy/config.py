@@ -62,6 +62,12 @@ class ProxyConfig:
     borrow_timeout_severity: Literal["FATAL", "ERROR"] = "FATAL"
     # Idle pooled connections beyond max_idle_connections_percent are closed after this long.
     idle_connection_seconds: int = 300
+    # The startup phase (startup packet, TLS, authentication) must end within this many seconds:
+    # PostgreSQL's authentication_timeout is 60 s; AWS documents nothing for RDS Proxy.
+    client_login_timeout: int = 60
+    # RDS Proxy ends a client connection after 24 hours ("This value is not configurable"); a
+    # setting here only so tests can shorten it. The client is closed between requests.
+    max_client_connection_lifetime: int = 86400
     # Largest message a client may send (PostgreSQL's own limit by default).
     max_message_bytes: int = 0x3FFFFFFF
     # SET LOCAL, SET TRANSACTION, set_config(..., true): AWS documents no exemption for PostgreSQL.
@@ -96,8 +102,17 @@ class ProxyConfig:
                 problems.append(f"session_pinning_filters: only EXCLUDE_VARIABLE_SETS exists, not {value!r}")
         if self.idle_client_timeout < 1:
             problems.append("idle_client_timeout must be at least 1 second")
+        if self.client_login_timeout < 1 or self.max_client_connection_lifetime < 1:
+            problems.append(
+                "client_login_timeout and max_client_connection_lifetime must be at least 1 second"
+            )
         if problems:
             raise ValueError("invalid proxy configuration: " + "; ".join(problems))
+
+    @property
+    def borrow_timeout(self) -> float | None:
+        """connection_borrow_timeout in seconds; None for 0, which the API documents as no limit."""
+        return float(self.connection_borrow_timeout) or None
 
     @property
     def tls_available(self) -> bool:

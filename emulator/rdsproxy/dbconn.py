@@ -12,18 +12,21 @@ import functools
 import itertools
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from scramp import ScramClient
 
 from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.protocol import messages as m
-from emulator.rdsproxy.protocol.messages import Backend
-from emulator.rdsproxy.protocol.server import ServerState
+from emulator.rdsproxy.protocol.messages import Backend, Frontend
+from emulator.rdsproxy.protocol.routing import Expect
+from emulator.rdsproxy.protocol.server import IDLE, ServerState
 
 _ids = itertools.count(1)
+# What ends a departed client's unsynced request without committing it (see DbConnection.settle).
+_ABORT_UNSYNCED = m.frame(Frontend.BIND, b"\0rdsproxy_abort\0\0\0\0\0\0\0") + m.SYNC
 
 
 @functools.cache
@@ -299,14 +302,70 @@ class DbConnection:
         buffered = getattr(self.reader, "_buffer", b"")
         return not buffered and not self.reader.at_eof() and not self.frames.pending_bytes()
 
+    async def fetch_rows(self, sql: str) -> list[list[str | None]]:
+        """The rows of a query of the proxy's own, as text."""
+        answer = await self._simple_query(sql)
+        return [m.data_row_values(frame.body) for frame in answer if frame.kind == Backend.DATA_ROW]
+
     async def fetch_value(self, sql: str) -> str:
         """The first column of the first row of a query of the proxy's own."""
-        for frame in await self._simple_query(sql):
-            if frame.kind == Backend.DATA_ROW:
-                body = frame.body
-                length = int.from_bytes(body[2:6], "big", signed=True)
-                return body[6 : 6 + length].decode() if length >= 0 else ""
-        raise DatabaseError({"M": f"no value from {sql!r}"})
+        rows = await self.fetch_rows(sql)
+        if not rows or not rows[0]:
+            raise DatabaseError({"M": f"no value from {sql!r}"})
+        return rows[0][0] or ""
+
+    async def settle(self, timeout: float) -> bool:
+        """Bring the server session back to a clean state after its borrower left without finishing:
+        abort what it left without a Sync, roll back its transaction. True when it is fit to lend.
+
+        Never a Sync alone: a Sync would commit the implicit transaction of the departed client's
+        unsynced messages, where PostgreSQL rolls it back when a client vanishes. A Bind of a
+        statement that does not exist fails (or is skipped, when the server already skips to the
+        Sync) and so aborts that transaction; the Sync then ends it.
+        """
+        return await self._within(self._settle(), timeout)
+
+    async def reset_session(self, *, init_query: str, unreported: Mapping[str, str], timeout: float) -> bool:
+        """After a pinned session: rolled back, everything the session set on the server undone
+        (DISCARD ALL: settings, prepared statements, temporary tables, advisory locks, listens,
+        cursors) and the proxy's init_query run again, as on a new connection. True when it is fit
+        to lend."""
+
+        async def reset() -> None:
+            await self._settle()
+            await self.run_quietly("DISCARD ALL")
+            state = self.state
+            state.statements.clear()
+            state.unnamed = None
+            state.unreported = dict(unreported)
+            state.aligned = None
+            if init_query.strip():
+                await self.run_quietly(init_query)
+
+        return await self._within(reset(), timeout)
+
+    async def _within(self, work: Coroutine[Any, Any, None], timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(work, timeout)
+        except (DatabaseError, OSError, TimeoutError, asyncio.IncompleteReadError, m.ProtocolViolation):
+            return False
+        return self.state.clean
+
+    async def _settle(self) -> None:
+        state = self.state
+        router = state.router
+        if router.pending():
+            raise DatabaseError({"M": "a request is still being answered"})
+        if router.unsynced or router.skipping:
+            router.expect(Expect.BIND, forward=False)
+            router.expect(Expect.SYNC, forward=False)
+            self.writer.write(_ABORT_UNSYNCED)
+            while not router.idle:
+                frame = await self.read_frame()
+                self._bookkeeping(frame)
+                router.route(frame.kind, frame.raw)
+        if state.txn_status != IDLE:
+            await self.run_quietly("ROLLBACK")
 
     def close(self) -> None:
         self.broken = True

@@ -77,13 +77,14 @@ class ProxyListener:
         await session.run()
 
     async def _sweep(self) -> None:
-        """Once a second: close idle clients (idle_client_timeout) and trim idle database connections."""
+        """Once a second: close idle and too old clients, and trim idle database connections."""
         while True:
             await asyncio.sleep(1)
             now = time.monotonic()
             for session in list(self.sessions):
-                if session.established and now - session.last_activity > self.config.idle_client_timeout:
-                    await session.close_idle()
+                reason = session.expired(now)
+                if reason is not None:
+                    session.close(reason)
             self.pool.trim_idle()
 
     async def stop(self) -> None:

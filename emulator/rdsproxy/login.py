@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from scramp import ScramException
+
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
 from emulator.rdsproxy.config import ProxyConfig
@@ -184,6 +186,7 @@ async def _iam(
             user=user,
             endpoint_hosts=config.endpoint_hosts,
             port=config.listen_port,
+            region=config.region,
             secret_for_key=authority.secret_key_for,
         )
     except TokenRejected as why:
@@ -209,10 +212,10 @@ async def _scram(messages: _AuthMessages, user: str, password: str) -> None:
         raise Refused(texts.INVALID_AUTHORIZATION, texts.UNSUPPORTED_AUTH, auth=True)
     try:
         server_first = scram.first(first)
-    except Exception:  # noqa: BLE001 - scramp rejects malformed client-first messages
-        raise wrong from None
-    stream.write(m.authentication(m.AUTH_SASL_CONTINUE, server_first))
-    final = scram.final(await messages.next())
+        stream.write(m.authentication(m.AUTH_SASL_CONTINUE, server_first))
+        final = scram.final(await messages.next())
+    except ScramException:
+        raise Refused(texts.PROTOCOL_VIOLATION, texts.MALFORMED_SCRAM, auth=True) from None
     if final is None:
         raise wrong
     stream.write(m.authentication(m.AUTH_SASL_FINAL, final))

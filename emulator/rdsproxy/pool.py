@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -83,12 +84,13 @@ class Pool:
             self._close(conn)
         return None
 
-    async def borrow(self, key: PoolKey, timeout: float) -> DbConnection:
+    async def borrow(self, key: PoolKey, timeout: float | None) -> DbConnection:
+        """A connection for key, waiting in line up to timeout seconds (None: as long as it takes)."""
         conn = self.borrow_now(key)
         if conn is not None:
             return conn
         started = time.monotonic()
-        deadline = started + timeout
+        deadline = started + timeout if timeout is not None else math.inf
         while True:
             conn = self._take_idle(key) if not self._waiters else None
             if conn is None:
@@ -101,6 +103,10 @@ class Pool:
         return conn
 
     def _lend(self, conn: DbConnection, waited_us: int) -> None:
+        if not conn.state.clean:
+            # Never expected: every way back to the pool checks first. Counted so tests can tell.
+            self.stats.lent_out_of_sync += 1
+            log.error("lent database connection %s out of sync: %s", conn.id, conn.state.router.pending())
         self.borrowed.add(conn)
         self.stats.borrows += 1
         self.stats.borrow_latency.add(waited_us)
@@ -120,7 +126,7 @@ class Pool:
         self._waiters.append(waiter)
         self._dispatch()
         # One timer per wait (asyncio.wait would add a task's worth of machinery per borrow).
-        timer = loop.call_later(max(0.0, timeout), _expire, waiter.future)
+        timer = loop.call_later(max(0.0, timeout), _expire, waiter.future) if timeout != math.inf else None
         future = waiter.future
         try:
             return await future
@@ -131,7 +137,8 @@ class Pool:
                 self._dispatch()
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if not future.done():
                 future.cancel()
             if future.cancelled() or future.exception() is not None:
@@ -222,7 +229,9 @@ class Pool:
     # -- returning -----------------------------------------------------------------------------
 
     def release(self, conn: DbConnection, *, reusable: bool) -> None:
+        """Back from its borrower: parked for the next one only when it is in a known-clean state."""
         self.borrowed.discard(conn)
+        reusable = reusable and conn.state.clean
         if not reusable or conn.broken or time.monotonic() - conn.created > MAX_LIFETIME_SECONDS:
             self._close(conn)
         else:

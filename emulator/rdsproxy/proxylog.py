@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
@@ -24,6 +25,9 @@ WOULD_PIN = (
     "[{endpoint}] [clientConnection={client}] If this prepared statement runs, the client session will be "
     "pinned. Reason: {reason}"
 )
+
+
+DEBUG_LOGGING_SECONDS = 24 * 3600
 
 
 class Client(Protocol):
@@ -45,6 +49,8 @@ class ProxyLog:
     ) -> None:
         self.stream = stream or sys.stderr
         self.debug_enabled = debug
+        # "RDS Proxy automatically turns this setting off 24 hours after you enable it."
+        self._debug_until = time.monotonic() + DEBUG_LOGGING_SECONDS
         self.endpoint = endpoint
         # Extra receivers of every line (the CloudWatch Logs publisher, tests).
         self.sinks: list[Callable[[str], None]] = []
@@ -64,7 +70,7 @@ class ProxyLog:
         self._write("WARN", text)
 
     def debug(self, text: str) -> None:
-        if self.debug_enabled:
+        if self.debug_enabled and time.monotonic() < self._debug_until:
             self._write("DEBUG", f"[proxyEndpoint={self.endpoint}] {text}")
 
     def _client(self, client: Client) -> str:
@@ -85,9 +91,11 @@ class ProxyLog:
     def would_pin(self, client: Client, reason: str) -> None:
         self.info(WOULD_PIN.format(endpoint=self.endpoint, client=client.id, reason=reason))
 
-    def db_opened(self, conn: Database, target: str) -> None:
-        where = f"from the proxy to the database at {target}"
-        self.info(f"[dbConnection={conn.id}] A TCP connection was established {where}.")
+    def db_opened(self, local: str, target: str) -> None:
+        self.info(f"A TCP connection was established from the proxy at {local} to the database at {target}.")
 
     def db_closed(self, conn: Database, reason: str) -> None:
         self.info(f"[dbConnection={conn.id}] The database connection closed. Reason: {reason}")
+
+    def db_released(self, conn: Database, why: str) -> None:
+        self.info(f"[dbConnection={conn.id}] {why}")

@@ -15,26 +15,32 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
+from emulator.rdsproxy.lending import Pin, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
-from emulator.rdsproxy.protocol.messages import Backend, Frontend
-from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
-from emulator.rdsproxy.protocol.pinning import REASON_PARSE, PinRule, clears_prepared_statements, pin_reason
+from emulator.rdsproxy.protocol.messages import Frontend
+from emulator.rdsproxy.protocol.parameters import SessionParameters
+from emulator.rdsproxy.protocol.pinning import (
+    REASON_PARSE,
+    PinRule,
+    function_call_reason,
+    loads_library,
+    pin_reason,
+)
+from emulator.rdsproxy.protocol.prepared import PreparedStatements
 from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
-from emulator.rdsproxy.protocol.server import relay
-from emulator.rdsproxy.protocol.statements import StatementCatalogue, StatementNames
+from emulator.rdsproxy.protocol.server import IDLE, relay
+from emulator.rdsproxy.protocol.statements import StatementNames
 from emulator.rdsproxy.proxylog import ProxyLog
-from emulator.rdsproxy.stats import Stats
+from emulator.rdsproxy.stats import RequestLatency, Stats
 from emulator.rdsproxy.target import Target
 
-_PARSE_COMPLETE = m.frame(Backend.PARSE_COMPLETE)
-_CLOSE_COMPLETE = m.frame(Backend.CLOSE_COMPLETE)
 # Requests that end at ReadyForQuery: the latency metrics measure each one.
 _REQUESTS = frozenset({Frontend.QUERY, Frontend.FUNCTION_CALL, Frontend.SYNC})
 # Messages that would start work on a database connection.
@@ -93,16 +99,20 @@ class ClientSession:
         self.peer = f"{host}:{port}"
         self.login = Login("", "", tls=False)
         self.parameters = SessionParameters({}, {})
-        self.statements = StatementCatalogue(deps.statement_names)
+        self.prepared = PreparedStatements(deps.statement_names, self._send, self._to_client)
         self.rule = PinRule(exempt_set_local=deps.config.exempt_set_local)
         self.backend: DbConnection | None = None
-        self.router = ResponseRouter()
-        self.unsynced = False
+        # After an error the proxy itself reported (a lost transaction): skip to the client's Sync.
         self.skip_until_sync = False
         self.lost_transaction: bytes | None = None
         self.pinned: str | None = None
+        # The session LOADed a library into its server session: no reset can undo that.
+        self.loaded_library = False
         self.established = False
-        self.last_activity = time.monotonic()
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        # Why the connection ends (the log line's reason), once known.
+        self.close_reason: str | None = None
         self.latency = RequestLatency(deps.stats)
         self._out = bytearray()
         self._drain_task: asyncio.Task[None] | None = None
@@ -126,6 +136,12 @@ class ClientSession:
     def tls(self) -> bool:
         return self.login.tls
 
+    @property
+    def router(self) -> ResponseRouter:
+        """The borrowed connection's queue of answers due (only while one is borrowed)."""
+        assert self.backend is not None
+        return self.backend.state.router
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -136,6 +152,7 @@ class ClientSession:
                 await self._serve()
         except m.ProtocolViolation as exc:
             self._fatal(texts.PROTOCOL_VIOLATION, str(exc))
+            self._closing_because(f"The client sent an invalid message: {exc}.")
         except (SessionEnd, CancelRequested):
             pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError, OSError):
@@ -145,17 +162,25 @@ class ClientSession:
 
     async def _start(self) -> bool:
         deps = self.deps
-        stream = ClientStream(self.reader, self.writer, timeout=float(deps.config.idle_client_timeout))
+        config = deps.config
+        stream = ClientStream(self.reader, self.writer, timeout=float(config.client_login_timeout))
         try:
-            self.login = await login(stream, deps, self._debug)
+            async with asyncio.timeout(config.client_login_timeout):
+                self.login = await login(stream, deps, self._debug)
+        except TimeoutError:
+            deps.log.client_refused(self, texts.LOGIN_TIMEOUT.format(seconds=config.client_login_timeout))
+            return False
         except Refused as refusal:
             self._fatal(refusal.code, refusal.message)
             if refusal.auth:
                 deps.stats.client_connections_setup_failed_auth += 1
             deps.log.client_refused(self, refusal.message)
             return False
-        await deps.target.wait_ready(float(deps.config.connection_borrow_timeout))
-        self.parameters = SessionParameters(self.login.params, deps.target.baseline_params)
+        await deps.target.wait_ready(config.borrow_timeout)
+        target = deps.target
+        self.parameters = SessionParameters(
+            self.login.params, target.baseline_params, target.unreported_defaults
+        )
         out = [m.authentication(m.AUTH_OK)]
         out += [m.parameter_status(name, value) for name, value in self.parameters.seen.items()]
         out += [m.backend_key_data(self.id & 0x7FFFFFFF, random.getrandbits(31)), m.ready_for_query(b"I")]
@@ -195,15 +220,28 @@ class ClientSession:
     async def _dispatch(self, frame: m.Frame) -> None:
         kind = frame.kind
         if kind == Frontend.TERMINATE:
+            self._closing_because(texts.CLIENT_REQUESTED_CLOSE)
             raise SessionEnd
-        if self.skip_until_sync and kind != Frontend.SYNC:
+        handler = self._handlers.get(kind)
+        if handler is None:
+            self._unknown_message(kind)
+        skipping = self.skip_until_sync or (self.backend is not None and self.router.skipping)
+        if skipping and kind != Frontend.SYNC:
+            # PostgreSQL skips every message after an error up to the next Sync: so does the proxy.
             return
         if self.lost_transaction is not None and kind in _STARTS_WORK:
             self._report_lost_transaction(kind)
             return
         if kind in _REQUESTS:
             self.latency.request_arrived()
-        await self._handlers.get(kind, self._opaque)(frame)
+        await handler(frame)
+
+    def _unknown_message(self, kind: int) -> NoReturn:
+        """PostgreSQL ends the session of a client that sends a message type it does not know."""
+        message = f"invalid frontend message type {kind}"
+        self._fatal(texts.PROTOCOL_VIOLATION, message)
+        self._closing_because(f"The client sent an invalid message: {message}.")
+        raise SessionEnd
 
     def _send(self, raw: bytes) -> None:
         self._out += raw
@@ -221,34 +259,40 @@ class ClientSession:
     async def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
         text = m.query_text(frame.body)
+        self._debug(f"The client sent a query: {text}")
         reason = pin_reason(text, self.rule)
-        await self._ensure_backend()
+        conn = await self._ensure_backend()
         if reason is not None:
             self._pin(reason)
-            if clears_prepared_statements(text) and self.backend is not None:
-                self.backend.state.statements.clear()
-        self.router.expect(Expect.QUERY)
-        self._send(frame.raw)
+            self.loaded_library = self.loaded_library or loads_library(text)
+        query = self.prepared.query(conn.state, text)
+        self.router.expect(Expect.QUERY, undo=query.undo, on_complete=query.on_complete, error=query.error)
+        self._send(frame.raw if query.text is text else m.simple_query(query.text))
 
     async def _execute(self, frame: m.Frame) -> None:
+        # "A query including multiple statements is counted as one query": each Execute runs one.
+        self.deps.stats.query_received(tls=self.tls)
         await self._ensure_backend()
         self.router.expect(Expect.EXECUTE)
         self._send(frame.raw)
-        self.unsynced = True
 
     async def _sync(self, frame: m.Frame) -> None:
         self.skip_until_sync = False
-        self.unsynced = False
-        if self.backend is None and self.router.idle:
-            self._to_client([m.ready_for_query(b"I")])
+        if self.backend is None:
+            # Nothing of the client's is on any server session: the proxy answers for PostgreSQL.
+            self._to_client([m.ready_for_query(IDLE)])
             return
-        await self._ensure_backend()
         self.router.expect(Expect.SYNC)
         self._send(frame.raw)
 
     async def _function_call(self, frame: m.Frame) -> None:
-        await self._ensure_backend()
-        self.router.expect(Expect.FUNCTION_CALL)
+        oid, arguments = m.function_call(frame.body)
+        conn = await self._ensure_backend()
+        name = self.deps.target.pinning_functions.get(oid)
+        reason = function_call_reason(name, arguments, self.rule) if name is not None else None
+        if reason is not None:
+            self._pin(reason)
+        conn.state.router.expect(Expect.FUNCTION_CALL)
         self._send(frame.raw)
 
     async def _when_borrowed(self, frame: m.Frame) -> None:
@@ -256,108 +300,42 @@ class ClientSession:
         if self.backend is not None:
             self._send(frame.raw)
 
-    async def _opaque(self, frame: m.Frame) -> None:
-        # Anything else travels as an opaque frame.
-        await self._ensure_backend()
-        self._send(frame.raw)
-
-    def _statement_error(self, code: str, message: str) -> None:
-        """Answer a statement-level error the server would have given, and skip to Sync as it would."""
-        self._to_client(self.router.answer(m.error_response("ERROR", code, message)))
-        self.skip_until_sync = True
-
     async def _parse(self, frame: m.Frame) -> None:
         name, query, types = m.parse_parse(frame.body)
-        await self._ensure_backend()
-        self.unsynced = True
+        self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
+        conn = await self._ensure_backend()
         config = self.deps.config
         if config.legacy_eqp_pinning or (name and config.pin_named_statements):
             self._pin(REASON_PARSE)
         reason = pin_reason(query, self.rule)
-        if not name:
-            # The unnamed statement runs with the Bind/Execute that follow: pin now.
-            if reason is not None:
+        if reason is not None:
+            if not name:
+                # The unnamed statement runs with the Bind/Execute that follow: pin now.
                 self._pin(reason)
-            self.router.expect(Expect.PARSE)
-            self._send(frame.raw)
-            return
-        if reason is not None and self.pinned is None:
-            self.deps.log.would_pin(self, reason)
-        if name in self.statements:
-            self._statement_error("42P05", f'prepared statement "{name}" already exists')
-            return
-        statement = self.statements.prepare(name, query, types, reason)
-        backend = self.backend
-        assert backend is not None
-        backend_name = statement.backend_name
-        if backend_name in backend.state.statements:
-            self._to_client(self.router.answer(_PARSE_COMPLETE))
-            return
-
-        def failed() -> None:
-            backend.state.statements.discard(backend_name)
-            self.statements.forget(name)
-
-        backend.state.statements.add(backend_name)
-        self.router.expect(Expect.PARSE, on_error=failed)
-        self._send(m.parse_message(backend_name, query, types))
-
-    def _prepared_on_backend(self, name: str) -> str | None:
-        """The backend name for the client's statement, preparing it on this connection if needed."""
-        statement = self.statements.get(name)
-        if statement is None:
-            self._statement_error("26000", f'prepared statement "{name}" does not exist')
-            return None
-        backend = self.backend
-        assert backend is not None
-        backend_name = statement.backend_name
-        if backend_name not in backend.state.statements:
-            backend.state.statements.add(backend_name)
-            self.router.expect(
-                Expect.PARSE, forward=False, on_error=lambda: backend.state.statements.discard(backend_name)
-            )
-            self._send(m.parse_message(backend_name, statement.query, statement.types))
-        return backend_name
+            elif self.pinned is None:
+                self.deps.log.would_pin(self, reason)
+        self.prepared.parse(conn.state, name, query, types, reason)
 
     async def _bind(self, frame: m.Frame) -> None:
-        _, name, _ = m.bind_statement(frame.body)
-        await self._ensure_backend()
-        self.unsynced = True
-        if not name:
-            self.router.expect(Expect.BIND)
-            self._send(frame.raw)
-            return
-        backend_name = self._prepared_on_backend(name)
-        if backend_name is None:
-            return
-        statement = self.statements.get(name)
+        conn = await self._ensure_backend()
+        statement = self.prepared.bind(conn.state, frame.body)
         if statement is not None and statement.pin_reason is not None:
             self._pin(statement.pin_reason)
-        self.router.expect(Expect.BIND)
-        self._send(m.rename_bind(frame.body, backend_name))
 
     async def _describe(self, frame: m.Frame) -> None:
         target, name = m.parse_target(frame.body)
-        await self._ensure_backend()
-        self.unsynced = True
-        if target == "S" and name:
-            backend_name = self._prepared_on_backend(name)
-            if backend_name is None:
-                return
-            self.router.expect(Expect.DESCRIBE_STATEMENT)
-            self._send(m.target_message(Frontend.DESCRIBE, "S", backend_name))
-        else:
-            self.router.expect(Expect.DESCRIBE_STATEMENT if target == "S" else Expect.DESCRIBE_PORTAL)
-            self._send(frame.raw)
+        conn = await self._ensure_backend()
+        if target == "S":
+            self.prepared.describe_statement(conn.state, name)
+            return
+        self.router.expect(Expect.DESCRIBE_PORTAL)
+        self._send(frame.raw)
 
     async def _close(self, frame: m.Frame) -> None:
         target, name = m.parse_target(frame.body)
-        self.unsynced = True
-        if target == "S" and name:
-            # Never pins: the client forgets the statement; the database connection keeps its copy for
-            # the next client that prepares the same text. Closing an unknown name is no error.
-            self.statements.forget(name)
-            self._to_client(self.router.answer(_CLOSE_COMPLETE))
+        if target == "S":
+            backend = self.backend
+            self.prepared.close_statement(backend.state if backend is not None else None, name)
             return
         await self._ensure_backend()
         self.router.expect(Expect.CLOSE)
@@ -383,20 +361,20 @@ class ClientSession:
 
     # -- borrowing ------------------------------------------------------------------------------
 
-    async def _ensure_backend(self) -> None:
+    async def _ensure_backend(self) -> DbConnection:
         if self.backend is not None:
-            return
+            return self.backend
         # Bytes are only ever buffered for a borrowed connection (see _serve): none can be waiting here.
         assert not self._out
         deps = self.deps
-        timeout = float(deps.config.connection_borrow_timeout)
+        key = PoolKey(self.login.database, self.login.user, self.tls)
         try:
-            conn = await deps.pool.borrow(PoolKey(self.login.database, self.login.user, self.tls), timeout)
+            conn = await borrow(deps.pool, key, deps.config.borrow_timeout, self.parameters)
         except BorrowTimeout:
             deps.stats.borrow_timeouts += 1
             if deps.config.borrow_timeout_severity == "FATAL":
                 self._fatal(texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)
-                deps.log.client_closed(self, "The proxy timed out waiting to acquire a database connection.")
+                self._closing_because(texts.BORROW_TIMEOUT_CLOSE)
                 raise SessionEnd from None
             self._to_client([m.error_response("ERROR", texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)])
             raise
@@ -405,33 +383,12 @@ class ClientSession:
         except DatabaseError as exc:
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
             raise SessionEnd from None
-        try:
-            if conn.state.aligned != self.parameters.key:
-                await self._align(conn)
-        except DatabaseError as exc:
-            deps.pool.release(conn, reusable=False)
-            self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
-            raise SessionEnd from None
-        except (OSError, asyncio.IncompleteReadError):
-            deps.pool.release(conn, reusable=False)
-            raise
         conn.owner = self.id
         self.backend = conn
         conn.attach(self._from_backend, self._lost_from_backend)
         if conn.frames.pending_bytes():
             self._from_backend(b"")
-
-    async def _align(self, conn: DbConnection) -> None:
-        """Give the borrowed connection this client's session parameters, when they differ."""
-        parameters = self.parameters
-        state = conn.state
-        sets = parameters.alignment(state.params, state.unreported)
-        if sets is not None:
-            await conn.run_quietly(sets)
-            if UNREPORTED in parameters.wanted:
-                state.unreported[UNREPORTED] = parameters.wanted[UNREPORTED]
-            parameters.aligned(state.params)
-        state.aligned = parameters.key
+        return conn
 
     # -- the database connection's answers --------------------------------------------------------
 
@@ -443,6 +400,7 @@ class ClientSession:
             return
         writer = self.writer
         conn.frames.feed(data)
+        self.last_activity = time.monotonic()
         self.latency.first_answer()
         try:
             out = relay(conn.frames, self.router, conn.state, self.parameters)
@@ -463,10 +421,10 @@ class ClientSession:
         conn.resume_reading()
 
     def _release_if_done(self) -> bool:
-        """Everything the client sent is answered, outside a transaction, unpinned: back to the pool."""
+        """Everything the client sent is answered and synced, outside a transaction, unpinned: back to
+        the pool."""
         conn = self.backend
-        busy = not self.router.idle or self.unsynced or self.pinned is not None
-        if conn is None or busy or conn.txn_status != b"I":
+        if conn is None or self.pinned is not None or not conn.state.clean:
             return False
         self.backend = None
         conn.detach()
@@ -480,8 +438,8 @@ class ClientSession:
 
     def _backend_lost(self, conn: DbConnection, exc: BaseException) -> None:
         """The database connection died under this client (restart, failover, terminated backend)."""
-        in_flight = not self.router.idle
-        in_transaction = conn.txn_status != b"I"
+        in_flight = not conn.state.router.idle
+        in_transaction = conn.txn_status != IDLE
         self.backend = None
         conn.detach()
         self.deps.pool.release(conn, reusable=False)
@@ -493,8 +451,6 @@ class ClientSession:
             if in_flight
             else "The database connection closed in the middle of a transaction.",
         )
-        self.router = ResponseRouter()
-        self.unsynced = False
         if self.pinned is not None:
             # A pinned session's state lived on that connection and is gone: end the session.
             self._fatal(texts.CONNECTION_FAILURE, "The database connection of this pinned session was lost.")
@@ -520,23 +476,42 @@ class ClientSession:
             "db_connection": backend.id if backend else None,
             "backend_pid": backend.process_id if backend else None,
             "transaction_status": backend.txn_status.decode() if backend else None,
-            "awaiting": self.router.pending(),
-            "unsynced": self.unsynced,
-            "skipping_until_sync": self.skip_until_sync,
+            "awaiting": backend.state.router.pending() if backend else [],
+            "unsynced": backend.state.router.unsynced if backend else False,
+            "skipping_until_sync": self.skip_until_sync or bool(backend and backend.state.router.skipping),
             "pinned": self.pinned,
-            "prepared_statements": len(self.statements),
+            "prepared_statements": len(self.prepared.catalogue),
             # The client reads slower than its database connection answers: that connection waits.
             "db_reading_paused": backend.reading_paused if backend else False,
         }
 
     # -- ending ---------------------------------------------------------------------------------
 
-    async def close_idle(self) -> None:
-        """idle_client_timeout: the proxy closes the TCP connection, without an error message."""
-        self.deps.log.client_closed(
-            self, "The client connection was idle for longer than the idle client timeout."
-        )
-        self.writer.close()
+    def expired(self, now: float) -> str | None:
+        """Why the proxy must close this client now, if it must: idle for idle_client_timeout (idle:
+        no request outstanding either way), or older than the maximum client connection life (closed
+        between requests)."""
+        config = self.deps.config
+        if not self.established or self.close_reason is not None:
+            return None
+        backend = self.backend
+        if backend is not None and not backend.state.router.idle:
+            return None  # a request is being answered: the client is waiting, not idle
+        if now - self.last_activity > config.idle_client_timeout:
+            return texts.IDLE_CLIENT_CLOSE
+        if now - self.started > config.max_client_connection_lifetime:
+            return texts.CLIENT_LIFETIME_CLOSE
+        return None
+
+    def close(self, reason: str) -> None:
+        """The proxy ends the connection, without an error message, at once: a TLS client that is
+        frozen (a Lambda environment) would never answer a TLS close, so the socket is just cut."""
+        self._closing_because(reason)
+        self.writer.transport.abort()
+
+    def _closing_because(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
 
     async def _cleanup(self) -> None:
         if self._closing:
@@ -550,67 +525,13 @@ class ClientSession:
         if conn is not None:
             # Back to stream reads: the rollback below, and silence while pooled.
             conn.detach()
-            await self._give_back(conn)
+            pin = Pin.NONE if self.pinned is None else Pin.UNRESETTABLE if self.loaded_library else Pin.PINNED
+            await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
         if self.established:
             deps.stats.client_closed(tls=self.tls)
             if self.pinned is not None:
                 deps.stats.pin_ended()
-            deps.log.client_closed(self, "The client requested that the connection close.")
+            deps.log.client_closed(self, self.close_reason or texts.TCP_CLOSED)
         deps.ended(self)
         if not self.writer.is_closing():
             self.writer.close()
-
-    async def _give_back(self, conn: DbConnection) -> None:
-        """What the client left on its borrowed connection must not reach the next client."""
-        pool = self.deps.pool
-        log = self.deps.log
-        if self.pinned is not None:
-            log.db_closed(conn, "The client session that pinned this database connection ended.")
-            pool.release(conn, reusable=False)
-            return
-        if not self.router.idle:
-            log.db_closed(
-                conn,
-                "The client connection that borrowed this database connection from the connection pool "
-                "was closed in the middle of a request.",
-            )
-            pool.release(conn, reusable=False)
-            return
-        if conn.txn_status != b"I":
-            try:
-                await asyncio.wait_for(conn.run_quietly("ROLLBACK"), 5)
-            except (DatabaseError, OSError, TimeoutError, asyncio.IncompleteReadError):
-                pool.release(conn, reusable=False)
-                return
-        pool.release(conn, reusable=conn.txn_status == b"I")
-
-
-class RequestLatency:
-    """QueryResponseLatency and QueryDatabaseResponseLatency of the request being answered: from its
-    arrival (and from its forwarding to the database) to the database's first bytes."""
-
-    __slots__ = ("_forwarded", "_received", "_stats")
-
-    def __init__(self, stats: Stats) -> None:
-        self._stats = stats
-        self._received: float | None = None
-        self._forwarded: float | None = None
-
-    def request_arrived(self) -> None:
-        if self._received is None:
-            self._received = time.monotonic()
-
-    def request_forwarded(self) -> None:
-        if self._received is not None and self._forwarded is None:
-            self._forwarded = time.monotonic()
-
-    def first_answer(self) -> None:
-        forwarded = self._forwarded
-        if forwarded is None:
-            return
-        now = time.monotonic()
-        self._stats.query_database_latency.add(int((now - forwarded) * 1e6))
-        if self._received is not None:
-            self._stats.query_response_latency.add(int((now - self._received) * 1e6))
-        self._received = None
-        self._forwarded = None

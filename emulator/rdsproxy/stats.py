@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ class Stats:
     database_connections_setup_failed: int = 0
     borrow_timeouts: int = 0
     borrows: int = 0
+    # Database connections lent while not idle and in sync: must stay 0 (a broken invariant).
+    lent_out_of_sync: int = 0
     query_requests: int = 0
     query_requests_tls: int = 0
     # how long each borrow waited
@@ -117,3 +120,34 @@ def _percentile(values: list[int], pct: int) -> int:
         return 0
     index = min(len(values) - 1, max(0, round(pct / 100 * len(values) + 0.5) - 1))
     return values[index]
+
+
+class RequestLatency:
+    """QueryResponseLatency and QueryDatabaseResponseLatency of the request being answered: from its
+    arrival (and from its forwarding to the database) to the database's first bytes."""
+
+    __slots__ = ("_forwarded", "_received", "_stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self._received: float | None = None
+        self._forwarded: float | None = None
+
+    def request_arrived(self) -> None:
+        if self._received is None:
+            self._received = time.monotonic()
+
+    def request_forwarded(self) -> None:
+        if self._received is not None and self._forwarded is None:
+            self._forwarded = time.monotonic()
+
+    def first_answer(self) -> None:
+        forwarded = self._forwarded
+        if forwarded is None:
+            return
+        now = time.monotonic()
+        self._stats.query_database_latency.add(int((now - forwarded) * 1e6))
+        if self._received is not None:
+            self._stats.query_response_latency.add(int((now - self._received) * 1e6))
+        self._received = None
+        self._forwarded = None

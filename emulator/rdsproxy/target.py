@@ -12,6 +12,8 @@ import boto3
 
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.protocol.parameters import UNREPORTED
+from emulator.rdsproxy.protocol.pinning import PINNING_FUNCTIONS
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.stats import Stats
 
@@ -26,7 +28,10 @@ class Target:
         self.credentials: Credentials | None = None
         # The server's session defaults (what a client that chose nothing gets) and its max_connections.
         self.baseline_params: dict[str, str] = {}
+        self.unreported_defaults: dict[str, str] = {UNREPORTED: "1"}
         self.max_connections = 0
+        # The OIDs of the functions whose call pins, for FunctionCall messages: oid -> name.
+        self.pinning_functions: dict[int, str] = {}
         self._ready = asyncio.Event()
 
     @property
@@ -44,7 +49,7 @@ class Target:
             return os.environ.get("AWS_SECRET_ACCESS_KEY")
         return None
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
 
@@ -85,9 +90,12 @@ class Target:
             stats.database_connections_setup_failed += 1
             raise
         stats.database_connections_setup_succeeded += 1
+        # Every connection starts as the discovery connection did (the same init_query ran on it).
+        conn.state.unreported.update(self.unreported_defaults)
         if conn.tls:
             stats.database_connection_requests_tls += 1
-        self.log.db_opened(conn, f"{self.config.target_host}:{self.config.target_port}")
+        local = conn.writer.get_extra_info("sockname") or ("?", "?")
+        self.log.db_opened(f"{local[0]}:{local[1]}", f"{self.config.target_host}:{self.config.target_port}")
         return conn
 
     async def discover(self) -> None:
@@ -105,6 +113,13 @@ class Target:
         try:
             self.max_connections = int(await conn.fetch_value("SHOW max_connections"))
             self.baseline_params = dict(conn.state.params)
+            self.unreported_defaults = {UNREPORTED: await conn.fetch_value(f"SHOW {UNREPORTED}")}
+            names = ", ".join(f"'{name}'" for name in sorted(PINNING_FUNCTIONS))
+            rows = await conn.fetch_rows(
+                "SELECT oid, proname FROM pg_proc "
+                f"WHERE pronamespace = 'pg_catalog'::regnamespace AND proname IN ({names})"
+            )
+            self.pinning_functions = {int(str(oid)): str(name) for oid, name in rows}
         finally:
             conn.close()
         self._ready.set()

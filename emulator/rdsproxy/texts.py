@@ -32,3 +32,14 @@ UNSUPPORTED_AUTH = "RDS Proxy supports only IAM, MD5, or SCRAM authentication."
 BORROW_TIMEOUT = "Timed-out waiting to acquire database connection."
 DATABASE_ERROR = "Request returned an error: {error}"
 UNKNOWN_ERROR = "Unknown error."
+
+# Why a client connection closed, as RDS Proxy logs it ("The client connection closed. Reason: ...").
+CLIENT_REQUESTED_CLOSE = "The client requested that the connection close."
+TCP_CLOSED = "The TCP channel was closed by either the client or the proxy."
+# The emulator's words where AWS's are unknown.
+IDLE_CLIENT_CLOSE = "The client connection was idle for longer than the idle client timeout."
+CLIENT_LIFETIME_CLOSE = "The client connection reached the maximum client connection life of 24 hours."
+BORROW_TIMEOUT_CLOSE = "The proxy timed out waiting to acquire a database connection."
+LOGIN_TIMEOUT = "The client did not complete its login within {seconds} seconds."
+# PostgreSQL's words where AWS documents none (auth-scram.c).
+MALFORMED_SCRAM = "malformed SCRAM message"

@@ -37,7 +37,12 @@ _ESTABLISHED = "01"
 
 def established_connections(port: int) -> int | None:
     """TCP connections established to a local port, from the kernel's socket table (Linux); None
-    where there is no /proc/net/tcp. It counts every client alike, whatever the proxy."""
+    where there is no /proc/net/tcp. It counts every client alike, whatever the proxy.
+
+    Read directly rather than with psutil.net_connections, which also finds each socket's process
+    by scanning every process's file descriptors: with the demo's hundreds of environments that
+    costs many times the table itself, every sample.
+    """
     if not _TCP_TABLES[0].exists():
         return None
     wanted = f":{port:04X}"

@@ -275,6 +275,33 @@ def parse_target(body: bytes) -> tuple[str, str]:
     return chr(body[0]), name
 
 
+def data_row_values(body: bytes) -> list[str | None]:
+    """A DataRow's columns as text (None for NULL)."""
+    (count,) = _INT16.unpack_from(body, 0)
+    offset = 2
+    values: list[str | None] = []
+    for _ in range(count):
+        (length,) = struct.unpack_from("!i", body, offset)
+        offset += 4
+        if length < 0:
+            values.append(None)
+            continue
+        values.append(body[offset : offset + length].decode("utf-8", errors="replace"))
+        offset += length
+    return values
+
+
+def function_call(body: bytes) -> tuple[int, int]:
+    """FunctionCall: (the function's OID, how many arguments)."""
+    try:
+        (oid,) = _INT32.unpack_from(body, 0)
+        (formats,) = _INT16.unpack_from(body, 4)
+        (arguments,) = _INT16.unpack_from(body, 6 + 2 * formats)
+    except struct.error as exc:
+        raise ProtocolViolation("malformed FunctionCall message") from exc
+    return int(oid), int(arguments)
+
+
 def query_text(body: bytes) -> str:
     return read_cstring(body)[0]
 
@@ -301,6 +328,25 @@ def error_response(severity: str, code: str, message: str, **extra: str) -> byte
 def notice_response(code: str, message: str) -> bytes:
     body = b"S" + _cstr("NOTICE") + b"V" + _cstr("NOTICE") + b"C" + _cstr(code) + b"M" + _cstr(message)
     return frame(Backend.NOTICE_RESPONSE, body + b"\0")
+
+
+def rename_in_error(raw: bytes, old: str, new: str) -> bytes:
+    """An ErrorResponse frame with the quoted name "old" written "new" in its message and detail."""
+    quoted = f'"{old}"'.encode()
+    if quoted not in raw:
+        return raw
+    body = raw[5:]
+    out = bytearray()
+    offset = 0
+    while offset < len(body) and body[offset] != 0:
+        code = body[offset : offset + 1]
+        end = body.index(b"\0", offset + 1)
+        value = body[offset + 1 : end]
+        if code in (b"M", b"D"):
+            value = value.replace(quoted, f'"{new}"'.encode())
+        out += code + value + b"\0"
+        offset = end + 1
+    return frame(Backend.ERROR_RESPONSE, bytes(out) + b"\0")
 
 
 def authentication(code: int, payload: bytes = b"") -> bytes:
@@ -375,9 +421,21 @@ SYNC = frame(Frontend.SYNC)
 
 
 def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:
+    """SASLInitialResponse: (mechanism, client-first message), checked as PostgreSQL checks it."""
     mechanism, offset = read_cstring(body)
-    (length,) = _INT32.unpack_from(body, offset)
-    data = body[offset + 4 : offset + 4 + length] if length != 0xFFFFFFFF else b""
+    if len(body) < offset + 4:
+        raise ProtocolViolation("insufficient data left in message")
+    (length,) = struct.unpack_from("!i", body, offset)
+    offset += 4
+    if length == -1:
+        data = b""
+    elif length < 0 or offset + length > len(body):
+        raise ProtocolViolation("insufficient data left in message")
+    else:
+        data = body[offset : offset + length]
+        offset += length
+    if offset != len(body):
+        raise ProtocolViolation("invalid message format")
     return mechanism, data
 
 

@@ -31,12 +31,22 @@ def _quote(value: str) -> str:
 class SessionParameters:
     """What the client asked for (wanted) and what it has been told (seen)."""
 
-    def __init__(self, chosen: Mapping[str, str], baseline: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        chosen: Mapping[str, str],
+        baseline: Mapping[str, str],
+        unreported: Mapping[str, str] | None = None,
+    ) -> None:
+        """chosen: the startup packet's; baseline: what the server reports by default; unreported:
+        the server's defaults of what it does not report. A parameter the client did not choose is
+        the server's default, set again on every connection it borrows: never what another client
+        chose on the same connection."""
+        defaults = {**baseline, **(unreported or {})}
         self.wanted: dict[str, str] = {}
         for name in CLIENT_PARAMETERS:
             value = next((v for k, v in chosen.items() if k.lower() == name.lower()), None)
             if value is None:
-                value = baseline.get(name)
+                value = defaults.get(name)
             if value is not None:
                 self.wanted[name] = canonical(name, value)
         self.key: Key = tuple(self.wanted.items())

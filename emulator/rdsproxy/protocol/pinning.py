@@ -24,7 +24,10 @@ REASON_PARSE = "A parse message was detected."
 
 # Words one of which must appear (anywhere, any case) before a statement can pin.
 # Matched against the lower-cased text: ten times faster than re.IGNORECASE, and every keyword is ASCII.
-_PREFILTER = re.compile(r"set|prepare|execute|deallocate|discard|temp|declare|listen|load|nextval|advisory")
+# "u&" brings in Unicode-escaped identifiers (U&"\0073et_config"), "do" anonymous blocks.
+_PREFILTER = re.compile(
+    r"set|prepare|execute|deallocate|discard|temp|declare|listen|load|nextval|advisory|u&|\bdo\b"
+)
 _SESSION_LOCK_FUNCTIONS = frozenset(
     {
         "pg_advisory_lock",
@@ -37,13 +40,28 @@ _SESSION_LOCK_FUNCTIONS = frozenset(
     }
 )
 _SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+# Every function whose call pins (the proxy looks their OIDs up to judge FunctionCall messages).
+PINNING_FUNCTIONS = _SESSION_LOCK_FUNCTIONS | _SEQUENCE_FUNCTIONS | {"set_config"}
 _TRANSACTION_SCOPED_SET = frozenset({"local", "transaction", "constraints"})
 
 
 @dataclass(frozen=True)
 class Token:
     kind: str  # "word", "quoted" (identifier), "literal", "param", "punct"
-    text: str
+    text: str  # as written (words lower-cased)
+    # What it stands for: a quoted identifier's name, a string literal's content (else the text).
+    value: str = ""
+    start: int = 0
+    end: int = 0
+
+    @property
+    def name(self) -> str | None:
+        """The identifier this token is, if it is one: PostgreSQL folds unquoted names to lower case."""
+        if self.kind == "word":
+            return self.text
+        if self.kind == "quoted":
+            return self.value
+        return None
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,8 @@ _TOKEN = re.compile(
   | (?P<block_comment>/\*)
   | (?P<dollar>\$(?:[A-Za-z_\x80-\uffff][A-Za-z_0-9\x80-\uffff]*)?\$)
   | (?P<param>\$\d+)
+  | (?P<uquoted>[uU]&"(?:[^"]|"")*")
+  | (?P<ustring>[uU]&'(?:[^']|'')*')
   | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
   | (?P<string>'(?:[^']|'')*')
   | (?P<quoted>"(?:[^"]|"")*")
@@ -78,8 +98,9 @@ def tokenize(sql: str) -> list[Token]:
     end = len(sql)
     while pos < end:
         match = _TOKEN.match(sql, pos)
+        start = pos
         if match is None:  # an unterminated quote: the rest is one literal, as the server would fail it
-            tokens.append(Token("literal", sql[pos:]))
+            tokens.append(Token("literal", sql[pos:], sql[pos:], start, end))
             break
         kind = match.lastgroup
         text = match.group()
@@ -91,20 +112,43 @@ def tokenize(sql: str) -> list[Token]:
             continue
         if kind == "dollar":
             close = sql.find(text, pos)
+            body = sql[pos:] if close < 0 else sql[pos:close]
             pos = end if close < 0 else close + len(text)
-            tokens.append(Token("literal", text))
-            continue
-        if kind in ("string", "estring", "number"):
-            tokens.append(Token("literal", text))
+            tokens.append(Token("literal", text, body, start, pos))
+        elif kind in ("string", "estring", "ustring"):
+            content = text[text.index("'") + 1 : -1].replace("''", "'")
+            tokens.append(Token("literal", text, content, start, pos))
+        elif kind == "number":
+            tokens.append(Token("literal", text, text, start, pos))
         elif kind == "quoted":
-            tokens.append(Token("quoted", text))
+            tokens.append(Token("quoted", text, text[1:-1].replace('""', '"'), start, pos))
+        elif kind == "uquoted":
+            tokens.append(Token("quoted", text, _unicode_escapes(text[3:-1].replace('""', '"')), start, pos))
         elif kind == "param":
-            tokens.append(Token("param", text))
+            tokens.append(Token("param", text, text, start, pos))
         elif kind == "word":
-            tokens.append(Token("word", text.lower()))
+            tokens.append(Token("word", text.lower(), text.lower(), start, pos))
         else:
-            tokens.append(Token("punct", text))
+            tokens.append(Token("punct", text, text, start, pos))
     return tokens
+
+
+_UNICODE_ESCAPE = re.compile(r"\\(\\|[0-9A-Fa-f]{4}|\+[0-9A-Fa-f]{6})")
+
+
+def _unicode_escapes(text: str) -> str:
+    """U&"..." with backslash escapes (\\XXXX, \\+XXXXXX, \\\\), as PostgreSQL decodes it."""
+
+    def decode(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code == "\\":
+            return code
+        try:
+            return chr(int(code.lstrip("+"), 16))
+        except ValueError:
+            return match.group()
+
+    return _UNICODE_ESCAPE.sub(decode, text)
 
 
 def _skip_block_comment(sql: str, pos: int) -> int:
@@ -140,13 +184,15 @@ def split_statements(tokens: list[Token]) -> list[list[Token]]:
 
 
 def digest(sql: str) -> str:
-    """The statement as RDS Proxy logs it: lower case, one space, literals replaced by $1..$n.
+    """The statement as RDS Proxy logs it: lower case, one space, literals replaced by $1..$n, and
+    the text's own semicolons (real logs show none added: "set extra_float_digits = $1").
 
     In SET statements the values are replaced too, quoted or not: `set search_path to $1,$2,$3`.
     """
+    tokens = tokenize(sql)
     parts: list[str] = []
     number = 0
-    for statement in split_statements(tokenize(sql)):
+    for statement in split_statements(tokens):
         values_from = _set_values_start(statement)
         rendered: list[str] = []
         for index, token in enumerate(statement):
@@ -156,8 +202,14 @@ def digest(sql: str) -> str:
                 rendered.append(f"${number}")
             else:
                 rendered.append(token.text)
-        parts.append(_join(rendered) + ";")
+        terminated = _followed_by_semicolon(tokens, statement[-1])
+        parts.append(_join(rendered) + (";" if terminated else ""))
     return " ".join(parts)
+
+
+def _followed_by_semicolon(tokens: list[Token], last: Token) -> bool:
+    index = tokens.index(last)
+    return index + 1 < len(tokens) and tokens[index + 1].text == ";"
 
 
 def _set_values_start(statement: list[Token]) -> int | None:
@@ -191,7 +243,8 @@ def _function_calls(statement: list[Token]) -> list[tuple[str, list[list[Token]]
     """(name, arguments) for every call name(...) in the statement, at any depth."""
     calls = []
     for index, token in enumerate(statement[:-1]):
-        if token.kind == "word" and statement[index + 1].text == "(":
+        name = token.name
+        if name is not None and statement[index + 1].text == "(":
             args: list[list[Token]] = [[]]
             depth = 0
             for inner in statement[index + 1 :]:
@@ -207,7 +260,7 @@ def _function_calls(statement: list[Token]) -> list[tuple[str, list[list[Token]]
                     args.append([])
                     continue
                 args[-1].append(inner)
-            calls.append((token.text, args))
+            calls.append((name, args))
     return calls
 
 
@@ -221,8 +274,12 @@ def _is_true(argument: list[Token]) -> bool | None:
     return None
 
 
-def _statement_rule(statement: list[Token], rule: PinRule) -> str | None:
-    """Which pinning rule this statement triggers (see FIXES), or None."""
+def _statement_rule(statement: list[Token], rule: PinRule, *, in_block: bool = False) -> str | None:
+    """Which pinning rule this statement triggers (see FIXES), or None.
+
+    in_block: a statement of a DO block's body (PL/pgSQL), where EXECUTE runs dynamic SQL and
+    DECLARE declares variables: neither is the SQL command of the same name.
+    """
     words = [t.text for t in statement if t.kind == "word"]
     first = statement[0].text if statement[0].kind == "word" else ""
     second = statement[1].text if len(statement) > 1 else ""
@@ -230,33 +287,110 @@ def _statement_rule(statement: list[Token], rule: PinRule) -> str | None:
         return None if rule.exempt_set_local and second in _TRANSACTION_SCOPED_SET else "set"
     if first == "reset":
         return "set"
+    if first == "explain":
+        explained, analyze = _explained(statement)
+        if analyze and explained:
+            # EXPLAIN ANALYZE runs the statement: it pins as the statement would.
+            return _statement_rule(explained, rule)
+    if first == "do":
+        body = next((t.value for t in statement[1:] if t.kind == "literal"), "")
+        return _block_rule(body, rule)
+    if in_block and first == "execute":
+        # Dynamic SQL: what its strings say is what runs.
+        return _literals_rule(statement, rule)
     if first in ("prepare", "execute", "deallocate", "discard"):
         return "prepared"
     if first in ("listen", "load"):
         return first
-    if first == "declare" and "cursor" in words:
+    if first == "declare" and "cursor" in words and not in_block:
         return "cursor"
     if first == "create":
         head = words[1:6]
         if "temp" in head or "temporary" in head:
             return "temporary"
-    if any(t.text == "pg_temp" for t in statement):
+    if any(t.name == "pg_temp" for t in statement):
         return "temporary"
     for index, token in enumerate(statement[:-1]):
         # SELECT ... INTO TEMP name creates a temporary table too.
         if token.text == "into" and statement[index + 1].text in ("temp", "temporary"):
             return "temporary"
+    return _calls_rule(statement, rule)
+
+
+def _calls_rule(statement: list[Token], rule: PinRule) -> str | None:
+    """The rule a function call in the statement triggers, however the function's name is spelled."""
     for name, args in _function_calls(statement):
-        if name in _SEQUENCE_FUNCTIONS:
-            return "sequence"
-        if name in _SESSION_LOCK_FUNCTIONS:
-            return "advisory_lock"
-        if name == "set_config":
-            is_local = _is_true(args[2]) if len(args) == 3 else None
-            # Unknown at parse time counts as session-level: RDS Proxy pins when it can't be sure.
-            if not (rule.exempt_set_local and is_local is True):
-                return "set"
+        found = function_rule(name, rule, is_local=_is_true(args[2]) if len(args) == 3 else None)
+        if found is not None:
+            return found
     return None
+
+
+def function_rule(name: str, rule: PinRule = PinRule(), *, is_local: bool | None = None) -> str | None:
+    """The pinning rule calling this function triggers (also for FunctionCall messages), or None."""
+    if name in _SEQUENCE_FUNCTIONS:
+        return "sequence"
+    if name in _SESSION_LOCK_FUNCTIONS:
+        return "advisory_lock"
+    # set_config(name, value, is_local): unknown is_local counts as session-level, since RDS Proxy
+    # pins when it can't be sure.
+    if name == "set_config" and not (rule.exempt_set_local and is_local is True):
+        return "set"
+    return None
+
+
+def _explained(statement: list[Token]) -> tuple[list[Token], bool]:
+    """The statement EXPLAIN wraps, and whether EXPLAIN runs it (ANALYZE)."""
+    index = 1
+    analyze = False
+    if index < len(statement) and statement[index].text == "(":
+        close = next((i for i in range(index, len(statement)) if statement[i].text == ")"), len(statement))
+        options = statement[index + 1 : close]
+        for position, token in enumerate(options):
+            if token.text in ("analyze", "analyse"):
+                value = options[position + 1] if position + 1 < len(options) else None
+                analyze = value is None or value.text == "," or _is_true([value]) is not False
+        return statement[close + 1 :], analyze
+    while index < len(statement) and statement[index].text in ("analyze", "analyse", "verbose"):
+        analyze = analyze or statement[index].text != "verbose"
+        index += 1
+    return statement[index:], analyze
+
+
+# Where a PL/pgSQL body starts a new statement besides after a semicolon.
+_BLOCK_BOUNDARIES = frozenset({"begin", "then", "else", "elsif", "loop", "exception", "declare", "end"})
+_MAX_NESTING = 3
+
+
+def _block_rule(body: str, rule: PinRule, depth: int = 0) -> str | None:
+    """A DO block's body pins when one of its statements would pin as SQL (SET, temporary objects,
+    LISTEN, a pinning function call, ...) or its dynamic SQL (EXECUTE '...') would."""
+    if depth >= _MAX_NESTING:
+        return None
+    statement: list[Token] = []
+    statements = [statement]
+    for token in tokenize(body):
+        if (token.kind == "punct" and token.text == ";") or (
+            token.kind == "word" and token.text in _BLOCK_BOUNDARIES
+        ):
+            statement = []
+            statements.append(statement)
+        else:
+            statement.append(token)
+    for found in (_statement_rule(s, rule, in_block=True) for s in statements if s):
+        if found is not None:
+            return found
+    return None
+
+
+def _literals_rule(statement: list[Token], rule: PinRule) -> str | None:
+    """The rule the SQL in a statement's string literals triggers (PL/pgSQL's EXECUTE '...')."""
+    for token in statement:
+        if token.kind == "literal" and token.value.strip():
+            found = pin_rule(token.value, rule)
+            if found is not None:
+                return found
+    return _calls_rule(statement, rule)
 
 
 # How to avoid each kind of pin (used by the static check).
@@ -299,12 +433,19 @@ def pin_reason(sql: str, rule: PinRule = PinRule()) -> str | None:
     return REASON_SETTINGS.format(digest=digest(sql))
 
 
-def clears_prepared_statements(sql: str) -> bool:
-    """DEALLOCATE ALL / DISCARD ALL: the server forgets every prepared statement of the connection."""
-    if _PREFILTER.search(sql.lower()) is None:
+def function_call_reason(name: str, arguments: int, rule: PinRule = PinRule()) -> str | None:
+    """The reason a FunctionCall message (the protocol's fast path) pins, or None. RDS Proxy's log
+    for one is not documented: the digest is the call as a query would write it."""
+    if function_rule(name, rule) is None:
+        return None
+    placeholders = ", ".join(f"${number}" for number in range(1, arguments + 1))
+    return REASON_SETTINGS.format(digest=digest(f"select {name}({placeholders})"))
+
+
+def loads_library(sql: str) -> bool:
+    """LOAD '...': a library loaded into a server session stays loaded; no reset undoes it."""
+    if "load" not in sql.lower():
         return False
-    for statement in split_statements(tokenize(sql)):
-        words = [t.text for t in statement if t.kind == "word"]
-        if words[:2] == ["discard", "all"] or (words[:1] == ["deallocate"] and words[-1:] == ["all"]):
-            return True
-    return False
+    return any(
+        _statement_rule(statement, PinRule()) == "load" for statement in split_statements(tokenize(sql))
+    )

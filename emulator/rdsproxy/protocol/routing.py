@@ -5,6 +5,11 @@ connection that has not seen the statement yet, a SET that aligns session parame
 some on its own. Every message sent to the server, and every answer made up, takes a place in one
 queue in client order; server responses are matched to the head of the queue, so the client sees
 exactly the responses to what it sent, in order, and nothing of what the proxy added.
+
+The queue is also the proxy's model of the server session's progress. What the proxy did for a
+message (a statement recorded, a name forgotten) is done when the message is sent and undone if
+the server never carries it out: after an error in the extended protocol, PostgreSQL skips every
+message up to the next Sync, and so does the queue, undoing what those messages did, newest first.
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ _COMPLETES = {
 }
 # Query, FunctionCall and Sync end at ReadyForQuery.
 _UNTIL_READY = frozenset({Expect.QUERY, Expect.FUNCTION_CALL, Expect.SYNC})
+# Extended-protocol messages: an error in one makes the server skip to the next Sync, and once one
+# is sent the server session is in the middle of a request until a Sync.
+EXTENDED = frozenset(
+    {
+        Expect.PARSE,
+        Expect.BIND,
+        Expect.CLOSE,
+        Expect.DESCRIBE_STATEMENT,
+        Expect.DESCRIBE_PORTAL,
+        Expect.EXECUTE,
+    }
+)
 # Notice, Notification, ParameterStatus: at any time.
 _ASYNC = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
 
@@ -56,7 +73,15 @@ class Expected:
     kind: Expect
     forward: bool = True
     synthetic: bytes = b""
-    on_error: Callable[[], None] | None = None
+    # Undoes what the proxy did for this message, when the server skips it.
+    undo: Callable[[], None] | None = None
+    # What the proxy does when this very message fails (by default the same as undo).
+    failed: Callable[[], None] | None = None
+    # The server's ErrorResponse for this message as the client must see it (names made the
+    # client's), or None to hide it (an error of the proxy's own that the client's message reports).
+    error: Callable[[bytes], bytes | None] | None = None
+    # Called with each CommandComplete this message's answer holds (a simple query's statements).
+    on_complete: Callable[[bytes], None] | None = None
 
 
 class ResponseRouter:
@@ -64,11 +89,20 @@ class ResponseRouter:
 
     def __init__(self) -> None:
         self._queue: deque[Expected] = deque()
+        # Extended-protocol messages went to the server since its last Sync.
+        self.unsynced = False
+        # An extended-protocol message failed and no Sync has been sent since: the server is skipping.
+        self.skipping = False
 
     @property
     def idle(self) -> bool:
         """Nothing is waiting for an answer."""
         return not self._queue
+
+    @property
+    def settled(self) -> bool:
+        """Nothing waits for an answer and the server is not inside an unsynced request."""
+        return not self._queue and not self.unsynced and not self.skipping
 
     def pending(self) -> list[str]:
         """What is still waiting for its answer, oldest first."""
@@ -78,7 +112,10 @@ class ResponseRouter:
         """Every request waiting is the client's own and ends at ReadyForQuery (simple queries,
         function calls, Syncs): until the next one arrives, the server's messages go to the client
         as they are, and each ReadyForQuery answers one request."""
-        return all(entry.forward and entry.kind in _UNTIL_READY for entry in self._queue)
+        return all(
+            entry.forward and entry.kind in _UNTIL_READY and entry.on_complete is None
+            for entry in self._queue
+        )
 
     def ready(self) -> None:
         """A ReadyForQuery passed through (see passthrough)."""
@@ -86,13 +123,27 @@ class ResponseRouter:
             self._queue.popleft()
 
     def expect(
-        self, kind: Expect, *, forward: bool = True, on_error: Callable[[], None] | None = None
+        self,
+        kind: Expect,
+        *,
+        forward: bool = True,
+        undo: Callable[[], None] | None = None,
+        failed: Callable[[], None] | None = None,
+        error: Callable[[bytes], bytes | None] | None = None,
+        on_complete: Callable[[bytes], None] | None = None,
     ) -> None:
-        self._queue.append(Expected(kind, forward, on_error=on_error))
+        """A message sent to the server: its answer is due after everything queued before it."""
+        if kind is Expect.SYNC:
+            self.unsynced = False
+            self.skipping = False
+        elif kind in EXTENDED:
+            self.unsynced = True
+        entry = Expected(kind, forward, undo=undo, failed=failed, error=error, on_complete=on_complete)
+        self._queue.append(entry)
 
-    def answer(self, payload: bytes) -> list[bytes]:
+    def answer(self, payload: bytes, *, undo: Callable[[], None] | None = None) -> list[bytes]:
         """A response the proxy makes up; returned at once when nothing before it is outstanding."""
-        self._queue.append(Expected(Expect.SYNTHETIC, synthetic=payload))
+        self._queue.append(Expected(Expect.SYNTHETIC, synthetic=payload, undo=undo))
         return self._drain()
 
     def _drain(self) -> list[bytes]:
@@ -111,22 +162,36 @@ class ResponseRouter:
             out = [raw] if head.forward else []
             return out + self._drain()
         if kind == Backend.ERROR_RESPONSE:
-            if head.kind in _UNTIL_READY:
-                return [raw] if head.forward else []
-            # The server skips everything up to the next Sync: so do our expectations and made-up answers.
-            self._queue.popleft()
-            if head.on_error is not None:
-                head.on_error()
-            while self._queue and self._queue[0].kind not in _UNTIL_READY:
-                skipped = self._queue.popleft()
-                if skipped.on_error is not None:
-                    skipped.on_error()
-            # An error caused by a message the proxy added still reaches the client: its own next
-            # message would have failed the same way.
-            return [raw]
+            return self._failed(head, raw)
+        if kind == Backend.COMMAND_COMPLETE and head.on_complete is not None:
+            head.on_complete(raw)
         out = [raw] if head.forward else []
         done = _COMPLETES.get(head.kind)
         if done is not None and kind in done:
             self._queue.popleft()
             out += self._drain()
+        return out
+
+    def _failed(self, head: Expected, raw: bytes) -> list[bytes]:
+        shown = head.error(raw) if head.error is not None else raw
+        out = [shown] if shown is not None else []
+        if head.kind in _UNTIL_READY:
+            # An error in a simple query or a function call ends it at its ReadyForQuery; no skipping.
+            return out if head.forward else []
+        # The server skips everything up to the next Sync (simple queries and function calls too):
+        # so does the queue, undoing what the skipped messages did, newest first.
+        self._queue.popleft()
+        skipped = []
+        while self._queue and self._queue[0].kind is not Expect.SYNC:
+            skipped.append(self._queue.popleft())
+        for entry in reversed(skipped):
+            if entry.undo is not None:
+                entry.undo()
+        reaction = head.failed or head.undo
+        if reaction is not None:
+            reaction()
+        if not self._queue:
+            self.skipping = True
+        # An error caused by a message the proxy added still reaches the client: its own next
+        # message would have failed the same way.
         return out

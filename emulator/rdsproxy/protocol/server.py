@@ -1,10 +1,12 @@
 """One database connection's server session as the proxy knows it, and its answers on their way to
 the client.
 
-ServerState is what the proxy learned from what it forwarded and what the server said: the
-transaction status, the parameters the server reported, the statements prepared there. relay() turns
-the server's bytes into the bytes the borrowing client must see: matched to its requests by the
-router, with ParameterStatus messages it has already seen left out.
+ServerState is what the proxy learned from what it forwarded and what the server said: the answers
+still due (the router), the transaction status, the parameters the server reported, the statements
+prepared there. A database connection is lent only when its state is clean: nothing due, no
+request without its Sync, outside a transaction. relay() turns the server's bytes into the bytes
+the borrowing client must see: matched to its requests by the router, with ParameterStatus
+messages it has already seen left out.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ IDLE = b"I"
 
 
 class ServerState:
-    __slots__ = ("aligned", "params", "statements", "txn_status", "unreported")
+    __slots__ = ("aligned", "params", "router", "statements", "txn_status", "unnamed", "unreported")
 
     def __init__(self) -> None:
+        self.router = ResponseRouter()
         # The status byte of the last ReadyForQuery: I idle, T in a transaction, E in a failed one.
         self.txn_status = IDLE
         # What the server reported with ParameterStatus.
@@ -32,6 +35,13 @@ class ServerState:
         self.aligned: Key | None = None
         # Backend names of the prepared statements the server session holds.
         self.statements: set[str] = set()
+        # Whose statement the server's unnamed statement is (the client's own object), if anyone's.
+        self.unnamed: object | None = None
+
+    @property
+    def clean(self) -> bool:
+        """Idle outside a transaction, nothing due, no request without its Sync: fit to lend."""
+        return self.txn_status == IDLE and self.router.settled
 
     def reported(self, name: str, value: str) -> None:
         self.params[name] = value

@@ -9,7 +9,10 @@ StatementCatalogue is one client's statements by the names the client chose.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+
+from emulator.rdsproxy.protocol.pinning import Token, split_statements, tokenize
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,8 @@ class Statement:
     types: bytes
     # Why running it pins the session (RDS Proxy's reason), or None.
     pin_reason: str | None
+    # Prepared with SQL PREPARE: it lives on the (pinned) connection under the client's own name.
+    sql: bool = False
 
 
 class StatementNames:
@@ -64,6 +69,74 @@ class StatementCatalogue:
         self._statements[name] = statement
         return statement
 
+    def prepared_with_sql(self, name: str) -> None:
+        """SQL PREPARE made it, on the session's pinned connection, under the client's name."""
+        self._statements[name] = Statement(name, "", b"", None, sql=True)
+
     def forget(self, name: str) -> Statement | None:
         """The client closed it (or its Parse failed): the name is free again."""
         return self._statements.pop(name, None)
+
+    def restore(self, name: str, statement: Statement | None) -> None:
+        """Put back what a message the server skipped had changed."""
+        if statement is None:
+            self._statements.pop(name, None)
+        else:
+            self._statements[name] = statement
+
+    def forget_all(self) -> dict[str, Statement]:
+        """DEALLOCATE ALL, DISCARD ALL: every named statement is gone; what there was, for an undo."""
+        gone, self._statements = self._statements, {}
+        return gone
+
+    def restore_all(self, statements: dict[str, Statement]) -> None:
+        self._statements = statements
+
+
+# -- SQL that acts on prepared statements ---------------------------------------------------------
+
+_SQL_PREFILTER = re.compile(r"prepare|execute|deallocate|discard")
+
+
+@dataclass(frozen=True, slots=True)
+class SqlCommand:
+    """One statement of a simple query that acts on prepared statements."""
+
+    # "prepare", "execute", "deallocate" (one name), "forget_all" (DEALLOCATE ALL, DISCARD ALL).
+    action: str
+    name: str = ""
+    # Where the statement's name is in the query text, to put another name there.
+    span: tuple[int, int] = (0, 0)
+
+
+def sql_commands(sql: str) -> list[SqlCommand | None] | None:
+    """Per statement of the query, what it does to prepared statements (None: nothing); None when no
+    statement does anything to them (nearly every query)."""
+    if _SQL_PREFILTER.search(sql.lower()) is None:
+        return None
+    commands = [_command(statement) for statement in split_statements(tokenize(sql))]
+    return commands if any(commands) else None
+
+
+def _command(statement: list[Token]) -> SqlCommand | None:
+    words = [token.text for token in statement if token.kind == "word"]
+    first = words[0] if words and statement[0].kind == "word" else ""
+    if first == "discard" and words[1:2] == ["all"]:
+        return SqlCommand("forget_all")
+    if first not in ("prepare", "execute", "deallocate"):
+        return None
+    index = 1
+    if first == "deallocate" and index < len(statement) and statement[index].text == "prepare":
+        index += 1
+    if index >= len(statement):
+        return None
+    token = statement[index]
+    if first == "deallocate" and token.kind == "word" and token.text == "all":
+        return SqlCommand("forget_all")
+    if token.name is None:
+        return None
+    return SqlCommand(first, token.name, (token.start, token.end))
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

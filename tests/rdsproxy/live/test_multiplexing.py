@@ -169,7 +169,7 @@ def test_the_pin_is_logged_in_rds_proxy_format(pool_of_two: ProxyUnderTest) -> N
     with pool_of_two.connect() as conn:
         conn.execute("SET extra_float_digits = 3")
     log = pool_of_two.emulator.log_path.read_text()
-    expected = REASON_SETTINGS.format(digest="set extra_float_digits = $1;")
+    expected = REASON_SETTINGS.format(digest="set extra_float_digits = $1")
     line = next(line for line in log.splitlines() if expected in line)
     assert "[WARN] [proxyEndpoint=default] [clientConnection=" in line
     assert "The client session was pinned to the database connection [dbConnection=" in line
@@ -179,18 +179,22 @@ def test_the_pin_is_logged_in_rds_proxy_format(pool_of_two: ProxyUnderTest) -> N
     )
 
 
-def test_a_pinned_sessions_connection_is_closed_not_reused(pool_of_two: ProxyUnderTest) -> None:
+def test_a_pinned_sessions_connection_is_reset_and_pooled_again(pool_of_two: ProxyUnderTest) -> None:
     with pool_of_two.connect() as conn:
         conn.execute("SET work_mem = '8MB'")
+        conn.execute("CREATE TEMP TABLE leftover (a int)")
+        conn.execute("SELECT pg_advisory_lock(42)")
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    with pool_of_two.stack.postgres.admin_connection() as admin:
-        wait_until(
-            lambda: (
-                admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
-                == (0,)
-            ),
-            component="the pinned backend",
-            timeout=10,
-        )
+    wait_until(
+        lambda: pool_of_two.stats()["pool"]["idle"] == pool_of_two.stats()["pool"]["total"],
+        component="the pinned session's connection back in the pool",
+        timeout=10,
+    )
+    assert pid in pool_of_two.stats()["backend_pids"]  # reset, not closed
     with pool_of_two.connect() as fresh:
         assert fresh.execute("SHOW work_mem").fetchone() == ("4MB",)
+        assert fresh.execute("SELECT to_regclass('pg_temp.leftover')").fetchone() == (None,)
+        locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 42"
+        assert fresh.execute(locks).fetchone() == (0,)
+    log = pool_of_two.emulator.log_path.read_text()
+    assert "The database connection was released to the connection pool upon session reset." in log

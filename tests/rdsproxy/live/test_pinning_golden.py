@@ -70,7 +70,7 @@ def test_psycopg3_deallocate_all_after_a_rollback_pins(proxy: ProxyUnderTest) ->
         # The session goes on, re-preparing on its pinned connection.
         assert conn.execute("SELECT %s::int", (2,)).fetchone() == (2,)
         conn.rollback()
-    expected = REASON_SETTINGS.format(digest="deallocate all;")
+    expected = REASON_SETTINGS.format(digest="deallocate all")
     assert any(line.endswith(expected) for line in _pin_lines(proxy))
 
 
@@ -145,7 +145,7 @@ def test_the_report_summarises_a_real_run(make_proxy: Callable[..., ProxyUnderTe
         timeout=60,
         check=True,
     )
-    assert re.search(r"│\s+3 │ SQL changed session settings.*│ set search_path to \$1;", done.stdout)
-    assert re.search(r"│\s+1 │ SQL changed session settings.*│ select pg_advisory_lock\(\$1\);", done.stdout)
+    assert re.search(r"│\s+3 │ SQL changed session settings.*│ set search_path to \$1\b", done.stdout)
+    assert re.search(r"│\s+1 │ SQL changed session settings.*│ select pg_advisory_lock\(\$1\)", done.stdout)
     assert re.search(r"sessions pinned\s+│\s+4", done.stdout)
     assert "borrow latency p50 / p99 / max" in done.stdout

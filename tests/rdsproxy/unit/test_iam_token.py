@@ -28,6 +28,7 @@ def _verify(token: str, **overrides: Any) -> None:
         "user": "app_user",
         "endpoint_hosts": ["proxy.local"],
         "port": 5432,
+        "region": "eu-west-1",
         "secret_for_key": {KEY: SECRET}.get,
     }
     args.update(overrides)
@@ -47,6 +48,8 @@ def test_a_boto3_token_is_valid() -> None:
         ({}, {"secret_for_key": {KEY: "wrong"}.get}, "signature does not match"),
         ({}, {"secret_for_key": {}.get}, "unknown access key"),
         ({}, {"now": "in 16 minutes"}, "expired"),
+        # Signed correctly, but for another region than the proxy's.
+        ({}, {"region": "us-east-1"}, "signed for region 'eu-west-1'"),
     ],
 )
 def test_tokens_that_do_not_fit_are_rejected_with_the_reason(

@@ -43,3 +43,10 @@ def test_a_client_is_told_of_a_parameter_only_when_its_value_is_new_to_it() -> N
 def test_client_encoding_is_compared_as_the_server_spells_it() -> None:
     parameters = SessionParameters({"client_encoding": "utf-8"}, SERVER)
     assert parameters.wanted["client_encoding"] == "UTF8"
+
+
+def test_a_client_that_chose_nothing_gets_the_servers_default_even_for_unreported_parameters() -> None:
+    parameters = SessionParameters({}, SERVER, {"extra_float_digits": "1"})
+    # A connection where another client chose extra_float_digits=0 is set back for this one.
+    assert parameters.alignment(SERVER, {"extra_float_digits": "0"}) == "SET extra_float_digits = '1'"
+    assert "extra_float_digits" not in parameters.seen  # PostgreSQL does not report it

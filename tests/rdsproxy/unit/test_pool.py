@@ -11,6 +11,8 @@ import pytest
 
 from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
+from emulator.rdsproxy.protocol.routing import Expect
+from emulator.rdsproxy.protocol.server import ServerState
 from emulator.rdsproxy.stats import Stats
 
 pytestmark = pytest.mark.unit
@@ -39,6 +41,7 @@ class FakeConnection:
         self.silent = True
         self.created = time.monotonic()
         self.last_used = self.created
+        self.state = ServerState()
 
     def silent_since_idle(self) -> bool:
         return self.silent
@@ -194,3 +197,15 @@ def test_a_connection_given_back_as_not_reusable_is_closed_and_frees_its_slot() 
         return [opener.opened[0].broken, pool.total, pool.stats.database_connections]
 
     assert run(test) == [True, 0, 0]
+
+
+def test_a_connection_given_back_out_of_sync_is_closed_never_lent_again() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        conn = await pool.borrow(APP, 1)
+        # Its borrower sent an extended-protocol message and no Sync: the server is mid-request.
+        conn.state.router.expect(Expect.EXECUTE)
+        pool.release(conn, reusable=True)
+        again = await pool.borrow(APP, 1)
+        return [opener.opened[0].broken, number(again), pool.stats.lent_out_of_sync]
+
+    assert run(test) == [True, 2, 0]

@@ -52,17 +52,73 @@ def test_a_made_up_answer_with_nothing_outstanding_goes_out_at_once() -> None:
 
 
 def test_after_an_error_the_answers_until_sync_are_skipped_as_the_server_skips_them() -> None:
-    failed = []
+    undone = []
     router = ResponseRouter()
-    router.expect(Expect.PARSE, forward=False, on_error=lambda: failed.append("parse"))
-    router.answer(PARSE_OK)  # would have answered a later message the server now skips
-    router.expect(Expect.BIND, on_error=lambda: failed.append("bind"))
+    router.expect(Expect.PARSE, forward=False, undo=lambda: undone.append("parse"))
+    router.answer(PARSE_OK, undo=lambda: undone.append("made-up parse"))  # answers a skipped message
+    router.expect(Expect.BIND, undo=lambda: undone.append("bind"))
     router.expect(Expect.EXECUTE)
     router.expect(Expect.SYNC)
     # The proxy's own Parse failed: the client still learns why.
     assert route(router, ERROR, READY) == [ERROR, READY]
-    assert failed == ["parse", "bind"]
+    # What the skipped messages did is undone newest first, then what the failed one did.
+    assert undone == ["bind", "made-up parse", "parse"]
     assert router.idle
+
+
+def test_a_failed_message_may_react_otherwise_than_a_skipped_one() -> None:
+    seen = []
+    router = ResponseRouter()
+    router.expect(Expect.PARSE, undo=lambda: seen.append("restored"), failed=lambda: seen.append("dropped"))
+    router.expect(Expect.SYNC)
+    route(router, ERROR, READY)
+    assert seen == ["dropped"]
+
+
+def test_a_simple_query_inside_a_failed_pipeline_is_skipped_and_owes_no_ready_for_query() -> None:
+    router = ResponseRouter()
+    router.expect(Expect.BIND)
+    router.expect(Expect.QUERY)  # PostgreSQL skips it: it never answers it
+    router.expect(Expect.SYNC)
+    assert route(router, ERROR, READY) == [ERROR, READY]
+    assert router.idle
+
+
+def test_the_server_skips_until_the_next_sync_is_sent_and_is_unsynced_until_then() -> None:
+    router = ResponseRouter()
+    assert router.settled
+    router.expect(Expect.EXECUTE)
+    assert router.unsynced
+    assert route(router, ERROR) == [ERROR]
+    assert router.idle
+    assert router.skipping  # an error with no Sync sent yet
+    assert not router.settled
+    router.expect(Expect.SYNC)
+    assert not router.skipping
+    assert not router.unsynced
+    route(router, READY)
+    assert router.settled
+
+
+def test_an_error_is_shown_with_the_clients_names_or_hidden() -> None:
+    router = ResponseRouter()
+    router.expect(Expect.BIND, error=lambda raw: m.rename_in_error(raw, "rdsproxy_1", "mine"))
+    router.expect(Expect.SYNC)
+    missing = m.error_response("ERROR", "26000", 'prepared statement "rdsproxy_1" does not exist')
+    shown = route(router, missing, READY)
+    assert m.parse_message_fields(shown[0][5:])["M"] == 'prepared statement "mine" does not exist'
+    router.expect(Expect.PARSE, forward=False, error=lambda raw: None)
+    router.expect(Expect.SYNC, forward=False)
+    assert route(router, ERROR, READY) == []
+
+
+def test_each_statement_of_a_simple_query_is_reported_as_it_completes() -> None:
+    tags = []
+    router = ResponseRouter()
+    router.expect(Expect.QUERY, on_complete=lambda raw: tags.append(raw[5:-1]))
+    assert not router.passthrough()  # answers are looked at one by one
+    route(router, m.frame(Backend.COMMAND_COMPLETE, b"PREPARE\0"), DONE, READY)
+    assert tags == [b"PREPARE", b"SELECT 1"]
 
 
 def test_notices_and_notifications_pass_at_any_time() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.rdsproxy.protocol.statements import StatementCatalogue, StatementNames
+from emulator.rdsproxy.protocol.statements import SqlCommand, StatementCatalogue, StatementNames, sql_commands
 
 pytestmark = pytest.mark.unit
 
@@ -38,3 +38,24 @@ def test_a_client_knows_only_its_own_statements_and_forgets_what_it_closes() -> 
     assert "s1" not in alice
     assert alice.forget("s1") is None  # closing an unknown name is no error
     assert len(alice) == 0
+
+
+@pytest.mark.parametrize(
+    ("sql", "commands"),
+    [
+        ("DISCARD ALL", [SqlCommand("forget_all")]),
+        ("DEALLOCATE ALL", [SqlCommand("forget_all")]),
+        ("deallocate prepare all", [SqlCommand("forget_all")]),
+        ("DEALLOCATE q", [SqlCommand("deallocate", "q", (11, 12))]),
+        ('DEALLOCATE PREPARE "Q1"', [SqlCommand("deallocate", "Q1", (19, 23))]),
+        ("PREPARE s AS SELECT 1", [SqlCommand("prepare", "s", (8, 9))]),
+        ("select 1; EXECUTE s(2)", [None, SqlCommand("execute", "s", (18, 19))]),
+        ("DISCARD PLANS", None),
+        ("SELECT 'deallocate all'", None),
+        ("SELECT 1", None),
+    ],
+)
+def test_what_each_statement_of_a_query_does_to_prepared_statements(
+    sql: str, commands: list[SqlCommand | None] | None
+) -> None:
+    assert sql_commands(sql) == commands

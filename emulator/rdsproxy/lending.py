@@ -1,0 +1,89 @@
+"""A session's dealings with the pool: borrowing a database connection made ready for the client,
+and giving it back in a state fit for the next one, or not at all."""
+
+from __future__ import annotations
+
+import enum
+
+from emulator.rdsproxy.dbconn import DbConnection, PoolKey
+from emulator.rdsproxy.pool import Pool
+from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
+from emulator.rdsproxy.proxylog import ProxyLog
+from emulator.rdsproxy.target import Target
+
+
+class Pin(enum.Enum):
+    """Whether a session pinned its database connection, and whether a reset can undo it."""
+
+    NONE = "none"
+    PINNED = "pinned"
+    UNRESETTABLE = "unresettable"
+
+
+# How long a departed client's connection may take to be rolled back and brought in sync.
+SETTLE_SECONDS = 5.0
+RELEASED_AFTER_RESET = "The database connection was released to the connection pool upon session reset."
+MID_REQUEST = (
+    "The client connection that borrowed this database connection from the connection pool was closed in "
+    "the middle of a request."
+)
+
+
+async def borrow(
+    pool: Pool, key: PoolKey, timeout: float | None, parameters: SessionParameters
+) -> DbConnection:
+    """A database connection with the client's session parameters (BorrowTimeout, PoolClosed,
+    DatabaseError as the pool raises them; a connection that cannot be aligned goes back closed)."""
+    conn = await pool.borrow(key, timeout)
+    try:
+        if conn.state.aligned != parameters.key:
+            await _align(conn, parameters)
+    except BaseException:
+        pool.release(conn, reusable=False)
+        raise
+    return conn
+
+
+async def _align(conn: DbConnection, parameters: SessionParameters) -> None:
+    """Give the connection this client's session parameters, where they differ."""
+    state = conn.state
+    sets = parameters.alignment(state.params, state.unreported)
+    if sets is not None:
+        await conn.run_quietly(sets)
+        if UNREPORTED in parameters.wanted:
+            state.unreported[UNREPORTED] = parameters.wanted[UNREPORTED]
+        parameters.aligned(state.params)
+    state.aligned = parameters.key
+
+
+async def give_back(pool: Pool, target: Target, log: ProxyLog, conn: DbConnection, *, pin: Pin) -> None:
+    """What the client left on its borrowed connection must not reach the next client: the
+    connection goes back to the pool only in a known-clean state, else it is closed."""
+    if not conn.state.router.idle:
+        # What RDS Proxy logs when a client leaves while its request is being answered.
+        log.db_closed(conn, MID_REQUEST)
+        pool.release(conn, reusable=False)
+        return
+    if pin is Pin.PINNED:
+        # RDS Proxy resets the connection of a pinned session that ended and pools it again.
+        reset = await conn.reset_session(
+            init_query=target.config.init_query, unreported=target.unreported_defaults, timeout=SETTLE_SECONDS
+        )
+        if reset:
+            log.db_released(
+                conn, "The database connection was released to the connection pool upon session reset."
+            )
+        else:
+            log.db_closed(conn, "The database connection could not be reset after its pinned session.")
+        pool.release(conn, reusable=reset)
+        return
+    if pin is Pin.UNRESETTABLE:
+        # A library loaded into the server session (LOAD) cannot be unloaded: no reset undoes it.
+        log.db_closed(conn, "The client session that pinned this database connection ended.")
+        pool.release(conn, reusable=False)
+        return
+    # In a transaction, or in the middle of an unsynced request: rolled back, never committed.
+    settled = conn.state.clean or await conn.settle(SETTLE_SECONDS)
+    if not settled:
+        log.db_closed(conn, "The database connection could not be brought back to an idle state.")
+    pool.release(conn, reusable=settled)
