@@ -356,14 +356,18 @@ class DbConnection:
         router = state.router
         if router.pending():
             raise DatabaseError({"M": "a request is still being answered"})
-        if router.unsynced or router.skipping:
+        if router.skipping:
+            # An error already aborted the implicit transaction; the server ignores all but a Sync.
+            router.expect(Expect.SYNC, forward=False)
+            self.writer.write(m.SYNC)
+        elif router.unsynced:
             router.expect(Expect.BIND, forward=False)
             router.expect(Expect.SYNC, forward=False)
             self.writer.write(_ABORT_UNSYNCED)
-            while not router.idle:
-                frame = await self.read_frame()
-                self._bookkeeping(frame)
-                router.route(frame.kind, frame.raw)
+        while not router.idle:
+            frame = await self.read_frame()
+            self._bookkeeping(frame)
+            router.route(frame.kind, frame.raw)
         if state.txn_status != IDLE:
             await self.run_quietly("ROLLBACK")
 

@@ -3,9 +3,10 @@ and giving it back in a state fit for the next one, or not at all."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 
-from emulator.rdsproxy.dbconn import DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.proxylog import ProxyLog
@@ -37,7 +38,10 @@ async def borrow(
     conn = await pool.borrow(key, timeout)
     try:
         if conn.state.aligned != parameters.key:
-            await _align(conn, parameters)
+            await asyncio.wait_for(_align(conn, parameters), SETTLE_SECONDS)
+    except TimeoutError:
+        pool.release(conn, reusable=False)
+        raise DatabaseError({"C": "08006", "M": "the database connection did not answer"}) from None
     except BaseException:
         pool.release(conn, reusable=False)
         raise

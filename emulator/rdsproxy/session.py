@@ -99,7 +99,9 @@ class ClientSession:
         self.peer = f"{host}:{port}"
         self.login = Login("", "", tls=False)
         self.parameters = SessionParameters({}, {})
-        self.prepared = PreparedStatements(deps.statement_names, self._send, self._to_client)
+        self.prepared = PreparedStatements(
+            deps.statement_names, self._send, self._to_client, lambda: self.parameters.key
+        )
         self.rule = PinRule(exempt_set_local=deps.config.exempt_set_local)
         self.backend: DbConnection | None = None
         # After an error the proxy itself reported (a lost transaction): skip to the client's Sync.

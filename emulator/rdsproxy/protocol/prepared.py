@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Backend, Frontend
+from emulator.rdsproxy.protocol.parameters import Key
 from emulator.rdsproxy.protocol.routing import Expect
 from emulator.rdsproxy.protocol.server import ServerState
 from emulator.rdsproxy.protocol.statements import (
@@ -70,8 +71,11 @@ class PreparedStatements:
         names: StatementNames,
         send: Callable[[bytes], None],
         to_client: Callable[[list[bytes]], None],
+        context: Callable[[], Key],
     ) -> None:
         self.catalogue = StatementCatalogue(names)
+        # The client's session parameters: statements are shared only between equal ones.
+        self._context = context
         self.unnamed: Unnamed | None = None
         self._send = send
         self._to_client = to_client
@@ -104,7 +108,7 @@ class PreparedStatements:
     def _parse_named(
         self, state: ServerState, name: str, query: str, types: bytes, pin_reason: str | None
     ) -> None:
-        statement = self.catalogue.prepare(name, query, types, pin_reason)
+        statement = self.catalogue.prepare(name, query, types, pin_reason, self._context())
         backend_name = statement.backend_name
         router = state.router
 

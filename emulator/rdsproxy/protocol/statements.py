@@ -1,9 +1,13 @@
 """Named prepared statements belong to the client, not to a database connection.
 
 A client's statement is prepared on whichever connection it borrows, under a name derived from its
-text and parameter types, so that every connection prepares a given statement once and every client
-that prepares the same text shares it. StatementNames is that proxy-wide naming; a
-StatementCatalogue is one client's statements by the names the client chose.
+text, its parameter types and the client's session parameters, so that every connection prepares a
+given statement once and every client that prepares the same text with the same session
+parameters shares it. The session parameters are part of the name because PostgreSQL fixes some of
+a statement's meaning when it parses and plans it: '2024-01-01'::timestamptz is read in the
+TimeZone of the session that parsed it, and a constant folded into a plan is printed with its
+extra_float_digits. StatementNames is that proxy-wide naming; a StatementCatalogue is one client's
+statements by the names the client chose.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ class StatementNames:
     def __init__(self) -> None:
         self._names: dict[bytes, str] = {}
 
-    def name_for(self, query: str, types: bytes) -> str:
-        digest = hashlib.blake2b(query.encode() + b"\0" + types, digest_size=16).digest()
+    def name_for(self, query: str, types: bytes, context: tuple[tuple[str, str], ...] = ()) -> str:
+        """context: the session parameters the statement is parsed under."""
+        settings = "\0".join(f"{name}={value}" for name, value in context).encode()
+        digest = hashlib.blake2b(query.encode() + b"\0" + types + b"\0" + settings, digest_size=16).digest()
         name = self._names.get(digest)
         if name is None:
             name = f"{self.PREFIX}{len(self._names) + 1}"
@@ -63,9 +69,16 @@ class StatementCatalogue:
     def get(self, name: str) -> Statement | None:
         return self._statements.get(name)
 
-    def prepare(self, name: str, query: str, types: bytes, pin_reason: str | None) -> Statement:
+    def prepare(
+        self,
+        name: str,
+        query: str,
+        types: bytes,
+        pin_reason: str | None,
+        context: tuple[tuple[str, str], ...] = (),
+    ) -> Statement:
         """Record the client's Parse of `name` (the caller checked that the name is free)."""
-        statement = Statement(self._names.name_for(query, types), query, types, pin_reason)
+        statement = Statement(self._names.name_for(query, types, context), query, types, pin_reason)
         self._statements[name] = statement
         return statement
 

@@ -259,14 +259,20 @@ def test_session_state_however_it_is_spelled_pins_and_never_leaks(
 
 
 _PIPELINE_THEN_KILLED = """
-import os, sys, psycopg
+import os, select, sys, psycopg
 conn = psycopg.connect(sys.argv[1], autocommit=True)
 with conn.pipeline():
     conn.execute("INSERT INTO integrity VALUES (1)")
-    conn.pgconn.send_flush_request()
-    conn.pgconn.flush()
-    # The INSERT ran (in PostgreSQL's implicit transaction); no Sync was sent. Killed now:
-    conn.pgconn.consume_input()
+    pgconn = conn.pgconn
+    pgconn.send_flush_request()
+    pgconn.flush()
+    # Wait for the INSERT's answer (it ran in PostgreSQL's implicit transaction; no Sync was sent).
+    while True:
+        select.select([pgconn.socket], [], [], 5)
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            break
+    assert pgconn.get_result().status == psycopg.pq.ExecStatus.COMMAND_OK
     os.kill(os.getpid(), 9)
 """
 
@@ -291,3 +297,22 @@ def test_psycopg_prepared_statements_survive_its_deallocate_all_after_a_rollback
         for attempt in range(3):
             assert conn.execute("SELECT %s::int + 1", (attempt,)).fetchone() == (attempt + 1,)
             conn.rollback()
+
+
+def test_a_statement_is_shared_only_by_clients_whose_session_parameters_are_the_same(
+    one_connection: ProxyUnderTest,
+) -> None:
+    # PostgreSQL reads a timestamptz constant in the TimeZone of the session that parses it: a
+    # statement parsed for a client in Tokyo must not answer a client in UTC.
+    query = "SELECT '2024-01-01 00:00'::timestamptz = '2024-01-01 00:00+00'"
+    answers = {}
+    for timezone in ("Asia/Tokyo", "UTC"):
+        raw = client(one_connection, TimeZone=timezone)
+        raw.send(m.parse_message("s", query, NO_PARAMETERS) + m.SYNC)
+        raw.read_until(Backend.READY_FOR_QUERY)
+        bind = m.frame(Frontend.BIND, b"\0s\0" + BIND_NO_PARAMETERS)
+        raw.send(bind + m.frame(Frontend.EXECUTE, b"\0\0\0\0\0") + m.SYNC)
+        frames = raw.read_until(Backend.READY_FOR_QUERY)
+        answers[timezone] = [m.data_row_values(f.body) for f in frames if f.kind == Backend.DATA_ROW]
+        raw.close()
+    assert answers == {"Asia/Tokyo": [["f"]], "UTC": [["t"]]}
