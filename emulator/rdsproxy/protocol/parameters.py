@@ -19,8 +19,10 @@ Key = tuple[tuple[str, str], ...]
 def canonical(name: str, value: str) -> str:
     """The spelling the server reports back, where it differs in a way we can predict."""
     if name == "client_encoding":
-        upper = value.upper().replace("-", "").replace("_", "")
-        return "UTF8" if upper in ("UTF8", "UNICODE") else value.upper()
+        # PostgreSQL ignores all but letters and digits in an encoding's name (asyncpg sends 'utf-8',
+        # quotes included).
+        cleaned = "".join(c for c in value.upper() if c.isalnum())
+        return "UTF8" if cleaned in ("UTF8", "UNICODE") else value.upper()
     return value
 
 

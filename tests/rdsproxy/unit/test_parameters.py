@@ -40,9 +40,11 @@ def test_a_client_is_told_of_a_parameter_only_when_its_value_is_new_to_it() -> N
     assert not parameters.reported("TimeZone", "Asia/Tokyo")
 
 
-def test_client_encoding_is_compared_as_the_server_spells_it() -> None:
-    parameters = SessionParameters({"client_encoding": "utf-8"}, SERVER)
+@pytest.mark.parametrize("spelling", ["utf-8", "UTF8", "'utf-8'", "unicode"])
+def test_client_encoding_is_compared_as_the_server_spells_it(spelling: str) -> None:
+    parameters = SessionParameters({"client_encoding": spelling}, SERVER)
     assert parameters.wanted["client_encoding"] == "UTF8"
+    assert parameters.alignment(SERVER, {"extra_float_digits": "1"}) is None
 
 
 def test_a_client_that_chose_nothing_gets_the_servers_default_even_for_unreported_parameters() -> None:
