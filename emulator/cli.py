@@ -372,6 +372,9 @@ def _check_sql(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A process started in the background of a script inherits SIGINT ignored, and Python then
+    # leaves it ignored: `kill -INT` would do nothing. Both signals stop the kit however it started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     commands = {
         "up": _up,

