@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import threading
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from emulator.awslambda.function import InitMode
+from emulator.awslambda.function import FunctionConfig, InitMode
 from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
 from emulator.paths import TERRAFORM_DIR
@@ -21,9 +24,10 @@ from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, StackConfig, Terrafo
 from emulator.stack.envfile import write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.stack.schema import sql_files
 from emulator.stage import cli as stage_cli
 from emulator.tools.demo import DemoConfig, run_demo
-from emulator.twin import LocalTwin
+from emulator.twin import LocalTwin, TwinConfig
 
 # The subcommands' container: argparse._SubParsersAction, a private class.
 Commands = Any
@@ -44,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_up(commands)
+    _add_invoke(commands)
     _add_package(commands)
     stage_cli.add_parser(commands)
     _add_proxy(commands)
@@ -56,42 +61,158 @@ def _parser() -> argparse.ArgumentParser:
 def _add_up(commands: Commands) -> None:
     up = commands.add_parser(
         "up",
-        help="start PostgreSQL, the AWS API emulator and a proxy in the foreground (Ctrl+C stops them)",
-        description="Start the embedded stack on 127.0.0.1, print its endpoints and wait for Ctrl+C "
-        "(SIGINT) or SIGTERM, then stop every process and remove every temporary file.",
+        help="start PostgreSQL, the AWS API emulator, a proxy and your functions (Ctrl+C stops them)",
+        description="Start the embedded stack on 127.0.0.1 with your schema, Terraform and Lambda "
+        "functions behind Lambda's API, print the endpoints and wait for Ctrl+C (SIGINT) or SIGTERM, "
+        "then stop every process and remove every temporary file.",
     )
-    up.add_argument(
-        "--proxy",
-        type=ProxyKind,
-        choices=list(ProxyKind),
-        default=ProxyKind.EMULATOR,
-        help="what sits between clients and PostgreSQL (default: %(default)s)",
-    )
+    _proxy_option(up)
     up.add_argument(
         "--env-file",
         type=Path,
         metavar="FILE",
         help="once ready, write KEY=VALUE lines for other shells (removed again on exit)",
     )
-    up.add_argument(
+    _terraform_options(up)
+    _function_options(up, several=True)
+    _stack_options(up)
+
+
+def _add_invoke(commands: Commands) -> None:
+    invoke = commands.add_parser(
+        "invoke",
+        help="start the twin, invoke a function once, print its answer and log, stop",
+        description="Start the twin as `up` does (your schema, Terraform and functions), invoke one "
+        "function once with an event, print its payload on stdout and its log (Lambda's "
+        "START/END/REPORT lines) on stderr, and stop. Exits 1 when the invocation fails (a function "
+        "error, as Lambda reports it).",
+    )
+    invoke.add_argument(
+        "name",
+        nargs="?",
+        metavar="FUNCTION",
+        help="the function to invoke (default: the first one the twin runs)",
+    )
+    event = invoke.add_mutually_exclusive_group()
+    event.add_argument("--payload", default="{}", metavar="JSON", help="the event, as JSON (default: {})")
+    event.add_argument("--event", type=Path, metavar="FILE", help="the event, from a JSON file")
+    _proxy_option(invoke)
+    _terraform_options(invoke)
+    _function_options(invoke, several=True)
+    _stack_options(invoke)
+
+
+def _proxy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--proxy",
+        type=ProxyKind,
+        choices=list(ProxyKind),
+        default=ProxyKind.EMULATOR,
+        help="what sits between clients and PostgreSQL (default: %(default)s)",
+    )
+
+
+def _terraform_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("your Terraform")
+    group.add_argument(
         "--terraform",
         type=Path,
         nargs="?",
         const=TERRAFORM_DIR,
         metavar="DIR",
-        help="apply this Terraform configuration (default: the kit's terraform/) to the AWS emulator with "
-        "tflocal, then run the proxy with the applied proxy's settings and print the applied function's "
-        "environment, its endpoint mapped to the local proxy",
+        help="apply this Terraform configuration (default: the kit's example) to the AWS API emulator "
+        "with plain terraform, then run the proxy with the applied aws_db_proxy's settings and every "
+        "applied aws_lambda_function with the code its package uploaded, its endpoints mapped to the "
+        "local ones",
     )
-    up.add_argument(
+    group.add_argument(
         "--tf-var",
         dest="tf_vars",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a Terraform variable for --terraform (repeatable), e.g. proxy_max_connections_percent=40",
+        help="a variable the configuration declares, for --terraform (repeatable)",
     )
-    _stack_options(up)
+    group.add_argument(
+        "--tflocal",
+        action="store_true",
+        help="apply with tflocal (terraform-local, deprecated by its authors) instead of plain terraform",
+    )
+
+
+def _function_options(parser: argparse.ArgumentParser, *, several: bool) -> None:
+    group = parser.add_argument_group(
+        "your function",
+        "Without these, the twin runs the kit's example handler (or, with --terraform, the applied "
+        "functions). A function's code directory is its task root (first on sys.path, as in Lambda); "
+        "its dependencies come from that directory or from the kit's environment.",
+    )
+    group.add_argument(
+        "--handler",
+        metavar="MODULE.FUNCTION",
+        help="your handler, as Lambda's Handler setting (default with --code: index.handler)",
+    )
+    group.add_argument(
+        "--code",
+        type=Path,
+        metavar="DIR",
+        help="your function's code directory (default with --handler: the current directory)",
+    )
+    if several:
+        group.add_argument(
+            "--function-name",
+            default=FunctionConfig().name,
+            metavar="NAME",
+            help="the name of the --handler function (default: %(default)s)",
+        )
+        group.add_argument(
+            "--function",
+            dest="functions",
+            action="append",
+            default=[],
+            metavar="NAME=DIR:MODULE.FUNCTION",
+            help="one more function to run, by name, code directory and handler (repeatable)",
+        )
+    group.add_argument(
+        "--env",
+        dest="env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for every function (repeatable); ${NAME} in VALUE is the stack's "
+        "variable, e.g. --env 'DB_HOST=${DB_PROXY_ENDPOINT}'",
+    )
+    defaults = FunctionConfig()
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=defaults.timeout_seconds,
+        metavar="SECONDS",
+        help="the functions' timeout (default: %(default)g)",
+    )
+    group.add_argument(
+        "--memory",
+        type=int,
+        default=defaults.memory_mb,
+        metavar="MB",
+        help="the functions' memory setting, reported to the handler (default: %(default)s)",
+    )
+    group.add_argument(
+        "--reserved-concurrency",
+        type=int,
+        metavar="N",
+        help="at most N environments per function; beyond, TooManyRequestsException (default: none)",
+    )
+    group.add_argument(
+        "--init-sql",
+        dest="init_sql",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="your schema: a .sql file, or a directory whose .sql files run in name order, run once the "
+        "database exists, as its owner (repeatable)",
+    )
 
 
 def _add_package(commands: Commands) -> None:
@@ -172,8 +293,9 @@ def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="the connection-exhaustion demonstration: one burst directly and through the pooler",
-        description="Run the same burst of concurrent Lambda invocations of lambda/index.py directly "
-        "against PostgreSQL and through the pooler, print a table and write a PNG chart.",
+        description="Run the same burst of concurrent Lambda invocations (of the kit's example handler, "
+        "or yours) directly against PostgreSQL and through the poolers, print a table and write a PNG "
+        "chart. Exits 1 when invocations fail other than by PostgreSQL refusing connections directly.",
     )
     defaults = DemoConfig()
     demo.add_argument(
@@ -203,8 +325,15 @@ def _add_demo(commands: Commands) -> None:
         "--handler-log",
         type=Path,
         default=defaults.handler_log,
-        help="where the handler's log lines go (default: %(default)s)",
+        help="where the function's log goes (default: %(default)s)",
     )
+    demo.add_argument(
+        "--payload",
+        metavar="JSON",
+        help='the event each invocation gets (default: {"sleep_ms": WORK_MS}, what the example handler '
+        "takes)",
+    )
+    _function_options(demo, several=False)
     _stack_options(demo)
 
 
@@ -245,56 +374,118 @@ def _stack_config(args: argparse.Namespace, **extra: Any) -> StackConfig:
     )
 
 
-def _terraform_settings(args: argparse.Namespace) -> TerraformSettings | None:
-    if args.terraform is None:
-        return None
-    variables = {}
-    for assignment in args.tf_vars:
+def _assignments(option: str, values: Sequence[str]) -> dict[str, str]:
+    result = {}
+    for assignment in values:
         name, sep, value = assignment.partition("=")
         if not sep or not name:
-            print(f"error: --tf-var takes NAME=VALUE, not {assignment!r}", file=sys.stderr)
-            raise SystemExit(2)
-        variables[name] = value
+            _usage_error(f"{option} takes NAME=VALUE, not {assignment!r}")
+        result[name] = value
+    return result
+
+
+def _usage_error(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _terraform_settings(args: argparse.Namespace) -> TerraformSettings | None:
+    if args.terraform is None:
+        if args.tf_vars:
+            _usage_error("--tf-var needs --terraform")
+        return None
+    if not args.terraform.is_dir():
+        _usage_error(f"--terraform {args.terraform}: no such directory")
     # moto forgets everything when the stack stops: destroying first would only slow Ctrl+C down.
-    return TerraformSettings(source=args.terraform, variables=variables, destroy_on_stop=False)
+    return TerraformSettings(
+        source=args.terraform,
+        variables=_assignments("--tf-var", args.tf_vars),
+        destroy_on_stop=False,
+        tflocal=args.tflocal,
+    )
+
+
+def _functions(args: argparse.Namespace) -> tuple[FunctionConfig, ...]:
+    """The functions the options name, checked before anything starts."""
+    settings: dict[str, Any] = {
+        "timeout_seconds": args.timeout,
+        "memory_mb": args.memory,
+        "reserved_concurrency": args.reserved_concurrency,
+    }
+    functions = []
+    if args.handler or args.code:
+        functions.append(
+            FunctionConfig(
+                name=getattr(args, "function_name", FunctionConfig().name),
+                handler=args.handler or "index.handler",
+                code_dir=(args.code or Path.cwd()).resolve(),
+                **settings,
+            )
+        )
+    for spec in getattr(args, "functions", []):
+        name, _, rest = spec.partition("=")
+        directory, _, handler = rest.rpartition(":")
+        if not name or not directory or not handler:
+            _usage_error(f"--function takes NAME=DIR:MODULE.FUNCTION, not {spec!r}")
+        functions.append(
+            FunctionConfig(name=name, handler=handler, code_dir=Path(directory).resolve(), **settings)
+        )
+    for function in functions:
+        function.check()
+    return tuple(functions)
+
+
+def _twin_config(args: argparse.Namespace, **stack: Any) -> TwinConfig:
+    stack_config = _stack_config(args, init_sql=tuple(args.init_sql), **stack)
+    sql_files(stack_config.init_sql)  # a missing file fails now, not after the stack started
+    return TwinConfig(
+        stack=stack_config, functions=_functions(args), environment=_assignments("--env", args.env)
+    )
+
+
+def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
+    stack = twin.stack
+    config = stack.config
+    print(
+        f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
+        f"from {stack.postgres.binaries.source}, max_connections={config.max_connections}, "
+        f"database {config.database}, user {config.db_user})"
+    )
+    print(
+        f"Proxy        {env['DB_PROXY_ENDPOINT']}:{env['DB_PORT']}  ({stack.proxy.kind}, handler auth "
+        f"{env['DB_AUTH']})"
+    )
+    print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
+    if stack.applied is not None:
+        applied = stack.applied
+        names = ", ".join(function.name for function in applied.functions) or "none"
+        print(
+            f"Terraform    applied proxy {applied.proxy.name} ({applied.proxy.endpoint}: mapped to the "
+            f"local proxy) and functions: {names}"
+        )
+    print(f"DB secret    {env['DB_SECRET_ARN']}")
+    print(f"Lambda API   {twin.invoke_api.endpoint_url}  (AWS_ENDPOINT_URL_LAMBDA)")
+    for function in twin.function_configs:
+        print(
+            f"  function   {function.name}: {function.handler} from {function.code_dir} "
+            f"(concurrency {function.concurrency_limit}, timeout {function.timeout_seconds:g} s)"
+        )
+    print(f"TLS CA       {env['DB_SSLROOTCERT']}")
+    if isinstance(stack.proxy, RdsProxyEmulator):
+        cfg = stack.proxy.config
+        print(
+            f"RDS Proxy    iam_auth={cfg.iam_auth} require_tls={cfg.require_tls} "
+            f"max_connections_percent={cfg.max_connections_percent} "
+            f"connection_borrow_timeout={cfg.connection_borrow_timeout} log {stack.proxy.log_path}"
+        )
 
 
 def _up(args: argparse.Namespace) -> int:
-    config = _stack_config(args, proxy=args.proxy, terraform=_terraform_settings(args))
-    print(f"Starting the local stack (proxy: {config.proxy}) ...", flush=True)
+    config = _twin_config(args, proxy=args.proxy, terraform=_terraform_settings(args))
+    print(f"Starting the local stack (proxy: {config.stack.proxy}) ...", flush=True)
     with LocalTwin(config) as twin:
-        stack = twin.stack
-        function_config = twin.function_configs[0]
-        invoke_api = twin.invoke_api
         env = twin.environment()
-        print(
-            f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
-            f"from {stack.postgres.binaries.source}, max_connections={config.max_connections})"
-        )
-        print(
-            f"Proxy        {env['DB_PROXY_ENDPOINT']}:{env['DB_PORT']}  ({stack.proxy.kind}, handler auth "
-            f"{env['DB_AUTH']})"
-        )
-        print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
-        if stack.applied is not None:
-            applied = stack.applied
-            print(
-                f"Terraform    applied {applied.proxy.name} ({applied.proxy.endpoint}) and function "
-                f"{applied.function.name}; the proxy endpoint maps to the local proxy"
-            )
-        print(f"DB secret    {env['DB_SECRET_ARN']}")
-        print(
-            f"Lambda       {function_config.name} at {invoke_api.endpoint_url} (AWS_ENDPOINT_URL_LAMBDA; "
-            f"concurrency {function_config.concurrency_limit}, timeout {function_config.timeout_seconds:g} s)"
-        )
-        print(f"TLS CA       {env['DB_SSLROOTCERT']}")
-        if isinstance(stack.proxy, RdsProxyEmulator):
-            cfg = stack.proxy.config
-            print(
-                f"RDS Proxy    iam_auth={cfg.iam_auth} require_tls={cfg.require_tls} "
-                f"max_connections_percent={cfg.max_connections_percent} "
-                f"connection_borrow_timeout={cfg.connection_borrow_timeout} log {stack.proxy.log_path}"
-            )
+        _print_twin(twin, env)
         try:
             if args.env_file:
                 write_env_file(args.env_file, env)
@@ -308,6 +499,32 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _invoke(args: argparse.Namespace) -> int:
+    try:
+        event = json.loads(args.event.read_text() if args.event else args.payload)
+    except (OSError, ValueError) as exc:
+        _usage_error(f"the event is not JSON: {exc}")
+    # The function's log goes to stderr after the invocation, with Lambda's lines around it.
+    config = replace(
+        _twin_config(args, proxy=args.proxy, terraform=_terraform_settings(args)),
+        function_log=Path(os.devnull),
+    )
+    print(f"Starting the local stack (proxy: {config.stack.proxy}) ...", file=sys.stderr, flush=True)
+    with LocalTwin(config) as twin:
+        name = args.name or twin.function_configs[0].name
+        function = twin.functions.get(name)
+        if function is None:
+            known = ", ".join(twin.functions)
+            raise ComponentError("Lambda", f"the twin runs no function {name!r}", f"it runs: {known}")
+        invocation = function.invoke(event)
+    sys.stderr.write(invocation.log.decode(errors="replace"))
+    print(invocation.payload.decode(errors="replace"))
+    if invocation.function_error:
+        print(f"FunctionError: {invocation.function_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _package(args: argparse.Namespace) -> int:
     out = build_package(args.out, with_dependencies=not args.handler_only)
     print(f"{out} ({out.stat().st_size // 1024} KiB)")
@@ -315,16 +532,35 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    run_demo(
+    try:
+        payload = None if args.payload is None else json.loads(args.payload)
+    except ValueError as exc:
+        _usage_error(f"--payload is not JSON: {exc}")
+    twin = _twin_config(args)
+    environment = twin.environment
+    function = twin.functions[0] if twin.functions else None
+    if function is not None:
+        function = replace(function, environment={**function.environment, **environment})
+    elif environment:
+        function = FunctionConfig(environment=environment, timeout_seconds=60)
+    ways = run_demo(
         DemoConfig(
             invocations=args.invocations,
             work_ms=args.work_ms,
             init=args.init,
             chart=args.chart,
             handler_log=args.handler_log,
-            stack=_stack_config(args),
+            stack=twin.stack,
+            function=function,
+            payload=payload,
         )
     )
+    unexpected = {way.name: way.unexpected_failures for way in ways if way.unexpected_failures}
+    if unexpected:
+        for name, errors in unexpected.items():
+            print(f"error: {name}: {errors.total()} invocation(s) failed unexpectedly", file=sys.stderr)
+        print(f"  their log: {args.handler_log.resolve()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -378,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_shutdown)
     commands = {
         "up": _up,
+        "invoke": _invoke,
         "package": _package,
         "demo": _demo,
         "proxy": _proxy,

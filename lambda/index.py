@@ -16,6 +16,11 @@ Environment:
 
 Event (all optional):
     {"sleep_ms": 200}  hold the transaction open that long, to stand for real work (capped at 10 s)
+
+A failure fails the invocation the Lambda way: the handler raises RequestFailed, so callers get
+FunctionError "Unhandled" and an errorMessage naming the error's type and SQLSTATE (and Lambda
+counts it in the function's Errors metric, retries Event invocations, ...). Tokens and passwords
+are redacted from the message and the log.
 """
 
 from __future__ import annotations
@@ -158,19 +163,20 @@ def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 
 
-def _failure(error: Exception) -> dict[str, Any]:
-    message = redact(str(error).strip())
-    sqlstate = _sqlstate(error) if isinstance(error, psycopg2.Error) else None
-    logger.error(
-        json.dumps(
-            {"event": "db_error", "type": type(error).__name__, "sqlstate": sqlstate, "message": message}
-        )
-    )
-    return {
-        "ok": False,
-        "error": {"type": type(error).__name__, "sqlstate": sqlstate, "message": message},
-        "environment": dict(_environment),
-    }
+class RequestFailed(Exception):
+    """The invocation failed; `error` holds its type, SQLSTATE and (redacted) message."""
+
+    def __init__(self, error: Exception) -> None:
+        message = " ".join(redact(str(error).strip()).split())
+        sqlstate = _sqlstate(error) if isinstance(error, psycopg2.Error) else None
+        self.error = {"type": type(error).__name__, "sqlstate": sqlstate, "message": message}
+        super().__init__(f"{type(error).__name__} (SQLSTATE {sqlstate or '-'}): {message}")
+
+
+def _failure(error: Exception) -> RequestFailed:
+    failure = RequestFailed(error)
+    logger.error(json.dumps({"event": "db_error", **failure.error}))
+    return failure
 
 
 def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
@@ -191,9 +197,9 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
                 continue
             if _connection is not None and _connection.closed != 0:
                 _discard_connection()
-            return _failure(error)
-        except Exception as error:  # noqa: BLE001 - callers get a structured answer, not a trace
-            return _failure(error)
+            raise _failure(error) from None
+        except Exception as error:
+            raise _failure(error) from None
         return {
             "ok": True,
             "result": result,

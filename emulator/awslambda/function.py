@@ -97,6 +97,7 @@ class FunctionConfig:
             timeout_seconds=applied.timeout,
             memory_mb=applied.memory_size,
             reserved_concurrency=applied.reserved_concurrency,
+            region=applied.region,
             in_aws_api=True,
             **extra,
         )

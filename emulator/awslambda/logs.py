@@ -59,9 +59,6 @@ class FunctionLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
 
     def write(self, data: bytes) -> None:
         if not data:

@@ -71,3 +71,12 @@ def _install_dependencies(requirements: Path, target: Path, python_version: str,
             f"{result.stderr.strip()[-2000:]}",
             "pip needs to reach PyPI (or your index) for manylinux wheels of lambda/requirements.txt",
         )
+
+
+def foreign_extensions(code_dir: Path) -> list[str]:
+    """Compiled modules in a code directory built for another Python than the running one
+    (a package built for the Lambda runtime, say), which cannot be imported here."""
+    own = f"cpython-{sys.version_info.major}{sys.version_info.minor}-"
+    return sorted(
+        str(path.relative_to(code_dir)) for path in code_dir.rglob("*.cpython-*.so") if own not in path.name
+    )

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from emulator.awslambda.package import build_package
+from emulator.awslambda.package import build_package, foreign_extensions
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
 from emulator.net import LOOPBACK
@@ -24,9 +26,18 @@ from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSe
 from emulator.stack.process import ServiceUser, hand_over, service_user
 from emulator.stack.proxies import DirectProxy, ProxyComponent, ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config
+from emulator.stack.schema import run_sql_files, sql_files
 from emulator.stack.tls import LocalCA
-from emulator.terraform.applied import AppliedStack, read_database, read_function, read_proxy
-from emulator.terraform.workspace import TerraformWorkspace, find_terraform
+from emulator.terraform.applied import (
+    AppliedFunction,
+    AppliedStack,
+    map_endpoints,
+    read_database,
+    read_function,
+    read_proxy,
+    state_resources,
+)
+from emulator.terraform.workspace import TerraformWorkspace, declared_variables, find_terraform
 
 _stacks_started = itertools.count(1)
 
@@ -50,11 +61,14 @@ class TerraformSettings:
     """Apply a Terraform configuration to the stack's AWS emulator and follow what it declares."""
 
     source: Path = TERRAFORM_DIR
-    # -var NAME=VALUE for the apply (lambda_package is the kit's own and always set).
+    # -var NAME=VALUE for the apply; each must be declared by the configuration. The kit's own
+    # example also gets its `lambda_package` (the handler's zip) unless given here.
     variables: Mapping[str, str] = field(default_factory=dict)
     # Destroy when the stack stops. moto forgets everything with the stack anyway; tests destroy to
     # prove the configuration can be destroyed.
     destroy_on_stop: bool = True
+    # Apply with tflocal (terraform-local) instead of plain terraform with AWS_ENDPOINT_URL.
+    tflocal: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,9 @@ class StackConfig:
     # Terraform configuration applied to the AWS emulator (database, db_user and proxy settings
     # that Terraform declares are then ignored here).
     terraform: TerraformSettings | None = None
+    # Your schema: .sql files, or directories of them run in name order, run once the database
+    # exists, as its owner (the application's role).
+    init_sql: tuple[Path, ...] = ()
     # PgBouncer asks the database for TLS (server_tls_sslmode=prefer). The benchmark turns this off:
     # its clients are plain, and RDS Proxy reaches the database with its client's encryption setting.
     pgbouncer_server_tls: bool = True
@@ -161,6 +178,7 @@ class EmbeddedStack(Started, StackEnvironment):
     applied: AppliedStack | None = field(init=False, default=None)
     terraform: TerraformWorkspace | None = field(init=False, default=None)
     _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
+    _keep_terraform_log: bool = field(init=False, default=False)
 
     def start(self) -> None:
         cfg = self.config
@@ -194,6 +212,8 @@ class EmbeddedStack(Started, StackEnvironment):
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
+        if cfg.init_sql:
+            self.run_sql(sql_files(cfg.init_sql))
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
         for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
@@ -203,33 +223,138 @@ class EmbeddedStack(Started, StackEnvironment):
             self.proxies[kind] = component
         self.proxy = self.proxies[cfg.proxy]
 
+    def run_sql(self, files: Sequence[Path]) -> None:
+        """Run .sql files against the application's database as its owner (the application's role)."""
+        psql = self.postgres.binaries.bindir / "psql"
+        on_path = shutil.which("psql")
+        if not psql.is_file() and on_path:
+            psql = Path(on_path)
+        connection = {
+            "PGHOST": self.postgres.host,
+            "PGPORT": str(self.postgres.port),
+            "PGUSER": self.config.db_user,
+            "PGPASSWORD": self.db_password,
+            "PGDATABASE": self.config.database,
+            "PGSSLMODE": "prefer",
+        }
+        run_sql_files(psql, files, connection=connection)
+
     def _apply_terraform(self, settings: TerraformSettings) -> None:
-        """tflocal apply against the AWS emulator, then read back what was applied: the local
+        """terraform apply against the AWS emulator, then read back what was applied: the local
         PostgreSQL gets the instance's database and the secret's user, the emulator the proxy's
-        settings, the handler the function's environment."""
-        package = build_package(self.workdir / "lambda-package.zip", with_dependencies=False)
-        workspace = TerraformWorkspace(
-            find_terraform(),
-            self.workdir / "terraform",
-            source=settings.source,
-            env={**os.environ, **self.aws.environment()},
-            variables={"lambda_package": str(package), **settings.variables},
+        settings, each function its uploaded code and its environment."""
+        # Kept when the apply fails, outside the stack's directory (which goes when the stack stops),
+        # so the error's "see ..." still names a file that exists.
+        fd, name = tempfile.mkstemp(prefix="local-twin-terraform-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+        self._cleanups.append(lambda: None if self._keep_terraform_log else log_path.unlink(missing_ok=True))
+        try:
+            workspace = TerraformWorkspace(
+                find_terraform(),
+                self.workdir / "terraform" / (settings.source.resolve().name or "configuration"),
+                source=settings.source,
+                env=self._terraform_environment(),
+                variables=self._terraform_variables(settings),
+                tflocal=settings.tflocal,
+                log_path=log_path,
+                link_siblings=True,
+            )
+            workspace.init()
+            self.terraform = workspace
+            if settings.destroy_on_stop:
+                # Registered before apply: a half-applied stack is destroyed too.
+                self._cleanups.append(workspace.destroy)
+            workspace.apply()
+            self.applied = self._read_applied(workspace)
+        except BaseException:
+            self._keep_terraform_log = True
+            raise
+        proxy, database = self.applied.proxy, self.applied.database
+        self.config = replace(
+            self.config, database=database.db_name, db_user=database.username, region=proxy.region
         )
-        workspace.init()
-        self.terraform = workspace
-        if settings.destroy_on_stop:
-            # Registered before apply: a half-applied stack is destroyed too.
-            self._cleanups.append(workspace.destroy)
-        workspace.apply()
-        outputs = workspace.outputs()
-        rds = self.aws.client("rds")
-        proxy = read_proxy(rds, outputs["proxy_name"])
-        database = read_database(rds, self.aws.client("secretsmanager"), proxy)
-        function = read_function(self.aws.client("lambda"), outputs["lambda_function_name"])
-        self.applied = AppliedStack(outputs, proxy, database, function)
-        self.config = replace(self.config, database=database.db_name, db_user=database.username)
         self.db_password = database.password
         self.secret_arn = proxy.secret_arn
+
+    def _terraform_environment(self) -> dict[str, str]:
+        """The caller's environment without anything that would send the AWS provider elsewhere
+        (profiles, per-service endpoints, session tokens), and the stack's AWS endpoint."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("AWS_ENDPOINT_URL_")
+            and key not in {"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"}
+        }
+        env.update(self.aws.environment())
+        # Shared config files may name endpoints and credentials of their own.
+        env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+        return env
+
+    def _terraform_variables(self, settings: TerraformSettings) -> dict[str, str]:
+        declared = declared_variables(settings.source)
+        unknown = sorted(set(settings.variables) - set(declared))
+        if unknown:
+            raise ComponentError(
+                "Terraform",
+                f"--tf-var {', '.join(unknown)}: {settings.source} declares no such variable",
+                f"its variables are: {', '.join(declared) or 'none'}",
+            )
+        variables = dict(settings.variables)
+        is_the_kit_s_example = settings.source.resolve() == TERRAFORM_DIR.resolve()
+        if is_the_kit_s_example and "lambda_package" in declared and "lambda_package" not in variables:
+            package = build_package(self.workdir / "lambda-package.zip", with_dependencies=False)
+            variables["lambda_package"] = str(package)
+        return variables
+
+    def _read_applied(self, workspace: TerraformWorkspace) -> AppliedStack:
+        state = workspace.state()
+        proxies = state_resources(state, "aws_db_proxy")
+        if len(proxies) != 1:
+            found = ", ".join(str(p.values.get("name") or p.address) for p in proxies)
+            raise ComponentError(
+                "Terraform",
+                f"the configuration created {len(proxies)} RDS proxies (aws_db_proxy)"
+                f"{': ' + found if found else ''}; "
+                "the local twin runs one RDS Proxy emulator and follows exactly one proxy, its default "
+                "target group and its target",
+                "apply one aws_db_proxy locally (for example behind a count on a variable you pass with "
+                "--tf-var), or run your handler without Terraform: up --handler MODULE.FUNCTION --code DIR",
+            )
+        (proxy_resource,) = proxies
+        region = proxy_resource.region or self.config.region
+        rds = self.aws.client("rds", region)
+        try:
+            proxy = read_proxy(rds, str(proxy_resource.values["name"]))
+            database = read_database(rds, self.aws.client("secretsmanager", region), proxy)
+        except ValueError as exc:
+            raise ComponentError(
+                "Terraform", str(exc), "the local twin follows one PostgreSQL proxy"
+            ) from exc
+        functions = []
+        for resource in state_resources(state, "aws_lambda_function"):
+            function_region = resource.region or region
+            name = str(resource.values["function_name"])
+            functions.append(read_function(self.aws.client("lambda", function_region), name))
+        return AppliedStack(workspace.outputs(), proxy, database, tuple(functions))
+
+    def unpack_function(self, function: AppliedFunction) -> Path:
+        """The function's uploaded package, unzipped as Lambda does into its task root."""
+        target = self.workdir / "functions" / function.name
+        with zipfile.ZipFile(
+            io.BytesIO(self.aws.function_package(function.name, function.region))
+        ) as package:
+            package.extractall(target)
+        foreign = foreign_extensions(target)
+        if foreign:
+            print(
+                f"warning: {function.name}'s package holds compiled modules for another Python "
+                f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); they will not load under "
+                f"Python {sys.version_info.major}.{sys.version_info.minor}. boto3, psycopg2 and psycopg "
+                "come from the kit's environment anyway; install others into it.",
+                file=sys.stderr,
+            )
+        return target
 
     def _make_proxy(self, kind: ProxyKind) -> ProxyComponent:
         if kind is ProxyKind.DIRECT:
@@ -305,12 +430,20 @@ class EmbeddedStack(Started, StackEnvironment):
 
     def handler_environment(self, via: ProxyComponent | None = None) -> dict[str, str]:
         env = super().handler_environment(via)
-        if self.applied is not None and (via is None or via is self.proxy):
-            # The applied function's own variables, its proxy endpoint mapped to the local proxy.
-            env.update(
-                self.applied.handler_environment(proxy_host=self.proxy.host, proxy_port=self.proxy.port)
-            )
+        if self.ca_file is not None:
+            # libpq and psycopg read it: sslmode=verify-full against the stack's certificates works.
+            env["PGSSLROOTCERT"] = str(self.ca_file)
         return env
+
+    def applied_environment(self, function: AppliedFunction) -> dict[str, str]:
+        """An applied function's environment as it runs locally: its own variables with every
+        endpoint of the applied proxy (and of its database) mapped to the local proxy (and
+        PostgreSQL), over the stack's variables (the AWS endpoint, credentials, the CA)."""
+        assert self.applied is not None
+        addresses = self.applied.local_addresses(
+            proxy=(self.proxy.host, self.proxy.port), postgres=(self.postgres.host, self.postgres.port)
+        )
+        return {**self.handler_environment(), **map_endpoints(function.environment, addresses)}
 
     def proxy_tools(self) -> dict[str, str]:
         if not isinstance(self.proxy, RdsProxyEmulator):

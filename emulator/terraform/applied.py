@@ -1,14 +1,51 @@
-"""What Terraform applied, read back through the AWS API: the emulator and the handler follow it.
+"""What Terraform applied: the state says which proxies and functions exist, the AWS API what they are.
 
-The same calls work against AWS; where moto answered differently, the kit's AWS emulator is
-fixed to answer as AWS does (emulator/moto_quirks.py), so nothing here is local-only.
+No output names are required. Every `aws_db_proxy` and `aws_lambda_function` in the state (root
+module and child modules) is read back through the same AWS calls that work against AWS
+(describe_db_proxies, its default target group and targets, the target instance and its secret,
+get_function_configuration); where moto answered differently, the kit's AWS emulator is fixed to
+answer as AWS does (emulator/stack/moto_quirks.py), so nothing here is local-only.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+# RDS endpoints listen on the engine's port; RDS Proxy for PostgreSQL always on 5432.
+POSTGRES_PORT = 5432
+
+
+@dataclass(frozen=True)
+class StateResource:
+    """A managed resource in Terraform's state (`terraform show -json`)."""
+
+    address: str
+    type: str
+    values: Mapping[str, Any]
+
+    @property
+    def region(self) -> str | None:
+        """The region in the resource's ARN (a provider may pin its own region)."""
+        arn = str(self.values.get("arn") or "")
+        parts = arn.split(":")
+        return parts[3] if len(parts) > 3 and parts[3] else None
+
+
+def state_resources(state: Mapping[str, Any], resource_type: str) -> list[StateResource]:
+    """Every managed resource of a type, in the root module and in every child module."""
+
+    def walk(module: Mapping[str, Any]) -> Iterator[StateResource]:
+        for resource in module.get("resources", []):
+            if resource.get("mode") == "managed" and resource.get("type") == resource_type:
+                yield StateResource(resource["address"], resource["type"], resource.get("values") or {})
+        for child in module.get("child_modules", []):
+            yield from walk(child)
+
+    return list(walk(state.get("values", {}).get("root_module", {})))
 
 
 @dataclass(frozen=True)
@@ -16,10 +53,13 @@ class AppliedProxy:
     name: str
     endpoint: str
     arn: str
+    region: str
     secret_arn: str
     target_instance: str
     # ProxyConfig settings by their Terraform names (emulator/rdsproxy/config.py).
     settings: dict[str, Any]
+    # The host names of the proxy's other endpoints (aws_db_proxy_endpoint), when it has any.
+    other_endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,6 +68,9 @@ class AppliedDatabase:
     db_name: str
     username: str
     password: str
+    # The instance's own endpoint, which a function may use instead of the proxy's.
+    address: str = ""
+    port: int = POSTGRES_PORT
 
 
 @dataclass(frozen=True)
@@ -40,6 +83,8 @@ class AppliedFunction:
     # None when the function has no reserved concurrency.
     reserved_concurrency: int | None
     environment: dict[str, str]
+    region: str = "us-east-1"
+    arn: str = ""
 
 
 def read_proxy(rds: Any, name: str) -> AppliedProxy:
@@ -52,16 +97,18 @@ def read_proxy(rds: Any, name: str) -> AppliedProxy:
         # The emulator logs in to PostgreSQL with one secret (README: known differences).
         raise ValueError(f"proxy {name} has {len(auths)} auth entries; the emulator supports exactly one")
     auth = auths[0]
-    group = next(
-        g
-        for g in rds.describe_db_proxy_target_groups(DBProxyName=name)["TargetGroups"]
-        if g["TargetGroupName"] == "default"
-    )
+    groups = rds.describe_db_proxy_target_groups(DBProxyName=name)["TargetGroups"]
+    group = next((g for g in groups if g["TargetGroupName"] == "default"), None)
+    if group is None:
+        raise ValueError(f"proxy {name} has no default target group (aws_db_proxy_default_target_group)")
     pool = group.get("ConnectionPoolConfig", {})
     targets = rds.describe_db_proxy_targets(DBProxyName=name)["Targets"]
     instances = [t["RdsResourceId"] for t in targets if t.get("Type") == "RDS_INSTANCE"]
     if len(instances) != 1:
-        raise ValueError(f"proxy {name} has {len(instances)} RDS instance targets; expected one")
+        raise ValueError(
+            f"proxy {name} has {len(instances)} RDS instance targets (aws_db_proxy_target); the local "
+            "twin runs one PostgreSQL behind it, so it needs exactly one"
+        )
     settings: dict[str, Any] = {
         "name": name,
         "target_name": instances[0],
@@ -81,21 +128,36 @@ def read_proxy(rds: Any, name: str) -> AppliedProxy:
         name=name,
         endpoint=proxy["Endpoint"],
         arn=proxy["DBProxyArn"],
+        region=proxy["DBProxyArn"].split(":")[3],
         secret_arn=auth["SecretArn"],
         target_instance=instances[0],
         settings=settings,
+        other_endpoints=_proxy_endpoints(rds, name),
     )
 
 
+def _proxy_endpoints(rds: Any, name: str) -> tuple[str, ...]:
+    """The host names of a proxy's additional endpoints (moto has no DescribeDBProxyEndpoints)."""
+    try:
+        answer = rds.describe_db_proxy_endpoints(DBProxyName=name)
+    except Exception:  # noqa: BLE001 - an emulator without the call: the proxy has none locally
+        return ()
+    return tuple(e["Endpoint"] for e in answer.get("DBProxyEndpoints", []) if e.get("Endpoint"))
+
+
 def read_database(rds: Any, secretsmanager: Any, proxy: AppliedProxy) -> AppliedDatabase:
-    """The target instance's database name, and the credentials the proxy logs in with (its secret)."""
+    """The target instance's database name and endpoint, and the credentials the proxy logs in with
+    (its secret)."""
     instance = rds.describe_db_instances(DBInstanceIdentifier=proxy.target_instance)["DBInstances"][0]
     secret = json.loads(secretsmanager.get_secret_value(SecretId=proxy.secret_arn)["SecretString"])
+    endpoint = instance.get("Endpoint") or {}
     return AppliedDatabase(
         identifier=proxy.target_instance,
         db_name=instance.get("DBName") or "postgres",
         username=secret["username"],
         password=secret["password"],
+        address=str(endpoint.get("Address") or ""),
+        port=int(endpoint.get("Port") or POSTGRES_PORT),
     )
 
 
@@ -113,7 +175,61 @@ def read_function(lambda_client: Any, name: str) -> AppliedFunction:
         memory_size=int(config.get("MemorySize", 128)),
         reserved_concurrency=None if concurrency is None else int(concurrency),
         environment=dict(config.get("Environment", {}).get("Variables", {})),
+        region=config["FunctionArn"].split(":")[3],
+        arn=config["FunctionArn"],
     )
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    """An endpoint of the applied stack and where it is on this machine."""
+
+    remote_host: str
+    remote_port: int
+    host: str
+    port: int
+
+
+# Names of variables that hold a host, whose sibling <PREFIX>_PORT holds its port.
+_HOST_SUFFIX = re.compile(r"_(HOST|HOSTNAME|ENDPOINT|ADDRESS|ADDR)$")
+
+
+def map_endpoints(variables: Mapping[str, str], addresses: Sequence[LocalAddress]) -> dict[str, str]:
+    """A function's environment with the applied endpoints replaced by their local addresses.
+
+    A variable whose value is an endpoint's host name becomes the local host; a value that contains
+    it (`host:5432`, a connection URL) has the host, and the port after it, replaced. The port
+    variable beside a mapped host variable (DB_HOST -> DB_PORT, DB_PROXY_ENDPOINT -> DB_PROXY_PORT)
+    gets the local port; failing that, any *PORT variable equal to the endpoint's port does.
+    """
+    result = dict(variables)
+    mapped: list[tuple[str, LocalAddress]] = []
+    for name, value in variables.items():
+        for address in addresses:
+            if not address.remote_host or address.remote_host not in value:
+                continue
+            if value == address.remote_host:
+                result[name] = address.host
+            else:
+                remote = f"{address.remote_host}:{address.remote_port}"
+                result[name] = value.replace(remote, f"{address.host}:{address.port}").replace(
+                    address.remote_host, address.host
+                )
+            mapped.append((name, address))
+            break
+    ports_done: set[str] = set()
+    for name, address in mapped:
+        prefix = _HOST_SUFFIX.sub("", name)
+        for candidate in (f"{prefix}_PORT", f"{prefix}PORT"):
+            if candidate != name and variables.get(candidate) == str(address.remote_port):
+                result[candidate] = str(address.port)
+                ports_done.add(candidate)
+    if mapped:
+        first = mapped[0][1]
+        for name, value in variables.items():
+            if name not in ports_done and name.endswith("PORT") and value == str(first.remote_port):
+                result[name] = str(first.port)
+    return result
 
 
 @dataclass(frozen=True)
@@ -123,8 +239,19 @@ class AppliedStack:
     outputs: dict[str, Any]
     proxy: AppliedProxy
     database: AppliedDatabase
-    function: AppliedFunction
+    functions: tuple[AppliedFunction, ...]
 
-    def handler_environment(self, *, proxy_host: str, proxy_port: int) -> dict[str, str]:
-        """The applied function's environment with its proxy endpoint mapped to the local emulator."""
-        return {**self.function.environment, "DB_PROXY_ENDPOINT": proxy_host, "DB_PORT": str(proxy_port)}
+    @property
+    def function(self) -> AppliedFunction:
+        """The first function (the only one in the kit's example)."""
+        return self.functions[0]
+
+    def local_addresses(self, *, proxy: tuple[str, int], postgres: tuple[str, int]) -> list[LocalAddress]:
+        """The proxy's endpoints map to the local proxy, the instance's to the local PostgreSQL."""
+        addresses = [
+            LocalAddress(host, POSTGRES_PORT, *proxy)
+            for host in (self.proxy.endpoint, *self.proxy.other_endpoints)
+        ]
+        if self.database.address:
+            addresses.append(LocalAddress(self.database.address, self.database.port, *postgres))
+        return addresses

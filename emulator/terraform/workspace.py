@@ -1,5 +1,8 @@
-"""Terraform for the local twin: find it and the AWS provider offline, and run the kit's stack.
+"""Terraform for the local twin: find it and the AWS provider offline, and run a configuration.
 
+Against the local AWS API emulator, plain `terraform` runs with the AWS provider's own endpoint
+configuration (AWS_ENDPOINT_URL in its environment, which the provider honours for every service);
+`tflocal` (terraform-local, deprecated by its authors) remains an option and is never needed.
 The kit never requires Terraform. When the binary or the hashicorp/aws provider cannot be had,
 `find_terraform` says exactly why (TerraformUnavailable) and the Terraform stages skip with that
 reason. Providers come from Terraform's own mechanisms: a CLI configuration with
@@ -9,8 +12,10 @@ directories, or TF_PLUGIN_DIR, which the kit passes as `terraform init -plugin-d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +40,28 @@ INIT_TIMEOUT = 180
 COMMAND_TIMEOUT = 900
 # How long an interrupted Terraform gets to finish its call in flight and write its state.
 INTERRUPT_GRACE = 120
+
+
+# tflocal prints this on every run since it was deprecated; it must never reach the kit's messages.
+_TFLOCAL_BANNER = re.compile(r"^=+\n.*?^Continuing with 'tflocal'\.\.\.\n+", re.DOTALL | re.MULTILINE)
+# What a configuration's directory holds that is Terraform's working state, not the configuration.
+_NOT_COPIED = shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", ".terraform.lock.hcl", ".git")
+_VARIABLE = re.compile(r'^\s*variable\s+"([^"]+)"', re.MULTILINE)
+
+
+def without_tflocal_banner(text: str) -> str:
+    return _TFLOCAL_BANNER.sub("", text)
+
+
+def declared_variables(source: Path) -> list[str]:
+    """The variables a configuration's root module declares (its *.tf files' variable blocks)."""
+    names: list[str] = []
+    for path in sorted(source.glob("*.tf")):
+        names += _VARIABLE.findall(path.read_text(errors="replace"))
+    for path in sorted(source.glob("*.tf.json")):
+        with contextlib.suppress(ValueError, AttributeError):
+            names += list(json.loads(path.read_text()).get("variable", {}))
+    return sorted(set(names))
 
 
 class TerraformUnavailable(ComponentError):
@@ -114,8 +141,11 @@ def tail(text: str, lines: int = 25) -> str:
 class TerraformWorkspace:
     """A copy of a Terraform configuration in a directory of its own, with its own state.
 
-    The source directory stays untouched (no .terraform, lock file or state in the repository),
-    and every command's output goes to terraform.log in the workspace.
+    The source directory stays untouched (no .terraform, lock file or state in your tree): the
+    whole directory is copied (modules and files beside the .tf files too), and with
+    link_siblings the entries beside it are linked beside the copy, so `${path.module}/../src`
+    still finds your code. Every command's output goes to the log (terraform.log in the
+    workspace unless log_path says where).
     """
 
     def __init__(
@@ -127,30 +157,36 @@ class TerraformWorkspace:
         env: Mapping[str, str] | None = None,
         variables: Mapping[str, str] | None = None,
         local: bool = True,
+        tflocal: bool = False,
         command_timeout: float = COMMAND_TIMEOUT,
+        log_path: Path | None = None,
+        link_siblings: bool = False,
     ) -> None:
         self.tools = tools
-        # True: apply and destroy with tflocal, against the env's AWS_ENDPOINT_URL (the local AWS
-        # emulator). False: plain terraform, against whatever the AWS provider finds (real AWS).
+        # True: against the env's AWS_ENDPOINT_URL (the local AWS emulator), which the AWS
+        # provider honours. False: whatever the AWS provider finds (real AWS).
         self.local = local
+        # Run apply and destroy through tflocal (terraform-local) instead of plain terraform.
+        self.tflocal = tflocal
         self.command_timeout = command_timeout
         self.source = source
         self.dir = workdir
         self.variables = dict(variables or {})
         self.env = tools.environment(os.environ if env is None else env)
-        self.log_path = workdir / "terraform.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        for path in source.glob("*.tf"):
-            shutil.copy2(path, workdir / path.name)
-        if (source / "tests").is_dir():
-            shutil.copytree(source / "tests", workdir / "tests", dirs_exist_ok=True)
+        self.log_path = log_path or workdir / "terraform.log"
+        shutil.copytree(source, workdir, ignore=_NOT_COPIED, dirs_exist_ok=True, symlinks=True)
+        if link_siblings:
+            for sibling in source.resolve().parent.iterdir():
+                link = workdir.parent / sibling.name
+                if sibling.resolve() != source.resolve() and not link.exists():
+                    link.symlink_to(sibling)
 
     def _run(self, args: Sequence[str], *, local: bool = False, timeout: float | None = None) -> str:
         if local and not self.tools.tflocal:
             raise ComponentError(
                 COMPONENT,
-                "tflocal is not installed (it points Terraform at the local AWS API)",
-                "pip install terraform-local",
+                "tflocal is not installed (asked for instead of plain terraform)",
+                "pip install 'rds-proxy-local-twin[terraform]', or leave tflocal out: plain terraform works",
             )
         binary = self.tools.tflocal if local else self.tools.terraform
         assert binary is not None
@@ -181,14 +217,16 @@ class TerraformWorkspace:
             raise
         self._log(command, stdout, stderr)
         if process.returncode != 0:
+            output = without_tflocal_banner(stdout + stderr)
             raise ComponentError(
                 COMPONENT,
-                f"`{args[0]}` failed (exit {process.returncode}):\n{tail(stdout + stderr)}",
+                f"`{args[0]}` failed (exit {process.returncode}):\n{tail(output)}",
                 f"the whole output is in {self.log_path}",
             )
-        return stdout
+        return without_tflocal_banner(stdout)
 
     def _log(self, command: Sequence[str], stdout: str, stderr: str) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as log:
             log.write(f"$ {' '.join(command)}\n{stdout}{stderr}\n")
 
@@ -215,13 +253,20 @@ class TerraformWorkspace:
         return self._run(["test", "-no-color", *self.var_args()])
 
     def apply(self) -> None:
-        """`tflocal apply` against the env's AWS_ENDPOINT_URL, or `terraform apply` (local=False)."""
-        self._run(["apply", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=self.local)
+        """`terraform apply` (against the env's AWS_ENDPOINT_URL when local), or `tflocal apply`."""
+        self._run(
+            ["apply", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=self.tflocal
+        )
 
     def destroy(self) -> None:
         self._run(
-            ["destroy", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=self.local
+            ["destroy", "-input=false", "-auto-approve", "-no-color", *self.var_args()], local=self.tflocal
         )
+
+    def state(self) -> dict[str, Any]:
+        """Terraform's state as `terraform show -json` gives it (every resource, module by module)."""
+        shown: dict[str, Any] = json.loads(self._run(["show", "-json", "-no-color"]))
+        return shown
 
     def state_list(self) -> list[str]:
         """The resources Terraform's state still holds (what a failed destroy left behind)."""

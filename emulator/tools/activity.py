@@ -18,6 +18,8 @@ class ConnectionSamples:
     """A time series of backend counts for one role, in seconds since sampling started."""
 
     times: list[float] = field(default_factory=list)
+    # time.monotonic() when sampling started: the zero of `times`.
+    origin: float = 0.0
     counts: list[int] = field(default_factory=list)
     # Client connections to the proxy at the same instants (empty when not sampled).
     clients: list[int] = field(default_factory=list)
@@ -109,7 +111,7 @@ class BackendSampler:
     def _run(self) -> None:
         try:
             with self.postgres.admin_connection() as conn:
-                started = time.monotonic()
+                started = self.samples.origin = time.monotonic()
                 self._ready.set()
                 while True:
                     count = count_backends(conn, user=self.user, exclude_pids=self.exclude)

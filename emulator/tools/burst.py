@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -12,29 +13,48 @@ from typing import Any
 
 from emulator.awslambda.function import Invocation, LambdaFunction, Throttled
 
+# What PostgreSQL says when it is out of connection slots (SQLSTATE 53300): libpq reports it at
+# connect as text only, so a handler's error may carry the text without the code.
+_TOO_MANY = ("too many clients already", "remaining connection slots are reserved")
+_SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
+
 
 @dataclass
 class BurstResult:
     invocations: int
+    # Lambda's notion: invocations without a function error, whatever their payload says.
     succeeded: int = 0
     # "SQLSTATE message" -> how many invocations failed with it
     errors: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
+    # Each invocation's answer: its payload, or its error as Lambda reports it
+    # ({"errorType", "errorMessage"}; TooManyRequestsException when throttled).
     responses: list[dict[str, Any]] = field(default_factory=list)
+    # When each invocation ended (time.monotonic()) and its error ("SQLSTATE message"; None: it
+    # succeeded), in the order they ended.
+    ended: list[tuple[float, str | None]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
         return self.invocations - self.succeeded
 
+    @property
+    def refused_connections(self) -> int:
+        """Failures because PostgreSQL had no connection slot left (the problem the demo shows)."""
+        return sum(count for error, count in self.errors.items() if error.startswith("53300 "))
 
-def describe_failure(response: Mapping[str, Any]) -> str:
-    """ "SQLSTATE message" for a failed handler response."""
-    error = response.get("error") or {}
-    message = str(error.get("message", ""))
+
+def describe_failure(error: Mapping[str, Any]) -> str:
+    """ "SQLSTATE message" for a failed invocation's error ({"errorType", "errorMessage"})."""
+    message = str(error.get("errorMessage", ""))
+    found = _SQLSTATE.search(message)
+    sqlstate = found.group(1) if found else None
+    if sqlstate is None and any(text in message for text in _TOO_MANY):
+        sqlstate = "53300"
     # libpq prefixes startup errors with the server address; the text after FATAL is what users know.
     _, fatal, after = message.partition("FATAL:")
-    text = after if fatal else message
-    return f"{error.get('sqlstate') or '-'} {' '.join(text.split())}"
+    text = after if fatal else message.split("): ", 1)[-1]
+    return f"{sqlstate or error.get('errorType') or '-'} {' '.join(text.split())}"
 
 
 def invoke_burst(
@@ -49,27 +69,33 @@ def invoke_burst(
     Lambda's throttling error), whose connection then stays open while it is frozen."""
     barrier = threading.Barrier(invocations)
 
-    def invoke_one(_: int) -> dict[str, Any]:
+    def invoke_one(_: int) -> tuple[bool, dict[str, Any], float]:
         barrier.wait(timeout=60)
         try:
             invocation: Invocation = function.invoke(dict(event))
-            answer: dict[str, Any] = invocation.json()
-            if invocation.function_error:
-                answer = {"ok": False, "error": {"sqlstate": None, "message": answer.get("errorMessage", "")}}
+            answer = invocation.json()
+            succeeded, answer = (
+                invocation.succeeded,
+                answer if isinstance(answer, dict) else {"payload": answer},
+            )
         except Throttled as exc:
-            answer = {"ok": False, "error": {"sqlstate": None, "message": f"TooManyRequestsException: {exc}"}}
+            succeeded, answer = False, {"errorType": "TooManyRequestsException", "errorMessage": str(exc)}
+        ended = time.monotonic()
         if on_done is not None:
             on_done()
-        return answer
+        return succeeded, answer, ended
 
     result = BurstResult(invocations)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=invocations, thread_name_prefix="invoke") as pool:
-        result.responses = list(pool.map(invoke_one, range(invocations)))
+        outcomes = list(pool.map(invoke_one, range(invocations)))
     result.wall_seconds = time.monotonic() - started
-    for response in result.responses:
-        if response.get("ok"):
+    result.responses = [answer for _, answer, _ in outcomes]
+    for succeeded, answer, ended in sorted(outcomes, key=lambda outcome: outcome[2]):
+        error = None if succeeded else describe_failure(answer)
+        result.ended.append((ended, error))
+        if error is None:
             result.succeeded += 1
         else:
-            result.errors[describe_failure(response)] += 1
+            result.errors[error] += 1
     return result

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -19,6 +23,9 @@ from emulator.stack.proxies import ProxyComponent, ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.tools.activity import BackendSampler, ConnectionSamples
 from emulator.tools.burst import BurstResult, invoke_burst
+from emulator.twin import expand
+
+DIRECT = "direct"
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,11 @@ class DemoConfig:
     chart: Path = Path("connection-exhaustion.png")
     handler_log: Path = Path("connection-exhaustion-handler.log")
     stack: StackConfig = field(default_factory=StackConfig)
+    # Your function instead of the kit's example (--handler, --code, ...); its environment is the
+    # way's (DB_PROXY_ENDPOINT, DB_PORT, DB_AUTH, ...) with its own on top, ${NAME} expanded.
+    function: FunctionConfig | None = None
+    # The event every invocation gets; None: {"sleep_ms": work_ms}, what the example handler takes.
+    payload: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -47,17 +59,36 @@ class Way:
     borrow_p99_us: int | None = None
     pinned: int | None = None
 
+    @property
+    def unexpected_failures(self) -> Counter[str]:
+        """Failures the demo does not set out to show: any through a pooler; directly, any but
+        PostgreSQL refusing a connection for want of slots (SQLSTATE 53300)."""
+        errors = Counter(self.burst.errors)
+        if self.name == DIRECT:
+            for error in [e for e in errors if e.startswith("53300 ")]:
+                del errors[error]
+        return errors
+
+    def refused_times(self) -> list[float]:
+        """When each connection PostgreSQL refused (53300) was reported, on the samples' clock."""
+        return [
+            ended - self.samples.origin
+            for ended, error in self.burst.ended
+            if error is not None and error.startswith("53300 ")
+        ]
+
 
 def _burst_through(
     stack: EmbeddedStack, proxy: ProxyComponent, name: str, config: DemoConfig, progress: Progress
 ) -> Way:
     invoke = progress.add_task(f"{name}: invocations", total=config.invocations)
-    function = FunctionConfig(
-        environment=stack.handler_environment(proxy),
-        timeout_seconds=60,
-        log_path=config.handler_log.resolve(),
-        init=config.init,
-    )
+    environment = stack.handler_environment(proxy)
+    if config.function is None:
+        function = FunctionConfig(environment=environment, timeout_seconds=60)
+    else:
+        own = expand(config.function.environment, {**stack.environment(), **environment})
+        function = replace(config.function, environment={**environment, **own})
+    function = replace(function, log_path=config.handler_log.resolve(), init=config.init)
     # Idle connections the other proxies keep are not this way's: leave them out of its count.
     others = set().union(*(other.backend_pids() for other in stack.proxies.values() if other is not proxy))
     with (
@@ -72,7 +103,7 @@ def _burst_through(
         burst = invoke_burst(
             lambda_function,
             config.invocations,
-            {"sleep_ms": config.work_ms},
+            {"sleep_ms": config.work_ms} if config.payload is None else config.payload,
             on_done=lambda: progress.advance(invoke),
         )
     if isinstance(proxy, RdsProxyEmulator):
@@ -92,10 +123,11 @@ def _burst_through(
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
-    # Wide enough for the table when the output is a file or a CI log, not a terminal.
-    console = console or Console(width=None if sys.stdout.isatty() else 130)
-    # The handler logs every failed invocation; keep those lines in a file, the table sums them up.
-    handler_log = logging.FileHandler(config.handler_log, mode="w")
+    # A terminal's own width; in a file or a CI log, wider than the table so a row never wraps.
+    console = console or Console(width=None if sys.stdout.isatty() else 100)
+    # The function's log (every failed invocation's lines) goes to a file; the table sums it up.
+    config.handler_log.write_bytes(b"")
+    handler_log = logging.FileHandler(config.handler_log)
     logging.getLogger().addHandler(handler_log)
     pgbouncer = (ProxyKind.PGBOUNCER,) if find_pgbouncer() is not None else ()
     stack_config = replace(config.stack, proxy=ProxyKind.EMULATOR, extra_proxies=pgbouncer)
@@ -122,7 +154,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
             )
             with progress:
                 ways = [
-                    _burst_through(stack, stack.direct, "direct", config, progress),
+                    _burst_through(stack, stack.direct, DIRECT, config, progress),
                     _burst_through(stack, stack.proxy, "RDS Proxy emulator", config, progress),
                 ]
                 if pgbouncer:
@@ -135,38 +167,55 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
         logging.getLogger().removeHandler(handler_log)
         handler_log.close()
     console.print(results_table(ways))
+    console.print(LEGEND)
     for way in ways:
         for error, count in way.burst.errors.most_common():
-            console.print(f"  {way.name}: {count} x SQLSTATE {error}")
-    write_chart(ways, config)
-    console.print(f"Chart: {config.chart.resolve()}")
+            console.print(f"  {way.name}: {count} x {error}", markup=False, highlight=False)
+    try:
+        write_chart(ways, config)
+    except ImportError:
+        console.print("No chart: it needs matplotlib (pip install 'rds-proxy-local-twin[demo]').")
+    else:
+        console.print(f"Chart: {config.chart.resolve()}")
     return ways
 
 
+LEGEND = (
+    "ok/failed: invocations without/with a function error (Lambda's notion of success); peak clients "
+    "and DB: connections to the proxy and to PostgreSQL; cap: the pool's; borrow: ms a request waited "
+    "for a database connection; wall: seconds for the burst."
+)
+
+
 def results_table(ways: list[Way]) -> Table:
-    table = Table(title=f"The same burst, {len(ways)} ways")
-    table.add_column("way")
+    """One row per way, in 80 columns: short two-line headers, the legend printed below."""
+    invocations = ways[0].burst.invocations if ways else 0
+    table = Table(
+        title=f"{invocations} concurrent invocations, {len(ways)} ways",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+    )
+    table.add_column("way", no_wrap=True)
     for column in (
-        "invocations",
         "ok",
         "failed",
-        "peak client conns",
-        "peak DB conns",
-        "pool cap",
-        "borrow p50/p99",
+        "peak\nclients",
+        "peak\nDB",
+        "pool\ncap",
+        "borrow ms\np50/p99",
         "pinned",
-        "wall time",
+        "wall\ns",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for way in ways:
         borrow = (
             "-"
             if way.borrow_p50_us is None
-            else f"{way.borrow_p50_us / 1000:.1f}/{(way.borrow_p99_us or 0) / 1000:.0f} ms"
+            else f"{way.borrow_p50_us / 1000:.1f}/{(way.borrow_p99_us or 0) / 1000:.0f}"
         )
         table.add_row(
             way.name,
-            str(way.burst.invocations),
             str(way.burst.succeeded),
             str(way.burst.failed),
             str(way.samples.peak_clients),
@@ -174,39 +223,65 @@ def results_table(ways: list[Way]) -> Table:
             "-" if way.pool_cap is None else str(way.pool_cap),
             borrow,
             "-" if way.pinned is None else str(way.pinned),
-            f"{way.burst.wall_seconds:.1f} s",
+            f"{way.burst.wall_seconds:.1f}",
         )
     return table
 
 
 def write_chart(ways: list[Way], config: DemoConfig) -> None:
+    """One panel per way on one time axis; the legend below the panels, where it hides no line."""
     import matplotlib  # noqa: PLC0415 - a heavy import only the chart needs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, len(ways), figsize=(6 * len(ways), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(ways), figsize=(5 * len(ways), 4.6), sharex=True, sharey=True, squeeze=False
+    )
+    end = max((way.samples.times[-1] for way in ways if way.samples.times), default=1.0)
     for ax, way in zip(axes[0], ways, strict=True):
-        if way.samples.clients:
+        samples = way.samples
+        if samples.clients:
             ax.step(
-                way.samples.times[: len(way.samples.clients)],
-                way.samples.clients,
+                samples.times[: len(samples.clients)],
+                samples.clients,
                 where="post",
                 color="tab:orange",
                 label="client connections (execution environments)",
             )
-        ax.step(way.samples.times, way.samples.counts, where="post", label="database connections (app role)")
-        ax.axhline(config.stack.max_connections, color="red", linestyle="--", label="max_connections")
+        ax.step(
+            samples.times,
+            samples.counts,
+            where="post",
+            color="tab:blue",
+            label="database connections (app role)",
+        )
+        refused = way.refused_times()
+        if refused:
+            # Every attempt PostgreSQL refused, counted when its invocation failed.
+            ax.step(
+                [0.0, *refused],
+                range(len(refused) + 1),
+                where="post",
+                color="tab:red",
+                label="refused connection attempts (cumulative, SQLSTATE 53300)",
+            )
+        ax.axhline(config.stack.max_connections, color="black", linestyle="--", label="max_connections")
         if way.pool_cap is not None:
             ax.axhline(way.pool_cap, color="green", linestyle=":", label="pool cap")
         ax.set_title(f"{way.name}: {way.burst.succeeded} ok, {way.burst.failed} failed")
-        ax.legend(loc="center right", fontsize="x-small")
-        ax.set_xlabel("seconds")
+        ax.set_xlabel("seconds since the burst started")
         # Hundreds of clients and a handful of database connections on one readable axis.
         ax.set_yscale("symlog", linthresh=10)
+        ax.set_xlim(0, end)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("connections")
+    labels: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(label, handle)
+    fig.legend(labels.values(), labels.keys(), loc="lower center", ncol=3, fontsize="small", frameon=False)
     fig.suptitle(f"{config.invocations} concurrent Lambda invocations")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(config.chart, dpi=100)
     plt.close(fig)

@@ -205,30 +205,33 @@ def test_a_refused_token_is_retried_once_with_a_fresh_one(fakes: Any) -> None:
     assert len(rds.calls) == 2
 
 
+def _failure(environment: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """The invocation fails the Lambda way (the handler raises); what the error says."""
+    with pytest.raises(Exception) as caught:
+        environment.invoke(event)
+    assert type(caught.value).__name__ == "RequestFailed", caught.value
+    error: dict[str, Any] = caught.value.error  # type: ignore[attr-defined]
+    assert str(caught.value) == f"{error['type']} (SQLSTATE {error['sqlstate'] or '-'}): {error['message']}"
+    return error
+
+
 def test_a_token_refused_twice_is_reported_without_a_third_try(fakes: Any) -> None:
     environment, database, rds = fakes
     refusal = 'FATAL:  password authentication failed for user "app_user"'
     database.refusals += [psycopg2.OperationalError(refusal), psycopg2.OperationalError(refusal)]
-    response = environment.invoke({})
-    assert response["ok"] is False
-    assert response["error"]["sqlstate"] == "28P01"
+    assert _failure(environment, {})["sqlstate"] == "28P01"
     assert len(rds.calls) == 2
 
 
-def test_too_many_clients_is_reported_not_retried(fakes: Any) -> None:
+def test_too_many_clients_fails_the_invocation_and_is_not_retried(fakes: Any) -> None:
     environment, database, rds = fakes
     database.refusals.append(
         psycopg2.OperationalError(
             'connection to server at "10.0.0.1", port 5432 failed: FATAL:  sorry, too many clients already'
         )
     )
-    response = environment.invoke({})
-    message = 'connection to server at "10.0.0.1", port 5432 failed: FATAL:  sorry, too many clients already'
-    assert response == {
-        "ok": False,
-        "error": {"type": "OperationalError", "sqlstate": "53300", "message": message},
-        "environment": response["environment"],
-    }
+    message = 'connection to server at "10.0.0.1", port 5432 failed: FATAL: sorry, too many clients already'
+    assert _failure(environment, {}) == {"type": "OperationalError", "sqlstate": "53300", "message": message}
     assert len(rds.calls) == 1
 
 
@@ -237,9 +240,7 @@ def test_an_sql_error_is_reported_and_the_connection_kept(fakes: Any) -> None:
     environment.invoke({})
     error = psycopg2.ProgrammingError("relation does not exist")
     database.connections[0].fail_next = error
-    response = environment.invoke({})
-    assert response["ok"] is False
-    assert response["error"]["type"] == "ProgrammingError"
+    assert _failure(environment, {})["type"] == "ProgrammingError"
     assert environment.invoke({})["connection_reused"] is True
     assert len(database.connections) == 1
 
@@ -251,10 +252,10 @@ def test_tokens_never_reach_logs_or_responses(fakes: Any, caplog: pytest.LogCapt
     leak = f"FATAL:  password authentication failed for token {token}"
     database.refusals += [psycopg2.OperationalError(leak), psycopg2.OperationalError(leak)]
     with caplog.at_level(logging.INFO):
-        response = environment.invoke({})
-    text = json.dumps(response) + caplog.text
+        error = _failure(environment, {})
+    text = json.dumps(error) + caplog.text
     assert TOKEN_SIGNATURE not in text
-    assert "X-Amz-Signature=***" in json.dumps(response)
+    assert "X-Amz-Signature=***" in error["message"]
 
 
 def test_the_result_is_json_and_the_work_is_one_committed_transaction(fakes: Any) -> None:
@@ -272,13 +273,12 @@ def test_simulated_work_is_capped_at_ten_seconds(fakes: Any) -> None:
     assert ("SELECT pg_sleep(%s)", (10.0,)) in database.connections[0].statements
 
 
-def test_configuration_errors_are_structured(fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configuration_errors_fail_the_invocation_with_their_reason(fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     environment, _, _ = fakes
     monkeypatch.setenv("DB_AUTH", "kerberos")
-    response = environment.invoke({})
-    assert response["ok"] is False
-    assert response["error"]["type"] == "ValueError"
-    assert "DB_AUTH" in response["error"]["message"]
+    error = _failure(environment, {})
+    assert error["type"] == "ValueError"
+    assert "DB_AUTH" in error["message"]
 
 
 def test_shutting_an_environment_down_closes_its_connection(fakes: Any) -> None:
