@@ -207,7 +207,7 @@ def test_a_refused_token_is_retried_once_with_a_fresh_one(fakes: Any) -> None:
 
 def _failure(environment: Any, event: dict[str, Any]) -> dict[str, Any]:
     """The invocation fails the Lambda way (the handler raises); what the error says."""
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(Exception, match=r"\(SQLSTATE") as caught:
         environment.invoke(event)
     assert type(caught.value).__name__ == "RequestFailed", caught.value
     error: dict[str, Any] = caught.value.error  # type: ignore[attr-defined]
@@ -273,7 +273,9 @@ def test_simulated_work_is_capped_at_ten_seconds(fakes: Any) -> None:
     assert ("SELECT pg_sleep(%s)", (10.0,)) in database.connections[0].statements
 
 
-def test_configuration_errors_fail_the_invocation_with_their_reason(fakes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configuration_errors_fail_the_invocation_with_their_reason(
+    fakes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     environment, _, _ = fakes
     monkeypatch.setenv("DB_AUTH", "kerberos")
     error = _failure(environment, {})
