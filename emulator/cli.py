@@ -18,7 +18,7 @@ from typing import Any
 from emulator.awslambda.function import FunctionConfig, InitMode
 from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
-from emulator.paths import TERRAFORM_DIR
+from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
 from emulator.rdsproxy.config import parse_settings
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, StackConfig, TerraformSettings
 from emulator.stack.envfile import write_env_file
@@ -218,9 +218,17 @@ def _function_options(parser: argparse.ArgumentParser, *, several: bool) -> None
 def _add_package(commands: Commands) -> None:
     package = commands.add_parser(
         "package",
-        help="build the Lambda deployment zip (handler plus psycopg2 for the Lambda runtime)",
-        description="Build the zip terraform/ deploys (variable lambda_package): lambda/*.py plus "
-        "lambda/requirements.txt installed by pip for manylinux x86_64 and the Lambda Python runtime.",
+        help="build a Lambda deployment zip (your code, or the example handler, with its requirements)",
+        description="Build a deployment zip: the code directory's *.py files plus its requirements.txt "
+        "installed by pip for manylinux x86_64 and the Lambda Python runtime (the example's terraform/ "
+        "deploys it as variable lambda_package).",
+    )
+    package.add_argument(
+        "--code",
+        type=Path,
+        default=LAMBDA_DIR,
+        metavar="DIR",
+        help="the function's code directory (default: the kit's example handler)",
     )
     package.add_argument(
         "--out", type=Path, default=Path("build/lambda-package.zip"), help="default: %(default)s"
@@ -228,7 +236,8 @@ def _add_package(commands: Commands) -> None:
     package.add_argument(
         "--handler-only",
         action="store_true",
-        help="package the handler without its dependencies (what the local twin uploads to the AWS emulator)",
+        help="package the code without its dependencies (enough for the local twin, which runs it with "
+        "its own drivers)",
     )
 
 
@@ -526,7 +535,9 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
-    out = build_package(args.out, with_dependencies=not args.handler_only)
+    if not args.code.is_dir():
+        _usage_error(f"--code {args.code}: no such directory")
+    out = build_package(args.out, source=args.code, with_dependencies=not args.handler_only)
     print(f"{out} ({out.stat().st_size // 1024} KiB)")
     return 0
 

@@ -42,13 +42,21 @@ def build_package(
         root = Path(staging)
         if with_dependencies:
             for requirements in (source / "requirements.txt", *extra_requirements):
-                _install_dependencies(requirements, root, python_version, platform)
+                if requirements.is_file():
+                    _install_dependencies(requirements, root, python_version, platform)
         files = {path.relative_to(root): path for path in root.rglob("*") if path.is_file()}
-        files.update({path.relative_to(source): path for path in source.glob("*.py")})
+        # The whole code directory, its packages and data files too, as Lambda's task root holds it.
+        files.update(
+            {
+                path.relative_to(source): path
+                for path in source.rglob("*")
+                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(source).parts)
+            }
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(files, key=str):
-                if "__pycache__" in name.parts:
+                if "__pycache__" in name.parts or name.suffix == ".pyc":
                     continue
                 info = zipfile.ZipInfo(str(name), date_time=_FIXED_TIME)
                 info.external_attr = 0o644 << 16

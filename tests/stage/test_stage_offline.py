@@ -1,7 +1,7 @@
 """`python -m emulator stage` end to end, with the AWS API emulator standing in for AWS.
 
 The stage runs as users run it, in a process of its own, with AWS_ENDPOINT_URL pointing at the
-emulator (so it applies with tflocal). Two runs side by side, each with its own name prefix:
+emulator (terraform applies there). Two runs side by side, each with its own name prefix:
 - the AWS-target tests that can work against an emulator (`deployed`: what was deployed, read back
   through the AWS APIs) pass, and the stage destroys;
 - a scenario that needs code running in Lambda, which the emulator cannot run, fails: an injected

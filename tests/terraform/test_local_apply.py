@@ -1,4 +1,4 @@
-"""terraform/ applied with tflocal to the AWS emulator, and the local twin following what it declares.
+"""terraform/ applied with plain terraform to the AWS emulator, and the local twin following what it declares.
 
 Two applies of the same files with different variables: the kit's defaults (IAM auth and TLS
 required) with a quarter of max_connections for the pool, and IAM auth disabled with 40 % and an
@@ -201,7 +201,7 @@ def test_the_handler_runs_with_the_applied_function_environment(kit_defaults: Em
     name = kit_defaults.applied.outputs["lambda_function_name"]
     applied = kit_defaults.aws.client("lambda").get_function_configuration(FunctionName=name)
     declared = applied["Environment"]["Variables"]
-    env = kit_defaults.handler_environment()
+    env = kit_defaults.applied_environment(kit_defaults.applied.function)
     # Everything the function declares, except that its proxy endpoint is the local emulator's.
     assert declared["DB_PROXY_ENDPOINT"].startswith("twin-a-proxy.")
     assert {k: env[k] for k in declared if k not in ("DB_PROXY_ENDPOINT", "DB_PORT")} == {
