@@ -65,7 +65,7 @@ def test_a_variable_the_configuration_does_not_declare_is_refused_with_those_it_
     with pytest.raises(
         ComponentError, match=r"--tf-var lambda_package: .* declares no such variable"
     ) as caught:
-        _start(secret_only, variables={"name": "x", "lambda_package": "/tmp/x.zip"})
+        _start(secret_only, variables={"name": "x", "lambda_package": "package.zip"})
     assert "its variables are: name" in str(caught.value)
 
 
