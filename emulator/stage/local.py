@@ -59,6 +59,12 @@ def _stage_functions(stack: EmbeddedStack) -> list[FunctionConfig]:
     """The handler and the probe, as the stage's Terraform declares them."""
     # Snapshot Init (one warm-up, then forked environments) keeps a burst's cold starts short on
     # a small machine; what the scenarios compare does not depend on Init.
-    handler = FunctionConfig(name="local-twin-fn", environment=stack.handler_environment(), init="snapshot")
+    handler = FunctionConfig(
+        name="local-twin-fn",
+        environment=stack.handler_environment(),
+        init="snapshot",
+        # The functions' log (START/END/REPORT and what they print), beside the stack's others.
+        log_path=stack.workdir / "functions.log",
+    )
     probe = replace(handler, name="local-twin-probe", handler="probe.handler", timeout_seconds=120)
     return [handler, probe]
