@@ -9,15 +9,15 @@ Where things live (each package's docstring says more, and what it may import):
       listener, target the endpoint that accepts clients; the database behind it
       admin, metrics,  the HTTP endpoint (/stats ...); CloudWatch metrics and logs;
       proxylog, texts  RDS Proxy's log lines and error texts, in its own words
-    awslambda/       Lambda: execution environments as worker processes, the Invoke API, the zip
-    stack/           the local stack: PostgreSQL, moto, PgBouncer and the emulator as processes
-    terraform/       terraform/tflocal runs against moto, and what an apply created
+    awslambda/       Lambda: execution environments as worker processes, their logs, Lambda's API, the zip
+    stack/           the local stack: PostgreSQL (and your schema), moto, PgBouncer, the emulator
+    terraform/       terraform runs against moto, and what an apply created (read from state and API)
     stage/           the real-AWS stage: deploy, run tests/aws on AWS and on the twin, compare
     tools/           for people: the exhaustion demo, the pinning report, check-sql
-    twin.py          LocalTwin: a stack, its functions and the Invoke API, as one object
+    twin.py          LocalTwin(TwinConfig): a stack, your functions and Lambda's API, as one object
     cli.py           `python -m emulator ...`: argument parsing, one function per command
     errors, net, paths, wait   shared: the kit's errors, loopback ports, where the kit's
-                               files are, readiness checks with deadlines
+                               files are (a checkout, or the wheel's example/), readiness checks
 """
 
 __version__ = "0.1.0"

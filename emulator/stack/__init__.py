@@ -2,7 +2,7 @@
 
 embedded (EmbeddedStack, StackConfig: plain processes), compose (the same in Docker Compose), postgres,
 pgbouncer, moto (the AWS API emulator) and its quirks, rdsproxy (the RDS Proxy emulator's process
-handle), proxies (what sits in front of PostgreSQL), process, tls, envfile.
+handle), proxies (what sits in front of PostgreSQL), schema (your .sql files), process, tls, envfile.
 
 It starts the RDS Proxy emulator as a process (`python -m emulator proxy`) and imports only its
 configuration from emulator.rdsproxy, never its internals.
