@@ -43,7 +43,8 @@ def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m emulator",
+        # The console script, or `python -m emulator`: the same commands.
+        prog="rds-proxy-twin" if Path(sys.argv[0]).name == "rds-proxy-twin" else "python -m emulator",
         description="The local twin of AWS Lambda + RDS Proxy + PostgreSQL, without AWS and without Docker.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -538,7 +539,7 @@ def _package(args: argparse.Namespace) -> int:
     if not args.code.is_dir():
         _usage_error(f"--code {args.code}: no such directory")
     out = build_package(args.out, source=args.code, with_dependencies=not args.handler_only)
-    print(f"{out} ({out.stat().st_size // 1024} KiB)")
+    print(f"{out} ({out.stat().st_size / 1024:.1f} KiB)")
     return 0
 
 

@@ -324,8 +324,15 @@ class EmbeddedStack(Started, StackEnvironment):
         (proxy_resource,) = proxies
         region = proxy_resource.region or self.config.region
         rds = self.aws.client("rds", region)
+        name = str(proxy_resource.values["name"])
+        # Its other endpoints (aws_db_proxy_endpoint), from the state: moto has no API for them.
+        endpoints = tuple(
+            str(resource.values["endpoint"])
+            for resource in state_resources(state, "aws_db_proxy_endpoint")
+            if resource.values.get("db_proxy_name") == name and resource.values.get("endpoint")
+        )
         try:
-            proxy = read_proxy(rds, str(proxy_resource.values["name"]))
+            proxy = replace(read_proxy(rds, name), other_endpoints=endpoints)
             database = read_database(rds, self.aws.client("secretsmanager", region), proxy)
         except ValueError as exc:
             raise ComponentError(
@@ -391,7 +398,7 @@ class EmbeddedStack(Started, StackEnvironment):
         try:
             return self.make_emulator(settings)
         except ValueError as exc:
-            source = "the applied Terraform (terraform/ variables)" if self.applied else "--proxy-setting"
+            source = "the applied Terraform configuration" if self.applied else "--proxy-setting"
             raise ComponentError("RDS Proxy emulator", str(exc), f"fix the setting in {source}") from exc
 
     def make_emulator(self, settings: Mapping[str, Any], *, name: str = "rdsproxy") -> RdsProxyEmulator:

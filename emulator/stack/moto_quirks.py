@@ -2,7 +2,8 @@
 
 moto keeps its state per Python process, and the kit runs it in-process, so these patches apply
 to the kit's own AWS emulator only. Each one makes moto answer as AWS does; none changes the .tf.
-Handled elsewhere: AWS managed policies need MOTO_IAM_LOAD_MANAGED_POLICIES=true (emulator.stack.moto);
+A target group's idle share above its pool share is refused, as AWS refuses it. Handled elsewhere:
+AWS managed policies need MOTO_IAM_LOAD_MANAGED_POLICIES=true (emulator.stack.moto);
 moto has no DB proxy endpoints (the kit's stack declares none) and no ModifyDBProxy (changing a
 proxy's auth or TLS needs a new apply, not an update: README, "moto's quirks").
 """
@@ -23,6 +24,7 @@ def apply_moto_quirk_fixes() -> None:
     _applied = True
     _unique_db_instance_resource_ids()
     _keep_the_init_query()
+    _idle_share_within_the_pool()
 
 
 def _unique_db_instance_resource_ids() -> None:
@@ -64,3 +66,26 @@ def _keep_the_init_query() -> None:
 
     RDSBackend.modify_db_proxy_target_group = modify_db_proxy_target_group  # type: ignore[method-assign]
     DBProxyTargetGroup.connection_pool_config = property(connection_pool_config)  # type: ignore[assignment,method-assign]
+
+
+def _idle_share_within_the_pool() -> None:
+    """AWS refuses a target group whose MaxIdleConnectionsPercent exceeds its MaxConnectionsPercent
+    (the API's constraint: between 0 and MaxConnectionsPercent); moto stores it. The AWS provider
+    sends its default idle share, 50, when a configuration sets only max_connections_percent, so
+    such a configuration would apply locally and fail in AWS: it fails locally too, at the apply."""
+    from moto.rds.exceptions import InvalidParameterValue  # noqa: PLC0415
+    from moto.rds.models import RDSBackend  # noqa: PLC0415
+
+    modify = RDSBackend.modify_db_proxy_target_group
+
+    def modify_db_proxy_target_group(self: Any, proxy_name: str, config: dict[str, Any]) -> Any:
+        group = self.db_proxies[proxy_name].proxy_target_groups["default"]
+        pool = int(config.get("MaxConnectionsPercent") or group.max_connections)
+        idle = config.get("MaxIdleConnectionsPercent")
+        if idle is not None and int(idle) > pool:
+            raise InvalidParameterValue(
+                f"MaxIdleConnectionsPercent ({idle}) must be between 0 and MaxConnectionsPercent ({pool})"
+            )
+        return modify(self, proxy_name, config)
+
+    RDSBackend.modify_db_proxy_target_group = modify_db_proxy_target_group  # type: ignore[method-assign]

@@ -58,7 +58,7 @@ class AppliedProxy:
     target_instance: str
     # ProxyConfig settings by their Terraform names (emulator/rdsproxy/config.py).
     settings: dict[str, Any]
-    # The host names of the proxy's other endpoints (aws_db_proxy_endpoint), when it has any.
+    # The host names of the proxy's other endpoints (aws_db_proxy_endpoint), from the state.
     other_endpoints: tuple[str, ...] = ()
 
 
@@ -132,17 +132,7 @@ def read_proxy(rds: Any, name: str) -> AppliedProxy:
         secret_arn=auth["SecretArn"],
         target_instance=instances[0],
         settings=settings,
-        other_endpoints=_proxy_endpoints(rds, name),
     )
-
-
-def _proxy_endpoints(rds: Any, name: str) -> tuple[str, ...]:
-    """The host names of a proxy's additional endpoints (moto has no DescribeDBProxyEndpoints)."""
-    try:
-        answer = rds.describe_db_proxy_endpoints(DBProxyName=name)
-    except Exception:  # noqa: BLE001 - an emulator without the call: the proxy has none locally
-        return ()
-    return tuple(e["Endpoint"] for e in answer.get("DBProxyEndpoints", []) if e.get("Endpoint"))
 
 
 def read_database(rds: Any, secretsmanager: Any, proxy: AppliedProxy) -> AppliedDatabase:
