@@ -174,7 +174,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
     try:
         write_chart(ways, config)
     except ImportError:
-        console.print("No chart: it needs matplotlib (pip install 'rds-proxy-local-twin[demo]').", markup=False)
+        hint = "No chart: it needs matplotlib (pip install 'rds-proxy-local-twin[demo]')."
+        console.print(hint, markup=False)
     else:
         console.print(f"Chart: {config.chart.resolve()}")
     return ways
