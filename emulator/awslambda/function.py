@@ -130,7 +130,8 @@ class FunctionConfig:
             raise ComponentError(
                 f"Lambda function {self.name}",
                 f"no module {module!r} in {self.code_dir} (looked for {path.with_suffix('.py')})",
-                "--code names the directory the handler's module is in, --handler module.function",
+                "the code directory (--code, or the package a Terraform apply uploaded) must hold the "
+                "handler's module; --handler (or the function's Handler) names module.function",
             )
 
     def worker_spec(self) -> WorkerSpec:
