@@ -267,8 +267,9 @@ class EmbeddedStack(Started, StackEnvironment):
                 self._cleanups.append(workspace.destroy)
             workspace.apply()
             self.applied = self._read_applied(workspace)
-        except BaseException:
-            self._keep_terraform_log = True
+        except BaseException as exc:
+            # Kept when the error names it (a Terraform command failed); otherwise it goes.
+            self._keep_terraform_log = str(log_path) in str(exc)
             raise
         proxy, database = self.applied.proxy, self.applied.database
         self.config = replace(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,12 @@ def secret_only(tmp_path: Path) -> Path:
 def test_a_configuration_without_a_proxy_is_told_what_the_twin_follows(
     terraform_tools: TerraformTools, secret_only: Path
 ) -> None:
+    logs_before = set(Path(tempfile.gettempdir()).glob("local-twin-terraform-*.log"))
     with pytest.raises(ComponentError, match=r"created 0 RDS proxies \(aws_db_proxy\)") as caught:
         _start(secret_only, variables={"name": "app-secret"})
     assert "up --handler MODULE.FUNCTION --code DIR" in str(caught.value)
+    # The apply itself went well: its log, which the error does not name, is not left behind.
+    assert set(Path(tempfile.gettempdir()).glob("local-twin-terraform-*.log")) <= logs_before
 
 
 def test_a_variable_the_configuration_does_not_declare_is_refused_with_those_it_does(
