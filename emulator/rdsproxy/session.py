@@ -25,7 +25,7 @@ from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refuse
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
-from emulator.rdsproxy.protocol.parameters import SessionParameters
+from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.protocol.pinning import (
     REASON_PARSE,
     PinRule,
@@ -36,7 +36,7 @@ from emulator.rdsproxy.protocol.pinning import (
 from emulator.rdsproxy.protocol.prepared import PreparedStatements
 from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
 from emulator.rdsproxy.protocol.server import IDLE, relay
-from emulator.rdsproxy.protocol.statements import StatementNames
+from emulator.rdsproxy.protocol.statements import StatementNames, resets_parameters
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.stats import RequestLatency, Stats
 from emulator.rdsproxy.target import Target
@@ -57,6 +57,10 @@ _STARTS_WORK = frozenset(
 _COPY = frozenset({Frontend.COPY_DATA, Frontend.COPY_DONE, Frontend.COPY_FAIL})
 # A client that reads slower than its database connection answers holds the connection back here.
 _WRITE_BUFFER_HIGH = 1 << 20
+
+
+def _hidden(raw: bytes) -> bytes | None:
+    return None
 
 
 class SessionEnd(Exception):
@@ -224,6 +228,10 @@ class ClientSession:
         if kind == Frontend.TERMINATE:
             self._closing_because(texts.CLIENT_REQUESTED_CLOSE)
             raise SessionEnd
+        if self.backend is not None and self.backend.state.copy_in:
+            # COPY FROM STDIN: the server takes whatever comes, and fails the COPY on what is not data.
+            self._send(frame.raw)
+            return
         handler = self._handlers.get(kind)
         if handler is None:
             self._unknown_message(kind)
@@ -241,7 +249,12 @@ class ClientSession:
     def _unknown_message(self, kind: int) -> NoReturn:
         """PostgreSQL ends the session of a client that sends a message type it does not know."""
         message = f"invalid frontend message type {kind}"
-        self._fatal(texts.PROTOCOL_VIOLATION, message)
+        template = self.deps.target.invalid_message_fields
+        if template and not self.writer.is_closing():
+            # PostgreSQL's own FATAL, file, line and routine included.
+            self.writer.write(m.error_from_fields({**template, "M": message}))
+        else:
+            self._fatal(texts.PROTOCOL_VIOLATION, message)
         self._closing_because(f"The client sent an invalid message: {message}.")
         raise SessionEnd
 
@@ -268,8 +281,28 @@ class ClientSession:
             self._pin(reason)
             self.loaded_library = self.loaded_library or loads_library(text)
         query = self.prepared.query(conn.state, text)
-        self.router.expect(Expect.QUERY, undo=query.undo, on_complete=query.on_complete, error=query.error)
+        restores = resets_parameters(text)
+        self.router.expect(
+            Expect.QUERY,
+            undo=query.undo,
+            on_complete=query.on_complete,
+            error=query.error,
+            # A RESET sets back the connection's defaults, which are not the client's: the client's
+            # ReadyForQuery and ParameterStatus wait until the proxy has set its parameters again.
+            ready=False if restores else None,
+            holds_parameters=restores,
+        )
         self._send(frame.raw if query.text is text else m.simple_query(query.text))
+        if restores:
+            self._restore_parameters(conn)
+
+    def _restore_parameters(self, conn: DbConnection) -> None:
+        """After a RESET on the client's (pinned) connection: the client's startup parameters again,
+        as PostgreSQL keeps them as the session's defaults; the client sees nothing of it."""
+        self.router.expect(Expect.QUERY, forward=False, ready=True, error=_hidden)
+        self._send(m.simple_query(self.parameters.restoration()))
+        if UNREPORTED in self.parameters.wanted:
+            conn.state.unreported[UNREPORTED] = self.parameters.wanted[UNREPORTED]
 
     async def _execute(self, frame: m.Frame) -> None:
         # "A query including multiple statements is counted as one query": each Execute runs one.
@@ -446,6 +479,12 @@ class ClientSession:
         conn.detach()
         self.deps.pool.release(conn, reusable=False)
         self.deps.log.db_closed(conn, f"The database connection was lost: {exc}")
+        if conn.state.ended_by_fatal:
+            # The server ended the session for what the client sent (its FATAL reached the client):
+            # the client's session ends with it, as on a direct connection.
+            self._closing_because(texts.TCP_CLOSED)
+            self.writer.close()
+            return
         error = m.error_response(
             "ERROR",
             texts.CONNECTION_FAILURE,
@@ -472,6 +511,7 @@ class ClientSession:
             "peer": self.peer,
             "user": self.login.user,
             "database": self.login.database,
+            "application_name": self.parameters.wanted.get("application_name", ""),
             "tls": self.tls,
             "established": self.established,
             "idle_seconds": round(time.monotonic() - self.last_activity, 3),

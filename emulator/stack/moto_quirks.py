@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Callable
 from typing import Any
 
 _applied = False
@@ -23,6 +24,36 @@ def apply_moto_quirk_fixes() -> None:
     _applied = True
     _unique_db_instance_resource_ids()
     _keep_the_init_query()
+    _target_health_follows_the_proxy()
+
+
+# The live state of each proxy target the twin runs, by DB instance identifier: is it available, and
+# if not, why. Registered by the stack for the emulator that serves the applied proxy.
+TargetHealthProbe = Callable[[], tuple[bool, str]]
+TARGET_HEALTH: dict[str, TargetHealthProbe] = {}
+
+
+def _target_health_follows_the_proxy() -> None:
+    """moto reports every proxy target AVAILABLE. describe_db_proxy_targets in AWS says what the proxy
+    sees: UNAVAILABLE with a reason while it cannot reach the database."""
+    from moto.rds.models import DBProxyTarget  # noqa: PLC0415
+
+    reported = DBProxyTarget.target_health.fget  # type: ignore[attr-defined]
+
+    def target_health(self: Any) -> dict[str, str]:
+        probe = TARGET_HEALTH.get(self.rds_resource_id)
+        if probe is None:
+            health: dict[str, str] = reported(self)
+            return health
+        try:
+            available, reason = probe()
+        except Exception as exc:  # noqa: BLE001 - a proxy that does not answer is not available
+            available, reason = False, f"the proxy does not answer: {exc}"
+        if available:
+            return {"State": "AVAILABLE"}
+        return {"State": "UNAVAILABLE", "Reason": "UNREACHABLE", "Description": reason}
+
+    DBProxyTarget.target_health = property(target_health)  # type: ignore[method-assign,assignment]
 
 
 def _unique_db_instance_resource_ids() -> None:

@@ -82,6 +82,10 @@ class Expected:
     error: Callable[[bytes], bytes | None] | None = None
     # Called with each CommandComplete this message's answer holds (a simple query's statements).
     on_complete: Callable[[bytes], None] | None = None
+    # Whether its ReadyForQuery reaches the client (None: as the rest of its answer does).
+    ready: bool | None = None
+    # The server's ParameterStatus messages during this answer are not the client's to see yet.
+    holds_parameters: bool = False
 
 
 class ResponseRouter:
@@ -113,9 +117,18 @@ class ResponseRouter:
         function calls, Syncs): until the next one arrives, the server's messages go to the client
         as they are, and each ReadyForQuery answers one request."""
         return all(
-            entry.forward and entry.kind in _UNTIL_READY and entry.on_complete is None
+            entry.forward
+            and entry.kind in _UNTIL_READY
+            and entry.on_complete is None
+            and entry.ready is None
+            and not entry.holds_parameters
             for entry in self._queue
         )
+
+    @property
+    def holding_parameters(self) -> bool:
+        """The answer being received holds back the server's ParameterStatus messages."""
+        return bool(self._queue) and self._queue[0].holds_parameters
 
     def ready(self) -> None:
         """A ReadyForQuery passed through (see passthrough)."""
@@ -131,6 +144,8 @@ class ResponseRouter:
         failed: Callable[[], None] | None = None,
         error: Callable[[bytes], bytes | None] | None = None,
         on_complete: Callable[[bytes], None] | None = None,
+        ready: bool | None = None,
+        holds_parameters: bool = False,
     ) -> None:
         """A message sent to the server: its answer is due after everything queued before it."""
         if kind is Expect.SYNC:
@@ -138,7 +153,16 @@ class ResponseRouter:
             self.skipping = False
         elif kind in EXTENDED:
             self.unsynced = True
-        entry = Expected(kind, forward, undo=undo, failed=failed, error=error, on_complete=on_complete)
+        entry = Expected(
+            kind,
+            forward,
+            undo=undo,
+            failed=failed,
+            error=error,
+            on_complete=on_complete,
+            ready=ready,
+            holds_parameters=holds_parameters,
+        )
         self._queue.append(entry)
 
     def answer(self, payload: bytes, *, undo: Callable[[], None] | None = None) -> list[bytes]:
@@ -159,7 +183,8 @@ class ResponseRouter:
         head = self._queue[0]
         if kind == Backend.READY_FOR_QUERY:
             self._queue.popleft()
-            out = [raw] if head.forward else []
+            shown = head.forward if head.ready is None else head.ready
+            out = [raw] if shown else []
             return out + self._drain()
         if kind == Backend.ERROR_RESPONSE:
             return self._failed(head, raw)

@@ -153,3 +153,16 @@ def _command(statement: list[Token]) -> SqlCommand | None:
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def resets_parameters(sql: str) -> bool:
+    """RESET ALL, RESET name, DISCARD ALL: the session's parameters go back to its defaults, which
+    on a client's own connection are the ones it chose at startup."""
+    lowered = sql.lower()
+    if "reset" not in lowered and "discard" not in lowered:
+        return False
+    for statement in split_statements(tokenize(sql)):
+        words = [token.text for token in statement if token.kind == "word"][:2]
+        if words[:1] == ["reset"] or words == ["discard", "all"]:
+            return True
+    return False
