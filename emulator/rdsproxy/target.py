@@ -38,6 +38,11 @@ class Target:
         self.invalid_message_fields: dict[str, str] = {}
         self._ready = asyncio.Event()
         self.availability = Availability()
+        # How the server spells a parameter value ("ISO" -> "ISO, MDY"), learned once per value on a
+        # connection of the proxy's own, outside the pool (RDS Proxy keeps some for itself too).
+        self._spellings: dict[tuple[str, str], str] = {}
+        self._spelling_conn: DbConnection | None = None
+        self._spelling_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -105,6 +110,30 @@ class Target:
         local = conn.writer.get_extra_info("sockname") or ("?", "?")
         self.log.db_opened(f"{local[0]}:{local[1]}", f"{self.config.target_host}:{self.config.target_port}")
         return conn
+
+    async def spelling(self, name: str, value: str) -> str:
+        """The value as the server reports it once set (a client is told what PostgreSQL would tell
+        it); DatabaseError when the server refuses the value."""
+        known = self._spellings.get((name, value))
+        if known is not None:
+            return known
+        async with self._spelling_lock:
+            conn = self._spelling_conn
+            if conn is None or conn.broken or conn.writer.is_closing():
+                assert self.credentials is not None
+                conn = self._spelling_conn = await self.open_connection(
+                    PoolKey("postgres", self.credentials.user, tls=False)
+                )
+            quoted = "'" + value.replace("'", "''") + "'"
+            try:
+                spelled = await conn.fetch_value(
+                    f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
+                )
+            finally:
+                if conn.state.txn_status != b"I":
+                    await conn.run_quietly("ROLLBACK")
+        self._spellings[(name, value)] = spelled
+        return spelled
 
     async def probe(self) -> None:
         """While the target is unavailable: try a connection, so that availability comes back as soon
