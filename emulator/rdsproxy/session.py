@@ -19,13 +19,13 @@ from typing import Any, NoReturn
 
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
 from emulator.rdsproxy.lending import Pin, borrow, give_back
-from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login
+from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
-from emulator.rdsproxy.protocol.parameters import CLIENT_PARAMETERS, UNREPORTED, SessionParameters
+from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.protocol.pinning import (
     REASON_PARSE,
     PinRule,
@@ -183,37 +183,15 @@ class ClientSession:
             deps.log.client_refused(self, refusal.message)
             return False
         await deps.target.wait_ready(config.borrow_timeout)
-        target = deps.target
-        # As PostgreSQL: authenticated first, then the startup parameters take effect (or fail).
-        self.writer.write(m.authentication(m.AUTH_OK))
         try:
-            chosen = await self._spelled(self.login.params)
-        except DatabaseError as exc:
-            # PostgreSQL refuses a bad startup value (an unknown TimeZone) with a FATAL: so does the proxy.
-            self.writer.write(m.error_from_fields({**exc.fields, "S": "FATAL", "V": "FATAL"}))
-            deps.log.client_refused(self, str(exc))
+            self.parameters = await welcome(stream, self.login, deps.target, key=self.id & 0x7FFFFFFF)
+        except Refused as refusal:
+            deps.log.client_refused(self, refusal.message)
             return False
-        self.parameters = SessionParameters(chosen, target.baseline_params, target.unreported_defaults)
-        out = [m.parameter_status(name, value) for name, value in self.parameters.seen.items()]
-        out += [m.backend_key_data(self.id & 0x7FFFFFFF, random.getrandbits(31)), m.ready_for_query(b"I")]
-        self.writer.write(b"".join(out))
         self.established = True
         deps.stats.client_opened(tls=self.tls)
         deps.log.client_connected(self)
         return True
-
-    async def _spelled(self, params: dict[str, str]) -> dict[str, str]:
-        """The startup parameters the client chose, spelled as PostgreSQL reports them."""
-        chosen = {}
-        for name in CLIENT_PARAMETERS:
-            value = next((v for k, v in params.items() if k.lower() == name.lower()), None)
-            if value is None:
-                continue
-            try:
-                chosen[name] = await self.deps.target.spelling(name, value)
-            except DatabaseUnavailable:
-                chosen[name] = value  # the target is down: the client's spelling until it is back
-        return chosen
 
     def _debug(self, text: str) -> None:
         self.deps.log.debug(f"[clientConnection={self.id}] {text}")
