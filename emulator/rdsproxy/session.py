@@ -32,11 +32,12 @@ from emulator.rdsproxy.protocol.pinning import (
     function_call_reason,
     loads_library,
     pin_reason,
+    plain,
 )
 from emulator.rdsproxy.protocol.prepared import PreparedStatements
-from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
+from emulator.rdsproxy.protocol.routing import Expect, Expected, ResponseRouter
 from emulator.rdsproxy.protocol.server import IDLE, relay
-from emulator.rdsproxy.protocol.statements import StatementNames, resets_parameters
+from emulator.rdsproxy.protocol.statements import StatementNames, copies_from_client, resets_parameters
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.stats import RequestLatency, Stats
 from emulator.rdsproxy.target import Target
@@ -54,7 +55,7 @@ _STARTS_WORK = frozenset(
         Frontend.FUNCTION_CALL,
     }
 )
-_COPY = frozenset({Frontend.COPY_DATA, Frontend.COPY_DONE, Frontend.COPY_FAIL})
+_COPY_ENDS = frozenset({Frontend.COPY_DONE, Frontend.COPY_FAIL})
 # A client that reads slower than its database connection answers holds the connection back here.
 _WRITE_BUFFER_HIGH = 1 << 20
 
@@ -122,6 +123,10 @@ class ClientSession:
         self.latency = RequestLatency(deps.stats)
         self._out = bytearray()
         self._drain_task: asyncio.Task[None] | None = None
+        # A COPY FROM STDIN was sent: what follows it is COPY data or messages, as the server's answer
+        # will tell (CopyInResponse, or an error). Set when that answer came.
+        self._copy_decided: asyncio.Future[None] | None = None
+        self._copy_entry: Expected | None = None
         self._closing = False
         self._handlers: dict[int, Callable[[m.Frame], Awaitable[None]]] = {
             Frontend.QUERY: self._query,
@@ -225,9 +230,17 @@ class ClientSession:
         if kind == Frontend.TERMINATE:
             self._closing_because(texts.CLIENT_REQUESTED_CLOSE)
             raise SessionEnd
+        if self._copy_decided is not None:
+            # Whether this is COPY data depends on the server's answer to the COPY: wait for it.
+            self._flush()
+            await self._copy_decided
+            self._copy_decided = None
         if self.backend is not None and self.backend.state.copy_in:
-            # COPY FROM STDIN: the server takes whatever comes, and fails the COPY on what is not data.
+            # COPY FROM STDIN: the server takes whatever comes (it fails the COPY, and the session, on
+            # what is not COPY data; it ignores Flush and Sync) until CopyDone or CopyFail ends it.
             self._send(frame.raw)
+            if kind in _COPY_ENDS:
+                self.backend.state.copy_in = False
             return
         handler = self._handlers.get(kind)
         if handler is None:
@@ -271,15 +284,24 @@ class ClientSession:
     async def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
         text = m.query_text(frame.body)
-        self._debug(f"The client sent a query: {text}")
-        reason = pin_reason(text, self.rule)
+        if self.deps.log.debug_enabled:
+            self._debug(f"The client sent a query: {text}")
         conn = await self._ensure_backend()
+        if plain(text):
+            # Nearly every query: nothing to pin, no statement to rename, nothing to restore.
+            state = conn.state
+            entry = state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
+            self._send(frame.raw)
+            if copies_from_client(text):
+                self._await_copy(conn, entry)
+            return
+        reason = pin_reason(text, self.rule)
         if reason is not None:
             self._pin(reason)
             self.loaded_library = self.loaded_library or loads_library(text)
         query = self.prepared.query(conn.state, text)
         restores = resets_parameters(text)
-        self.router.expect(
+        entry = self.router.expect(
             Expect.QUERY,
             undo=query.undo,
             on_complete=query.on_complete,
@@ -292,6 +314,23 @@ class ClientSession:
         self._send(frame.raw if query.text is text else m.simple_query(query.text))
         if restores:
             self._restore_parameters(conn)
+        if copies_from_client(text):
+            self._await_copy(conn, entry)
+
+    def _await_copy(self, conn: DbConnection, entry: Expected) -> None:
+        """Messages after this COPY FROM STDIN are read once the server has said whether it began."""
+        self._copy_decided = asyncio.get_running_loop().create_future()
+        self._copy_entry = entry
+
+    def _copy_answered(self, conn: DbConnection | None) -> None:
+        """The server began the COPY (CopyInResponse), or finished answering it (an error): the
+        messages after it can be read."""
+        decided = self._copy_decided
+        if decided is None or decided.done():
+            return
+        entry = self._copy_entry
+        if conn is None or entry is None or conn.state.copy_in or not conn.state.router.waiting_for(entry):
+            decided.set_result(None)
 
     def _restore_parameters(self, conn: DbConnection) -> None:
         """After a RESET on the client's (pinned) connection: the client's startup parameters again,
@@ -334,23 +373,24 @@ class ClientSession:
 
     async def _parse(self, frame: m.Frame) -> None:
         name, query, types = m.parse_parse(frame.body)
-        self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
+        if self.deps.log.debug_enabled:
+            self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
         conn = await self._ensure_backend()
         config = self.deps.config
         if config.legacy_eqp_pinning or (name and config.pin_named_statements):
             self._pin(REASON_PARSE)
-        reason = pin_reason(query, self.rule)
+        reason = None if plain(query) else pin_reason(query, self.rule)
         if reason is not None:
             if not name:
                 # The unnamed statement runs with the Bind/Execute that follow: pin now.
                 self._pin(reason)
             elif self.pinned is None:
                 self.deps.log.would_pin(self, reason)
-        self.prepared.parse(conn.state, name, query, types, reason)
+        self.prepared.parse(conn.state, name, query, types, pin_reason=reason, raw=frame.raw)
 
     async def _bind(self, frame: m.Frame) -> None:
         conn = await self._ensure_backend()
-        statement = self.prepared.bind(conn.state, frame.body)
+        statement = self.prepared.bind(conn.state, frame)
         if statement is not None and statement.pin_reason is not None:
             self._pin(statement.pin_reason)
 
@@ -442,6 +482,8 @@ class ClientSession:
         # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
+        if self._copy_decided is not None:
+            self._copy_answered(conn)
         if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
             # The client reads slower than the server answers: hold the server until it catches up.
             conn.pause_reading()
@@ -473,6 +515,7 @@ class ClientSession:
         in_flight = not conn.state.router.idle
         in_transaction = conn.txn_status != IDLE
         self.backend = None
+        self._copy_answered(None)
         conn.detach()
         self.deps.pool.release(conn, reusable=False)
         self.deps.log.db_closed(conn, f"The database connection was lost: {exc}")

@@ -50,7 +50,7 @@ class Query:
 
     text: str
     # Undoes what sending it did (it dropped the unnamed statement), if the server skips it.
-    undo: Callable[[], None]
+    undo: Callable[[], None] | None
     # Applies what its statements did to prepared statements, at each CommandComplete.
     on_complete: Callable[[bytes], None] | None = None
     # The server's error with the client's statement names in it.
@@ -82,15 +82,18 @@ class PreparedStatements:
 
     # -- Parse ------------------------------------------------------------------------------------
 
-    def parse(self, state: ServerState, name: str, query: str, types: bytes, pin_reason: str | None) -> None:
+    def parse(
+        self, state: ServerState, name: str, query: str, types: bytes, *, pin_reason: str | None, raw: bytes
+    ) -> None:
+        """raw: the client's Parse message, sent as it came when it needs no renaming."""
         if not name:
-            self._parse_unnamed(state, query, types)
+            self._parse_unnamed(state, query, types, raw)
         elif name in self.catalogue:
             self._parse_duplicate(state, name, query, types)
         else:
             self._parse_named(state, name, query, types, pin_reason)
 
-    def _parse_unnamed(self, state: ServerState, query: str, types: bytes) -> None:
+    def _parse_unnamed(self, state: ServerState, query: str, types: bytes, raw: bytes) -> None:
         statement = Unnamed(query, types)
         before = (self.unnamed, state.unnamed)
         self.unnamed = state.unnamed = statement
@@ -103,7 +106,7 @@ class PreparedStatements:
             self.unnamed = state.unnamed = None
 
         state.router.expect(Expect.PARSE, undo=undo, failed=failed)
-        self._send(m.parse_message("", query, types))
+        self._send(raw)
 
     def _parse_named(
         self, state: ServerState, name: str, query: str, types: bytes, pin_reason: str | None
@@ -138,13 +141,14 @@ class PreparedStatements:
 
     # -- Bind, Describe, Close --------------------------------------------------------------------
 
-    def bind(self, state: ServerState, body: bytes) -> Statement | None:
+    def bind(self, state: ServerState, frame: m.Frame) -> Statement | None:
         """Forward a Bind, its statement made the client's; the named statement it binds, if any."""
+        body = frame.body
         _, name, _ = m.bind_statement(body)
         if not name:
             self._unnamed_on_server(state)
             state.router.expect(Expect.BIND)
-            self._send(m.frame(Frontend.BIND, body))
+            self._send(frame.raw)
             return None
         statement = self.catalogue.get(name)
         backend_name = self._on_server(state, name)
@@ -227,16 +231,23 @@ class PreparedStatements:
 
     # -- simple queries ---------------------------------------------------------------------------
 
-    def query(self, state: ServerState, text: str) -> Query:
-        """A simple query is about to go to the server: the text to send (statement names made the
-        server's), and how its answer is kept right."""
-        # A simple query drops the unnamed statement, on the server as on the client's session.
+    def drop_unnamed(self, state: ServerState) -> Callable[[], None] | None:
+        """A simple query drops the unnamed statement, on the server as on the client's session; what
+        puts it back if the server skips the query (None when there was none)."""
+        if self.unnamed is None and state.unnamed is None:
+            return None
         before = (self.unnamed, state.unnamed)
         self.unnamed = state.unnamed = None
 
         def undo() -> None:
             self.unnamed, state.unnamed = before
 
+        return undo
+
+    def query(self, state: ServerState, text: str) -> Query:
+        """A simple query that may act on prepared statements is about to go to the server: the text
+        to send (statement names made the server's), and how its answer is kept right."""
+        undo = self.drop_unnamed(state)
         commands = sql_commands(text)
         if commands is None:
             return Query(text, undo)

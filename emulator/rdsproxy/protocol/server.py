@@ -121,7 +121,6 @@ def _pass_through(
                 kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
         elif kind == Backend.READY_FOR_QUERY:
             server.txn_status = chunk[start + 5 : start + 6]
-            server.copy_in = False
             router.ready()
         elif kind in _WATCHED:
             _watch(kind, chunk, start, server)
@@ -129,23 +128,22 @@ def _pass_through(
 
 
 _COPY_IN = frozenset({Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE})
-_COPY_ENDED = frozenset({Backend.COMMAND_COMPLETE, Backend.ERROR_RESPONSE, Backend.READY_FOR_QUERY})
-_WATCHED = _COPY_IN | _COPY_ENDED
+# COPY FROM STDIN ends with the client's CopyDone or CopyFail (see the session), or a server error.
+_WATCHED = _COPY_IN | {Backend.ERROR_RESPONSE}
 # The client's own protocol violation, which ends its session: PostgreSQL's FATAL 08P01.
 _CLIENTS_FATAL = (b"VFATAL\0", b"C08P01\0")
 
 
 def _watch(kind: int, data: bytes, start: int, server: ServerState) -> None:
-    """COPY FROM STDIN starting and ending, and a FATAL of the client's making."""
+    """COPY FROM STDIN starting, or failed by the server, and a FATAL of the client's making."""
     if kind in _COPY_IN:
         server.copy_in = True
         return
     server.copy_in = False
-    if kind == Backend.ERROR_RESPONSE:
-        length = int.from_bytes(data[start + 1 : start + 5], "big")
-        message = data[start : start + 1 + length]
-        if all(field in message for field in _CLIENTS_FATAL):
-            server.ended_by_fatal = True
+    length = int.from_bytes(data[start + 1 : start + 5], "big")
+    message = data[start : start + 1 + length]
+    if all(field in message for field in _CLIENTS_FATAL):
+        server.ended_by_fatal = True
 
 
 def _new_to_client(

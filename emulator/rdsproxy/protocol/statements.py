@@ -166,3 +166,16 @@ def resets_parameters(sql: str) -> bool:
         if words[:1] == ["reset"] or words == ["discard", "all"]:
             return True
     return False
+
+
+def copies_from_client(sql: str) -> bool:
+    """COPY ... FROM STDIN: once the server answers it with CopyInResponse, what the client sends
+    next is COPY data, not messages."""
+    lowered = sql.lower()
+    if "stdin" not in lowered:
+        return False
+    for statement in split_statements(tokenize(sql)):
+        words = [token.text for token in statement if token.kind == "word"]
+        if words[:1] == ["copy"] and "stdin" in words:
+            return True
+    return False

@@ -230,6 +230,14 @@ CORPUS: dict[str, Scenario] = {
         ),
         ("COPY from stdin failed: stop", "08P01 unexpected message type 0x51 during COPY from stdin"),
     ),
+    "a_message_the_proxy_would_answer_itself_is_copy_data_once_copy_began": Scenario(
+        script(
+            (Client(),),
+            # The Close reaches PostgreSQL in COPY mode (an error), not the proxy's own answer.
+            send(0, Query("copy t from stdin"), Close("S", ""), Sync()),
+        ),
+        ("08P01 unexpected message type 0x43 during COPY from stdin",),
+    ),
     "a_pinned_client_gets_postgresqls_fatal_error_alone": Scenario(
         script(
             (Client(),),
