@@ -604,16 +604,19 @@ class ClientSession:
         self.backend = None
         if self._drain_task is not None:
             self._drain_task.cancel()
-        if conn is not None:
-            # Back to stream reads: the rollback below, and silence while pooled.
-            conn.detach()
-            pin = Pin.NONE if self.pinned is None else Pin.UNRESETTABLE if self.loaded_library else Pin.PINNED
-            await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
+        if self._copy_decided is not None:
+            self._copy_decided.cancel()
+        # The client is gone now, whatever the database connection still takes to be given back.
+        if not self.writer.is_closing():
+            self.writer.close()
         if self.established:
             deps.stats.client_closed(tls=self.tls)
             if self.pinned is not None:
                 deps.stats.pin_ended()
             deps.log.client_closed(self, self.close_reason or texts.TCP_CLOSED)
         deps.ended(self)
-        if not self.writer.is_closing():
-            self.writer.close()
+        if conn is not None:
+            # Back to stream reads: the rollback or reset in give_back, and silence while pooled.
+            conn.detach()
+            pin = Pin.NONE if self.pinned is None else Pin.UNRESETTABLE if self.loaded_library else Pin.PINNED
+            await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
