@@ -35,7 +35,7 @@ from emulator.rdsproxy.protocol.pinning import (
     plain,
 )
 from emulator.rdsproxy.protocol.prepared import PreparedStatements
-from emulator.rdsproxy.protocol.routing import Expect, Expected, ResponseRouter
+from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
 from emulator.rdsproxy.protocol.server import IDLE, relay
 from emulator.rdsproxy.protocol.statements import StatementNames, copies_from_client, resets_parameters
 from emulator.rdsproxy.proxylog import ProxyLog
@@ -123,10 +123,11 @@ class ClientSession:
         self.latency = RequestLatency(deps.stats)
         self._out = bytearray()
         self._drain_task: asyncio.Task[None] | None = None
-        # A COPY FROM STDIN was sent: what follows it is COPY data or messages, as the server's answer
-        # will tell (CopyInResponse, or an error). Set when that answer came.
-        self._copy_decided: asyncio.Future[None] | None = None
-        self._copy_entry: Expected | None = None
+        # The client's next messages wait for the server's answer to what was sent (set when it came):
+        # after COPY FROM STDIN they are COPY data or messages as the answer tells; after a RESET the
+        # proxy puts the client's parameters back first.
+        self._held: asyncio.Future[None] | None = None
+        self._held_until: Callable[[DbConnection], bool] | None = None
         self._closing = False
         self._handlers: dict[int, Callable[[m.Frame], Awaitable[None]]] = {
             Frontend.QUERY: self._query,
@@ -230,11 +231,10 @@ class ClientSession:
         if kind == Frontend.TERMINATE:
             self._closing_because(texts.CLIENT_REQUESTED_CLOSE)
             raise SessionEnd
-        if self._copy_decided is not None:
-            # Whether this is COPY data depends on the server's answer to the COPY: wait for it.
+        if self._held is not None:
             self._flush()
-            await self._copy_decided
-            self._copy_decided = None
+            await self._held
+            self._held = None
         if self.backend is not None and self.backend.state.copy_in:
             # COPY FROM STDIN: the server takes whatever comes (it fails the COPY, and the session, on
             # what is not COPY data; it ignores Flush and Sync) until CopyDone or CopyFail ends it.
@@ -293,52 +293,44 @@ class ClientSession:
             entry = state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
             self._send(frame.raw)
             if copies_from_client(text):
-                self._await_copy(conn, entry)
+                self._hold(lambda conn: conn.state.copy_in or not conn.state.router.waiting_for(entry))
             return
         reason = pin_reason(text, self.rule)
         if reason is not None:
             self._pin(reason)
             self.loaded_library = self.loaded_library or loads_library(text)
         query = self.prepared.query(conn.state, text)
-        restores = resets_parameters(text)
+        restores = self._parameters_restorer(conn, query.on_complete) if resets_parameters(text) else None
         entry = self.router.expect(
             Expect.QUERY,
             undo=query.undo,
-            on_complete=query.on_complete,
+            on_complete=restores.completed if restores is not None else query.on_complete,
             error=query.error,
-            # A RESET sets back the connection's defaults, which are not the client's: the client's
-            # ReadyForQuery and ParameterStatus wait until the proxy has set its parameters again.
-            ready=False if restores else None,
-            holds_parameters=restores,
+            on_ready=restores.ready if restores is not None else None,
+            holds_parameters=restores is not None,
         )
         self._send(frame.raw if query.text is text else m.simple_query(query.text))
-        if restores:
-            self._restore_parameters(conn)
-        if copies_from_client(text):
-            self._await_copy(conn, entry)
+        if restores is not None:
+            self._hold(lambda conn: conn.state.router.idle)
+        elif copies_from_client(text):
+            self._hold(lambda conn: conn.state.copy_in or not conn.state.router.waiting_for(entry))
 
-    def _await_copy(self, conn: DbConnection, entry: Expected) -> None:
-        """Messages after this COPY FROM STDIN are read once the server has said whether it began."""
-        self._copy_decided = asyncio.get_running_loop().create_future()
-        self._copy_entry = entry
+    def _hold(self, until: Callable[[DbConnection], bool]) -> None:
+        """The client's next messages wait until the server's answer says `until`."""
+        self._held = asyncio.get_running_loop().create_future()
+        self._held_until = until
 
-    def _copy_answered(self, conn: DbConnection | None) -> None:
-        """The server began the COPY (CopyInResponse), or finished answering it (an error): the
-        messages after it can be read."""
-        decided = self._copy_decided
-        if decided is None or decided.done():
+    def _release_held(self, conn: DbConnection | None) -> None:
+        held, until = self._held, self._held_until
+        if held is None or held.done():
             return
-        entry = self._copy_entry
-        if conn is None or entry is None or conn.state.copy_in or not conn.state.router.waiting_for(entry):
-            decided.set_result(None)
+        if conn is None or until is None or until(conn):
+            held.set_result(None)
 
-    def _restore_parameters(self, conn: DbConnection) -> None:
-        """After a RESET on the client's (pinned) connection: the client's startup parameters again,
-        as PostgreSQL keeps them as the session's defaults; the client sees nothing of it."""
-        self.router.expect(Expect.QUERY, forward=False, ready=True, error=_hidden)
-        self._send(m.simple_query(self.parameters.restoration()))
-        if UNREPORTED in self.parameters.wanted:
-            conn.state.unreported[UNREPORTED] = self.parameters.wanted[UNREPORTED]
+    def _parameters_restorer(
+        self, conn: DbConnection, on_complete: Callable[[bytes], None] | None
+    ) -> _Restorer:
+        return _Restorer(conn, self.parameters, on_complete)
 
     async def _execute(self, frame: m.Frame) -> None:
         # "A query including multiple statements is counted as one query": each Execute runs one.
@@ -482,8 +474,8 @@ class ClientSession:
         # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
-        if self._copy_decided is not None:
-            self._copy_answered(conn)
+        if self._held is not None:
+            self._release_held(conn)
         if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
             # The client reads slower than the server answers: hold the server until it catches up.
             conn.pause_reading()
@@ -515,7 +507,7 @@ class ClientSession:
         in_flight = not conn.state.router.idle
         in_transaction = conn.txn_status != IDLE
         self.backend = None
-        self._copy_answered(None)
+        self._release_held(None)
         conn.detach()
         self.deps.pool.release(conn, reusable=False)
         self.deps.log.db_closed(conn, f"The database connection was lost: {exc}")
@@ -604,8 +596,8 @@ class ClientSession:
         self.backend = None
         if self._drain_task is not None:
             self._drain_task.cancel()
-        if self._copy_decided is not None:
-            self._copy_decided.cancel()
+        if self._held is not None:
+            self._held.cancel()
         # The client is gone now, whatever the database connection still takes to be given back.
         if not self.writer.is_closing():
             self.writer.close()
@@ -620,3 +612,37 @@ class ClientSession:
             conn.detach()
             pin = Pin.NONE if self.pinned is None else Pin.UNRESETTABLE if self.loaded_library else Pin.PINNED
             await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
+
+
+class _Restorer:
+    """A RESET (or DISCARD ALL) sets the connection's parameters back to its defaults, which are not
+    the client's: PostgreSQL would keep the client's startup choices. Once the server has answered the
+    query, and only if a reset took effect, the proxy sets the client's parameters again; the client
+    gets the ReadyForQuery of that restoration instead of the query's (with the final transaction
+    status), and no ParameterStatus for values it already has. Sent only after the answer, never
+    pipelined behind the query: a multi-statement query sent behind a failed DISCARD ALL in an aborted
+    transaction crashes PostgreSQL 15's backend."""
+
+    def __init__(
+        self, conn: DbConnection, parameters: SessionParameters, on_complete: Callable[[bytes], None] | None
+    ) -> None:
+        self.conn = conn
+        self.parameters = parameters
+        self.on_complete = on_complete
+        self.reset = False
+
+    def completed(self, raw: bytes) -> None:
+        if raw[5:].startswith((b"RESET", b"DISCARD ALL")):
+            self.reset = True
+        if self.on_complete is not None:
+            self.on_complete(raw)
+
+    def ready(self, raw: bytes) -> list[bytes]:
+        if not self.reset:
+            return [raw]
+        state = self.conn.state
+        state.router.expect(Expect.QUERY, forward=False, ready=True, error=_hidden)
+        self.conn.writer.write(m.simple_query(self.parameters.restoration()))
+        if UNREPORTED in self.parameters.wanted:
+            state.unreported[UNREPORTED] = self.parameters.wanted[UNREPORTED]
+        return []

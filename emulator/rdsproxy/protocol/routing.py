@@ -76,6 +76,8 @@ class Expected:
     on_complete: Callable[[bytes], None] | None = None
     # Whether its ReadyForQuery reaches the client (None: as the rest of its answer does).
     ready: bool | None = None
+    # Decides at its ReadyForQuery what the client gets instead of it (the proxy may first do more).
+    on_ready: Callable[[bytes], list[bytes]] | None = None
     # The server's ParameterStatus messages during this answer are not the client's to see yet.
     holds_parameters: bool = False
 
@@ -113,6 +115,7 @@ class ResponseRouter:
             and entry.kind.until_ready
             and entry.on_complete is None
             and entry.ready is None
+            and entry.on_ready is None
             and not entry.holds_parameters
             for entry in self._queue
         )
@@ -137,6 +140,7 @@ class ResponseRouter:
         error: Callable[[bytes], bytes | None] | None = None,
         on_complete: Callable[[bytes], None] | None = None,
         ready: bool | None = None,
+        on_ready: Callable[[bytes], list[bytes]] | None = None,
         holds_parameters: bool = False,
     ) -> Expected:
         """A message sent to the server: its answer is due after everything queued before it."""
@@ -153,6 +157,7 @@ class ResponseRouter:
             error=error,
             on_complete=on_complete,
             ready=ready,
+            on_ready=on_ready,
             holds_parameters=holds_parameters,
         )
         self._queue.append(entry)
@@ -180,6 +185,8 @@ class ResponseRouter:
         head = self._queue[0]
         if kind == Backend.READY_FOR_QUERY:
             self._queue.popleft()
+            if head.on_ready is not None:
+                return head.on_ready(raw) + self._drain()
             shown = head.forward if head.ready is None else head.ready
             out = [raw] if shown else []
             return out + self._drain()

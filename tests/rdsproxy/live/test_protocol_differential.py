@@ -238,6 +238,15 @@ CORPUS: dict[str, Scenario] = {
         ),
         ("08P01 unexpected message type 0x43 during COPY from stdin",),
     ),
+    "a_failed_discard_all_in_a_transaction_leaves_the_session_in_it": Scenario(
+        script(
+            (Client(),),
+            send(0, Query("begin")),
+            send(0, Query("discard all")),
+            send(0, Execute("", 0), Flush(), Describe("P", ""), Flush()),
+        ),
+        ("25001 DISCARD ALL cannot run inside a transaction block", "25P02 current transaction is aborted"),
+    ),
     "a_pinned_client_gets_postgresqls_fatal_error_alone": Scenario(
         script(
             (Client(),),
