@@ -204,7 +204,7 @@ async def _md5(messages: _AuthMessages, user: str, password: str) -> None:
     salt = md5_salt()
     messages.stream.write(m.authentication(m.AUTH_MD5, salt))
     sent = m.read_cstring(await messages.next())[0]
-    if not hmac.compare_digest(sent, md5_password(user, password, salt)):
+    if not hmac.compare_digest(sent.encode(), md5_password(user, password, salt).encode()):
         raise Refused(texts.INVALID_PASSWORD, texts.WRONG_PASSWORD.format(user=user), auth=True)
 
 

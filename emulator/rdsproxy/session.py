@@ -35,7 +35,7 @@ from emulator.rdsproxy.protocol.pinning import (
     plain,
 )
 from emulator.rdsproxy.protocol.prepared import PreparedStatements
-from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
+from emulator.rdsproxy.protocol.routing import Expect, Expected, ResponseRouter
 from emulator.rdsproxy.protocol.server import IDLE, relay
 from emulator.rdsproxy.protocol.statements import StatementNames, copies_from_client, resets_parameters
 from emulator.rdsproxy.proxylog import ProxyLog
@@ -293,7 +293,7 @@ class ClientSession:
             entry = state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
             self._send(frame.raw)
             if copies_from_client(text):
-                self._hold(lambda conn: conn.state.copy_in or not conn.state.router.waiting_for(entry))
+                self._hold_for(entry)
             return
         reason = pin_reason(text, self.rule)
         if reason is not None:
@@ -311,9 +311,16 @@ class ClientSession:
         )
         self._send(frame.raw if query.text is text else m.simple_query(query.text))
         if restores is not None:
-            self._hold(lambda conn: conn.state.router.idle)
-        elif copies_from_client(text):
-            self._hold(lambda conn: conn.state.copy_in or not conn.state.router.waiting_for(entry))
+            # Until the client's parameters are back (RESET's ReadyForQuery and any reset after it).
+            self._hold(lambda conn: conn.state.copy_in or conn.state.router.idle)
+        elif query.on_complete is not None or copies_from_client(text):
+            # Statements it prepares or deallocates are known once the server reports them done.
+            self._hold_for(entry)
+
+    def _hold_for(self, entry: Expected) -> None:
+        """The client's next messages wait for the answer to this message, or for its COPY FROM
+        STDIN to begin (the server then needs the client's COPY data to go on)."""
+        self._hold(lambda conn: conn.state.copy_in or not conn.state.router.waiting_for(entry))
 
     def _hold(self, until: Callable[[DbConnection], bool]) -> None:
         """The client's next messages wait until the server's answer says `until`."""
@@ -335,9 +342,15 @@ class ClientSession:
     async def _execute(self, frame: m.Frame) -> None:
         # "A query including multiple statements is counted as one query": each Execute runs one.
         self.deps.stats.query_received(tls=self.tls)
-        await self._ensure_backend()
-        self.router.expect(Expect.EXECUTE)
+        conn = await self._ensure_backend()
+        on_complete = self.prepared.execute(conn.state, frame.body)
+        entry = self.router.expect(Expect.EXECUTE, on_complete=on_complete)
         self._send(frame.raw)
+        if on_complete is not None:
+            # Its statement prepares or deallocates: the client's next messages wait until the
+            # server has run it, which a Flush makes it report before the client's Sync.
+            self._send(m.FLUSH)
+            self._hold_for(entry)
 
     async def _sync(self, frame: m.Frame) -> None:
         self.skip_until_sync = False
@@ -371,14 +384,15 @@ class ClientSession:
         config = self.deps.config
         if config.legacy_eqp_pinning or (name and config.pin_named_statements):
             self._pin(REASON_PARSE)
-        reason = None if plain(query) else pin_reason(query, self.rule)
+        is_plain = plain(query)
+        reason = None if is_plain else pin_reason(query, self.rule)
         if reason is not None:
             if not name:
                 # The unnamed statement runs with the Bind/Execute that follow: pin now.
                 self._pin(reason)
             elif self.pinned is None:
                 self.deps.log.would_pin(self, reason)
-        self.prepared.parse(conn.state, name, query, types, pin_reason=reason, raw=frame.raw)
+        self.prepared.parse(conn.state, name, query, types, pin_reason=reason, plain=is_plain, raw=frame.raw)
 
     async def _bind(self, frame: m.Frame) -> None:
         conn = await self._ensure_backend()

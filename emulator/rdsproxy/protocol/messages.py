@@ -424,6 +424,7 @@ def target_message(kind: int, target: str, name: str) -> bytes:
 
 TERMINATE = frame(Frontend.TERMINATE)
 SYNC = frame(Frontend.SYNC)
+FLUSH = frame(Frontend.FLUSH)
 
 
 def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:

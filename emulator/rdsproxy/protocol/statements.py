@@ -32,6 +32,8 @@ class Statement:
     pin_reason: str | None
     # Prepared with SQL PREPARE: it lives on the (pinned) connection under the client's own name.
     sql: bool = False
+    # What running it does to prepared statements (its text is SQL PREPARE, DEALLOCATE...), or None.
+    commands: tuple[SqlCommand | None, ...] | None = None
 
 
 class StatementNames:
@@ -76,9 +78,12 @@ class StatementCatalogue:
         types: bytes,
         pin_reason: str | None,
         context: tuple[tuple[str, str], ...] = (),
+        *,
+        commands: tuple[SqlCommand | None, ...] | None = None,
     ) -> Statement:
         """Record the client's Parse of `name` (the caller checked that the name is free)."""
-        statement = Statement(self._names.name_for(query, types, context), query, types, pin_reason)
+        backend_name = self._names.name_for(query, types, context)
+        statement = Statement(backend_name, query, types, pin_reason, commands=commands)
         self._statements[name] = statement
         return statement
 

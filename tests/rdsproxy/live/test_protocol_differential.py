@@ -270,6 +270,38 @@ CORPUS: dict[str, Scenario] = {
         ),
         ("2024-01-02 12:04:05+09",),
     ),
+    "deallocate_all_sent_with_parse_forgets_the_clients_statements": Scenario(
+        script(
+            (Client(),),
+            # The database connection keeps the statement after the client closes it.
+            send(0, Parse("a", "select 1"), Sync(), Close("S", "a"), Sync()),
+            send(0, Parse("", "deallocate all"), Bind(), Execute(), Parse("a", "select 1"), Sync()),
+            send(0, Bind("", "a"), Execute("", 1), Sync()),
+            send(0, Parse("", "deallocate all"), Bind(), Execute(), Bind("", "a"), Execute("", 1), Sync()),
+        ),
+        (
+            "C command_complete: DEALLOCATE ALL",
+            "D data_row: '1'",
+            '26000 prepared statement "a" does not exist',
+        ),
+    ),
+    "a_reset_and_a_copy_from_stdin_in_one_query_take_the_copy_data": Scenario(
+        script(
+            (client(TimeZone="Asia/Tokyo"),),
+            send(0, Query("reset all; copy t from stdin"), CopyData("5\tcopied\n"), CopyDone()),
+            send(0, Query(SELECT_T), Query("show timezone")),
+        ),
+        ("C command_complete: COPY 1", "D data_row: '5' 'copied'", "D data_row: 'Asia/Tokyo'"),
+    ),
+    "prepare_sent_with_parse_takes_the_name": Scenario(
+        script(
+            (Client(),),
+            send(0, Parse("", "prepare s as select 7"), Bind(), Execute(), Sync()),
+            send(0, Parse("s", "select 1"), Sync()),
+            send(0, Query("execute s")),
+        ),
+        ('42P05 prepared statement "s" already exists', "D data_row: '7'"),
+    ),
     # -- pinned down: the same today -------------------------------------------------------------
     "a_transaction_spans_steps_while_other_clients_come_and_go": Scenario(
         script(
