@@ -307,6 +307,16 @@ class DbConnection:
         answer = await self._simple_query(sql)
         return [m.data_row_values(frame.body) for frame in answer if frame.kind == Backend.DATA_ROW]
 
+    async def fatal_for_unknown_message(self) -> dict[str, str]:
+        """What the server answers to a message type it does not know (it then ends the session):
+        the fields of its FATAL, or {} when it answers otherwise."""
+        self.writer.write(m.frame(ord("Y"), b""))
+        with contextlib.suppress(asyncio.IncompleteReadError, OSError, m.ProtocolViolation):
+            frame = await asyncio.wait_for(self.read_frame(), 5)
+            if frame.kind == Backend.ERROR_RESPONSE:
+                return m.parse_message_fields(frame.body)
+        return {}
+
     async def fetch_value(self, sql: str) -> str:
         """The first column of the first row of a query of the proxy's own."""
         rows = await self.fetch_rows(sql)

@@ -43,7 +43,9 @@ class ProxyListener:
             tls_context=tls_context,
             ended=self.sessions.discard,
         )
-        self.metrics = MetricsPublisher(config, self.snapshot, self.stats)
+        self.metrics = MetricsPublisher(
+            config, self.snapshot, self.stats, self.target.availability.percentage
+        )
         self.admin = AdminEndpoint(self)
         self._listener: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -85,6 +87,9 @@ class ProxyListener:
                 reason = session.expired(now)
                 if reason is not None:
                     session.close(reason)
+            if self.pool.drop_dead_idle():
+                self.target.availability.down("the database closed the proxy's idle connections")
+            await self.target.probe()
             self.pool.trim_idle()
 
     async def stop(self) -> None:
@@ -114,5 +119,7 @@ class ProxyListener:
         data["borrowed"] = [{"db_connection": c.id, "owner": c.owner} for c in self.pool.borrowed]
         data["backend_pids"] = sorted(conn.process_id for conn in connections)
         data["target_ready"] = self.target.ready
+        data["target_available"] = self.target.availability.available
+        data["target_unavailable_reason"] = self.target.availability.reason
         data["target_max_connections"] = self.target.max_connections
         return data

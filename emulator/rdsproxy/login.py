@@ -1,4 +1,5 @@
-"""A client's way in: the startup packet, TLS, RDS Proxy's parameter rules and authentication.
+"""A client's way in: the startup packet, TLS, RDS Proxy's parameter rules, authentication and the
+welcome that follows.
 
 login() either returns who logged in (Login) or raises Refused with RDS Proxy's words; it never touches
 a database connection, so a failed login costs the database nothing.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import secrets
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +20,10 @@ from scramp import ScramException
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import Credentials
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
-from emulator.rdsproxy.protocol.parameters import CLIENT_PARAMETERS
+from emulator.rdsproxy.protocol.parameters import CLIENT_PARAMETERS, SessionParameters
 
 _ALLOWED = {name.lower(): name for name in ("user", "database", *CLIENT_PARAMETERS)}
 _FALSE = ("false", "off", "0", "no")
@@ -30,14 +32,18 @@ _MD5 = "POSTGRES_MD5"
 
 
 class Refused(Exception):
-    """The proxy turns the client away with a FATAL error in RDS Proxy's words."""
+    """The proxy turns the client away with a FATAL error in RDS Proxy's words (or PostgreSQL's,
+    fields: when the server refused what the client asked for)."""
 
-    def __init__(self, code: str, message: str, *, auth: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, auth: bool = False, fields: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         # Counted as ClientConnectionsSetupFailedAuth (authentication or TLS misconfigured).
         self.auth = auth
+        self.fields = fields
 
 
 class CancelRequested(Exception):
@@ -198,7 +204,7 @@ async def _md5(messages: _AuthMessages, user: str, password: str) -> None:
     salt = md5_salt()
     messages.stream.write(m.authentication(m.AUTH_MD5, salt))
     sent = m.read_cstring(await messages.next())[0]
-    if not hmac.compare_digest(sent, md5_password(user, password, salt)):
+    if not hmac.compare_digest(sent.encode(), md5_password(user, password, salt).encode()):
         raise Refused(texts.INVALID_PASSWORD, texts.WRONG_PASSWORD.format(user=user), auth=True)
 
 
@@ -219,3 +225,40 @@ async def _scram(messages: _AuthMessages, user: str, password: str) -> None:
     if final is None:
         raise wrong
     stream.write(m.authentication(m.AUTH_SASL_FINAL, final))
+
+
+class Server(Protocol):
+    """What the welcome needs of the proxy's target."""
+
+    @property
+    def baseline_params(self) -> dict[str, str]: ...
+
+    @property
+    def unreported_defaults(self) -> dict[str, str]: ...
+
+    async def spelling(self, name: str, value: str) -> str: ...
+
+
+async def welcome(stream: ClientStream, login: Login, server: Server, *, key: int) -> SessionParameters:
+    """After authentication, as PostgreSQL does: AuthenticationOk, then the startup parameters take
+    effect (a value PostgreSQL refuses ends the login with its FATAL), then what the client learns of
+    its session: ParameterStatus, BackendKeyData, ReadyForQuery. Refused raised after AuthenticationOk
+    is written."""
+    stream.write(m.authentication(m.AUTH_OK))
+    chosen: dict[str, str] = {}
+    for name in CLIENT_PARAMETERS:
+        value = next((v for k, v in login.params.items() if k.lower() == name.lower()), None)
+        if value is None:
+            continue
+        try:
+            chosen[name] = await server.spelling(name, value)
+        except DatabaseUnavailable:
+            chosen[name] = value  # the target is down: the client's spelling until it is back
+        except DatabaseError as exc:
+            stream.write(m.error_from_fields({**exc.fields, "S": "FATAL", "V": "FATAL"}))
+            raise Refused(exc.sqlstate, str(exc), fields=exc.fields) from None
+    parameters = SessionParameters(chosen, server.baseline_params, server.unreported_defaults)
+    out = [m.parameter_status(name, value) for name, value in parameters.seen.items()]
+    out += [m.backend_key_data(key, secrets.randbits(31)), m.ready_for_query(b"I")]
+    stream.write(b"".join(out))
+    return parameters

@@ -10,9 +10,24 @@ import signal
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.listener import ProxyListener
 
+# A file to write a cProfile of the whole run to, when set (for benchmarks: bench/README.md).
+PROFILE_ENV = "LOCAL_TWIN_PROXY_PROFILE"
+
 
 def run(config: ProxyConfig, ready_file: str | None = None) -> None:
     """The proxy's event loop: uvloop when it is installed (much less overhead per message)."""
+    profile_to = os.environ.get(PROFILE_ENV)
+    if profile_to:
+        import cProfile  # noqa: PLC0415 - only when asked for
+
+        with cProfile.Profile() as profile:
+            _run(config, ready_file)
+        profile.dump_stats(profile_to)
+        return
+    _run(config, ready_file)
+
+
+def _run(config: ProxyConfig, ready_file: str | None) -> None:
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:

@@ -62,10 +62,18 @@ class MetricsPublisher:
     """Publishes the proxy's snapshot to CloudWatch as RDS Proxy's metrics, and its log lines to
     CloudWatch Logs, every metrics_period_seconds."""
 
-    def __init__(self, config: ProxyConfig, snapshot: Callable[[], dict[str, Any]], stats: Stats) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        snapshot: Callable[[], dict[str, Any]],
+        stats: Stats,
+        availability: Callable[[], float],
+    ) -> None:
         self.config = config
         self._snapshot = snapshot
         self._stats = stats
+        # The share of the period the target was available, in percent (AvailabilityPercentage).
+        self._availability = availability
         self._previous: dict[str, float] = {}
         self._seen: dict[str, tuple[int, int]] = {}  # metric -> (count, total) published
         self._log_lines: list[tuple[int, str]] = []
@@ -88,12 +96,14 @@ class MetricsPublisher:
             snapshot["client_connections"] - snapshot["client_connections_tls"]
         )
         snapshot["query_requests_no_tls"] = snapshot["query_requests"] - snapshot["query_requests_tls"]
-        snapshot["availability_percentage"] = 100.0 if snapshot["target_ready"] else 0.0
+        available = snapshot["target_ready"] and snapshot.get("target_available", True)
+        snapshot["availability_percentage"] = 100.0 if available else 0.0
         return {metric: float(snapshot[field]) for metric, (field, *_rest) in METRICS.items()}
 
     def metric_data(self, now: datetime.datetime) -> list[dict[str, Any]]:
         """One publication: gauges as they are, counts since the previous publication."""
         current = self.values()
+        current["AvailabilityPercentage"] = self._availability()
         sets = self.dimension_sets()
         data: list[dict[str, Any]] = []
         for metric, (_, unit, dimension_sets, kind) in METRICS.items():

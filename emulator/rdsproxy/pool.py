@@ -261,6 +261,18 @@ class Pool:
     def idle_count(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
 
+    def drop_dead_idle(self) -> int:
+        """Close the idle connections the database has ended (a restart, a failover); how many."""
+        dead = 0
+        for key, idle in self._idle.items():
+            alive = deque(conn for conn in idle if self._still_alive(conn))
+            for conn in idle:
+                if conn not in alive:
+                    self._close(conn)
+                    dead += 1
+            self._idle[key] = alive
+        return dead
+
     def trim_idle(self) -> int:
         """Close idle connections beyond idle_keep that have been idle for idle_seconds; return how many."""
         now = time.monotonic()

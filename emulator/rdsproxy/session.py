@@ -21,22 +21,23 @@ from emulator.rdsproxy import texts
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
 from emulator.rdsproxy.lending import Pin, borrow, give_back
-from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login
+from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
-from emulator.rdsproxy.protocol.parameters import SessionParameters
+from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.protocol.pinning import (
     REASON_PARSE,
     PinRule,
     function_call_reason,
     loads_library,
     pin_reason,
+    plain,
 )
 from emulator.rdsproxy.protocol.prepared import PreparedStatements
-from emulator.rdsproxy.protocol.routing import Expect, ResponseRouter
+from emulator.rdsproxy.protocol.routing import Expect, Expected, ResponseRouter
 from emulator.rdsproxy.protocol.server import IDLE, relay
-from emulator.rdsproxy.protocol.statements import StatementNames
+from emulator.rdsproxy.protocol.statements import StatementNames, copies_from_client, resets_parameters
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.stats import RequestLatency, Stats
 from emulator.rdsproxy.target import Target
@@ -54,9 +55,13 @@ _STARTS_WORK = frozenset(
         Frontend.FUNCTION_CALL,
     }
 )
-_COPY = frozenset({Frontend.COPY_DATA, Frontend.COPY_DONE, Frontend.COPY_FAIL})
+_COPY_ENDS = frozenset({Frontend.COPY_DONE, Frontend.COPY_FAIL})
 # A client that reads slower than its database connection answers holds the connection back here.
 _WRITE_BUFFER_HIGH = 1 << 20
+
+
+def _hidden(raw: bytes) -> bytes | None:
+    return None
 
 
 class SessionEnd(Exception):
@@ -118,6 +123,11 @@ class ClientSession:
         self.latency = RequestLatency(deps.stats)
         self._out = bytearray()
         self._drain_task: asyncio.Task[None] | None = None
+        # The client's next messages wait for the server's answer to what was sent (set when it came):
+        # after COPY FROM STDIN they are COPY data or messages as the answer tells; after a RESET the
+        # proxy puts the client's parameters back first.
+        self._held: asyncio.Future[None] | None = None
+        self._held_until: Callable[[DbConnection], bool] | None = None
         self._closing = False
         self._handlers: dict[int, Callable[[m.Frame], Awaitable[None]]] = {
             Frontend.QUERY: self._query,
@@ -179,14 +189,11 @@ class ClientSession:
             deps.log.client_refused(self, refusal.message)
             return False
         await deps.target.wait_ready(config.borrow_timeout)
-        target = deps.target
-        self.parameters = SessionParameters(
-            self.login.params, target.baseline_params, target.unreported_defaults
-        )
-        out = [m.authentication(m.AUTH_OK)]
-        out += [m.parameter_status(name, value) for name, value in self.parameters.seen.items()]
-        out += [m.backend_key_data(self.id & 0x7FFFFFFF, random.getrandbits(31)), m.ready_for_query(b"I")]
-        self.writer.write(b"".join(out))
+        try:
+            self.parameters = await welcome(stream, self.login, deps.target, key=self.id & 0x7FFFFFFF)
+        except Refused as refusal:
+            deps.log.client_refused(self, refusal.message)
+            return False
         self.established = True
         deps.stats.client_opened(tls=self.tls)
         deps.log.client_connected(self)
@@ -224,6 +231,17 @@ class ClientSession:
         if kind == Frontend.TERMINATE:
             self._closing_because(texts.CLIENT_REQUESTED_CLOSE)
             raise SessionEnd
+        if self._held is not None:
+            self._flush()
+            await self._held
+            self._held = None
+        if self.backend is not None and self.backend.state.copy_in:
+            # COPY FROM STDIN: the server takes whatever comes (it fails the COPY, and the session, on
+            # what is not COPY data; it ignores Flush and Sync) until CopyDone or CopyFail ends it.
+            self._send(frame.raw)
+            if kind in _COPY_ENDS:
+                self.backend.state.copy_in = False
+            return
         handler = self._handlers.get(kind)
         if handler is None:
             self._unknown_message(kind)
@@ -241,7 +259,12 @@ class ClientSession:
     def _unknown_message(self, kind: int) -> NoReturn:
         """PostgreSQL ends the session of a client that sends a message type it does not know."""
         message = f"invalid frontend message type {kind}"
-        self._fatal(texts.PROTOCOL_VIOLATION, message)
+        template = self.deps.target.invalid_message_fields
+        if template and not self.writer.is_closing():
+            # PostgreSQL's own FATAL, file, line and routine included.
+            self.writer.write(m.error_from_fields({**template, "M": message}))
+        else:
+            self._fatal(texts.PROTOCOL_VIOLATION, message)
         self._closing_because(f"The client sent an invalid message: {message}.")
         raise SessionEnd
 
@@ -261,22 +284,73 @@ class ClientSession:
     async def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
         text = m.query_text(frame.body)
-        self._debug(f"The client sent a query: {text}")
-        reason = pin_reason(text, self.rule)
+        if self.deps.log.debug_enabled:
+            self._debug(f"The client sent a query: {text}")
         conn = await self._ensure_backend()
+        if plain(text):
+            # Nearly every query: nothing to pin, no statement to rename, nothing to restore.
+            state = conn.state
+            entry = state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
+            self._send(frame.raw)
+            if copies_from_client(text):
+                self._hold_for(entry)
+            return
+        reason = pin_reason(text, self.rule)
         if reason is not None:
             self._pin(reason)
             self.loaded_library = self.loaded_library or loads_library(text)
         query = self.prepared.query(conn.state, text)
-        self.router.expect(Expect.QUERY, undo=query.undo, on_complete=query.on_complete, error=query.error)
+        restores = self._parameters_restorer(conn, query.on_complete) if resets_parameters(text) else None
+        entry = self.router.expect(
+            Expect.QUERY,
+            undo=query.undo,
+            on_complete=restores.completed if restores is not None else query.on_complete,
+            error=query.error,
+            on_ready=restores.ready if restores is not None else None,
+            holds_parameters=restores is not None,
+        )
         self._send(frame.raw if query.text is text else m.simple_query(query.text))
+        if restores is not None:
+            # Until the client's parameters are back (RESET's ReadyForQuery and any reset after it).
+            self._hold(lambda conn: conn.state.copy_in or conn.state.router.idle)
+        elif query.on_complete is not None or copies_from_client(text):
+            # Statements it prepares or deallocates are known once the server reports them done.
+            self._hold_for(entry)
+
+    def _hold_for(self, entry: Expected) -> None:
+        """The client's next messages wait for the answer to this message, or for its COPY FROM
+        STDIN to begin (the server then needs the client's COPY data to go on)."""
+        self._hold(lambda conn: conn.state.copy_in or not conn.state.router.waiting_for(entry))
+
+    def _hold(self, until: Callable[[DbConnection], bool]) -> None:
+        """The client's next messages wait until the server's answer says `until`."""
+        self._held = asyncio.get_running_loop().create_future()
+        self._held_until = until
+
+    def _release_held(self, conn: DbConnection | None) -> None:
+        held, until = self._held, self._held_until
+        if held is None or held.done():
+            return
+        if conn is None or until is None or until(conn):
+            held.set_result(None)
+
+    def _parameters_restorer(
+        self, conn: DbConnection, on_complete: Callable[[bytes], None] | None
+    ) -> _Restorer:
+        return _Restorer(conn, self.parameters, on_complete)
 
     async def _execute(self, frame: m.Frame) -> None:
         # "A query including multiple statements is counted as one query": each Execute runs one.
         self.deps.stats.query_received(tls=self.tls)
-        await self._ensure_backend()
-        self.router.expect(Expect.EXECUTE)
+        conn = await self._ensure_backend()
+        on_complete = self.prepared.execute(conn.state, frame.body)
+        entry = self.router.expect(Expect.EXECUTE, on_complete=on_complete)
         self._send(frame.raw)
+        if on_complete is not None:
+            # Its statement prepares or deallocates: the client's next messages wait until the
+            # server has run it, which a Flush makes it report before the client's Sync.
+            self._send(m.FLUSH)
+            self._hold_for(entry)
 
     async def _sync(self, frame: m.Frame) -> None:
         self.skip_until_sync = False
@@ -304,23 +378,25 @@ class ClientSession:
 
     async def _parse(self, frame: m.Frame) -> None:
         name, query, types = m.parse_parse(frame.body)
-        self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
+        if self.deps.log.debug_enabled:
+            self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
         conn = await self._ensure_backend()
         config = self.deps.config
         if config.legacy_eqp_pinning or (name and config.pin_named_statements):
             self._pin(REASON_PARSE)
-        reason = pin_reason(query, self.rule)
+        is_plain = plain(query)
+        reason = None if is_plain else pin_reason(query, self.rule)
         if reason is not None:
             if not name:
                 # The unnamed statement runs with the Bind/Execute that follow: pin now.
                 self._pin(reason)
             elif self.pinned is None:
                 self.deps.log.would_pin(self, reason)
-        self.prepared.parse(conn.state, name, query, types, reason)
+        self.prepared.parse(conn.state, name, query, types, pin_reason=reason, plain=is_plain, raw=frame.raw)
 
     async def _bind(self, frame: m.Frame) -> None:
         conn = await self._ensure_backend()
-        statement = self.prepared.bind(conn.state, frame.body)
+        statement = self.prepared.bind(conn.state, frame)
         if statement is not None and statement.pin_reason is not None:
             self._pin(statement.pin_reason)
 
@@ -412,6 +488,8 @@ class ClientSession:
         # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
+        if self._held is not None:
+            self._release_held(conn)
         if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
             # The client reads slower than the server answers: hold the server until it catches up.
             conn.pause_reading()
@@ -443,9 +521,16 @@ class ClientSession:
         in_flight = not conn.state.router.idle
         in_transaction = conn.txn_status != IDLE
         self.backend = None
+        self._release_held(None)
         conn.detach()
         self.deps.pool.release(conn, reusable=False)
         self.deps.log.db_closed(conn, f"The database connection was lost: {exc}")
+        if conn.state.ended_by_fatal:
+            # The server ended the session for what the client sent (its FATAL reached the client):
+            # the client's session ends with it, as on a direct connection.
+            self._closing_because(texts.TCP_CLOSED)
+            self.writer.close()
+            return
         error = m.error_response(
             "ERROR",
             texts.CONNECTION_FAILURE,
@@ -472,6 +557,7 @@ class ClientSession:
             "peer": self.peer,
             "user": self.login.user,
             "database": self.login.database,
+            "application_name": self.parameters.wanted.get("application_name", ""),
             "tls": self.tls,
             "established": self.established,
             "idle_seconds": round(time.monotonic() - self.last_activity, 3),
@@ -524,16 +610,53 @@ class ClientSession:
         self.backend = None
         if self._drain_task is not None:
             self._drain_task.cancel()
-        if conn is not None:
-            # Back to stream reads: the rollback below, and silence while pooled.
-            conn.detach()
-            pin = Pin.NONE if self.pinned is None else Pin.UNRESETTABLE if self.loaded_library else Pin.PINNED
-            await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
+        if self._held is not None:
+            self._held.cancel()
+        # The client is gone now, whatever the database connection still takes to be given back.
+        if not self.writer.is_closing():
+            self.writer.close()
         if self.established:
             deps.stats.client_closed(tls=self.tls)
             if self.pinned is not None:
                 deps.stats.pin_ended()
             deps.log.client_closed(self, self.close_reason or texts.TCP_CLOSED)
         deps.ended(self)
-        if not self.writer.is_closing():
-            self.writer.close()
+        if conn is not None:
+            # Back to stream reads: the rollback or reset in give_back, and silence while pooled.
+            conn.detach()
+            pin = Pin.NONE if self.pinned is None else Pin.UNRESETTABLE if self.loaded_library else Pin.PINNED
+            await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
+
+
+class _Restorer:
+    """A RESET (or DISCARD ALL) sets the connection's parameters back to its defaults, which are not
+    the client's: PostgreSQL would keep the client's startup choices. Once the server has answered the
+    query, and only if a reset took effect, the proxy sets the client's parameters again; the client
+    gets the ReadyForQuery of that restoration instead of the query's (with the final transaction
+    status), and no ParameterStatus for values it already has. Sent only after the answer, never
+    pipelined behind the query: a multi-statement query sent behind a failed DISCARD ALL in an aborted
+    transaction crashes PostgreSQL 15's backend."""
+
+    def __init__(
+        self, conn: DbConnection, parameters: SessionParameters, on_complete: Callable[[bytes], None] | None
+    ) -> None:
+        self.conn = conn
+        self.parameters = parameters
+        self.on_complete = on_complete
+        self.reset = False
+
+    def completed(self, raw: bytes) -> None:
+        if raw[5:].startswith((b"RESET", b"DISCARD ALL")):
+            self.reset = True
+        if self.on_complete is not None:
+            self.on_complete(raw)
+
+    def ready(self, raw: bytes) -> list[bytes]:
+        if not self.reset:
+            return [raw]
+        state = self.conn.state
+        state.router.expect(Expect.QUERY, forward=False, ready=True, error=_hidden)
+        self.conn.writer.write(m.simple_query(self.parameters.restoration()))
+        if UNREPORTED in self.parameters.wanted:
+            state.unreported[UNREPORTED] = self.parameters.wanted[UNREPORTED]
+        return []

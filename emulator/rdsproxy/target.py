@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 
 import boto3
 
@@ -32,7 +33,16 @@ class Target:
         self.max_connections = 0
         # The OIDs of the functions whose call pins, for FunctionCall messages: oid -> name.
         self.pinning_functions: dict[int, str] = {}
+        # PostgreSQL's own FATAL for a message type it does not know (its file, line and routine
+        # fields too), to answer such a message exactly as the server would.
+        self.invalid_message_fields: dict[str, str] = {}
         self._ready = asyncio.Event()
+        self.availability = Availability()
+        # How the server spells a parameter value ("ISO" -> "ISO, MDY"), learned once per value on a
+        # connection of the proxy's own, outside the pool (RDS Proxy keeps some for itself too).
+        self._spellings: dict[tuple[str, str], str] = {}
+        self._spelling_conn: DbConnection | None = None
+        self._spelling_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -83,12 +93,15 @@ class Target:
             )
         except DatabaseError as exc:
             stats.database_connections_setup_failed += 1
-            if exc.sqlstate in ("57P03", "53300"):  # starting up, shutting down, or full: try again
+            if exc.sqlstate in ("57P03", "57P01", "53300"):  # starting up, shutting down, or full
+                self.availability.down(str(exc))
                 raise DatabaseUnavailable(str(exc)) from exc
             raise
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as exc:
             stats.database_connections_setup_failed += 1
+            self.availability.down(str(exc))
             raise
+        self.availability.up()
         stats.database_connections_setup_succeeded += 1
         # Every connection starts as the discovery connection did (the same init_query ran on it).
         conn.state.unreported.update(self.unreported_defaults)
@@ -97,6 +110,39 @@ class Target:
         local = conn.writer.get_extra_info("sockname") or ("?", "?")
         self.log.db_opened(f"{local[0]}:{local[1]}", f"{self.config.target_host}:{self.config.target_port}")
         return conn
+
+    async def spelling(self, name: str, value: str) -> str:
+        """The value as the server reports it once set (a client is told what PostgreSQL would tell
+        it); DatabaseError when the server refuses the value."""
+        known = self._spellings.get((name, value))
+        if known is not None:
+            return known
+        async with self._spelling_lock:
+            conn = self._spelling_conn
+            if conn is None or conn.broken or conn.writer.is_closing():
+                assert self.credentials is not None
+                conn = self._spelling_conn = await self.open_connection(
+                    PoolKey("postgres", self.credentials.user, tls=False)
+                )
+            quoted = "'" + value.replace("'", "''") + "'"
+            try:
+                spelled = await conn.fetch_value(
+                    f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
+                )
+            finally:
+                if conn.state.txn_status != b"I":
+                    await conn.run_quietly("ROLLBACK")
+        self._spellings[(name, value)] = spelled
+        return spelled
+
+    async def probe(self) -> None:
+        """While the target is unavailable: try a connection, so that availability comes back as soon
+        as the database does (RDS Proxy monitors its targets), and close it."""
+        if self.availability.available or self.credentials is None:
+            return
+        with contextlib.suppress(DatabaseUnavailable, DatabaseError):
+            conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=False))
+            conn.close()
 
     async def discover(self) -> None:
         """Read max_connections and the server's session defaults, retrying while the target is down."""
@@ -120,6 +166,46 @@ class Target:
                 f"WHERE pronamespace = 'pg_catalog'::regnamespace AND proname IN ({names})"
             )
             self.pinning_functions = {int(str(oid)): str(name) for oid, name in rows}
+            self.invalid_message_fields = await conn.fatal_for_unknown_message()
         finally:
             conn.close()
         self._ready.set()
+
+
+class Availability:
+    """Whether the target can be reached, and for what share of each period it could
+    (AvailabilityPercentage), as the proxy learns it from its attempts to connect and its losses."""
+
+    def __init__(self) -> None:
+        self.available = True
+        self.reason = ""
+        self._since = time.monotonic()
+        self._available_seconds = 0.0
+        self._period_start = self._since
+
+    def _account(self) -> None:
+        now = time.monotonic()
+        if self.available:
+            self._available_seconds += now - self._since
+        self._since = now
+
+    def up(self) -> None:
+        if not self.available:
+            self._account()
+            self.available = True
+            self.reason = ""
+
+    def down(self, reason: str) -> None:
+        if self.available:
+            self._account()
+            self.available = False
+        self.reason = reason
+
+    def percentage(self) -> float:
+        """The share of time since the previous call that the target was available."""
+        self._account()
+        elapsed = self._since - self._period_start
+        share = self._available_seconds / elapsed if elapsed > 0 else (1.0 if self.available else 0.0)
+        self._period_start = self._since
+        self._available_seconds = 0.0
+        return round(100.0 * share, 2)

@@ -21,6 +21,7 @@ from emulator.lifecycle import Started
 from emulator.net import LOOPBACK
 from emulator.paths import TERRAFORM_DIR
 from emulator.stack.moto import AwsEmulator
+from emulator.stack.moto_quirks import TARGET_HEALTH
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.stack.process import ServiceUser, hand_over, service_user
@@ -219,8 +220,13 @@ class EmbeddedStack(Started, StackEnvironment):
         for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
             component = self._make_proxy(kind)
             self._cleanups.append(component.stop)
+            if isinstance(component, RdsProxyEmulator):
+                # RDS Proxy creates this role on its target when the target is registered.
+                self.postgres.create_proxy_admin_role()
             component.start()
             self.proxies[kind] = component
+            if isinstance(component, RdsProxyEmulator) and self.applied is not None:
+                self._report_target_health(component)
         self.proxy = self.proxies[cfg.proxy]
 
     def run_sql(self, files: Sequence[Path]) -> None:
@@ -238,6 +244,21 @@ class EmbeddedStack(Started, StackEnvironment):
             "PGSSLMODE": "prefer",
         }
         run_sql_files(psql, files, connection=connection)
+
+    def _report_target_health(self, emulator: RdsProxyEmulator) -> None:
+        """describe_db_proxy_targets answers with what the emulator sees of its target."""
+        target = emulator.config.target_name
+
+        def probe() -> tuple[bool, str]:
+            stats = emulator.stats()
+            return bool(stats["target_available"]), str(stats["target_unavailable_reason"])
+
+        TARGET_HEALTH[target] = probe
+
+        def forget() -> None:
+            TARGET_HEALTH.pop(target, None)
+
+        self._cleanups.append(forget)
 
     def _apply_terraform(self, settings: TerraformSettings) -> None:
         """terraform apply against the AWS emulator, then read back what was applied: the local

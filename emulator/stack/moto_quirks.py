@@ -2,7 +2,8 @@
 
 moto keeps its state per Python process, and the kit runs it in-process, so these patches apply
 to the kit's own AWS emulator only. Each one makes moto answer as AWS does; none changes the .tf.
-A target group's idle share above its pool share is refused, as AWS refuses it. Handled elsewhere:
+A target group's idle share above its pool share is refused, as AWS refuses it; a target's health
+is what the emulator serving it sees, not always AVAILABLE. Handled elsewhere:
 AWS managed policies need MOTO_IAM_LOAD_MANAGED_POLICIES=true (emulator.stack.moto);
 moto has no DB proxy endpoints (the kit's stack declares none) and no ModifyDBProxy (changing a
 proxy's auth or TLS needs a new apply, not an update: README, "moto's quirks").
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Callable
 from typing import Any
 
 _applied = False
@@ -25,6 +27,36 @@ def apply_moto_quirk_fixes() -> None:
     _unique_db_instance_resource_ids()
     _keep_the_init_query()
     _idle_share_within_the_pool()
+    _target_health_follows_the_proxy()
+
+
+# The live state of each proxy target the twin runs, by DB instance identifier: is it available, and
+# if not, why. Registered by the stack for the emulator that serves the applied proxy.
+TargetHealthProbe = Callable[[], tuple[bool, str]]
+TARGET_HEALTH: dict[str, TargetHealthProbe] = {}
+
+
+def _target_health_follows_the_proxy() -> None:
+    """moto reports every proxy target AVAILABLE. describe_db_proxy_targets in AWS says what the proxy
+    sees: UNAVAILABLE with a reason while it cannot reach the database."""
+    from moto.rds.models import DBProxyTarget  # noqa: PLC0415
+
+    reported = DBProxyTarget.target_health.fget  # type: ignore[attr-defined]
+
+    def target_health(self: Any) -> dict[str, str]:
+        probe = TARGET_HEALTH.get(self.rds_resource_id)
+        if probe is None:
+            health: dict[str, str] = reported(self)
+            return health
+        try:
+            available, reason = probe()
+        except Exception as exc:  # noqa: BLE001 - a proxy that does not answer is not available
+            available, reason = False, f"the proxy does not answer: {exc}"
+        if available:
+            return {"State": "AVAILABLE"}
+        return {"State": "UNAVAILABLE", "Reason": "UNREACHABLE", "Description": reason}
+
+    DBProxyTarget.target_health = property(target_health)  # type: ignore[method-assign,assignment]
 
 
 def _unique_db_instance_resource_ids() -> None:

@@ -179,6 +179,15 @@ class PostgresEndpoint:
                 sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user))
             )
 
+    def create_proxy_admin_role(self) -> None:
+        """rdsproxyadmin, the role RDS Proxy creates on its target (it may connect to postgres, to
+        monitor). The emulator itself logs in with the secret's user."""
+        with self.admin_connection() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rdsproxyadmin'").fetchone()
+            if exists is None:
+                conn.execute("CREATE ROLE rdsproxyadmin LOGIN")
+                conn.execute("GRANT CONNECT ON DATABASE postgres TO rdsproxyadmin")
+
     def connection_count(self, *, user: str | None = None, database: str | None = None) -> int:
         """Client backends in pg_stat_activity, optionally for one role and database."""
         with self.admin_connection() as conn:

@@ -330,6 +330,12 @@ def notice_response(code: str, message: str) -> bytes:
     return frame(Backend.NOTICE_RESPONSE, body + b"\0")
 
 
+def error_from_fields(fields: dict[str, str]) -> bytes:
+    """An ErrorResponse with these fields, in their order."""
+    body = b"".join(code.encode() + _cstr(value) for code, value in fields.items())
+    return frame(Backend.ERROR_RESPONSE, body + b"\0")
+
+
 def rename_in_error(raw: bytes, old: str, new: str) -> bytes:
     """An ErrorResponse frame with the quoted name "old" written "new" in its message and detail."""
     quoted = f'"{old}"'.encode()
@@ -418,6 +424,7 @@ def target_message(kind: int, target: str, name: str) -> bytes:
 
 TERMINATE = frame(Frontend.TERMINATE)
 SYNC = frame(Frontend.SYNC)
+FLUSH = frame(Frontend.FLUSH)
 
 
 def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:

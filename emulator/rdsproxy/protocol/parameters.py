@@ -75,6 +75,10 @@ class SessionParameters:
                 self.wanted[name] = reported[name]
         self.key = tuple(self.wanted.items())
 
+    def restoration(self) -> str:
+        """The SET statements that put back every parameter the client has (after a RESET)."""
+        return "; ".join(f"SET {name} = {_quote(value)}" for name, value in self.wanted.items())
+
     def reported(self, name: str, value: str) -> bool:
         """The server reported a parameter: True when the client has not seen this value yet."""
         if self.seen.get(name) == value:

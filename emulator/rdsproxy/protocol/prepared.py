@@ -16,13 +16,18 @@ what it would mean on the client's own session:
   the proxy sends the server a message that fails the same way (so the server also aborts the
   transaction and skips to the next Sync, exactly as PostgreSQL would on the client's session);
 - SQL PREPARE, EXECUTE and DEALLOCATE (which pin) reach the same statements: the proxy puts the
-  database connection's name of a protocol-level statement into the SQL, and applies DEALLOCATE
-  [ALL] and DISCARD ALL once the server reports them done.
+  database connection's name of a protocol-level statement into the SQL of a simple query, and
+  applies PREPARE, DEALLOCATE [ALL] and DISCARD ALL once the server reports them done, whether they
+  came in a simple query or as a portal's statement. (SQL sent with Parse is not renamed: EXECUTE or
+  DEALLOCATE there reaches SQL-prepared statements only; a driver that sends EXECUTE of its own
+  protocol-level statement with Parse gets "prepared statement does not exist". Renaming there would
+  mean preparing the statement in the middle of the client's pipeline, which needs a Sync of its
+  own, and a Sync would end the client's implicit transaction.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from emulator.rdsproxy.protocol import messages as m
@@ -50,7 +55,7 @@ class Query:
 
     text: str
     # Undoes what sending it did (it dropped the unnamed statement), if the server skips it.
-    undo: Callable[[], None]
+    undo: Callable[[], None] | None
     # Applies what its statements did to prepared statements, at each CommandComplete.
     on_complete: Callable[[bytes], None] | None = None
     # The server's error with the client's statement names in it.
@@ -63,6 +68,8 @@ class Unnamed:
 
     query: str
     types: bytes
+    # What running it does to prepared statements, or None.
+    commands: tuple[SqlCommand | None, ...] | None = None
 
 
 class PreparedStatements:
@@ -77,21 +84,43 @@ class PreparedStatements:
         # The client's session parameters: statements are shared only between equal ones.
         self._context = context
         self.unnamed: Unnamed | None = None
+        # Portals whose statement acts on prepared statements (SQL PREPARE, DEALLOCATE...): by name.
+        self._portals: dict[str, tuple[SqlCommand | None, ...]] = {}
         self._send = send
         self._to_client = to_client
 
     # -- Parse ------------------------------------------------------------------------------------
 
-    def parse(self, state: ServerState, name: str, query: str, types: bytes, pin_reason: str | None) -> None:
+    def parse(
+        self,
+        state: ServerState,
+        name: str,
+        query: str,
+        types: bytes,
+        *,
+        pin_reason: str | None,
+        plain: bool,
+        raw: bytes,
+    ) -> None:
+        """plain: the text has no keyword of SQL that acts on prepared statements; raw: the client's
+        Parse message, sent as it came when it needs no renaming."""
+        commands = None if plain else _as_tuple(sql_commands(query))
         if not name:
-            self._parse_unnamed(state, query, types)
+            self._parse_unnamed(state, query, types, raw, commands)
         elif name in self.catalogue:
             self._parse_duplicate(state, name, query, types)
         else:
-            self._parse_named(state, name, query, types, pin_reason)
+            self._parse_named(state, name, query, types, pin_reason, commands=commands)
 
-    def _parse_unnamed(self, state: ServerState, query: str, types: bytes) -> None:
-        statement = Unnamed(query, types)
+    def _parse_unnamed(
+        self,
+        state: ServerState,
+        query: str,
+        types: bytes,
+        raw: bytes,
+        commands: tuple[SqlCommand | None, ...] | None,
+    ) -> None:
+        statement = Unnamed(query, types, commands)
         before = (self.unnamed, state.unnamed)
         self.unnamed = state.unnamed = statement
 
@@ -103,12 +132,19 @@ class PreparedStatements:
             self.unnamed = state.unnamed = None
 
         state.router.expect(Expect.PARSE, undo=undo, failed=failed)
-        self._send(m.parse_message("", query, types))
+        self._send(raw)
 
     def _parse_named(
-        self, state: ServerState, name: str, query: str, types: bytes, pin_reason: str | None
+        self,
+        state: ServerState,
+        name: str,
+        query: str,
+        types: bytes,
+        pin_reason: str | None,
+        *,
+        commands: tuple[SqlCommand | None, ...] | None,
     ) -> None:
-        statement = self.catalogue.prepare(name, query, types, pin_reason, self._context())
+        statement = self.catalogue.prepare(name, query, types, pin_reason, self._context(), commands=commands)
         backend_name = statement.backend_name
         router = state.router
 
@@ -138,19 +174,37 @@ class PreparedStatements:
 
     # -- Bind, Describe, Close --------------------------------------------------------------------
 
-    def bind(self, state: ServerState, body: bytes) -> Statement | None:
+    def bind(self, state: ServerState, frame: m.Frame) -> Statement | None:
         """Forward a Bind, its statement made the client's; the named statement it binds, if any."""
-        _, name, _ = m.bind_statement(body)
+        body = frame.body
+        portal, name, _ = m.bind_statement(body)
         if not name:
             self._unnamed_on_server(state)
+            self._bound(portal, self.unnamed.commands if self.unnamed is not None else None)
             state.router.expect(Expect.BIND)
-            self._send(m.frame(Frontend.BIND, body))
+            self._send(frame.raw)
             return None
         statement = self.catalogue.get(name)
+        self._bound(portal, statement.commands if statement is not None else None)
         backend_name = self._on_server(state, name)
         state.router.expect(Expect.BIND, error=_renamed(backend_name, name))
         self._send(m.rename_bind(body, backend_name))
         return statement
+
+    def _bound(self, portal: str, commands: tuple[SqlCommand | None, ...] | None) -> None:
+        if commands is not None:
+            self._portals[portal] = commands
+        elif self._portals:
+            self._portals.pop(portal, None)
+
+    def execute(self, state: ServerState, body: bytes) -> Callable[[bytes], None] | None:
+        """What the Execute's portal does to prepared statements, applied when the server reports
+        it done (None, nearly always: nothing). A portal the server no longer has fails, and what
+        fails is never applied."""
+        if not self._portals:
+            return None
+        commands = self._portals.get(m.read_cstring(body)[0])
+        return None if commands is None else self._completions(state, commands)
 
     def describe_statement(self, state: ServerState, name: str) -> None:
         if not name:
@@ -227,16 +281,23 @@ class PreparedStatements:
 
     # -- simple queries ---------------------------------------------------------------------------
 
-    def query(self, state: ServerState, text: str) -> Query:
-        """A simple query is about to go to the server: the text to send (statement names made the
-        server's), and how its answer is kept right."""
-        # A simple query drops the unnamed statement, on the server as on the client's session.
+    def drop_unnamed(self, state: ServerState) -> Callable[[], None] | None:
+        """A simple query drops the unnamed statement, on the server as on the client's session; what
+        puts it back if the server skips the query (None when there was none)."""
+        if self.unnamed is None and state.unnamed is None:
+            return None
         before = (self.unnamed, state.unnamed)
         self.unnamed = state.unnamed = None
 
         def undo() -> None:
             self.unnamed, state.unnamed = before
 
+        return undo
+
+    def query(self, state: ServerState, text: str) -> Query:
+        """A simple query that may act on prepared statements is about to go to the server: the text
+        to send (statement names made the server's), and how its answer is kept right."""
+        undo = self.drop_unnamed(state)
         commands = sql_commands(text)
         if commands is None:
             return Query(text, undo)
@@ -273,7 +334,9 @@ class PreparedStatements:
             self._send(m.parse_message(backend_name, statement.query, statement.types) + m.SYNC)
         return backend_name
 
-    def _completions(self, state: ServerState, commands: list[SqlCommand | None]) -> Callable[[bytes], None]:
+    def _completions(
+        self, state: ServerState, commands: Sequence[SqlCommand | None]
+    ) -> Callable[[bytes], None]:
         """Each CommandComplete of the query ends one of its statements, in order: what the
         statements did to prepared statements is applied as each is reported done."""
         pending = list(commands)
@@ -300,6 +363,10 @@ class PreparedStatements:
 
 # A statement name no server session has (the proxy's names are numbered).
 _MISSING = f"{StatementNames.PREFIX}missing"
+
+
+def _as_tuple(commands: list[SqlCommand | None] | None) -> tuple[SqlCommand | None, ...] | None:
+    return None if commands is None else tuple(commands)
 
 
 def _renamed(backend_name: str, name: str) -> Callable[[bytes], bytes | None]:

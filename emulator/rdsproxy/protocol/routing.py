@@ -21,49 +21,41 @@ from dataclasses import dataclass
 
 from emulator.rdsproxy.protocol.messages import Backend
 
+_EXECUTED = frozenset({Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED})
+_DESCRIBED = frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA})
+_NOTHING: frozenset[int] = frozenset()
+
 
 class Expect(enum.Enum):
-    """What a place in the queue waits for: the answer to one message sent, or a made-up answer."""
+    """What a place in the queue waits for: the answer to one message sent, or a made-up answer.
 
-    PARSE = "parse"
-    BIND = "bind"
-    CLOSE = "close"
-    DESCRIBE_STATEMENT = "describe statement"
-    DESCRIBE_PORTAL = "describe portal"
-    EXECUTE = "execute"
-    QUERY = "query"
-    FUNCTION_CALL = "function call"
-    SYNC = "sync"
-    # An answer the proxy made up; it goes out when everything before it is answered.
-    SYNTHETIC = "synthetic"
+    Each kind carries what the queue needs to know of it as plain attributes, read on every server
+    message (an Enum member's hash is computed in Python: sets of members would cost that each time).
+    """
 
-
-# The response types that complete a message (ErrorResponse completes any of them).
-_COMPLETES = {
-    Expect.PARSE: frozenset({Backend.PARSE_COMPLETE}),
-    Expect.BIND: frozenset({Backend.BIND_COMPLETE}),
-    Expect.CLOSE: frozenset({Backend.CLOSE_COMPLETE}),
+    # label, the response types that complete it (ErrorResponse completes any of them), whether it
+    # ends at ReadyForQuery, whether it is an extended-protocol message (an error in one makes the
+    # server skip to the next Sync, and once one is sent the server is mid-request until a Sync).
+    PARSE = ("parse", frozenset({Backend.PARSE_COMPLETE}), False, True)
+    BIND = ("bind", frozenset({Backend.BIND_COMPLETE}), False, True)
+    CLOSE = ("close", frozenset({Backend.CLOSE_COMPLETE}), False, True)
     # Describe: ParameterDescription (statements only), then RowDescription or NoData.
-    Expect.DESCRIBE_STATEMENT: frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA}),
-    Expect.DESCRIBE_PORTAL: frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA}),
-    Expect.EXECUTE: frozenset(
-        {Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED}
-    ),
-}
-# Query, FunctionCall and Sync end at ReadyForQuery.
-_UNTIL_READY = frozenset({Expect.QUERY, Expect.FUNCTION_CALL, Expect.SYNC})
-# Extended-protocol messages: an error in one makes the server skip to the next Sync, and once one
-# is sent the server session is in the middle of a request until a Sync.
-EXTENDED = frozenset(
-    {
-        Expect.PARSE,
-        Expect.BIND,
-        Expect.CLOSE,
-        Expect.DESCRIBE_STATEMENT,
-        Expect.DESCRIBE_PORTAL,
-        Expect.EXECUTE,
-    }
-)
+    DESCRIBE_STATEMENT = ("describe statement", _DESCRIBED, False, True)
+    DESCRIBE_PORTAL = ("describe portal", _DESCRIBED, False, True)
+    EXECUTE = ("execute", _EXECUTED, False, True)
+    QUERY = ("query", _NOTHING, True, False)
+    FUNCTION_CALL = ("function call", _NOTHING, True, False)
+    SYNC = ("sync", _NOTHING, True, False)
+    # An answer the proxy made up; it goes out when everything before it is answered.
+    SYNTHETIC = ("synthetic", _NOTHING, False, False)
+
+    def __init__(self, label: str, completes: frozenset[int], until_ready: bool, extended: bool) -> None:
+        self.label = label
+        self.completes = completes
+        self.until_ready = until_ready
+        self.extended = extended
+
+
 # Notice, Notification, ParameterStatus: at any time.
 _ASYNC = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
 
@@ -82,6 +74,12 @@ class Expected:
     error: Callable[[bytes], bytes | None] | None = None
     # Called with each CommandComplete this message's answer holds (a simple query's statements).
     on_complete: Callable[[bytes], None] | None = None
+    # Whether its ReadyForQuery reaches the client (None: as the rest of its answer does).
+    ready: bool | None = None
+    # Decides at its ReadyForQuery what the client gets instead of it (the proxy may first do more).
+    on_ready: Callable[[bytes], list[bytes]] | None = None
+    # The server's ParameterStatus messages during this answer are not the client's to see yet.
+    holds_parameters: bool = False
 
 
 class ResponseRouter:
@@ -106,16 +104,26 @@ class ResponseRouter:
 
     def pending(self) -> list[str]:
         """What is still waiting for its answer, oldest first."""
-        return [entry.kind.value for entry in self._queue]
+        return [entry.kind.label for entry in self._queue]
 
     def passthrough(self) -> bool:
         """Every request waiting is the client's own and ends at ReadyForQuery (simple queries,
         function calls, Syncs): until the next one arrives, the server's messages go to the client
         as they are, and each ReadyForQuery answers one request."""
         return all(
-            entry.forward and entry.kind in _UNTIL_READY and entry.on_complete is None
+            entry.forward
+            and entry.kind.until_ready
+            and entry.on_complete is None
+            and entry.ready is None
+            and entry.on_ready is None
+            and not entry.holds_parameters
             for entry in self._queue
         )
+
+    @property
+    def holding_parameters(self) -> bool:
+        """The answer being received holds back the server's ParameterStatus messages."""
+        return bool(self._queue) and self._queue[0].holds_parameters
 
     def ready(self) -> None:
         """A ReadyForQuery passed through (see passthrough)."""
@@ -131,15 +139,33 @@ class ResponseRouter:
         failed: Callable[[], None] | None = None,
         error: Callable[[bytes], bytes | None] | None = None,
         on_complete: Callable[[bytes], None] | None = None,
-    ) -> None:
+        ready: bool | None = None,
+        on_ready: Callable[[bytes], list[bytes]] | None = None,
+        holds_parameters: bool = False,
+    ) -> Expected:
         """A message sent to the server: its answer is due after everything queued before it."""
         if kind is Expect.SYNC:
             self.unsynced = False
             self.skipping = False
-        elif kind in EXTENDED:
+        elif kind.extended:
             self.unsynced = True
-        entry = Expected(kind, forward, undo=undo, failed=failed, error=error, on_complete=on_complete)
+        entry = Expected(
+            kind,
+            forward,
+            undo=undo,
+            failed=failed,
+            error=error,
+            on_complete=on_complete,
+            ready=ready,
+            on_ready=on_ready,
+            holds_parameters=holds_parameters,
+        )
         self._queue.append(entry)
+        return entry
+
+    def waiting_for(self, entry: Expected) -> bool:
+        """The answer to this message has not ended yet."""
+        return entry in self._queue
 
     def answer(self, payload: bytes, *, undo: Callable[[], None] | None = None) -> list[bytes]:
         """A response the proxy makes up; returned at once when nothing before it is outstanding."""
@@ -159,15 +185,17 @@ class ResponseRouter:
         head = self._queue[0]
         if kind == Backend.READY_FOR_QUERY:
             self._queue.popleft()
-            out = [raw] if head.forward else []
+            if head.on_ready is not None:
+                return head.on_ready(raw) + self._drain()
+            shown = head.forward if head.ready is None else head.ready
+            out = [raw] if shown else []
             return out + self._drain()
         if kind == Backend.ERROR_RESPONSE:
             return self._failed(head, raw)
         if kind == Backend.COMMAND_COMPLETE and head.on_complete is not None:
             head.on_complete(raw)
         out = [raw] if head.forward else []
-        done = _COMPLETES.get(head.kind)
-        if done is not None and kind in done:
+        if kind in head.kind.completes:
             self._queue.popleft()
             out += self._drain()
         return out
@@ -175,7 +203,7 @@ class ResponseRouter:
     def _failed(self, head: Expected, raw: bytes) -> list[bytes]:
         shown = head.error(raw) if head.error is not None else raw
         out = [shown] if shown is not None else []
-        if head.kind in _UNTIL_READY:
+        if head.kind.until_ready:
             # An error in a simple query or a function call ends it at its ReadyForQuery; no skipping.
             return out if head.forward else []
         # The server skips everything up to the next Sync (simple queries and function calls too):

@@ -20,7 +20,17 @@ IDLE = b"I"
 
 
 class ServerState:
-    __slots__ = ("aligned", "params", "router", "statements", "txn_status", "unnamed", "unreported")
+    __slots__ = (
+        "aligned",
+        "copy_in",
+        "ended_by_fatal",
+        "params",
+        "router",
+        "statements",
+        "txn_status",
+        "unnamed",
+        "unreported",
+    )
 
     def __init__(self) -> None:
         self.router = ResponseRouter()
@@ -37,6 +47,12 @@ class ServerState:
         self.statements: set[str] = set()
         # Whose statement the server's unnamed statement is (the client's own object), if anyone's.
         self.unnamed: object | None = None
+        # In COPY FROM STDIN: every client message goes to the server as it is (PostgreSQL fails the
+        # COPY, and the session, on anything but COPY data).
+        self.copy_in = False
+        # The server ended the session with a FATAL the client caused (a protocol violation): the
+        # client's own session ends the same way.
+        self.ended_by_fatal = False
 
     @property
     def clean(self) -> bool:
@@ -75,11 +91,13 @@ def _route_each(
         raw = frame.raw
         kind = raw[0]
         if kind == Backend.PARAMETER_STATUS:
-            if _new_to_client(raw, 0, server, parameters):
+            if _new_to_client(raw, 0, server, parameters, router):
                 out.append(raw)
             continue
         if kind == Backend.READY_FOR_QUERY:
             server.txn_status = raw[5:6]
+        if kind in _WATCHED:
+            _watch(kind, raw, 0, server)
         out += router.route(kind, raw)
 
 
@@ -98,17 +116,42 @@ def _pass_through(
     for index, start in enumerate(starts):
         kind = chunk[start]
         if kind == Backend.PARAMETER_STATUS:
-            if not _new_to_client(chunk, start, server, parameters):
+            if not _new_to_client(chunk, start, server, parameters, router):
                 out.append(chunk[kept:start])
                 kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
         elif kind == Backend.READY_FOR_QUERY:
             server.txn_status = chunk[start + 5 : start + 6]
             router.ready()
+        elif kind in _WATCHED:
+            _watch(kind, chunk, start, server)
     out.append(chunk[kept:] if kept else chunk)
 
 
-def _new_to_client(data: bytes, start: int, server: ServerState, parameters: SessionParameters) -> bool:
+_COPY_IN = frozenset({Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE})
+# COPY FROM STDIN ends with the client's CopyDone or CopyFail (see the session), or a server error.
+_WATCHED = _COPY_IN | {Backend.ERROR_RESPONSE}
+# The client's own protocol violation, which ends its session: PostgreSQL's FATAL 08P01.
+_CLIENTS_FATAL = (b"VFATAL\0", b"C08P01\0")
+
+
+def _watch(kind: int, data: bytes, start: int, server: ServerState) -> None:
+    """COPY FROM STDIN starting, or failed by the server, and a FATAL of the client's making."""
+    if kind in _COPY_IN:
+        server.copy_in = True
+        return
+    server.copy_in = False
+    length = int.from_bytes(data[start + 1 : start + 5], "big")
+    message = data[start : start + 1 + length]
+    if all(field in message for field in _CLIENTS_FATAL):
+        server.ended_by_fatal = True
+
+
+def _new_to_client(
+    data: bytes, start: int, server: ServerState, parameters: SessionParameters, router: ResponseRouter
+) -> bool:
     """The ParameterStatus at data[start:], remembered; True when the client has not seen it."""
     name, value = m.read_parameter_status(data, start)
     server.reported(name, value)
+    if router.holding_parameters:
+        return False
     return parameters.reported(name, value)

@@ -32,6 +32,8 @@ class Statement:
     pin_reason: str | None
     # Prepared with SQL PREPARE: it lives on the (pinned) connection under the client's own name.
     sql: bool = False
+    # What running it does to prepared statements (its text is SQL PREPARE, DEALLOCATE...), or None.
+    commands: tuple[SqlCommand | None, ...] | None = None
 
 
 class StatementNames:
@@ -76,9 +78,12 @@ class StatementCatalogue:
         types: bytes,
         pin_reason: str | None,
         context: tuple[tuple[str, str], ...] = (),
+        *,
+        commands: tuple[SqlCommand | None, ...] | None = None,
     ) -> Statement:
         """Record the client's Parse of `name` (the caller checked that the name is free)."""
-        statement = Statement(self._names.name_for(query, types, context), query, types, pin_reason)
+        backend_name = self._names.name_for(query, types, context)
+        statement = Statement(backend_name, query, types, pin_reason, commands=commands)
         self._statements[name] = statement
         return statement
 
@@ -153,3 +158,29 @@ def _command(statement: list[Token]) -> SqlCommand | None:
 
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def resets_parameters(sql: str) -> bool:
+    """RESET ALL, RESET name, DISCARD ALL: the session's parameters go back to its defaults, which
+    on a client's own connection are the ones it chose at startup."""
+    lowered = sql.lower()
+    if "reset" not in lowered and "discard" not in lowered:
+        return False
+    for statement in split_statements(tokenize(sql)):
+        words = [token.text for token in statement if token.kind == "word"][:2]
+        if words[:1] == ["reset"] or words == ["discard", "all"]:
+            return True
+    return False
+
+
+def copies_from_client(sql: str) -> bool:
+    """COPY ... FROM STDIN: once the server answers it with CopyInResponse, what the client sends
+    next is COPY data, not messages."""
+    lowered = sql.lower()
+    if "stdin" not in lowered:
+        return False
+    for statement in split_statements(tokenize(sql)):
+        words = [token.text for token in statement if token.kind == "word"]
+        if words[:1] == ["copy"] and "stdin" in words:
+            return True
+    return False

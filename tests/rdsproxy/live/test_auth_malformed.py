@@ -129,3 +129,19 @@ def test_an_iam_token_signed_for_another_region_is_refused(proxy: ProxyUnderTest
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect(**proxy.conninfo(password=token)).close()
     assert texts.IAM_FAILED.format(user=proxy.user) in str(refused.value)
+
+
+@pytest.fixture
+def md5_proxy(make_proxy: Callable[..., ProxyUnderTest]) -> ProxyUnderTest:
+    return make_proxy(iam_auth="DISABLED", require_tls=False, client_password_auth_type="POSTGRES_MD5")
+
+
+def test_an_md5_answer_that_is_not_ascii_is_a_wrong_password(md5_proxy: ProxyUnderTest) -> None:
+    client = RawClient(md5_proxy.host, md5_proxy.port)
+    client.sock.settimeout(5)
+    client.send(m.startup_message({"user": md5_proxy.user, "database": md5_proxy.database}))
+    request = client.read_frame()
+    assert m.auth_code(request.body) == m.AUTH_MD5
+    client.send(m.password_message("md5" + "é" * 32))
+    error = _refused(client)
+    assert (error["S"], error["C"]) == ("FATAL", "28P01"), error

@@ -113,3 +113,17 @@ def test_a_database_restart_spares_idle_clients_and_fails_only_the_request_in_fl
         restarted.join()
     idle.close()
     busy.close()
+
+
+def test_the_target_is_reported_unavailable_while_the_database_is_down(faulty: ProxyUnderTest) -> None:
+    with faulty.connect() as conn:
+        conn.execute("SELECT 1")  # an idle pooled connection for the proxy to lose
+    postgres = faulty.stack.postgres
+    postgres.stop()
+    try:
+        wait_until(lambda: not faulty.stats()["target_available"], component="unavailability", timeout=10)
+        assert faulty.emulator.metrics()["values"]["AvailabilityPercentage"] == 0.0
+    finally:
+        postgres.start()
+    wait_until(lambda: faulty.stats()["target_available"], component="the target again", timeout=20)
+    assert faulty.emulator.metrics()["values"]["AvailabilityPercentage"] == 100.0

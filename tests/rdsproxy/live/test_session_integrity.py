@@ -16,6 +16,7 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
+from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Backend, Frontend
 
@@ -316,3 +317,30 @@ def test_a_statement_is_shared_only_by_clients_whose_session_parameters_are_the_
         answers[timezone] = [m.data_row_values(f.body) for f in frames if f.kind == Backend.DATA_ROW]
         raw.close()
     assert answers == {"Asia/Tokyo": [["f"]], "UTC": [["t"]]}
+
+
+def test_a_client_is_told_its_startup_parameters_as_postgresql_spells_them(
+    one_connection: ProxyUnderTest,
+) -> None:
+    raw = RawClient(one_connection.host, one_connection.port)
+    welcome = raw.login_md5(
+        one_connection.user, one_connection.stack.db_password, one_connection.database, DateStyle="German"
+    )
+    reported = dict(m.read_parameter_status(f.raw) for f in welcome if f.kind == Backend.PARAMETER_STATUS)
+    assert reported["DateStyle"] == "German, DMY"
+    raw.close()
+
+
+def test_a_startup_parameter_postgresql_refuses_ends_the_login_as_postgresql_does(
+    one_connection: ProxyUnderTest,
+) -> None:
+    raw = RawClient(one_connection.host, one_connection.port)
+    user, password = one_connection.user, one_connection.stack.db_password
+    raw.send(m.startup_message({"user": user, "database": one_connection.database, "TimeZone": "Nowhere"}))
+    request = raw.read_frame()
+    raw.send(m.password_message(md5_password(user, password, request.body[4:8])))
+    assert raw.read_frame().kind == Backend.AUTHENTICATION  # authenticated, then the parameters fail
+    error = m.parse_message_fields(raw.read_frame().body)
+    assert (error["S"], error["C"]) == ("FATAL", "22023")
+    assert error["M"] == 'invalid value for parameter "TimeZone": "Nowhere"'
+    assert raw.closed()

@@ -1,0 +1,66 @@
+"""Where moto answers otherwise than AWS, the kit's fixes: checked against moto itself, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from emulator.stack.moto_quirks import TARGET_HEALTH, apply_moto_quirk_fixes
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def rds() -> Iterator[Any]:
+    apply_moto_quirk_fixes()
+    with mock_aws():
+        client = boto3.client("rds", region_name="us-east-1")
+        client.create_db_instance(
+            DBInstanceIdentifier="db1",
+            Engine="postgres",
+            DBInstanceClass="db.t4g.micro",
+            MasterUsername="admin_user",
+            MasterUserPassword="a-password-1",
+        )
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24")["Subnet"]["SubnetId"] for n in (1, 2)
+        ]
+        secrets = boto3.client("secretsmanager", region_name="us-east-1")
+        secret = secrets.create_secret(Name="s", SecretString='{"username": "u", "password": "p"}')
+        client.create_db_proxy(
+            DBProxyName="proxy1",
+            EngineFamily="POSTGRESQL",
+            Auth=[{"AuthScheme": "SECRETS", "SecretArn": secret["ARN"], "IAMAuth": "DISABLED"}],
+            RoleArn="arn:aws:iam::123456789012:role/proxy",
+            VpcSubnetIds=subnets,
+        )
+        client.register_db_proxy_targets(DBProxyName="proxy1", DBInstanceIdentifiers=["db1"])
+        yield client
+    TARGET_HEALTH.clear()
+
+
+def _health(rds: Any) -> dict[str, str]:
+    (target,) = rds.describe_db_proxy_targets(DBProxyName="proxy1")["Targets"]
+    health: dict[str, str] = target["TargetHealth"]
+    return health
+
+
+def test_target_health_follows_what_the_proxy_sees_of_its_database(rds: Any) -> None:
+    TARGET_HEALTH["db1"] = lambda: (False, "cannot connect to 127.0.0.1:5432")
+    assert _health(rds) == {
+        "State": "UNAVAILABLE",
+        "Reason": "UNREACHABLE",
+        "Description": "cannot connect to 127.0.0.1:5432",
+    }
+    TARGET_HEALTH["db1"] = lambda: (True, "")
+    assert _health(rds) == {"State": "AVAILABLE"}
+
+
+def test_a_target_the_twin_does_not_serve_keeps_motos_answer(rds: Any) -> None:
+    assert _health(rds)["State"] in ("REGISTERING", "AVAILABLE")
