@@ -40,7 +40,7 @@ def test_each_pinning_statement_is_found_with_its_rule_and_fix(tmp_path: Path) -
     assert "init_query" in by_rule["set"].fix
     assert "pg_advisory_xact_lock" in by_rule["advisory_lock"].fix
     assert "RETURNING" in by_rule["sequence"].fix
-    assert 'Digest: "set search_path to $1;"' in by_rule["set"].reason
+    assert 'Digest: "set search_path to $1"' in by_rule["set"].reason
 
 
 def test_sql_files_are_checked_whole(tmp_path: Path) -> None:
