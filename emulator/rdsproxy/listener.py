@@ -10,6 +10,7 @@ from typing import Any
 
 from emulator.rdsproxy.admin import AdminEndpoint
 from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.dbconn import DbConnection, PoolKey
 from emulator.rdsproxy.metrics import MetricsPublisher
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.protocol.statements import StatementNames
@@ -26,8 +27,8 @@ class ProxyListener:
         self.config = config
         self.stats = Stats()
         self.log = log or ProxyLog(debug=config.debug_logging)
-        self.target = Target(config, self.stats, self.log)
-        self.pool = Pool(self.target.open_connection, self.stats, idle_seconds=config.idle_connection_seconds)
+        self.pool = Pool(self._open, self.stats, idle_seconds=config.idle_connection_seconds)
+        self.target = Target(config, self.stats, self.log, self.pool)
         self.sessions: set[ClientSession] = set()
         tls_context: ssl.SSLContext | None = None
         if config.tls_available:
@@ -72,6 +73,9 @@ class ProxyListener:
             f"Target {self.config.target_host}:{self.config.target_port} is available: max_connections="
             f"{self.target.max_connections}, MaxDatabaseConnectionsAllowed={self.pool.cap}."
         )
+
+    async def _open(self, key: PoolKey) -> DbConnection:
+        return await self.target.open_connection(key)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = ClientSession(self.deps, reader, writer)

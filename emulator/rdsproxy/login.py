@@ -20,7 +20,8 @@ from scramp import ScramException
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, PoolKey
+from emulator.rdsproxy.pool import PoolError
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
 from emulator.rdsproxy.protocol.parameters import CLIENT_PARAMETERS, SessionParameters
@@ -236,7 +237,7 @@ class Server(Protocol):
     @property
     def unreported_defaults(self) -> dict[str, str]: ...
 
-    async def spelling(self, name: str, value: str) -> str: ...
+    async def spelling(self, name: str, value: str, key: PoolKey) -> str: ...
 
 
 async def welcome(stream: ClientStream, login: Login, server: Server, *, key: int) -> SessionParameters:
@@ -246,14 +247,16 @@ async def welcome(stream: ClientStream, login: Login, server: Server, *, key: in
     is written."""
     stream.write(m.authentication(m.AUTH_OK))
     chosen: dict[str, str] = {}
+    pool_key = PoolKey(login.database, login.user, login.tls)
     for name in CLIENT_PARAMETERS:
         value = next((v for k, v in login.params.items() if k.lower() == name.lower()), None)
         if value is None:
             continue
         try:
-            chosen[name] = await server.spelling(name, value)
-        except DatabaseUnavailable:
-            chosen[name] = value  # the target is down: the client's spelling until it is back
+            chosen[name] = await server.spelling(name, value, pool_key)
+        except (DatabaseUnavailable, PoolError):
+            # The target is down or the pool busy: the client's own spelling, asked again next time.
+            chosen[name] = value
         except DatabaseError as exc:
             stream.write(m.error_from_fields({**exc.fields, "S": "FATAL", "V": "FATAL"}))
             raise Refused(exc.sqlstate, str(exc), fields=exc.fields) from None

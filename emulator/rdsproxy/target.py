@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import time
+from typing import Protocol
 
 import boto3
 
@@ -21,11 +22,21 @@ from emulator.rdsproxy.stats import Stats
 _APPLICATION_NAME = ""  # what pooled connections start with; clients' own names are set per borrow
 
 
+class Lender(Protocol):
+    """Where the target borrows a connection for its own questions: the pool, so that they count
+    against MaxDatabaseConnectionsAllowed like every other connection."""
+
+    async def borrow(self, key: PoolKey, timeout: float | None) -> DbConnection: ...
+
+    def release(self, conn: DbConnection, *, reusable: bool) -> None: ...
+
+
 class Target:
-    def __init__(self, config: ProxyConfig, stats: Stats, log: ProxyLog) -> None:
+    def __init__(self, config: ProxyConfig, stats: Stats, log: ProxyLog, lender: Lender) -> None:
         self.config = config
         self.stats = stats
         self.log = log
+        self.lender = lender
         self.credentials: Credentials | None = None
         # The server's session defaults (what a client that chose nothing gets) and its max_connections.
         self.baseline_params: dict[str, str] = {}
@@ -39,10 +50,8 @@ class Target:
         self._ready = asyncio.Event()
         self.availability = Availability()
         # How the server spells a parameter value ("ISO" -> "ISO, MDY"), learned once per value on a
-        # connection of the proxy's own, outside the pool (RDS Proxy keeps some for itself too).
+        # pooled connection: one kept aside would take the database one connection over the cap.
         self._spellings: dict[tuple[str, str], str] = {}
-        self._spelling_conn: DbConnection | None = None
-        self._spelling_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -111,27 +120,23 @@ class Target:
         self.log.db_opened(f"{local[0]}:{local[1]}", f"{self.config.target_host}:{self.config.target_port}")
         return conn
 
-    async def spelling(self, name: str, value: str) -> str:
+    async def spelling(self, name: str, value: str, key: PoolKey) -> str:
         """The value as the server reports it once set (a client is told what PostgreSQL would tell
-        it); DatabaseError when the server refuses the value."""
+        it), asked on a connection borrowed for key; DatabaseError when the server refuses the value,
+        PoolError when no connection could be borrowed."""
         known = self._spellings.get((name, value))
         if known is not None:
             return known
-        async with self._spelling_lock:
-            conn = self._spelling_conn
-            if conn is None or conn.broken or conn.writer.is_closing():
-                assert self.credentials is not None
-                conn = self._spelling_conn = await self.open_connection(
-                    PoolKey("postgres", self.credentials.user, tls=False)
-                )
-            quoted = "'" + value.replace("'", "''") + "'"
-            try:
-                spelled = await conn.fetch_value(
-                    f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
-                )
-            finally:
-                if conn.state.txn_status != b"I":
-                    await conn.run_quietly("ROLLBACK")
+        conn = await self.lender.borrow(key, self.config.borrow_timeout)
+        quoted = "'" + value.replace("'", "''") + "'"
+        try:
+            spelled = await conn.fetch_value(
+                f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
+            )
+        finally:
+            if conn.state.txn_status != b"I" and not conn.broken:
+                await conn.run_quietly("ROLLBACK")
+            self.lender.release(conn, reusable=not conn.broken)
         self._spellings[(name, value)] = spelled
         return spelled
 

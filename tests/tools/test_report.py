@@ -23,8 +23,8 @@ LOG = "\n".join(
         "2026-11-25T05:00:00.000Z [INFO] [default] [clientConnection=1] A new client connected from 127.0.0.1:1.",
         "2026-11-25T05:00:00.000Z [INFO] [default] [clientConnection=2] A new client connected from 127.0.0.1:2.",
         "2026-11-25T05:00:00.000Z [INFO] [default] [clientConnection=3] The client connection was refused. Reason: x",
-        PIN.format(n=1, digest="set search_path = $1;"),
-        PIN.format(n=2, digest="set search_path = $1;"),
+        PIN.format(n=1, digest="set search_path = $1"),
+        PIN.format(n=2, digest="set search_path = $1"),
         PIN.format(n=4, digest="select pg_advisory_lock($1);"),
         "2026-11-25T05:00:00.000Z [WARN] [proxyEndpoint=default] [clientConnection=5] The client session was pinned "
         "to the database connection [dbConnection=4] for the remainder of the session. The proxy can't reuse this "
@@ -42,7 +42,7 @@ def test_pins_are_counted_by_reason_and_digest(tmp_path: Path) -> None:
         "proxy's initialization query."
     )
     assert report.pins == {
-        (settings, "set search_path = $1;"): 2,
+        (settings, "set search_path = $1"): 2,
         (settings, "select pg_advisory_lock($1);"): 1,
         ("The connection ran a SQL query which exceeded the 16384 byte limit.", ""): 1,
     }
