@@ -27,6 +27,7 @@ from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stack.schema import sql_files
 from emulator.stage import cli as stage_cli
 from emulator.tools.demo import DemoConfig, run_demo
+from emulator.tools.sqlcheck import cli as sqlcheck_cli
 from emulator.twin import LocalTwin, TwinConfig
 
 # The subcommands' container: argparse._SubParsersAction, a private class.
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     stage_cli.add_parser(commands)
     _add_proxy(commands)
     _add_report(commands)
-    _add_check(commands)
+    sqlcheck_cli.add_parser(commands)
     _add_demo(commands)
     return parser
 
@@ -286,17 +287,6 @@ def _add_report(commands: Commands) -> None:
         metavar="URL_OR_FILE",
         help="its /stats URL (LOCAL_TWIN_PROXY_STATS_URL) or a saved copy of it",
     )
-
-
-def _add_check(commands: Commands) -> None:
-    check = commands.add_parser(
-        "check-sql",
-        help="warn which SQL in your code would make RDS Proxy pin, why, and what to do instead",
-        description="Scan .py files (string literals that look like SQL) and .sql files for statements that "
-        "pin a session in RDS Proxy for PostgreSQL. Exits 1 when it finds any (for CI), 0 otherwise.",
-    )
-    check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
-    check.add_argument("--warn-only", action="store_true", help="exit 0 even when something would pin")
 
 
 def _add_demo(commands: Commands) -> None:
@@ -605,19 +595,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sql(args: argparse.Namespace) -> int:
-    from emulator.tools.sqlcheck import check_paths  # noqa: PLC0415
-
-    findings = check_paths(args.paths)
-    for finding in findings:
-        first_line = " ".join(finding.sql.split())[:100]
-        print(f"{finding.path}:{finding.line}: pins ({finding.rule}): {first_line}")
-        print(f"    why: {finding.reason}")
-        print(f"    fix: {finding.fix}")
-    print(f"{len(findings)} statement(s) would pin the session in RDS Proxy.")
-    return 1 if findings and not args.warn_only else 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # A process started in the background of a script inherits SIGINT ignored, and Python then
@@ -631,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "proxy": _proxy,
         "report": _report,
-        "check-sql": _check_sql,
+        "check-sql": sqlcheck_cli.run,
         "stage": stage_cli.run,
     }
     try:
