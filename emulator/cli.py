@@ -287,6 +287,12 @@ def _add_report(commands: Commands) -> None:
         metavar="URL_OR_FILE",
         help="its /stats URL (LOCAL_TWIN_PROXY_STATS_URL) or a saved copy of it",
     )
+    report.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (tables, for people) or json (for scripts); default: %(default)s",
+    )
 
 
 def _add_demo(commands: Commands) -> None:
@@ -588,10 +594,21 @@ def _report(args: argparse.Namespace) -> int:
 
     from emulator.tools.report import RunReport, read_log, read_stats  # noqa: PLC0415
 
-    report = read_log(args.log, RunReport(stats=read_stats(args.stats) if args.stats else {}))
+    source = f"--stats {args.stats}"
+    try:
+        stats = read_stats(args.stats) if args.stats else {}
+        source = f"--log {args.log}"
+        report = read_log(args.log, RunReport(stats=stats))
+    except (OSError, ValueError) as exc:  # a missing file, an unreachable URL, a file that is not JSON
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"error: {source}: {detail}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
     console = Console(width=None if sys.stdout.isatty() else 140)
-    for table in report.tables():
-        console.print(table)
+    for part in report.parts():
+        console.print(part)
     return 0
 
 

@@ -74,6 +74,13 @@ def check_file(path: Path) -> FileCheck:
             return FileCheck([Finding(path, exc.line, exc.column, SYNTAX_ERROR, message)])
     pinned = [(finding, query) for query in source.queries for finding in _pins(path, query)]
     outcome = suppressions.apply(path, pinned, source.comments)
+    if source.unterminated is not None:
+        left_open = source.unterminated
+        message = (
+            f"unterminated {left_open.what}: psql would read the rest of the file into it; "
+            "the SQL from here on was not checked"
+        )
+        outcome.findings.append(Finding(path, left_open.line, left_open.column, SYNTAX_ERROR, message))
     return FileCheck(_in_order(outcome.findings), outcome.suppressed)
 
 

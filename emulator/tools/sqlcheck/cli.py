@@ -9,7 +9,7 @@ from typing import Any
 
 from emulator.tools.sqlcheck.check import CLEAN, ERROR, check_paths
 from emulator.tools.sqlcheck.findings import RULES, pins
-from emulator.tools.sqlcheck.formats import to_text
+from emulator.tools.sqlcheck.formats import FORMATS, render
 from emulator.tools.sqlcheck.walk import MissingPath
 
 _EPILOG = f"""\
@@ -31,8 +31,8 @@ statement: also the lines above it, after the previous statement), with a reason
 
 exit codes:
   0  nothing would pin (suppressed findings included)
-  1  findings: a statement would pin, a Python file could not be parsed (syntax_error), or a
-     suppression comment is invalid or unused
+  1  findings: a statement would pin, a Python file could not be parsed or a .sql file leaves a
+     quote or comment open (syntax_error), or a suppression comment is invalid or unused
   2  usage error or the check could not be done: a path that does not exist, an unreadable file
 """
 
@@ -47,6 +47,13 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    check.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (PATH:LINE:COLUMN: RULE message, for people), json (for scripts) or sarif (SARIF "
+        "2.1.0, for code scanning such as GitHub's); default: %(default)s",
+    )
     check.add_argument(
         "--exclude",
         action="append",
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     except MissingPath as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ERROR
-    sys.stdout.write(to_text(result))
+    sys.stdout.write(render(result, args.format))
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     if args.exit_zero and result.exit_code != ERROR:

@@ -38,8 +38,10 @@ RULES: dict[str, Rule] = {
     **{rule: Rule(rule, _PIN_SUMMARIES[rule], fix) for rule, fix in FIXES.items()},
     SYNTAX_ERROR: Rule(
         SYNTAX_ERROR,
-        "a Python file that cannot be parsed: none of its SQL was checked",
-        "fix the syntax error (python -m py_compile FILE shows it)",
+        "a Python file that cannot be parsed (none of its SQL was checked), or a quote, comment or "
+        "dollar quote a .sql file leaves open (nothing after it was checked)",
+        "fix the syntax error: in SQL close what was opened; in Python, python -m py_compile FILE "
+        "shows where it is",
     ),
     INVALID_SUPPRESSION: Rule(
         INVALID_SUPPRESSION,

@@ -60,9 +60,20 @@ class Comment:
 
 
 @dataclass(frozen=True)
+class Unterminated:
+    """A quote, block comment or dollar quote that a .sql file never closes: psql reads the rest of
+    the file into it and the server rejects that statement, so nothing from there on is checked."""
+
+    what: str
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
 class Source:
     queries: list[Query]
     comments: list[Comment]  # only those holding the marker
+    unterminated: Unterminated | None = None
 
 
 class Unparsable(Exception):
@@ -138,19 +149,79 @@ class _Lines:
 
 def sql_source(text: str) -> Source:
     """Each statement of a .sql file. A statement covers the lines from the end of the one before it
-    to its own end: a comment above it (after the previous statement), or on any of its lines."""
+    to its own end: a comment above it (after the previous statement), or on any of its lines.
+    Where something is left open, only the statements that end before it are."""
     tokens = tokenize(text)
     lines = _Lines(text)
+    open_at = _unterminated(text, tokens)
+    limit = len(text) if open_at is None else open_at[0]
+    statements = split_statements([token for token in tokens if token.start < limit])
+    if open_at is not None:
+        statements = _ended_before(statements, tokens, limit)
     queries = []
     previous_end = 0
-    for statement in split_statements(tokens):
+    for statement in statements:
         line, column = lines.position(statement[0].start)
         end_line, _ = lines.position(statement[-1].end - 1)
         covers = range(min(previous_end + 1, line), end_line + 1)
         queries.append(Query(text[statement[0].start : statement[-1].end], line, column, covers))
         previous_end = end_line
-    comments = list(_sql_comments(text, tokens, lines)) if MARKER in text else []
-    return Source(queries, comments)
+    comments = list(_sql_comments(text[:limit], tokens, lines)) if MARKER in text else []
+    if open_at is None:
+        return Source(queries, comments)
+    offset, what = open_at
+    return Source(queries, comments, Unterminated(what, *lines.position(offset)))
+
+
+# What the proxy's lexer makes of an opening quote it finds no end for: a punctuation token.
+_OPEN_QUOTES = {"'": "quoted string", '"': "quoted identifier"}
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+
+
+def _unterminated(text: str, tokens: list[Token]) -> tuple[int, str] | None:
+    """Where the first thing left open starts, and what it is."""
+    for token in tokens:
+        if token.kind == "punct" and token.text in _OPEN_QUOTES:
+            return token.start, _OPEN_QUOTES[token.text]
+        if token.kind == "literal" and token.text.startswith("$") and not _closed_dollar_quote(text, token):
+            return token.start, "dollar-quoted string"
+    # A block comment left open swallows the rest, so it can only follow the last token.
+    comment = _unclosed_comment(text, tokens[-1].end if tokens else 0)
+    return None if comment is None else (comment, "block comment")
+
+
+def _closed_dollar_quote(text: str, token: Token) -> bool:
+    tag = token.text
+    return token.end - token.start >= 2 * len(tag) and text[token.end - len(tag) : token.end] == tag
+
+
+def _unclosed_comment(text: str, position: int) -> int | None:
+    """Where a block comment opens that is never closed, in a part of the text that holds only
+    space and comments. Block comments nest in PostgreSQL."""
+    while position < len(text):
+        if text.startswith("--", position):
+            newline = text.find("\n", position)
+            if newline < 0:
+                return None
+            position = newline + 1
+        elif text.startswith("/*", position):
+            opening, depth, position = position, 1, position + 2
+            while depth:
+                mark = _COMMENT_MARK.search(text, position)
+                if mark is None:
+                    return opening
+                depth += 1 if mark.group() == "/*" else -1
+                position = mark.end()
+        else:
+            position += 1
+    return None
+
+
+def _ended_before(statements: list[list[Token]], tokens: list[Token], limit: int) -> list[list[Token]]:
+    """The statements a semicolon ends before limit: the one left open is sent whole and fails."""
+    semicolons = [t.start for t in tokens if t.kind == "punct" and t.text == ";" and t.start < limit]
+    last = semicolons[-1] if semicolons else -1
+    return [statement for statement in statements if statement[-1].end <= last]
 
 
 def _sql_comments(text: str, tokens: list[Token], lines: _Lines) -> Iterator[Comment]:

@@ -97,6 +97,20 @@ def test_a_python_file_with_a_syntax_error_is_a_finding_and_the_others_are_still
     assert (result.files, result.exit_code) == (2, FINDINGS)
 
 
+def test_a_sql_file_that_leaves_a_quote_open_is_a_syntax_error_where_it_opens(tmp_path: Path) -> None:
+    (tmp_path / "broken.sql").write_text("LISTEN early;\nUPDATE t SET name = 'x;\nLISTEN in_the_string;\n")
+    result = check_paths([tmp_path])
+    assert [(f.line, f.column, f.rule) for f in result.findings] == [
+        (1, 1, "listen"),
+        (2, 21, "syntax_error"),
+    ]
+    assert result.findings[1].message == (
+        "unterminated quoted string: psql would read the rest of the file into it; "
+        "the SQL from here on was not checked"
+    )
+    assert result.exit_code == FINDINGS
+
+
 def test_a_file_that_cannot_be_read_is_an_error_not_a_clean_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,17 @@ def test_exit_1_for_a_syntax_error_or_a_bad_suppression_alone(
     assert out.endswith("no statement would pin the session in RDS Proxy (2 other problem(s) above).\n")
 
 
+@pytest.mark.parametrize("output_format", ["json", "sarif"])
+def test_json_and_sarif_are_the_whole_output_with_the_same_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], output_format: str
+) -> None:
+    (tmp_path / "handler.py").write_text('Q = "LISTEN jobs"\n')
+    assert _check_sql("--format", output_format, str(tmp_path)) == 1
+    document = json.loads(capsys.readouterr().out)
+    findings = document["findings"] if output_format == "json" else document["runs"][0]["results"]
+    assert len(findings) == 1
+
+
 def test_exit_zero_turns_findings_into_warnings_but_not_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -88,7 +100,7 @@ def test_exclude_takes_comma_separated_and_repeated_patterns(
     assert capsys.readouterr().out.splitlines()[-1].startswith("Checked 1 file:")
 
 
-def test_the_help_documents_exit_codes_and_suppressions(
+def test_the_help_documents_exit_codes_formats_and_suppressions(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "100")
@@ -99,6 +111,7 @@ def test_the_help_documents_exit_codes_and_suppressions(
         "0  nothing would pin",
         "1  findings",
         "2  usage error",
+        "--format {text,json,sarif}",
         "rds-proxy: allow set -- ",
         "--exclude PATTERN",
         "pyvenv.cfg",
@@ -124,3 +137,33 @@ def test_from_another_directory_a_project_fails_the_gate_and_a_typo_is_an_error(
         "",
         "error: projet: no such file or directory\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "exit_code", "said"),
+    [
+        ('Q = "SELECT 1"\n', [], 0, "no statement would pin"),
+        (
+            'Q = "SET search_path TO app"  # rds-proxy: allow set -- one schema per tenant\n',
+            [],
+            0,
+            "(1 allowed by a suppression comment)",
+        ),
+        ('Q = "LISTEN jobs"\n', ["--format", "sarif"], 1, '"ruleId": "listen"'),
+        ('Q = "LISTEN jobs"\n', ["--format", "xml"], 2, "invalid choice: 'xml'"),
+    ],
+    ids=["clean", "suppressed", "findings-as-sarif", "usage-error"],
+)
+def test_the_real_command_exits_0_clean_1_findings_2_usage_error(
+    tmp_path: Path, source: str, options: list[str], exit_code: int, said: str
+) -> None:
+    (tmp_path / "handler.py").write_text(source)
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "check-sql", *options, "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert (done.returncode, said in output) == (exit_code, True), output

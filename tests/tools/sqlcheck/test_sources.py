@@ -95,6 +95,35 @@ def test_sql_comments_hold_suppressions_but_literals_do_not() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "left_open"),
+    [
+        ("SELECT 1;\nSET a = 'x;\nLISTEN t;\n", ("quoted string", 2, 9)),
+        ('SELECT 1;\nSELECT "x;\nLISTEN t;\n', ("quoted identifier", 2, 8)),
+        ("SELECT 1;\nDO $body$ BEGIN;\nLISTEN t;\n", ("dollar-quoted string", 2, 4)),
+        ("SELECT 1;\n/* a /* nested */ comment;\nLISTEN t;\n", ("block comment", 2, 1)),
+    ],
+)
+def test_what_a_sql_file_leaves_open_ends_the_statements_before_it(
+    text: str, left_open: tuple[str, int, int]
+) -> None:
+    source = sql_source(text)
+    assert source.unterminated is not None
+    assert (source.unterminated.what, source.unterminated.line, source.unterminated.column) == left_open
+    # The statement left open is sent whole with the rest of the file, and fails: it cannot pin.
+    assert [q.sql for q in source.queries] == ["SELECT 1"]
+
+
+def test_closed_quotes_comments_and_an_empty_dollar_quote_leave_nothing_open() -> None:
+    source = sql_source("SELECT 'a', \"b\", $$$$, $t$ x $t$; /* c /* d */ */ -- e\n")
+    assert (source.unterminated, len(source.queries)) == (None, 1)
+
+
+def test_a_comment_after_what_is_left_open_is_part_of_it_not_a_suppression() -> None:
+    source = sql_source("SELECT 'x;\n-- rds-proxy: allow listen -- why\nLISTEN t;\n")
+    assert source.comments == []
+
+
+@pytest.mark.parametrize(
     ("text", "sql"),
     [
         ("SET search_path TO app", True),
