@@ -27,6 +27,7 @@ from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stack.schema import sql_files
 from emulator.stage import cli as stage_cli
 from emulator.tools.demo import DemoConfig, run_demo
+from emulator.tools.sqlcheck import cli as sqlcheck_cli
 from emulator.twin import LocalTwin, TwinConfig
 
 # The subcommands' container: argparse._SubParsersAction, a private class.
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     stage_cli.add_parser(commands)
     _add_proxy(commands)
     _add_report(commands)
-    _add_check(commands)
+    sqlcheck_cli.add_parser(commands)
     _add_demo(commands)
     return parser
 
@@ -286,17 +287,12 @@ def _add_report(commands: Commands) -> None:
         metavar="URL_OR_FILE",
         help="its /stats URL (LOCAL_TWIN_PROXY_STATS_URL) or a saved copy of it",
     )
-
-
-def _add_check(commands: Commands) -> None:
-    check = commands.add_parser(
-        "check-sql",
-        help="warn which SQL in your code would make RDS Proxy pin, why, and what to do instead",
-        description="Scan .py files (string literals that look like SQL) and .sql files for statements that "
-        "pin a session in RDS Proxy for PostgreSQL. Exits 1 when it finds any (for CI), 0 otherwise.",
+    report.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (tables, for people) or json (for scripts); default: %(default)s",
     )
-    check.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
-    check.add_argument("--warn-only", action="store_true", help="exit 0 even when something would pin")
 
 
 def _add_demo(commands: Commands) -> None:
@@ -598,24 +594,22 @@ def _report(args: argparse.Namespace) -> int:
 
     from emulator.tools.report import RunReport, read_log, read_stats  # noqa: PLC0415
 
-    report = read_log(args.log, RunReport(stats=read_stats(args.stats) if args.stats else {}))
+    source = f"--stats {args.stats}"
+    try:
+        stats = read_stats(args.stats) if args.stats else {}
+        source = f"--log {args.log}"
+        report = read_log(args.log, RunReport(stats=stats))
+    except (OSError, ValueError) as exc:  # a missing file, an unreachable URL, a file that is not JSON
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"error: {source}: {detail}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
     console = Console(width=None if sys.stdout.isatty() else 140)
-    for table in report.tables():
-        console.print(table)
+    for part in report.parts():
+        console.print(part)
     return 0
-
-
-def _check_sql(args: argparse.Namespace) -> int:
-    from emulator.tools.sqlcheck import check_paths  # noqa: PLC0415
-
-    findings = check_paths(args.paths)
-    for finding in findings:
-        first_line = " ".join(finding.sql.split())[:100]
-        print(f"{finding.path}:{finding.line}: pins ({finding.rule}): {first_line}")
-        print(f"    why: {finding.reason}")
-        print(f"    fix: {finding.fix}")
-    print(f"{len(findings)} statement(s) would pin the session in RDS Proxy.")
-    return 1 if findings and not args.warn_only else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -631,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "proxy": _proxy,
         "report": _report,
-        "check-sql": _check_sql,
+        "check-sql": sqlcheck_cli.run,
         "stage": stage_cli.run,
     }
     try:

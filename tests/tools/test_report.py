@@ -1,8 +1,11 @@
-"""The pinning report reads RDS Proxy-format logs and the emulator's counters."""
+"""The pinning report reads RDS Proxy-format logs and the emulator's counters, and prints tables for
+people or JSON for scripts."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,8 +67,84 @@ def test_counters_fill_the_summary(tmp_path: Path) -> None:
     )
     report = RunReport(stats=read_stats(str(stats)))
     console = Console(width=200, record=True)
-    for table in report.tables():
-        console.print(table)
+    for part in report.parts():
+        console.print(part)
     text = console.export_text()
     assert "peak client connections" in text
     assert "1.5 ms / 9.0 ms / 12.0 ms" in text
+
+
+def _printed(report: RunReport) -> str:
+    console = Console(width=200, record=True)
+    for part in report.parts():
+        console.print(part)
+    return console.export_text()
+
+
+def test_a_run_without_pins_says_so_in_a_line_instead_of_an_empty_table(tmp_path: Path) -> None:
+    log = tmp_path / "proxy.log"
+    log.write_text("\n".join(LOG.splitlines()[:3]))
+    text = _printed(read_log(log))
+    assert text.startswith(
+        "No session was pinned: RDS Proxy could multiplex all 2 client connection(s) over its "
+        "database connections.\n"
+    )
+    assert "Pinned sessions by reason and digest" not in text
+    assert "Connections and borrowing" in text
+
+
+def test_a_log_without_client_connections_asks_whether_it_is_the_proxys_log(tmp_path: Path) -> None:
+    log = tmp_path / "postgres.log"
+    log.write_text("LOG:  database system is ready to accept connections\n")
+    assert read_log(log).nothing_pinned() == (
+        "No session was pinned, and the log shows no client connection: is it the proxy's log "
+        "(LOCAL_TWIN_PROXY_LOG in the env file of `up`)?"
+    )
+
+
+def test_json_holds_the_pins_most_frequent_first_and_the_counters_by_their_stats_names(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "proxy.log"
+    log.write_text(LOG)
+    stats = {"peak_client_connections": 40, "borrow_latency_us": {"count": 2, "p50": 10}, "other": 1}
+    document = read_log(log, RunReport(stats=stats)).to_json()
+    assert [(pin["sessions"], pin["digest"]) for pin in document["pins"]] == [
+        (2, "set search_path = $1;"),
+        (1, "select pg_advisory_lock($1);"),
+        (1, None),
+    ]
+    assert (
+        document["pins"][2]["reason"] == "The connection ran a SQL query which exceeded the 16384 byte limit."
+    )
+    assert (
+        document["sessions_pinned"],
+        document["client_connections_opened"],
+        document["client_connections_refused"],
+    ) == (4, 2, 1)
+    assert document["stats"] == {
+        "peak_client_connections": 40,
+        "peak_database_connections": None,
+        "max_database_connections_allowed": None,
+        "borrow_timeouts": None,
+        "borrow_latency_us": {"count": 2, "p50": 10},
+    }
+    assert RunReport().to_json() == {
+        "pins": [],
+        "sessions_pinned": 0,
+        "client_connections_opened": 0,
+        "client_connections_refused": 0,
+        "stats": None,
+    }
+
+
+def test_the_command_prints_json_and_exits_2_for_a_log_that_is_not_there(tmp_path: Path) -> None:
+    (tmp_path / "proxy.log").write_text(LOG)
+    command = [sys.executable, "-m", "emulator", "report", "--format", "json", "--log"]
+    found = subprocess.run([*command, "proxy.log"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert (found.returncode, json.loads(found.stdout)["sessions_pinned"]) == (0, 4), found.stderr
+    missing = subprocess.run(
+        [*command, "proxy.lgo"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == "error: --log proxy.lgo: No such file or directory\n"
