@@ -66,7 +66,9 @@ def test_a_borrow_that_waits_too_long_gets_rds_proxys_error_and_is_closed(
 def test_a_borrow_timeout_of_severity_error_fails_only_the_request(
     make_proxy: Callable[..., ProxyUnderTest], cursor_factory: type[psycopg.Cursor[Any]]
 ) -> None:
-    proxy = make_proxy(max_connections_percent=4, connection_borrow_timeout=1, borrow_timeout_severity="ERROR")
+    proxy = make_proxy(
+        max_connections_percent=4, connection_borrow_timeout=1, borrow_timeout_severity="ERROR"
+    )
     timeouts_before = proxy.stats()["borrow_timeouts"]  # the proxy is shared with the other case
     with proxy.connect() as holder, proxy.connect(cursor_factory=cursor_factory) as waiter:
         holder.execute("BEGIN")
