@@ -19,6 +19,7 @@ from emulator.awslambda.function import FunctionConfig, InitMode
 from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
+from emulator.rdsproxy import main as proxy_main
 from emulator.rdsproxy.config import parse_settings
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, StackConfig, TerraformSettings
 from emulator.stack.envfile import write_env_file
@@ -253,19 +254,7 @@ def _add_proxy(commands: Commands) -> None:
         "NAME=VALUE overrides. It reads the database credentials from the Secrets Manager secret "
         "secret_arn through aws_endpoint_url, with the AWS credentials of its environment.",
     )
-    proxy.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
-    proxy.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override one setting, e.g. --set max_connections_percent=20 (repeatable)",
-    )
-    proxy.add_argument(
-        "--ready-file", type=Path, metavar="FILE", help="write {port, stats_port} as JSON here once listening"
-    )
-    proxy.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
+    proxy_main.add_arguments(proxy)
 
 
 def _add_report(commands: Commands) -> None:
@@ -572,23 +561,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _proxy(args: argparse.Namespace) -> int:
-    from emulator.rdsproxy.config import ProxyConfig  # noqa: PLC0415
-    from emulator.rdsproxy.main import run  # noqa: PLC0415
-
-    try:
-        config = ProxyConfig.from_file(args.config) if args.config else ProxyConfig()
-        config = config.with_overrides(args.overrides)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(config.to_json())
-        return 0
-    run(config, str(args.ready_file) if args.ready_file else None)
-    return 0
-
-
 def _report(args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415
 
@@ -623,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "invoke": _invoke,
         "package": _package,
         "demo": _demo,
-        "proxy": _proxy,
+        "proxy": proxy_main.command,
         "report": _report,
         "check-sql": sqlcheck_cli.run,
         "stage": stage_cli.run,

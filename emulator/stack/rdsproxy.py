@@ -58,8 +58,7 @@ class RdsProxyEmulator:
             [
                 sys.executable,
                 "-m",
-                "emulator",
-                "proxy",
+                "emulator.rdsproxy",
                 "--config",
                 str(config_file),
                 "--ready-file",

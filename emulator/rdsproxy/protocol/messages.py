@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 PROTOCOL_3_0 = 196608
@@ -121,7 +121,7 @@ class FrameReader:
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self) -> Generator[Frame, None, None]:
         buf = self._buffer
         offset = 0
         try:

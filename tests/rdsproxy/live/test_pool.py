@@ -57,6 +57,34 @@ def test_a_borrow_that_waits_too_long_gets_rds_proxys_error_and_is_closed(
     assert one_connection.stats()["borrow_timeouts"] >= 1
 
 
+@pytest.mark.parametrize(
+    "cursor_factory",
+    # ClientCursor sends simple queries; the default cursor Parse, Bind, Execute and Sync.
+    [psycopg.ClientCursor, psycopg.Cursor],
+    ids=["simple-query", "extended-protocol"],
+)
+def test_a_borrow_timeout_of_severity_error_fails_only_the_request(
+    make_proxy: Callable[..., ProxyUnderTest], cursor_factory: type[psycopg.Cursor[Any]]
+) -> None:
+    proxy = make_proxy(
+        max_connections_percent=4, connection_borrow_timeout=1, borrow_timeout_severity="ERROR"
+    )
+    timeouts_before = proxy.stats()["borrow_timeouts"]  # the proxy is shared with the other case
+    with proxy.connect() as holder, proxy.connect(cursor_factory=cursor_factory) as waiter:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError) as caught:
+            waiter.execute("SELECT %s::int", [1])
+        assert caught.value.sqlstate == "08000"
+        assert caught.value.diag.severity == "ERROR"
+        assert caught.value.diag.message_primary == texts.BORROW_TIMEOUT
+        holder.execute("COMMIT")
+        # The session goes on: the next request borrows the connection the holder gave back.
+        assert waiter.execute("SELECT 2").fetchone() == (2,)
+        assert not waiter.closed
+    assert proxy.stats()["borrow_timeouts"] == timeouts_before + 1
+
+
 def test_waiting_borrows_are_served_first_come_first_served(
     make_proxy: Callable[..., ProxyUnderTest],
 ) -> None:
