@@ -104,6 +104,9 @@ def function_name(name: str) -> str:
 def _handler_class(api: InvokeApi) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body are two writes: with Nagle's algorithm the body waits for the client's
+        # delayed ACK (~40 ms on Linux) on every request of a kept-alive connection, as boto3's are.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             return
