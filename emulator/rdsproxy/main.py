@@ -16,7 +16,7 @@ from pathlib import Path
 
 from emulator.rdsproxy.config import ProxyConfig
 
-# A file to write a cProfile of the whole run to, when set (for benchmarks: bench/README.md).
+# A file to write a cProfile of the whole run to, when set (bench/run.py --profile; README: Performance).
 PROFILE_ENV = "LOCAL_TWIN_PROXY_PROFILE"
 
 
