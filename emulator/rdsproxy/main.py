@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -72,10 +74,42 @@ def _run(config: ProxyConfig, ready_file: str | None) -> None:
         uvloop.run(serve(config, ready_file))
 
 
+# Each client connection is a file descriptor; RDS Proxy takes thousands. Past this many a process
+# gains nothing from a higher limit but the kernel's per-process table.
+_OPEN_FILES_WANTED = 1 << 20
+# Descriptors the process needs besides clients: database connections, logs, the stats endpoint.
+_OPEN_FILES_SPARE = 100
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """The soft limit on open files raised as far as the hard limit allows (a shell's default of 1,024
+    would hold about 900 clients); the limits afterwards, (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, _OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        # When the kernel's nr_open is lower: keep what we have, the message says so.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def open_files_message(limits: tuple[int, int]) -> str:
+    soft, hard = limits
+    clients = max(soft - _OPEN_FILES_SPARE, 0)
+    text = f"Open-files limit {soft} (hard limit {hard}): room for about {clients} client connections."
+    if soft < 20_000:
+        text += (
+            " RDS Proxy holds tens of thousands; raise the hard limit to hold more"
+            " (ulimit -Hn as root, LimitNOFILE= in a systemd unit, --ulimit nofile= for a container)."
+        )
+    return text
+
+
 async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
     from emulator.rdsproxy.listener import ProxyListener  # noqa: PLC0415 - not for --print-config
 
+    open_files = raise_open_files_limit()
     proxy = ProxyListener(config)
     await proxy.start()
     if ready_file:
@@ -88,6 +122,7 @@ async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
         f"RDS Proxy emulator {config.name} listening on {config.listen_host}:{config.listen_port}"
         f" (stats on port {proxy.admin.port})."
     )
+    proxy.log.info(open_files_message(open_files))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Through the loop, not signal.signal: uvloop runs Python signal handlers only when it wakes up.
