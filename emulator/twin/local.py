@@ -9,6 +9,7 @@ TwinOptions), so the command line, Python code and the pytest plugin start the s
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Unpack
@@ -63,6 +64,7 @@ class LocalTwin(Started):
         self.function_configs: list[FunctionConfig] = []
 
     def start(self) -> None:
+        _refuse_in_an_environment_importing_the_script()
         running = self._running
         self.stack = running.enter_context(EmbeddedStack(self.config))
         self.function_configs = list(self._functions_for(self.stack))
@@ -253,3 +255,18 @@ class LocalTwin(Started):
     def _proxy_log(self) -> Path | None:
         proxy = self.stack.proxy
         return proxy.log_path if isinstance(proxy, RdsProxyEmulator) else None
+
+
+def _refuse_in_an_environment_importing_the_script() -> None:
+    """Execution environments are started by multiprocessing's forkserver, which imports the main
+    script into each (as `__mp_main__`), as multiprocessing's spawn does: a script that starts a twin
+    at its top level would start one more in every environment."""
+    # multiprocessing marks a new process while it prepares it, importing the script as `__mp_main__`,
+    # before the process's own work begins; its own check for starting processes meanwhile reads the
+    # same flag (private, hence looked up).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ComponentError(
+            "LocalTwin",
+            "a Lambda execution environment is importing your script, which starts a twin at its top level",
+            'start the twin under `if __name__ == "__main__":` in a script (multiprocessing\'s rule)',
+        )

@@ -4,6 +4,8 @@ parameters, counters, pins and logs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,3 +154,30 @@ def test_the_environment_is_what_another_shell_needs(twin: LocalTwin) -> None:
     answer = twin.lambda_client().invoke(FunctionName=env["LAMBDA_FUNCTION_NAME"], Payload=b"{}")
     assert json.loads(answer["Payload"].read()) == {"items": 2}
     assert Path(env["DB_SSLROOTCERT"]).is_file()
+
+
+UNGUARDED_SCRIPT = """
+from emulator.twin import LocalTwin
+
+with LocalTwin(handler="app.handler", code="function", function_log="functions.log") as twin:
+    print("function error:", twin.invoke("local-twin-fn").function_error)
+"""
+
+
+@pytest.mark.integration
+def test_a_script_that_starts_a_twin_without_a_main_guard_is_told_why_its_function_fails(
+    tmp_path: Path,
+) -> None:
+    # Each execution environment imports the script, as multiprocessing's spawn does: without
+    # `if __name__ == "__main__":` it would start a twin of its own.
+    (tmp_path / "function").mkdir()
+    (tmp_path / "function" / "app.py").write_text("def handler(event, context):\n    return 1\n")
+    (tmp_path / "script.py").write_text(UNGUARDED_SCRIPT)
+    run = subprocess.run(
+        [sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert "function error: Unhandled" in run.stdout
+    # The environment's import of the script fails before it runs anything, and says why.
+    assert "LocalTwin: a Lambda execution environment is importing your script" in run.stderr
+    assert 'how to fix: start the twin under `if __name__ == "__main__":`' in run.stderr
