@@ -373,9 +373,9 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _assignments(option: str, values: Sequence[str]) -> dict[str, str]:
+def _assignments(option: str, values: Sequence[str], shape: str = "NAME=VALUE") -> dict[str, str]:
     try:
-        return assignments(option, values)
+        return assignments(option, values, shape)
     except OptionError as exc:
         _usage_error(str(exc))
 
@@ -406,7 +406,7 @@ def _twin_options(args: argparse.Namespace) -> TwinOptions:
         options["function_name"] = args.function_name
     functions = getattr(args, "functions", [])
     if functions:
-        options["functions"] = _assignments("--function", functions)
+        options["functions"] = _assignments("--function", functions, "NAME=DIR:MODULE.FUNCTION")
     if getattr(args, "terraform", None) is not None:
         options["terraform"] = args.terraform
         options["tflocal"] = args.tflocal

@@ -62,13 +62,13 @@ class OptionError(ValueError):
     """An option's value cannot be right (told before anything starts)."""
 
 
-def assignments(label: str, values: Iterable[str]) -> dict[str, str]:
+def assignments(label: str, values: Iterable[str], shape: str = "NAME=VALUE") -> dict[str, str]:
     """NAME=VALUE strings (a command line's, an ini file's lines) as a mapping; the last one wins."""
     result: dict[str, str] = {}
     for assignment in values:
         name, sep, value = assignment.partition("=")
         if not sep or not name.strip():
-            raise OptionError(f"{label} takes NAME=VALUE, not {assignment!r}")
+            raise OptionError(f"{label} takes {shape}, not {assignment!r}")
         result[name.strip()] = value
     return result
 
