@@ -100,22 +100,32 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+# How many twins run under _interrupt (twins of different scopes need not stop in the order they
+# started: the handler stays until the last one stops).
+_sigterm_users = 0
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a CI runner's timeout, `kill`) as Ctrl+C while a twin runs, so pytest tears it down
     instead of dying with its servers left running. Only when nobody else handles SIGTERM."""
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    global _sigterm_users  # noqa: PLW0603 - the process's signal handler is process-wide too
+    current = signal.getsignal(signal.SIGTERM)
+    if not _in_main_thread() or current not in (signal.SIG_DFL, _interrupt):
         yield
         return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    _sigterm_users += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_users -= 1
+        if _sigterm_users == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
