@@ -8,16 +8,25 @@ nox.options.sessions = ["local"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
+# A user's project with its own test suite on the kit's pytest plugin (its pyproject.toml).
+EXAMPLE_PROJECT = "examples/orders-service"
+
 
 @nox.session(python="3.11")
 def local(session: nox.Session) -> None:
-    """The whole offline stage: unit tests, then the stack tests on real local processes.
+    """The whole offline stage: the kit's tests (unit tests, then the stack tests on real local
+    processes), then the example project's own suite as its authors run it: pytest in
+    examples/orders-service, with its configuration, on the kit's plugin.
 
     Docker-only tests skip with their reason when no engine answers; pytest's exit code 5 (no test
-    ran) fails the session like any other non-zero code.
+    ran) fails the session like any other non-zero code. Arguments go to the kit's pytest, and then
+    only the tests they name run: `nox -s local -- tests/twin`.
     """
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "not aws", *session.posargs)
+    if not session.posargs:
+        session.chdir(EXAMPLE_PROJECT)
+        session.run("pytest")
 
 
 @nox.session(python="3.11")

@@ -14,7 +14,8 @@ Where things live (each package's docstring says more, and what it may import):
     terraform/       terraform runs against moto, and what an apply created (read from state and API)
     stage/           the real-AWS stage: deploy, run tests/aws on AWS and on the twin, compare
     tools/           for people: the exhaustion demo, the pinning report, check-sql
-    twin.py          LocalTwin(TwinConfig): a stack, your functions and Lambda's API, as one object
+    twin/            LocalTwin: a stack, your functions and Lambda's API as one object (the Python API)
+    pytest_plugin/   the pytest plugin (entry point pytest11): a twin fixture, pin and cap verdicts
     cli.py           `python -m emulator ...`: argument parsing, one function per command
     errors, net, paths, wait   shared: the kit's errors, loopback ports, where the kit's
                                files are (a checkout, or the wheel's example/), readiness checks

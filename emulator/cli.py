@@ -20,16 +20,16 @@ from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
 from emulator.rdsproxy import main as proxy_main
-from emulator.rdsproxy.config import parse_settings
-from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, StackConfig, TerraformSettings
+from emulator.stack.embedded import StackConfig
 from emulator.stack.envfile import write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
-from emulator.stack.schema import sql_files
 from emulator.stage import cli as stage_cli
 from emulator.tools.demo import DemoConfig, run_demo
 from emulator.tools.sqlcheck import cli as sqlcheck_cli
-from emulator.twin import LocalTwin, TwinConfig
+from emulator.twin.config import TwinConfig
+from emulator.twin.local import LocalTwin
+from emulator.twin.options import OptionError, TwinOptions, assignments, twin_config
 
 # The subcommands' container: argparse._SubParsersAction, a private class.
 Commands = Any
@@ -358,25 +358,11 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _stack_config(args: argparse.Namespace, **extra: Any) -> StackConfig:
+def _assignments(option: str, values: Sequence[str], shape: str = "NAME=VALUE") -> dict[str, str]:
     try:
-        settings = {**DEFAULT_PROXY_SETTINGS, **parse_settings(args.proxy_settings)}
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    return StackConfig(
-        max_connections=args.max_connections, pool_size=args.pool_size, proxy_settings=settings, **extra
-    )
-
-
-def _assignments(option: str, values: Sequence[str]) -> dict[str, str]:
-    result = {}
-    for assignment in values:
-        name, sep, value = assignment.partition("=")
-        if not sep or not name:
-            _usage_error(f"{option} takes NAME=VALUE, not {assignment!r}")
-        result[name] = value
-    return result
+        return assignments(option, values, shape)
+    except OptionError as exc:
+        _usage_error(str(exc))
 
 
 def _usage_error(message: str) -> typing.NoReturn:
@@ -384,58 +370,50 @@ def _usage_error(message: str) -> typing.NoReturn:
     raise SystemExit(2)
 
 
-def _terraform_settings(args: argparse.Namespace) -> TerraformSettings | None:
-    if args.terraform is None:
-        if args.tf_vars:
-            _usage_error("--tf-var needs --terraform")
-        return None
-    if not args.terraform.is_dir():
-        _usage_error(f"--terraform {args.terraform}: no such directory")
-    # moto forgets everything when the stack stops: destroying first would only slow Ctrl+C down.
-    return TerraformSettings(
-        source=args.terraform,
-        variables=_assignments("--tf-var", args.tf_vars),
-        destroy_on_stop=False,
-        tflocal=args.tflocal,
-    )
-
-
-def _functions(args: argparse.Namespace) -> tuple[FunctionConfig, ...]:
-    """The functions the options name, checked before anything starts."""
-    settings: dict[str, Any] = {
-        "timeout_seconds": args.timeout,
-        "memory_mb": args.memory,
+def _twin_options(args: argparse.Namespace) -> TwinOptions:
+    """The twin the command's options describe, by the names LocalTwin and the pytest plugin use."""
+    options: TwinOptions = {
+        "proxy": getattr(args, "proxy", ProxyKind.EMULATOR),
+        "max_connections": args.max_connections,
+        "pool_size": args.pool_size,
+        "proxy_settings": _assignments("--proxy-setting", args.proxy_settings),
+        "init_sql": tuple(args.init_sql),
+        "env": _assignments("--env", args.env),
+        "timeout": args.timeout,
+        "memory": args.memory,
         "reserved_concurrency": args.reserved_concurrency,
     }
-    functions = []
-    if args.handler or args.code:
-        functions.append(
-            FunctionConfig(
-                name=getattr(args, "function_name", FunctionConfig().name),
-                handler=args.handler or "index.handler",
-                code_dir=(args.code or Path.cwd()).resolve(),
-                **settings,
-            )
-        )
-    for spec in getattr(args, "functions", []):
-        name, _, rest = spec.partition("=")
-        directory, _, handler = rest.rpartition(":")
-        if not name or not directory or not handler:
-            _usage_error(f"--function takes NAME=DIR:MODULE.FUNCTION, not {spec!r}")
-        functions.append(
-            FunctionConfig(name=name, handler=handler, code_dir=Path(directory).resolve(), **settings)
-        )
-    for function in functions:
-        function.check()
-    return tuple(functions)
+    if args.handler:
+        options["handler"] = args.handler
+    if args.code:
+        options["code"] = args.code
+    if getattr(args, "function_name", None):
+        options["function_name"] = args.function_name
+    functions = getattr(args, "functions", [])
+    if functions:
+        options["functions"] = _assignments("--function", functions, "NAME=DIR:MODULE.FUNCTION")
+    if getattr(args, "terraform", None) is not None:
+        options["terraform"] = args.terraform
+        options["tflocal"] = args.tflocal
+    tf_vars = getattr(args, "tf_vars", [])
+    if tf_vars:
+        options["tf_vars"] = _assignments("--tf-var", tf_vars)
+    return options
 
 
-def _twin_config(args: argparse.Namespace, **stack: Any) -> TwinConfig:
-    stack_config = _stack_config(args, init_sql=tuple(args.init_sql), **stack)
-    sql_files(stack_config.init_sql)  # a missing file fails now, not after the stack started
-    return TwinConfig(
-        stack=stack_config, functions=_functions(args), environment=_assignments("--env", args.env)
-    )
+def _twin_config(args: argparse.Namespace) -> TwinConfig:
+    try:
+        return twin_config(_twin_options(args))
+    except OptionError as exc:
+        _usage_error(str(exc))
+
+
+def _local_twin(options: TwinOptions) -> LocalTwin:
+    """The twin, checked before anything starts (a usage error exits 2)."""
+    try:
+        return LocalTwin(**options)
+    except OptionError as exc:
+        _usage_error(str(exc))
 
 
 def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
@@ -476,9 +454,9 @@ def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    config = _twin_config(args, proxy=args.proxy, terraform=_terraform_settings(args))
-    print(f"Starting the local stack (proxy: {config.stack.proxy}) ...", flush=True)
-    with LocalTwin(config) as twin:
+    twin = _local_twin(_twin_options(args))
+    print(f"Starting the local stack (proxy: {twin.config.proxy}) ...", flush=True)
+    with twin:
         env = twin.environment()
         _print_twin(twin, env)
         try:
@@ -500,18 +478,10 @@ def _invoke(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         _usage_error(f"the event is not JSON: {exc}")
     # The function's log goes to stderr after the invocation, with Lambda's lines around it.
-    config = replace(
-        _twin_config(args, proxy=args.proxy, terraform=_terraform_settings(args)),
-        function_log=Path(os.devnull),
-    )
-    print(f"Starting the local stack (proxy: {config.stack.proxy}) ...", file=sys.stderr, flush=True)
-    with LocalTwin(config) as twin:
-        name = args.name or twin.function_configs[0].name
-        function = twin.functions.get(name)
-        if function is None:
-            known = ", ".join(twin.functions)
-            raise ComponentError("Lambda", f"the twin runs no function {name!r}", f"it runs: {known}")
-        invocation = function.invoke(event)
+    twin = _local_twin({**_twin_options(args), "function_log": os.devnull})
+    print(f"Starting the local stack (proxy: {twin.config.proxy}) ...", file=sys.stderr, flush=True)
+    with twin:
+        invocation = twin.invoke(args.name or twin.function_configs[0].name, event)
     sys.stderr.write(invocation.log.decode(errors="replace"))
     print(invocation.payload.decode(errors="replace"))
     if invocation.function_error:

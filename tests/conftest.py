@@ -17,6 +17,9 @@ from emulator.stack.proxies import ProxyKind
 from emulator.terraform.workspace import TerraformTools, TerraformUnavailable, find_terraform
 from emulator.wait import wait_until
 
+# pytest's own fixture for testing plugins (tests/pytest_plugin: the kit's plugin, in pytest runs of its own).
+pytest_plugins = ["pytester"]
+
 # Small numbers keep the exhaustion quick and certain: 20 slots, 3 reserved for superusers.
 TEST_STACK = StackConfig(max_connections=20, pool_size=5)
 

@@ -211,3 +211,62 @@ def test_a_demo_whose_invocations_fail_unexpectedly_exits_non_zero(installed: In
     assert done.returncode == 1, done.stdout + done.stderr
     assert "invocation(s) failed unexpectedly" in done.stderr
     assert "KeyError" in done.stdout
+
+
+SHOP_FUNCTION = """
+import os
+
+import boto3
+import psycopg
+
+
+def handler(event, context):
+    host, port, user = os.environ["DB_PROXY_ENDPOINT"], int(os.environ["DB_PORT"]), os.environ["DB_USER"]
+    token = boto3.client("rds").generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user)
+    with psycopg.connect(host=host, port=port, dbname=os.environ["DB_NAME"], user=user, password=token,
+                         sslmode="require") as conn:
+        return conn.execute("SELECT count(*) FROM products").fetchone()[0]
+"""
+
+SHOP_CONFIGURATION = """
+[tool.pytest.ini_options]
+twin_handler = "shop.handler"
+twin_code = "function"
+twin_init_sql = "schema.sql"
+"""
+
+SHOP_TEST = """
+import emulator
+
+
+def test_the_products_are_counted(twin):
+    assert twin.invoke("local-twin-fn").json() == 2
+
+
+def test_the_kit_is_the_installed_one():
+    assert "/venv/" in emulator.__file__
+"""
+
+
+def test_a_project_s_suite_runs_on_the_installed_plugin_with_three_lines_of_configuration(
+    installed: Installed,
+) -> None:
+    project = installed.elsewhere / "shop"
+    (project / "function").mkdir(parents=True)
+    (project / "function" / "shop.py").write_text(SHOP_FUNCTION)
+    (project / "schema.sql").write_text(
+        "CREATE TABLE products (name text);\nINSERT INTO products VALUES ('a'), ('b');\n"
+    )
+    (project / "pyproject.toml").write_text(SHOP_CONFIGURATION)
+    (project / "test_shop.py").write_text(SHOP_TEST)
+    run = subprocess.run(
+        [str(installed.python), "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=installed.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -56,6 +57,18 @@ def lambda_error(message: str, error_type: str) -> dict[str, str]:
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload([worker.__name__])
+
+
+def stop_zygote() -> None:
+    """Stop the environments' zygote, the process-wide forkserver, and wait until it has exited (the
+    next cold start starts another). Without this it outlives its process by a moment: it exits once
+    it sees that process's end. For a process that must leave nothing running when it ends, such as a
+    test session, once every function has stopped."""
+    # The forkserver's own stop, which CPython's tests use: it closes the server's "alive" pipe and
+    # waits for it. Private, hence looked up; a Python without it leaves the server to exit by itself.
+    stop = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_stop", None)
+    if callable(stop):
+        stop()
 
 
 @dataclass(frozen=True)
@@ -491,6 +504,15 @@ class LambdaFunction:
         for environment in old:
             environment.shutdown()
         return len(old)
+
+    def recycle(self) -> int:
+        """End every idle environment now, as Lambda does when it recycles them (their connections
+        close; the next invocation cold-starts); how many ended."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for environment in idle:
+            environment.shutdown()
+        return len(idle)
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""The proxy's HTTP endpoint on stats_port: /stats, /metrics, /sessions and /config, as JSON.
+"""The proxy's HTTP endpoint on stats_port: /stats, /metrics, /sessions and /config, as JSON, and
+POST /reset-peaks (the peaks in /stats start again from the current values, e.g. for each test).
 
 Like PgBouncer's SHOW commands: what the proxy is doing right now, for tests, the demo and people.
 """
@@ -29,6 +30,8 @@ class Observed(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
+    def reset_peaks(self) -> None: ...
+
 
 class AdminEndpoint:
     def __init__(self, proxy: Observed) -> None:
@@ -44,8 +47,13 @@ class AdminEndpoint:
         if self._server is not None:
             self._server.close()
 
-    def _answer(self, path: str) -> tuple[str, str]:
+    def _answer(self, method: str, path: str) -> tuple[str, str]:
         proxy = self.proxy
+        if path.startswith("/reset-peaks"):
+            if method != "POST":
+                return "405 Method Not Allowed", json.dumps({"error": "POST /reset-peaks"})
+            proxy.reset_peaks()
+            return "200 OK", json.dumps(proxy.snapshot())
         if path.startswith("/stats"):
             return "200 OK", json.dumps(proxy.snapshot())
         if path.startswith("/metrics"):
@@ -60,13 +68,16 @@ class AdminEndpoint:
             return "200 OK", json.dumps([session.describe() for session in proxy.sessions])
         if path.startswith("/config"):
             return "200 OK", proxy.config.to_json()
-        return "404 Not Found", json.dumps({"error": "try /stats, /metrics, /sessions or /config"})
+        return "404 Not Found", json.dumps(
+            {"error": "try /stats, /metrics, /sessions, /config or POST /reset-peaks"}
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
-            status, body = self._answer(path)
+            parts = request.split(b" ", 2)
+            method, path = (parts[0].decode(), parts[1].decode()) if len(parts) == 3 else ("GET", "/")
+            status, body = self._answer(method, path)
             payload = body.encode()
             head = f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
             head += f"Content-Length: {len(payload)}\r\n\r\n"

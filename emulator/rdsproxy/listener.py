@@ -112,6 +112,9 @@ class ProxyListener:
             session.writer.close()
         self.pool.close_all()
 
+    def reset_peaks(self) -> None:
+        self.stats.reset_peaks()
+
     def snapshot(self) -> dict[str, Any]:
         """The counters and the pool as they are now (/stats, and the metrics' raw material)."""
         data = self.stats.snapshot()

@@ -105,6 +105,12 @@ class Stats:
         self.peak_database_connections = max(self.peak_database_connections, self.database_connections)
         self.peak_pinned_sessions = max(self.peak_pinned_sessions, self.database_connections_pinned)
 
+    def reset_peaks(self) -> None:
+        """A new window for the peaks (a test's own): they start again from the current values."""
+        self.peak_client_connections = self.client_connections
+        self.peak_database_connections = self.database_connections
+        self.peak_pinned_sessions = self.database_connections_pinned
+
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for item in dataclasses.fields(self):

@@ -84,10 +84,15 @@ class RdsProxyEmulator:
             lambda: bool(self.stats()["target_ready"]), timeout=timeout, what=" (reaching its target)"
         )
 
-    def _get(self, path: str) -> Any:
+    def _get(self, path: str, *, method: str = "GET") -> Any:
         """A JSON answer of the proxy's HTTP endpoint."""
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stats_port}{path}", timeout=5) as answer:
+        request = urllib.request.Request(f"http://{LOOPBACK}:{self.stats_port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - our own loopback URL
             return json.loads(answer.read())
+
+    def reset_peaks(self) -> None:
+        """The peaks in stats() start again from the current values (a test's own window)."""
+        self._get("/reset-peaks", method="POST")
 
     def stats(self) -> dict[str, Any]:
         """The live counters, from the proxy's /stats endpoint."""

@@ -32,7 +32,7 @@ def local_target() -> Iterator[StageTarget]:
             "metrics_period_seconds": LOCAL_METRICS_PERIOD,
         },
     )
-    with LocalTwin(config, functions=_stage_functions) as twin:
+    with LocalTwin(config, functions_for=_stage_functions) as twin:
         stack = twin.stack
         proxy = stack.proxy
         assert isinstance(proxy, RdsProxyEmulator)

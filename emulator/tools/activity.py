@@ -74,12 +74,15 @@ class BackendSampler:
         postgres: PostgresEndpoint,
         *,
         user: str,
+        database: str | None = None,
         period: float = 0.01,
         exclude: AbstractSet[int] = frozenset(),
         client_port: int | None = None,
     ) -> None:
         self.postgres = postgres
         self.user = user
+        # None: the role's backends in every database.
+        self.database = database
         # Backends to leave out: other proxies' idle pooled connections.
         self.exclude = list(exclude)
         self.period = period
@@ -114,7 +117,9 @@ class BackendSampler:
                 started = self.samples.origin = time.monotonic()
                 self._ready.set()
                 while True:
-                    count = count_backends(conn, user=self.user, exclude_pids=self.exclude)
+                    count = count_backends(
+                        conn, user=self.user, database=self.database, exclude_pids=self.exclude
+                    )
                     clients = count if self.client_port is None else established_connections(self.client_port)
                     self.samples.times.append(time.monotonic() - started)
                     self.samples.counts.append(count)

@@ -23,7 +23,7 @@ from emulator.stack.proxies import ProxyComponent, ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.tools.activity import BackendSampler, ConnectionSamples
 from emulator.tools.burst import BurstResult, invoke_burst
-from emulator.twin import expand
+from emulator.twin.config import expand
 
 DIRECT = "direct"
 

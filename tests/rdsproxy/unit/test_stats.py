@@ -1,4 +1,5 @@
-"""The proxy's latency records: exact totals for every sample, bounded memory however long it runs."""
+"""The proxy's counters: exact latency totals with bounded memory however long it runs, and peaks
+that can start again (a test's own window)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,23 @@ def test_the_stats_snapshot_summarises_latencies_instead_of_copying_them() -> No
     snapshot = stats.snapshot()
     assert snapshot["borrow_latency_us"] == {"count": 3, "p50": 20, "p99": 30, "max": 30}
     assert snapshot["query_response_latency"]["count"] == 0
+
+
+def test_resetting_the_peaks_starts_them_again_from_the_current_values() -> None:
+    stats = Stats()
+    for _ in range(3):
+        stats.client_opened(tls=True)
+    stats.database_connections = 2
+    stats.pin_started()
+    stats.client_closed(tls=True)
+    stats.pin_ended()
+    assert _peaks(stats) == (3, 2, 1)
+    stats.reset_peaks()
+    assert _peaks(stats) == (2, 2, 0)
+    stats.client_opened(tls=False)
+    assert stats.peak_client_connections == 3
+
+
+def _peaks(stats: Stats) -> tuple[int, int, int]:
+    """Peak client connections, database connections and pinned sessions."""
+    return (stats.peak_client_connections, stats.peak_database_connections, stats.peak_pinned_sessions)

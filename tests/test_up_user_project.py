@@ -1,9 +1,8 @@
-"""The orders service's own tests, on the local twin, as its authors run them: `up` in the
-background with its code, schema and (second case) its Terraform, then boto3 from here.
+"""`up` runs a user's project, examples/orders-service, as its authors start it: in the background
+with its code and schema, or with its Terraform, then boto3 from here with only the env file.
 
-The kit's README runs these from the kit's repository (pytest collects examples/); in your own
-project the same tests run wherever the kit is installed.
-"""
+The project's own test suite (examples/orders-service/tests) is on the kit's pytest plugin; these
+are the kit's tests of `up` on a project that was not written for it."""
 
 from __future__ import annotations
 
@@ -18,10 +17,11 @@ from typing import Any
 import boto3
 import pytest
 
+from emulator.paths import REPO
 from emulator.terraform.workspace import TerraformUnavailable, find_terraform
 from emulator.wait import wait_until  # the kit's readiness check with a deadline
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = REPO / "examples" / "orders-service"
 READY_SECONDS = 420  # a Terraform apply against the local AWS API takes about two minutes
 
 

@@ -1,0 +1,148 @@
+"""Twins as fixtures: the configured one (`twin`), and `twin_fixture(...)` for others, as
+pytest-postgresql's factories make `postgresql_proc`.
+
+    # conftest.py
+    from emulator.pytest_plugin import twin_fixture
+
+    small_pool_twin = twin_fixture(proxy_settings={"max_connections_percent": 10})
+
+A factory's options go on top of the configured ones (ini file, command line): mappings (env,
+proxy_settings, tf_vars, functions) name by name, everything else replaced.
+
+A twin stops with its fixture's scope, after a failure, on Ctrl+C and on SIGTERM (turned into
+KeyboardInterrupt while a twin runs, so pytest tears everything down); a Ctrl+C while it stops only
+says to wait, so nothing it started is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal
+
+import pytest
+
+from emulator.pytest_plugin.options import configured
+from emulator.pytest_plugin.windows import TWINS, TwinRun
+
+# pytest's fixture scopes.
+Scope = Literal["session", "package", "module", "class", "function"]
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from emulator.twin.local import LocalTwin
+    from emulator.twin.options import TwinOptions
+
+
+def twin_fixture(*, scope: Scope = "session", **options: Unpack[TwinOptions]) -> Any:
+    """A fixture that starts a twin with these options on top of the configured ones."""
+    overrides = dict(options)
+
+    @pytest.fixture(scope=scope)
+    def local_twin(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[LocalTwin]:
+        yield from run_twin(request, tmp_path_factory, overrides)
+
+    return local_twin
+
+
+def run_twin(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, overrides: dict[str, Any]
+) -> Iterator[LocalTwin]:
+    # The kit's heavy modules (boto3, moto, psycopg) load here, when a test first asks for a twin.
+    from emulator.errors import ComponentError  # noqa: PLC0415
+    from emulator.twin.local import LocalTwin  # noqa: PLC0415
+    from emulator.twin.options import OptionError  # noqa: PLC0415
+
+    name = request.fixturename
+    assert name is not None, "run_twin is a fixture's body"
+    options = merged(configured(request.config), overrides)
+    # The functions' log goes to a file of the twin's, read per test; never into pytest's output.
+    options["function_log"] = tmp_path_factory.mktemp(name, numbered=True) / "functions.log"
+    twins = request.config.stash[TWINS]
+    with _sigterm_interrupts():
+        started = time.monotonic()
+        try:
+            twin = LocalTwin(**options)
+            twins.starting()
+            twin.__enter__()  # stops what it started if it fails half-way
+        except (ComponentError, OptionError) as exc:
+            pytest.fail(f"{name}: the local twin did not start.\n{exc}", pytrace=False)
+        try:
+            emulated = twin.config.proxy == "emulator"
+            twins.started(TwinRun(name, twin, time.monotonic() - started, emulated))
+            yield twin
+        finally:
+            try:
+                twins.stopping(name)
+            finally:
+                with _interrupts_wait(name):
+                    twin.stop()
+
+
+def merged(configured: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides on top of the configured options; mappings merged name by name."""
+    result = dict(configured)
+    for key, value in overrides.items():
+        base = result.get(key)
+        result[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+    return result
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+# How many twins run under _interrupt (twins of different scopes need not stop in the order they
+# started: the handler stays until the last one stops).
+_sigterm_users = 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a CI runner's timeout, `kill`) as Ctrl+C while a twin runs, so pytest tears it down
+    instead of dying with its servers left running. Only when nobody else handles SIGTERM."""
+    global _sigterm_users  # noqa: PLW0603 - the process's signal handler is process-wide too
+    current = signal.getsignal(signal.SIGTERM)
+    if not _in_main_thread() or current not in (signal.SIG_DFL, _interrupt):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _interrupt)
+    _sigterm_users += 1
+    try:
+        yield
+    finally:
+        _sigterm_users -= 1
+        if _sigterm_users == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _interrupts_wait(name: str) -> Iterator[None]:
+    """While a twin stops, Ctrl+C and SIGTERM only say to wait: an interrupted stop would leave
+    servers running."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def wait(signum: int, frame: FrameType | None) -> None:
+        sys.stderr.write(f"\n{name}: stopping the local twin, please wait\n")
+
+    previous = {signum: signal.signal(signum, wait) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler not set from Python, which Python cannot set back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
