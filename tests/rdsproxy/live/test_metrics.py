@@ -95,7 +95,7 @@ def test_every_metric_is_published_with_its_dimension_sets(publishing: ProxyUnde
         ("QueryResponseLatency", ("EndpointName", "ProxyName")),
         ("QueryDatabaseResponseLatency", ("ProxyName", "TargetGroup", "TargetRole")),
     }
-    wait_until(lambda: wanted <= published(), component="metrics in CloudWatch", timeout=20)
+    wait_until(lambda: wanted <= published(), component="metrics in CloudWatch", timeout=60)
 
 
 def test_the_log_goes_to_the_proxys_log_group(publishing: ProxyUnderTest) -> None:
