@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.config
 import pytest
 
 from emulator.awslambda.function import FunctionConfig, LambdaFunction
 from emulator.awslambda.invoke_api import InvokeApi
+
+from .clients import lambda_client
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,7 @@ def client(code: Path) -> Iterator[Any]:
         api = InvokeApi({config.name: function})
         api.start()
         try:
-            yield boto3.client(
-                "lambda",
-                endpoint_url=api.endpoint_url,
-                region_name="us-east-1",
-                aws_access_key_id="local",
-                aws_secret_access_key="local",
-                config=botocore.config.Config(retries={"max_attempts": 0}),
-            )
+            yield lambda_client(api.endpoint_url)
         finally:
             api.stop()
 

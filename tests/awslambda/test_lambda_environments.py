@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.config
 import pytest
 
 from emulator.awslambda.function import FunctionConfig, InitMode, Invocation, LambdaFunction, Throttled
 from emulator.awslambda.invoke_api import InvokeApi
 from emulator.stack.embedded import EmbeddedStack
 from emulator.wait import wait_until
+
+from .clients import lambda_client
 
 pytestmark = pytest.mark.integration
 
@@ -144,14 +144,7 @@ def test_boto3_invokes_the_function_through_the_kit_endpoint(
     api = InvokeApi({function.config.name: function})
     api.start()
     try:
-        client = boto3.client(
-            "lambda",
-            endpoint_url=api.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=botocore.config.Config(retries={"max_attempts": 0}),
-        )
+        client = lambda_client(api.endpoint_url)
         answer = client.invoke(FunctionName=function.config.name, Payload=json.dumps({"sleep_ms": 1}))
         assert answer["StatusCode"] == 200
         assert "FunctionError" not in answer
