@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,5 +82,11 @@ class DataDirectoryTemplates:
 
     @staticmethod
     def copy(template: Template, datadir: Path) -> None:
-        shutil.copytree(template.datadir, datadir, symlinks=True)
+        cp = shutil.which("cp")
+        if cp is not None:
+            # cp works outside the interpreter: shutil.copytree's Python work per file waits for the
+            # GIL while moto starts in a thread of the same process (3 s instead of 0.5 s measured).
+            subprocess.run([cp, "-R", "-P", "--", str(template.datadir), str(datadir)], check=True)
+        else:
+            shutil.copytree(template.datadir, datadir, symlinks=True)
         datadir.chmod(0o700)
