@@ -28,7 +28,7 @@ LOG = "\n".join(
         "2026-11-25T05:00:00.000Z [INFO] [default] [clientConnection=3] The client connection was refused. Reason: x",
         PIN.format(n=1, digest="set search_path = $1"),
         PIN.format(n=2, digest="set search_path = $1"),
-        PIN.format(n=4, digest="select pg_advisory_lock($1);"),
+        PIN.format(n=4, digest="select pg_advisory_lock($1)"),
         "2026-11-25T05:00:00.000Z [WARN] [proxyEndpoint=default] [clientConnection=5] The client session was pinned "
         "to the database connection [dbConnection=4] for the remainder of the session. The proxy can't reuse this "
         "connection until the session ends. Reason: The connection ran a SQL query which exceeded the 16384 byte limit.",
@@ -46,7 +46,7 @@ def test_pins_are_counted_by_reason_and_digest(tmp_path: Path) -> None:
     )
     assert report.pins == {
         (settings, "set search_path = $1"): 2,
-        (settings, "select pg_advisory_lock($1);"): 1,
+        (settings, "select pg_advisory_lock($1)"): 1,
         ("The connection ran a SQL query which exceeded the 16384 byte limit.", ""): 1,
     }
     assert (report.clients_connected, report.clients_refused) == (2, 1)
@@ -110,8 +110,8 @@ def test_json_holds_the_pins_most_frequent_first_and_the_counters_by_their_stats
     stats = {"peak_client_connections": 40, "borrow_latency_us": {"count": 2, "p50": 10}, "other": 1}
     document = read_log(log, RunReport(stats=stats)).to_json()
     assert [(pin["sessions"], pin["digest"]) for pin in document["pins"]] == [
-        (2, "set search_path = $1;"),
-        (1, "select pg_advisory_lock($1);"),
+        (2, "set search_path = $1"),
+        (1, "select pg_advisory_lock($1)"),
         (1, None),
     ]
     assert (
