@@ -27,6 +27,7 @@ what it would mean on the client's own session:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Backend, Frontend
 from emulator.rdsproxy.protocol.parameters import Key
 from emulator.rdsproxy.protocol.routing import Expect
-from emulator.rdsproxy.protocol.server import ServerState
+from emulator.rdsproxy.protocol.server import FAILED, ServerState
 from emulator.rdsproxy.protocol.statements import (
     SqlCommand,
     Statement,
@@ -152,6 +153,14 @@ class PreparedStatements:
             self.catalogue.forget(name)
 
         if backend_name in state.statements:
+            if state.txn_status == FAILED and router.idle and not _ENDS_TRANSACTION.match(query):
+                # In a failed transaction PostgreSQL refuses the Parse (25P02) before it looks at
+                # the name: the server says so, on the copy it has, and keeps that copy. Known
+                # difference: when the transaction fails earlier in the same pipeline (a request
+                # still unanswered here), the proxy cannot know yet and answers ParseComplete.
+                router.expect(Expect.PARSE, undo=undo, error=_renamed(backend_name, name))
+                self._send(m.parse_message(backend_name, query, types))
+                return
             # Prepared on this connection already (by this client or another): answered here.
             self._to_client(router.answer(_PARSE_COMPLETE, undo=undo))
             return
@@ -367,6 +376,11 @@ _MISSING = f"{StatementNames.PREFIX}missing"
 
 def _as_tuple(commands: list[SqlCommand | None] | None) -> tuple[SqlCommand | None, ...] | None:
     return None if commands is None else tuple(commands)
+
+
+# What PostgreSQL still parses in a failed transaction (IsTransactionExitStmt): COMMIT, ROLLBACK
+# [TO SAVEPOINT], PREPARE TRANSACTION, and their other spellings END and ABORT.
+_ENDS_TRANSACTION = re.compile(r"\s*(commit|end|rollback|abort|prepare\s+transaction)\b", re.IGNORECASE)
 
 
 def _renamed(backend_name: str, name: str) -> Callable[[bytes], bytes | None]:

@@ -17,6 +17,8 @@ from emulator.rdsproxy.protocol.parameters import UNREPORTED, Key, SessionParame
 from emulator.rdsproxy.protocol.routing import ResponseRouter
 
 IDLE = b"I"
+# ReadyForQuery's status inside a transaction that failed: commands are refused until its end.
+FAILED = b"E"
 
 
 class ServerState:

@@ -302,6 +302,18 @@ CORPUS: dict[str, Scenario] = {
         ),
         ('42P05 prepared statement "s" already exists', "D data_row: '7'"),
     ),
+    "a_parse_in_a_failed_transaction_fails_even_when_the_connection_has_the_statement": Scenario(
+        # Found by the long generated run: the proxy answered ParseComplete for a statement its
+        # connection already had, where PostgreSQL refuses any Parse in a failed transaction.
+        script(
+            (Client(),),
+            send(0, Query("begin"), Parse("a", "select 1"), Sync(), Close("S", "a"), Sync()),
+            send(0, Query("select 1/0")),
+            send(0, Parse("b", "select 1"), Bind("", "b", ()), Execute(), Sync()),
+            send(0, Query("rollback"), Parse("b", "select 1"), Bind("", "b", ()), Execute(), Sync()),
+        ),
+        ("25P02 current transaction is aborted", "D data_row: '1'"),
+    ),
     # -- pinned down: the same today -------------------------------------------------------------
     "a_transaction_spans_steps_while_other_clients_come_and_go": Scenario(
         script(
