@@ -358,6 +358,8 @@ class ClientSession:
             return True
         if backend is None and _runs_on_server(kind, frame) and self._borrow_now() is None:
             return False
+        if kind == Frontend.PARSE and self._answers_first(frame):
+            return False
         if kind in _REQUESTS:
             self.latency.request_arrived()
         handler(frame)
@@ -432,6 +434,23 @@ class ClientSession:
         elif query.on_complete is not None or copies_from_client(text):
             # Statements it prepares or deallocates are known once the server reports them done.
             self._hold_for(entry)
+
+    def _answers_first(self, frame: m.Frame) -> bool:
+        """A Parse the proxy would answer itself, behind requests still unanswered: it waits for
+        their answers (which a Flush asks for), since one of them may fail the transaction, and
+        PostgreSQL refuses every Parse in a failed transaction. Rare: drivers parse a statement
+        once, before they pipeline its executions."""
+        conn = self._borrowed()
+        router = conn.state.router
+        if router.idle:
+            return False
+        name, query, types = m.parse_parse(frame.body)
+        if not self.prepared.answered_here(conn.state, name, query, types):
+            return False
+        if router.unsynced:
+            self._send(m.FLUSH)
+        self._hold(lambda conn: conn.state.copy_in or conn.state.router.idle)
+        return True
 
     def _hold_for(self, entry: Expected) -> None:
         """The client's next messages wait for the answer to this message, or for its COPY FROM

@@ -113,6 +113,13 @@ class PreparedStatements:
         else:
             self._parse_named(state, name, query, types, pin_reason, commands=commands)
 
+    def answered_here(self, state: ServerState, name: str, query: str, types: bytes) -> bool:
+        """A Parse the proxy answers itself: a new name of the client's for a statement the
+        connection has already."""
+        if not name or name in self.catalogue:
+            return False
+        return self.catalogue.backend_name(query, types, self._context()) in state.statements
+
     def _parse_unnamed(
         self,
         state: ServerState,
@@ -155,9 +162,9 @@ class PreparedStatements:
         if backend_name in state.statements:
             if state.txn_status == FAILED and router.idle and not _ENDS_TRANSACTION.match(query):
                 # In a failed transaction PostgreSQL refuses the Parse (25P02) before it looks at
-                # the name: the server says so, on the copy it has, and keeps that copy. Known
-                # difference: when the transaction fails earlier in the same pipeline (a request
-                # still unanswered here), the proxy cannot know yet and answers ParseComplete.
+                # the name: the server says so, on the copy it has, and keeps that copy. (A Parse
+                # behind unanswered requests waits for them, so the status is the current one:
+                # the session's _answers_first.)
                 router.expect(Expect.PARSE, undo=undo, error=_renamed(backend_name, name))
                 self._send(m.parse_message(backend_name, query, types))
                 return

@@ -71,6 +71,10 @@ class StatementCatalogue:
     def get(self, name: str) -> Statement | None:
         return self._statements.get(name)
 
+    def backend_name(self, query: str, types: bytes, context: tuple[tuple[str, str], ...] = ()) -> str:
+        """The name the statement has on database connections."""
+        return self._names.name_for(query, types, context)
+
     def prepare(
         self,
         name: str,

@@ -314,6 +314,19 @@ CORPUS: dict[str, Scenario] = {
         ),
         ("25P02 current transaction is aborted", "D data_row: '1'"),
     ),
+    "a_parse_behind_a_failing_query_in_one_pipeline_fails_too": Scenario(
+        script(
+            (Client(),),
+            send(0, Query("begin"), Parse("a", "select 1"), Sync(), Close("S", "a"), Sync()),
+            send(0, Query("select 1/0"), Parse("b", "select 1"), Bind("", "b", ()), Execute(), Sync()),
+            send(0, Query("rollback")),
+            # Behind an extended-protocol failure without a Sync between: skipped with it.
+            send(0, Query("begin"), Parse("", "select 1/0"), Bind(), Execute(), Parse("c", "select 1")),
+            send(0, Sync()),
+            send(0, Query("rollback"), Parse("c", "select 1"), Bind("", "c", ()), Execute(), Sync()),
+        ),
+        ("25P02 current transaction is aborted", "D data_row: '1'"),
+    ),
     # -- pinned down: the same today -------------------------------------------------------------
     "a_transaction_spans_steps_while_other_clients_come_and_go": Scenario(
         script(
