@@ -19,11 +19,13 @@ from typing import Any
 
 import psutil
 
-from bench.procs import Child, memory_kb, open_files_limit, raise_open_files_limit, wait_for
+from bench.procs import Child, memory_kb, open_files_limit, raise_open_files_limit
 from bench.report import Area, Figure, Table, at_most, progress, unjudged
+from emulator.errors import ReadinessTimeout
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.wait import wait_until
 
 # MD5 rather than RDS Proxy's default SCRAM: SCRAM's 4,096 key-derivation rounds per login would
 # make the login time about hashing, and leave the memory held per client the same.
@@ -174,10 +176,13 @@ def _log_out(emulator: RdsProxyEmulator, children: list[Child], timeout: float) 
     for child in children:
         child.stop(timeout=timeout)
     try:
-        seconds = wait_for(
-            lambda: _clients(emulator) == 0, timeout=timeout, what="clients gone", max_delay=0.5
+        seconds = wait_until(
+            lambda: _clients(emulator) == 0,
+            component="the proxy's clients (gone)",
+            timeout=timeout,
+            max_delay=0.5,
         )
-    except TimeoutError:
+    except ReadinessTimeout:
         return f"no: {_clients(emulator):,} left"
     return f"yes, in {seconds:.1f} s"
 

@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +168,3 @@ def stop_process_tree(popen: subprocess.Popen[Any], timeout: float, *, first: in
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-
-
-def wait_for(probe: Callable[[], bool], *, timeout: float, what: str, max_delay: float = 0.1) -> float:
-    """Poll until probe() is true, doubling the pause up to max_delay; seconds taken, or TimeoutError."""
-    started = time.monotonic()
-    delay = 0.005
-    while not probe():
-        elapsed = time.monotonic() - started
-        if elapsed > timeout:
-            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-        time.sleep(min(delay, timeout - elapsed + 0.001))
-        delay = min(delay * 2, max_delay)
-    return time.monotonic() - started
