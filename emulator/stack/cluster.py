@@ -182,6 +182,9 @@ class ReplicatedCluster:
     certificate: ServerCertificate | None
     superuser_password: str
     topology_path: Path | None = None
+    # A server already running (the stack's, started before it knew it needed a cluster) becomes the
+    # writer; otherwise the cluster makes and starts its own writer.
+    writer_server: PostgresServer | None = None
     instances: list[Instance] = field(init=False, default_factory=list)
     generation: int = field(init=False, default=0)
     rejoin_error: BaseException | None = field(init=False, default=None)
@@ -196,6 +199,9 @@ class ReplicatedCluster:
             self.topology_path = self.workdir / TOPOLOGY_FILE
         names = instance_names(self.settings.kind, self.settings.identifier, self.settings.replicas)
         for index, name in enumerate(names):
+            if index == 0 and self.writer_server is not None:
+                self.instances.append(Instance(name, self.writer_server, Role.WRITER))
+                continue
             directory = self.workdir / name
             server = PostgresServer(
                 directory,
@@ -237,8 +243,10 @@ class ReplicatedCluster:
 
     def start(self) -> None:
         writer = self.instances[0]
-        self._make_directory(writer)
-        writer.server.initialize()
+        adopted = writer.server.running
+        if not adopted:
+            self._make_directory(writer)
+            writer.server.initialize()
         writer.server.append_settings(
             [
                 # PostgreSQL 15's defaults, said out loud: replicas need them.
@@ -253,7 +261,12 @@ class ReplicatedCluster:
             "Added by the local twin's cluster: streaming replication",
         )
         self._write_instance_conf(writer)
-        writer.server.start()
+        if adopted:
+            # Every setting above takes effect on a reload; wal_level and max_wal_senders, which
+            # would need a restart, are already PostgreSQL's defaults.
+            writer.server.signal(signal.SIGHUP)
+        else:
+            writer.server.start()
         with writer.server.admin_connection() as conn:
             conn.execute(
                 sql.SQL("CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
@@ -278,13 +291,13 @@ class ReplicatedCluster:
 
     def _make_directory(self, instance: Instance) -> None:
         directory = instance.server.workdir
-        directory.mkdir(parents=True, exist_ok=True)
-        hand_over(directory, self.user)
+        if not directory.exists():
+            directory.mkdir(parents=True)
+            hand_over(directory, self.user)
 
     def _write_instance_conf(self, instance: Instance) -> None:
         lines = [
             f"port = {instance.server.port}",
-            f"cluster_name = '{instance.name}'",
             # Only an Aurora replica serves reads; a Multi-AZ standby refuses connections (57P03).
             f"hot_standby = {'off' if self.settings.kind is ClusterKind.MULTI_AZ else 'on'}",
         ]
@@ -378,11 +391,8 @@ class ReplicatedCluster:
         with self._state_lock:
             self.generation += 1
             self._changed_at = time.time()
-            path = self.topology_path
-            assert path is not None
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(self.topology(), indent=1) + "\n")
-            os.replace(tmp, path)
+            assert self.topology_path is not None
+            write_topology(self.topology_path, self.topology())
 
     # -- failover -------------------------------------------------------------------------------
 
@@ -517,6 +527,24 @@ class ReplicatedCluster:
             yield conn
 
 
+def write_topology(path: Path, topology: dict[str, Any]) -> None:
+    """Atomically (tmp + os.replace): a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(topology, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def single_topology(name: str, server: PostgresServer) -> dict[str, Any]:
+    """The topology of one instance (kind single), for the database endpoint when it runs."""
+    return {
+        "generation": 1,
+        "kind": str(ClusterKind.SINGLE),
+        "writer": name,
+        "changed_at": time.time(),
+        "instances": [Instance(name, server, Role.WRITER).describe()],
+    }
+
+
 def read_topology(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
@@ -531,4 +559,6 @@ __all__ = [
     "Role",
     "instance_names",
     "read_topology",
+    "single_topology",
+    "write_topology",
 ]
