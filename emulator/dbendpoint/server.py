@@ -38,11 +38,20 @@ class DatabaseEndpoints:
         self._poller: asyncio.Task[None] | None = None
         self._ready_file: str | None = None
         self._reported_problem: str | None = None
+        self._visible_generation: int | None = None
 
     def current(self) -> Topology:
         """The topology new connections see: the file stat()ed now, its changes after the delay."""
         self._refresh()
-        return self.topology.current()
+        current = self.topology.current()
+        if current.generation != self._visible_generation:
+            if self._visible_generation is not None:
+                log.info(
+                    f"Topology generation {current.generation} visible:"
+                    f" new connections reach writer {current.writer}."
+                )
+            self._visible_generation = current.generation
+        return current
 
     def _refresh(self) -> None:
         changed = self.topology.refresh()
@@ -91,7 +100,7 @@ class DatabaseEndpoints:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_seconds)
-            self._refresh()
+            self.current()
             if await self._add_instances(self.topology.latest()):
                 self._write_ready_file()
 

@@ -32,6 +32,12 @@ class ClientStream:
         address = self.writer.get_extra_info("peername")
         return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The endpoint's address the client connected to (an IAM token is signed for host:port)."""
+        address = self.writer.get_extra_info("sockname")
+        return str(address[0]), int(address[1])
+
     async def read_message(self, max_size: int = MAX_STARTUP_MESSAGE) -> tuple[int, bytes]:
         """One typed message (type byte, body): a gate reads PasswordMessage and SASL responses so."""
         kind, length = _HEADER.unpack(await self.reader.readexactly(5))

@@ -50,6 +50,7 @@ def test_the_writer_endpoint_follows_a_change_only_after_the_dns_ttl(
         timeout=ttl + 20,
     )
     assert time.time() - changed_at >= ttl
+    assert "Topology generation 2 visible" in endpoint.process.log_path.read_text()
     # Instance endpoints never move.
     ports = endpoint.process.instance_ports
     assert server_port(ports["db-instance-1"]) == a.port
