@@ -88,11 +88,8 @@ class UpstreamStream:
 
 async def open_upstream(instance: Instance, timeout: float) -> UpstreamStream:
     """Connect to the instance; OSError (refused, unreachable) or TimeoutError when it is down."""
+    # asyncio and uvloop both set TCP_NODELAY on their TCP connections.
     reader, writer = await asyncio.wait_for(asyncio.open_connection(instance.host, instance.port), timeout)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return UpstreamStream(reader, writer, instance)
 
 
