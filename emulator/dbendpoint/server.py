@@ -81,7 +81,7 @@ class DatabaseEndpoints:
         self.writer = self._listener(WriterRoute())
         await self.writer.start(self.settings.writer_port)
         if topology.kind == "aurora":
-            self.reader = self._listener(ReaderRoute())
+            self.reader = self._listener(ReaderRoute(self.settings.reader_balancing))
             await self.reader.start(self.settings.reader_port)
         await self._add_instances(topology)
         self._write_ready_file()

@@ -56,3 +56,11 @@ def test_an_instance_endpoint_stays_on_its_instance() -> None:
 
 def test_no_writer_points_nowhere() -> None:
     assert WriterRoute().pick(cluster(("r", "reader", True), writer=None)) is None
+
+
+def test_the_reader_endpoint_at_random_reaches_every_replica_and_only_them() -> None:
+    topology = cluster(("w", "writer", True), ("r1", "reader", True), ("r2", "reader", True))
+    route = ReaderRoute("random")
+    picks = {picked.name for picked in (route.pick(topology) for _ in range(200)) if picked is not None}
+    # 200 draws miss one of two replicas with probability 2 x 2^-200.
+    assert picks == {"r1", "r2"}

@@ -30,6 +30,7 @@ def test_settings_round_trip_through_their_file(tmp_path: Path) -> None:
         ({"topology_file": "t", "dns_ttl_seconds": -1}, "dns_ttl_seconds must be 0 or more"),
         ({"topology_file": "t", "tls_cert_file": "c.pem"}, "tls_cert_file and tls_key_file go together"),
         ({"topology_file": "t", "writer_port": 70000}, "ports must be between 0 and 65535"),
+        ({"topology_file": "t", "reader_balancing": "least"}, "reader_balancing is round-robin or random"),
         ({"topology_file": "t", "dns_ttl": 5}, "unknown database endpoint settings: dns_ttl"),
     ],
 )
