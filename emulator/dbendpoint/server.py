@@ -101,7 +101,13 @@ class DatabaseEndpoints:
         while True:
             await asyncio.sleep(self.settings.poll_interval_seconds)
             self.current()
-            if await self._add_instances(self.topology.latest()):
+            try:
+                added = await self._add_instances(self.topology.latest())
+            except OSError as exc:
+                # A configured port already taken: the other endpoints go on; retried next poll.
+                log.warning(f"Could not open an instance endpoint: {exc}")
+                continue
+            if added:
                 self._write_ready_file()
 
     def ports(self) -> dict[str, Any]:
