@@ -87,27 +87,24 @@ class DatabaseEndpoints:
         self._write_ready_file()
         self._poller = asyncio.create_task(self._poll())
 
-    async def _add_instances(self, topology: Topology) -> bool:
-        added = False
+    async def _add_instances(self, topology: Topology) -> None:
         for instance in topology.instances:
             if instance.name not in self.instances:
                 listener = self._listener(InstanceRoute(instance.name))
                 await listener.start(self.settings.instance_ports.get(instance.name, 0))
                 self.instances[instance.name] = listener
-                added = True
-        return added
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_seconds)
             self.current()
+            known = len(self.instances)
             try:
-                added = await self._add_instances(self.topology.latest())
+                await self._add_instances(self.topology.latest())
             except OSError as exc:
                 # A configured port already taken: the other endpoints go on; retried next poll.
                 log.warning(f"Could not open an instance endpoint: {exc}")
-                continue
-            if added:
+            if len(self.instances) != known:
                 self._write_ready_file()
 
     def ports(self) -> dict[str, Any]:
