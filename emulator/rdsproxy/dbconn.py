@@ -135,6 +135,8 @@ class DbConnection:
         self.broken = False
         # The clientConnection id of the session that borrowed it (0 while pooled).
         self.owner = 0
+        # The target instance it is connected to (its name in target_instances, or target_name).
+        self.instance = ""
 
     @classmethod
     async def open(

@@ -10,7 +10,7 @@ from typing import Any
 
 from emulator.rdsproxy.admin import AdminEndpoint
 from emulator.rdsproxy.client import ClientProtocol
-from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.config import Instance, ProxyConfig
 from emulator.rdsproxy.dbconn import DbConnection, PoolKey
 from emulator.rdsproxy.metrics import MetricsPublisher
 from emulator.rdsproxy.pool import Pool
@@ -30,6 +30,10 @@ class ProxyListener:
         self.log = log or ProxyLog(debug=config.debug_logging)
         self.pool = Pool(self._open, self.stats, idle_seconds=config.idle_connection_seconds)
         self.target = Target(config, self.stats, self.log, self.pool)
+        # A replicated target: a connection found dead may mean the writer is gone, and once another
+        # instance is the writer, the old one's connections are let go.
+        self.pool.on_dead = lambda conn: self.target.connection_lost(conn, "an idle connection was closed")
+        self.target.writer_changed.append(self._writer_changed)
         self.sessions: set[ClientSession] = set()
         tls_context: ssl.SSLContext | None = None
         if config.tls_available:
@@ -74,8 +78,15 @@ class ProxyListener:
         self.pool.idle_keep = self.config.idle_keep(self.target.max_connections)
         self.stats.max_database_connections_allowed = self.pool.cap
         self.log.info(
-            f"Target {self.config.target_host}:{self.config.target_port} is available: max_connections="
+            f"Target {self.target.writer.address} is available: max_connections="
             f"{self.target.max_connections}, MaxDatabaseConnectionsAllowed={self.pool.cap}."
+        )
+
+    def _writer_changed(self, old: Instance, new: Instance) -> None:
+        closed = self.pool.let_go(old.name)
+        self.log.info(
+            f"Failover: the writer is now {new.name} at {new.address}; {closed} database connections "
+            f"to {old.name} were closed."
         )
 
     async def _open(self, key: PoolKey) -> DbConnection:
@@ -105,6 +116,7 @@ class ProxyListener:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.target.stop()
         if self._listener is not None:
             self._listener.close()
         self.admin.stop()
@@ -128,6 +140,8 @@ class ProxyListener:
             "total": self.pool.total,
             "idle": self.pool.idle_count(),
             "borrowed": len(self.pool.borrowed),
+            # Being opened for a borrow (e.g. waiting for the writer during a failover).
+            "opening": self.pool.total - self.pool.idle_count() - len(self.pool.borrowed),
         }
         data["borrowed"] = [{"db_connection": c.id, "owner": c.owner} for c in self.pool.borrowed]
         data["backend_pids"] = sorted(conn.process_id for conn in connections)
@@ -135,4 +149,7 @@ class ProxyListener:
         data["target_available"] = self.target.availability.available
         data["target_unavailable_reason"] = self.target.availability.reason
         data["target_max_connections"] = self.target.max_connections
+        data["target_writer"] = self.target.writer.name if self.target.writer_known else None
+        data["target_roles"] = {name: role.value for name, role in self.target.roles.items()}
+        data["failovers"] = self.target.failovers
         return data

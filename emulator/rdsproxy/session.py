@@ -696,18 +696,23 @@ class ClientSession:
             self._closing_because(texts.TCP_CLOSED)
             self.writer.close()
             return
-        error = m.error_response(
-            "ERROR",
-            texts.CONNECTION_FAILURE,
-            "The database connection closed in the middle of a request."
-            if in_flight
-            else "The database connection closed in the middle of a transaction.",
-        )
+        # Not the client's doing: the database (or the writer of a replicated target) may be gone.
+        self.deps.target.connection_lost(conn, str(exc))
         if self.pinned is not None:
             # A pinned session's state lived on that connection and is gone: end the session.
-            self._fatal(texts.CONNECTION_FAILURE, "The database connection of this pinned session was lost.")
+            self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST)
+            self._closing_because(texts.PINNED_CONNECTION_LOST)
             self.writer.close()
             return
+        if not in_flight and not in_transaction:
+            return  # between requests (a pinned session's only): nothing of the client's was lost
+        message = texts.LOST_MID_REQUEST if in_flight else texts.LOST_MID_TRANSACTION
+        if self.deps.config.failover_error_severity == "FATAL":
+            self._fatal(texts.CONNECTION_FAILURE, message)
+            self._closing_because(message)
+            self.writer.close()
+            return
+        error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message)
         if in_flight:
             self._to_client([error, m.ready_for_query(b"I")])
         elif in_transaction:
