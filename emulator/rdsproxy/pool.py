@@ -111,7 +111,8 @@ class Pool:
             log.error("lent database connection %s out of sync: %s", conn.id, conn.state.router.pending())
         self.borrowed.add(conn)
         self.stats.borrows += 1
-        self.stats.borrow_latency.add(waited_us)
+        # DatabaseConnectionsBorrowLatency is the borrower's endpoint's: the session records it.
+        conn.waited_us = waited_us
         self._publish()
 
     def _publish(self) -> None:
@@ -278,6 +279,11 @@ class Pool:
     @property
     def total(self) -> int:
         return self._total
+
+    @property
+    def busy(self) -> int:
+        """Connections borrowed or being opened, and borrows waiting in line."""
+        return self._total - self.idle_count() + len(self._waiters)
 
     def connections(self) -> list[DbConnection]:
         """Every open connection, idle or borrowed."""

@@ -21,9 +21,9 @@ from emulator.rdsproxy import texts
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
-from emulator.rdsproxy.lending import Pin, align, borrow, give_back
+from emulator.rdsproxy.lending import Lender, Pin, align, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
-from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
+from emulator.rdsproxy.pool import BorrowTimeout, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
@@ -83,7 +83,7 @@ class SessionDeps:
     config: ProxyConfig
     stats: Stats
     log: ProxyLog
-    pool: Pool
+    pool: Lender
     target: Target
     statement_names: StatementNames
     tls_context: ssl.SSLContext | None
@@ -626,6 +626,7 @@ class ClientSession:
         return self._attach(conn)
 
     def _attach(self, conn: DbConnection) -> DbConnection:
+        self.deps.stats.borrow_latency.add(conn.waited_us)
         conn.owner = self.id
         self.backend = conn
         conn.attach(self._from_backend, self._lost_from_backend)

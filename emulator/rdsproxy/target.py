@@ -71,6 +71,10 @@ class Target:
         # Called with (old, new) when the writer changes (the pool lets go of the old one's connections).
         self.writer_changed: list[Callable[[Instance, Instance], None]] = []
         self.failovers = 0
+        # Called whenever what the instances are (self.roles) changes: reader pools follow.
+        self.roles_changed: list[Callable[[], None]] = []
+        self._refresh: asyncio.Task[None] | None = None
+        self._refreshed = 0.0
 
     @property
     def ready(self) -> bool:
@@ -105,12 +109,22 @@ class Target:
         return Credentials(str(secret["username"]), str(secret["password"]))
 
     async def open_connection(self, key: PoolKey) -> DbConnection:
-        """A new database connection (the pool's opener), counted as RDS Proxy's metrics count them."""
-        assert self.credentials is not None
+        """A new database connection to the writer (the writer pool's opener), counted as RDS Proxy's
+        metrics count them; it waits while a replicated target's writer is being looked for."""
         if not self._writer_known.is_set():
             await self._writer_known.wait()
         instance = self.writer
-        stats = self.stats
+        try:
+            return await self.open_to(instance, key, self.stats)
+        except DatabaseUnavailable as exc:
+            self.availability.down(str(exc))
+            if not exc.full:
+                self.writer_lost(instance, str(exc))
+            raise
+
+    async def open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
+        """A new database connection to this instance, counted in stats (its pool's)."""
+        assert self.credentials is not None
         stats.database_connection_requests += 1
         try:
             conn = await DbConnection.open(
@@ -125,18 +139,14 @@ class Target:
         except DatabaseError as exc:
             stats.database_connections_setup_failed += 1
             if exc.sqlstate in ("57P03", "57P01", "53300"):  # starting up, shutting down, or full
-                self.availability.down(str(exc))
-                if exc.sqlstate != "53300":
-                    self.writer_lost(instance, str(exc))
-                raise DatabaseUnavailable(str(exc)) from exc
+                raise DatabaseUnavailable(str(exc), full=exc.sqlstate == "53300") from exc
             raise
-        except DatabaseUnavailable as exc:
+        except DatabaseUnavailable:
             stats.database_connections_setup_failed += 1
-            self.availability.down(str(exc))
-            self.writer_lost(instance, str(exc))
             raise
         conn.instance = instance.name
-        self.availability.up()
+        if instance == self.writer:
+            self.availability.up()
         stats.database_connections_setup_succeeded += 1
         # Every connection starts as the discovery connection did (the same init_query ran on it).
         conn.state.unreported.update(self.unreported_defaults)
@@ -213,8 +223,12 @@ class Target:
     def connection_lost(self, conn: DbConnection, reason: str) -> None:
         """A database connection died (under a client, or while pooled): when it was the writer's,
         the writer may be gone."""
-        if self.replicated and conn.instance == self.writer.name:
+        if not self.replicated:
+            return
+        if conn.instance == self.writer.name:
             self.writer_lost(self.writer, reason)
+        else:
+            self.refresh_soon()
 
     def writer_lost(self, instance: Instance, reason: str) -> None:
         """The writer did not answer: new connections wait while every instance is asked which is
@@ -242,7 +256,7 @@ class Target:
         while True:
             observations = await observe_all(self.instances, self.credentials)
             rounds += 1
-            self.roles = {seen.instance.name: seen.role for seen in observations}
+            self._learn(observations)
             writer = next((seen.instance for seen in observations if seen.role is Role.WRITER), None)
             if writer is not None:
                 break
@@ -264,9 +278,48 @@ class Target:
             for changed in self.writer_changed:
                 changed(old, writer)
 
+    def _learn(self, observations: list[Observation]) -> None:
+        roles = {seen.instance.name: seen.role for seen in observations}
+        self._refreshed = time.monotonic()
+        if roles != self.roles:
+            self.roles = roles
+            for changed in self.roles_changed:
+                changed()
+
+    def refresh_soon(self) -> None:
+        """Ask every instance again now (a reader's connection was lost), unless that is under way."""
+        if self.replicated and self._search is None and self._refresh is None and self.credentials:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_roles())
+
+    def refresh_due(self, every: float) -> None:
+        """RDS Proxy monitors its targets: what the instances are is asked again every `every` s."""
+        if time.monotonic() - self._refreshed >= every:
+            self.refresh_soon()
+
+    async def _refresh_roles(self) -> None:
+        assert self.credentials is not None
+        try:
+            observations = await observe_all(self.instances, self.credentials)
+            if self._search is not None:
+                return  # the writer search's own observations are newer
+            self._learn(observations)
+            role = self.roles.get(self.writer.name)
+            if role is not Role.WRITER:
+                detail = next(seen.detail for seen in observations if seen.instance == self.writer)
+                self.writer_lost(
+                    self.writer, f"it is {role.value if role else 'unknown'} now {detail}".strip()
+                )
+        finally:
+            self._refresh = None
+
+    def readable_replicas(self) -> list[Instance]:
+        """The instances that answered pg_is_in_recovery() = true when last asked, in order."""
+        return [i for i in self.instances if self.roles.get(i.name) is Role.READER]
+
     def stop(self) -> None:
-        if self._search is not None:
-            self._search.cancel()
+        for task in (self._search, self._refresh):
+            if task is not None:
+                task.cancel()
 
 
 def _describe(observations: list[Observation]) -> str:
