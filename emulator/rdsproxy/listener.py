@@ -293,6 +293,12 @@ class ProxyListener:
             "database_connections_setup_failed": stats.database_connections_setup_failed,
         }
 
+    def available(self, role: str) -> float:
+        """AvailabilityPercentage of a role as it is now: 100 or 0."""
+        if role == "READ_ONLY":
+            return 100.0 if self.readers.availability.available else 0.0
+        return 100.0 if self.target.ready and self.target.availability.available else 0.0
+
     def availability_percentage(self, role: str) -> float:
         """AvailabilityPercentage of a role over the period since the previous call."""
         if role == "READ_ONLY":

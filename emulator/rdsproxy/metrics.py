@@ -98,6 +98,8 @@ class Observed(Protocol):
 
     def availability_percentage(self, role: str) -> float: ...
 
+    def available(self, role: str) -> float: ...
+
 
 def _client_side(figures: dict[str, Any]) -> None:
     figures["client_connections_no_tls"] = figures["client_connections"] - figures["client_connections_tls"]
@@ -168,7 +170,6 @@ class MetricsPublisher:
     def rows(self, *, availability: bool = False) -> list[Row]:
         """The values of every dimension set (AvailabilityPercentage over the period since the last
         call when availability is asked for, else as it is now)."""
-        whole = self.proxy.snapshot()
         rows = [Row("DS1", self._dimensions("DS1"), self.values())]
         rows[0].latencies = {
             metric: Latencies.merged([stats_field(stats, name) for _, stats in self.proxy.endpoint_parts()])
@@ -206,10 +207,9 @@ class MetricsPublisher:
                 ]
             totals = {key: sum(part.figures[key] for part in mine) for key in mine[0].figures}
             values = _target_side(totals)
-            if availability:
-                values["AvailabilityPercentage"] = self.proxy.availability_percentage(role)
-            elif role == "READ_WRITE":
-                values["AvailabilityPercentage"] = 100.0 if whole.get("target_available", True) else 0.0
+            values["AvailabilityPercentage"] = (
+                self.proxy.availability_percentage(role) if availability else self.proxy.available(role)
+            )
             rows.append(
                 Row(
                     "DS4",

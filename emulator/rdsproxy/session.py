@@ -714,7 +714,11 @@ class ClientSession:
             self.writer.close()
             return
         error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message)
-        if in_flight:
+        if in_flight and conn.state.fatal:
+            # The server's own FATAL (a fast shutdown's 57P01) already answered the request: it is
+            # the client's error, and the request ends here.
+            self._to_client([m.ready_for_query(b"I")])
+        elif in_flight:
             self._to_client([error, m.ready_for_query(b"I")])
         elif in_transaction:
             # The client believes it is inside a transaction: its next statement must fail, not run alone.
