@@ -133,9 +133,6 @@ class ProxyConfig:
     failover_error_severity: Literal["ERROR", "FATAL"] = "ERROR"
     # While the writer is unknown, every instance is asked for its role this often (milliseconds).
     failover_probe_interval_ms: int = 100
-    # What a READ_ONLY endpoint does when no replica is readable: wait for one, like a borrow
-    # during a failover, up to connection_borrow_timeout ("wait"), or borrow from the writer ("writer").
-    read_only_without_readers: Literal["wait", "writer"] = "wait"
 
     def __post_init__(self) -> None:
         if self.max_idle_connections_percent is None:
@@ -170,8 +167,6 @@ class ProxyConfig:
             problems.append("failover_error_severity must be ERROR or FATAL")
         if not 10 <= self.failover_probe_interval_ms <= 10_000:
             problems.append("failover_probe_interval_ms must be between 10 and 10000")
-        if self.read_only_without_readers not in ("wait", "writer"):
-            problems.append("read_only_without_readers must be wait or writer")
         try:
             self.instances()
             self.endpoints()

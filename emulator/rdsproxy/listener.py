@@ -13,7 +13,7 @@ from typing import Any
 from emulator.rdsproxy.admin import AdminEndpoint
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import Endpoint, Instance, ProxyConfig
-from emulator.rdsproxy.dbconn import DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.metrics import MetricsPublisher, TargetPart
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.protocol.statements import StatementNames
@@ -60,7 +60,7 @@ class ProxyListener:
         # instance is the writer, the old one's connections are let go.
         self.pool.on_dead = lambda conn: self.target.connection_lost(conn, "an idle connection was closed")
         self.target.writer_changed.append(self._writer_changed)
-        self.readers = ReaderPools(config, self.target, self.pool, self._reader_pool)
+        self.readers = ReaderPools(config, self.target, self._reader_pool)
         self.sessions: set[ClientSession] = set()
         tls_context: ssl.SSLContext | None = None
         if config.tls_available:
@@ -90,6 +90,11 @@ class ProxyListener:
 
     def _reader_pool(self, instance: Instance, stats: Stats) -> Pool:
         async def opener(key: PoolKey) -> DbConnection:
+            if instance not in self.target.readable_replicas():
+                # Promoted, fenced or gone since the borrow chose it: never a read-only endpoint's
+                # connection to a writer; the borrow waits (it may be a replica again) or times out.
+                self.target.refresh_soon()
+                raise DatabaseUnavailable(f"{instance.name} is not a readable replica now")
             return await self.target.open_to(instance, key, stats)
 
         pool = Pool(opener, stats, idle_seconds=self.config.idle_connection_seconds)

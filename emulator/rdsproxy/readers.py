@@ -6,6 +6,13 @@ taken in turn): a Lambda burst then spreads over the replicas at once, where pla
 keep sending work to a replica whose pool is full while another's has room. A replica that stops
 being readable (promoted, fenced, unreachable) is let go: its connections are closed, so a read-only
 endpoint never runs anything on a writer.
+
+Without a readable replica, as AWS documents for proxy endpoints ("Using reader endpoints with Aurora
+clusters"): when the target has no reader instances at all (a single instance, or a Multi-AZ
+instance whose standby is not readable), requests "fail with an error"; when it has some (an
+instance was seen readable) but none is available, "RDS Proxy waits to send the request instead of
+returning an error immediately. If no reader instance becomes available within the connection
+borrow timeout period, the request fails with an error" (the borrow timeout's).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import math
 import time
 from collections.abc import Callable
 
+from emulator.rdsproxy import texts
 from emulator.rdsproxy.config import Instance, ProxyConfig
-from emulator.rdsproxy.dbconn import DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.stats import Stats
 from emulator.rdsproxy.target import Availability, Target
@@ -28,10 +36,9 @@ PoolFactory = Callable[[Instance, Stats], Pool]
 class ReaderPools:
     """The Lender of READ_ONLY endpoints (borrow_now, borrow, release, as a Pool)."""
 
-    def __init__(self, config: ProxyConfig, target: Target, writer: Pool, make_pool: PoolFactory) -> None:
+    def __init__(self, config: ProxyConfig, target: Target, make_pool: PoolFactory) -> None:
         self.config = config
         self.target = target
-        self.writer = writer
         self._make_pool = make_pool
         self.pools: dict[str, Pool] = {}
         self._turn = itertools.count()
@@ -74,17 +81,15 @@ class ReaderPools:
         if self.closed:
             raise PoolClosed
         pool = self._choose()
-        if pool is None:
-            return self.writer.borrow_now(key) if self.config.read_only_without_readers == "writer" else None
-        return pool.borrow_now(key)
+        return None if pool is None else pool.borrow_now(key)
 
     async def borrow(self, key: PoolKey, timeout: float | None) -> DbConnection:
         deadline = time.monotonic() + timeout if timeout is not None else math.inf
         while (pool := self._choose()) is None:
             if self.closed:
                 raise PoolClosed
-            if self.config.read_only_without_readers == "writer":
-                return await self.writer.borrow(key, timeout)
+            if not self.target.readers_seen:
+                raise DatabaseError({"C": texts.CONNECTION_EXCEPTION, "M": texts.NO_READER_INSTANCES})
             # No readable replica: wait for one, as a borrow waits for the writer during a failover.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -101,8 +106,8 @@ class ReaderPools:
         pool = self.pools.get(conn.instance)
         if pool is not None and conn in pool.borrowed:
             pool.release(conn, reusable=reusable)
-        else:  # borrowed from the writer (read_only_without_readers = writer)
-            self.writer.release(conn, reusable=reusable)
+        else:  # its replica's pool is gone (never expected): closed
+            conn.close()
 
     def sweep(self, cap: int, idle_keep: int) -> None:
         """The house-keeping of each reader pool (the listener's once-a-second sweep)."""

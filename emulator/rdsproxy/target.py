@@ -74,6 +74,8 @@ class Target:
         # Called whenever what the instances are (self.roles) changes: reader pools follow.
         self.roles_changed: list[Callable[[], None]] = []
         self._refresh: asyncio.Task[None] | None = None
+        # The instances ever seen as readable replicas: the target "has reader instances".
+        self.readers_seen: set[str] = set()
         self._refreshed = 0.0
 
     @property
@@ -280,6 +282,7 @@ class Target:
 
     def _learn(self, observations: list[Observation]) -> None:
         roles = {seen.instance.name: seen.role for seen in observations}
+        self.readers_seen.update(name for name, role in roles.items() if role is Role.READER)
         self._refreshed = time.monotonic()
         if roles != self.roles:
             self.roles = roles

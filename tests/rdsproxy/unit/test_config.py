@@ -125,7 +125,6 @@ def test_target_instances_and_proxy_endpoints_are_read_from_the_command_line() -
         ({"proxy_endpoints": ["reads"]}, "expected NAME=ROLE:PORT"),
         ({"failover_error_severity": "WARNING"}, "ERROR or FATAL"),
         ({"failover_probe_interval_ms": 0}, "between 10 and 10000"),
-        ({"read_only_without_readers": "fail"}, "wait or writer"),
     ],
 )
 def test_replication_settings_are_checked(settings: dict[str, object], problem: str) -> None:
