@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from emulator.rdsproxy.config import Instance
@@ -62,10 +63,15 @@ async def observe(instance: Instance, credentials: Credentials, *, timeout: floa
     return Observation(instance, Role.READER if recovering == "t" else Role.WRITER)
 
 
-async def observe_all(instances: list[Instance], credentials: Credentials) -> list[Observation]:
+async def observe_all(
+    instances: list[Instance], credentials_for: Callable[[Instance], Credentials]
+) -> list[Observation]:
     """Every instance at once (one that hangs does not hold the others up), in the given order."""
     return list(
         await asyncio.gather(
-            *(observe(instance, credentials, timeout=PROBE_TIMEOUT_SECONDS) for instance in instances)
+            *(
+                observe(instance, credentials_for(instance), timeout=PROBE_TIMEOUT_SECONDS)
+                for instance in instances
+            )
         )
     )

@@ -124,16 +124,22 @@ class Target:
                 self.writer_lost(instance, str(exc))
             raise
 
+    def database_credentials(self, instance: Instance) -> Credentials:
+        """What the proxy logs in to this instance with (its pooled connections and its questions):
+        the one place where where they come from is decided."""
+        assert self.credentials is not None
+        return self.credentials
+
     async def open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
         """A new database connection to this instance, counted in stats (its pool's)."""
-        assert self.credentials is not None
+        credentials = self.database_credentials(instance)
         stats.database_connection_requests += 1
         try:
             conn = await DbConnection.open(
                 instance.host,
                 instance.port,
                 key,
-                self.credentials,
+                credentials,
                 application_name=_APPLICATION_NAME,
                 init_query=self.config.init_query,
                 timeout=10,
@@ -256,7 +262,7 @@ class Target:
         interval = self.config.failover_probe_interval_ms / 1000
         rounds = 0
         while True:
-            observations = await observe_all(self.instances, self.credentials)
+            observations = await observe_all(self.instances, self.database_credentials)
             rounds += 1
             self._learn(observations)
             writer = next((seen.instance for seen in observations if seen.role is Role.WRITER), None)
@@ -302,7 +308,7 @@ class Target:
     async def _refresh_roles(self) -> None:
         assert self.credentials is not None
         try:
-            observations = await observe_all(self.instances, self.credentials)
+            observations = await observe_all(self.instances, self.database_credentials)
             if self._search is not None:
                 return  # the writer search's own observations are newer
             self._learn(observations)
