@@ -5,6 +5,7 @@ get an error (none hangs), pinned sessions are closed, borrows wait for the new 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections.abc import Iterator
@@ -24,8 +25,10 @@ pytestmark = pytest.mark.integration
 _runs = itertools.count(1)
 
 
-@pytest.fixture
-def pair(stack: EmbeddedStack) -> Iterator[tuple[PostgresServer, PostgresServer, ProxyUnderTest]]:
+@contextlib.contextmanager
+def _two_instances(
+    stack: EmbeddedStack, **settings: Any
+) -> Iterator[tuple[PostgresServer, PostgresServer, ProxyUnderTest]]:
     run = next(_runs)
     first = start_instance(stack, f"failover-a-{run}")
     second = start_instance(stack, f"failover-b-{run}")
@@ -34,6 +37,7 @@ def pair(stack: EmbeddedStack) -> Iterator[tuple[PostgresServer, PostgresServer,
             "target_instances": [f"db-a={first.host}:{first.port}", f"db-b={second.host}:{second.port}"],
             "connection_borrow_timeout": 30,
             "max_connections_percent": 50,
+            **settings,
         },
         name=f"rdsproxy-failover-{run}",
     )
@@ -45,6 +49,12 @@ def pair(stack: EmbeddedStack) -> Iterator[tuple[PostgresServer, PostgresServer,
         emulator.stop()
         first.stop()
         second.stop()
+
+
+@pytest.fixture
+def pair(stack: EmbeddedStack) -> Iterator[tuple[PostgresServer, PostgresServer, ProxyUnderTest]]:
+    with _two_instances(stack) as started:
+        yield started
 
 
 def _port(conn: psycopg.Connection[Any]) -> int:
@@ -150,3 +160,17 @@ def test_a_borrow_waits_while_no_instance_is_the_writer_and_succeeds_once_one_is
     assert outcome["port"] == second.port
     assert proxy.stats()["target_writer"] == "db-b"
     client.close()
+
+
+def test_with_failover_error_severity_fatal_a_client_in_a_transaction_is_closed(stack: EmbeddedStack) -> None:
+    with _two_instances(stack, failover_error_severity="FATAL") as (first, second, proxy):
+        idle = proxy.connect()
+        in_transaction = proxy.connect()
+        in_transaction.execute("BEGIN")
+        in_transaction.execute("SELECT 1")
+        stop_immediately(first)
+        with pytest.raises(psycopg.OperationalError, match="middle of a transaction"):
+            in_transaction.execute("SELECT 1")
+        assert in_transaction.closed
+        assert _port(idle) == second.port  # idle clients survive whatever the setting
+        idle.close()
