@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     stage_cli.add_parser(commands)
     _add_proxy(commands)
     _add_report(commands)
+    _add_rotate_secret(commands)
     sqlcheck_cli.add_parser(commands)
     _add_demo(commands)
     return parser
@@ -282,6 +283,35 @@ def _add_report(commands: Commands) -> None:
         default="text",
         help="text (tables, for people) or json (for scripts); default: %(default)s",
     )
+
+
+def _add_rotate_secret(commands: Commands) -> None:
+    rotate = commands.add_parser(
+        "rotate-secret",
+        help="rotate the proxy's secret of a running `up`, as Secrets Manager's single-user rotation does",
+        description="Rotate the database secret of the stack a running `up --env-file FILE` started: a new "
+        "password as the secret's AWSPENDING version, ALTER ROLE on the database as the secret's user, a "
+        "test login, then AWSCURRENT moved to the new version. Connections already open keep working; the "
+        "proxy reads the new version within its secret_refresh_seconds (the command waits for it), or at "
+        "once when the database refuses the old password. FILE's PGPASSWORD becomes the new password.",
+    )
+    rotate.add_argument(
+        "--env-file", type=Path, required=True, metavar="FILE", help="the env file of the running `up`"
+    )
+
+
+def _rotate_secret(args: argparse.Namespace) -> int:
+    from emulator.stack.rotation import rotate_from_env_file  # noqa: PLC0415
+
+    if not args.env_file.is_file():
+        _usage_error(f"--env-file {args.env_file}: no such file (is `up --env-file` running?)")
+    rotated = rotate_from_env_file(args.env_file)
+    rotation = rotated.rotation
+    print(f"Rotated {rotation.secret_arn} (user {rotation.user}): version {rotation.version} is AWSCURRENT")
+    if rotated.proxy_seconds is not None:
+        print(f"RDS Proxy    the proxy reads the new version after {rotated.proxy_seconds:.1f} s")
+    print(f"Environment  {args.env_file}: PGPASSWORD is the new password")
+    return 0
 
 
 def _add_demo(commands: Commands) -> None:
@@ -567,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "proxy": proxy_main.command,
         "report": _report,
+        "rotate-secret": _rotate_secret,
         "check-sql": sqlcheck_cli.run,
         "stage": stage_cli.run,
     }

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from typing import Protocol
 
-import boto3
-
 from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.credentials import database_credentials
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.protocol.parameters import UNREPORTED
 from emulator.rdsproxy.protocol.pinning import PINNING_FUNCTIONS
@@ -37,7 +35,8 @@ class Target:
         self.stats = stats
         self.log = log
         self.lender = lender
-        self.credentials: Credentials | None = None
+        # The secret (re-read on rotation) or, with end-to-end IAM, generated tokens.
+        self.credentials = database_credentials(config, log)
         # The server's session defaults (what a client that chose nothing gets) and its max_connections.
         self.baseline_params: dict[str, str] = {}
         self.unreported_defaults: dict[str, str] = {UNREPORTED: "1"}
@@ -59,8 +58,7 @@ class Target:
 
     def credentials_for(self, user: str) -> Credentials | None:
         """The secret's credentials when they are for this user (one secret, one user)."""
-        credentials = self.credentials
-        return credentials if credentials is not None and credentials.user == user else None
+        return self.credentials.for_client(user)
 
     def secret_key_for(self, access_key_id: str) -> str | None:
         """The secret key that signs IAM tokens: the credentials this proxy was given."""
@@ -73,21 +71,21 @@ class Target:
             await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def load_secret(self) -> None:
-        self.credentials = await asyncio.get_running_loop().run_in_executor(None, self._read_secret)
-
-    def _read_secret(self) -> Credentials:
-        client = boto3.session.Session().client(
-            "secretsmanager",
-            endpoint_url=self.config.aws_endpoint_url or None,
-            region_name=self.config.region,
-        )
-        secret = json.loads(client.get_secret_value(SecretId=self.config.secret_arn)["SecretString"])
-        # The proxy ignores every other field (host, port, engine) of the secret, as RDS Proxy does.
-        return Credentials(str(secret["username"]), str(secret["password"]))
+        await self.credentials.load()
 
     async def open_connection(self, key: PoolKey) -> DbConnection:
         """A new database connection (the pool's opener), counted as RDS Proxy's metrics count them."""
-        assert self.credentials is not None
+        try:
+            return await self._open_connection(key)
+        except DatabaseError as exc:
+            # The password was refused: the secret may have been rotated; read it again, try again.
+            if exc.sqlstate == "28P01" and await self.credentials.refused():
+                return await self._open_connection(key)
+            raise
+
+    async def _open_connection(self, key: PoolKey) -> DbConnection:
+        host, port = self.config.target_host, self.config.target_port
+        credentials = await self.credentials.for_connection(key.user, host, port)
         stats = self.stats
         stats.database_connection_requests += 1
         try:
@@ -95,7 +93,7 @@ class Target:
                 self.config.target_host,
                 self.config.target_port,
                 key,
-                self.credentials,
+                credentials,
                 application_name=_APPLICATION_NAME,
                 init_query=self.config.init_query,
                 timeout=10,
@@ -143,19 +141,21 @@ class Target:
     async def probe(self) -> None:
         """While the target is unavailable: try a connection, so that availability comes back as soon
         as the database does (RDS Proxy monitors its targets), and close it."""
-        if self.availability.available or self.credentials is None:
+        await self.credentials.refresh_if_due()
+        if self.availability.available:
             return
+        credentials = self.credentials
         with contextlib.suppress(DatabaseUnavailable, DatabaseError):
-            conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=False))
+            conn = await self.open_connection(PoolKey("postgres", credentials.monitor_user, credentials.iam))
             conn.close()
 
     async def discover(self) -> None:
         """Read max_connections and the server's session defaults, retrying while the target is down."""
-        assert self.credentials is not None
         delay = 0.1
+        monitor = PoolKey("postgres", self.credentials.monitor_user, tls=True)
         while True:
             try:
-                conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=True))
+                conn = await self.open_connection(monitor)
                 break
             except (DatabaseUnavailable, DatabaseError) as exc:
                 self.log.info(f"Waiting for the database target: {exc}")
