@@ -28,6 +28,7 @@ from emulator.dbendpoint.settings import EndpointSettings
 from emulator.net import LOOPBACK
 from emulator.stack.postgres import PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.stack.process import hand_over, service_user
+from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config
 from emulator.stack.tls import LocalCA
 
 from .conftest import TLS_HOSTNAMES, instance, topology, write_topology
@@ -44,9 +45,14 @@ DATABASE = "appdb"
 
 @dataclass
 class IamLab:
+    workdir: Path
     server: PostgresServer
     endpoint: DatabaseEndpoint
-    ca: Path
+    authority: LocalCA
+
+    @property
+    def ca(self) -> Path:
+        return self.authority.ca_path
 
     @property
     def port(self) -> int:
@@ -101,7 +107,7 @@ def lab() -> Iterator[IamLab]:
             environment={"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
         )
         endpoint.start()
-        yield IamLab(server, endpoint, ca.ca_path)
+        yield IamLab(workdir, server, endpoint, ca)
     finally:
         if endpoint is not None:
             endpoint.stop()
@@ -262,3 +268,79 @@ def test_a_grant_of_rds_iam_takes_effect_for_new_logins(lab: IamLab) -> None:
     finally:
         with lab.server.admin_connection() as admin:
             admin.execute("DROP ROLE late_user")
+
+
+# -- end to end: client -> proxy (IAM) -> database endpoint (IAM) -> PostgreSQL -------------------
+
+
+@pytest.fixture(scope="module")
+def e2e_proxy(lab: IamLab) -> Iterator[RdsProxyEmulator]:
+    """An RDS Proxy emulator with default_auth_scheme IAM_AUTH and no secret, in front of the
+    database endpoint's instance endpoint (as the stack wires it)."""
+    # RDS Proxy creates rdsproxyadmin on its target; the emulator monitors as it, with IAM.
+    lab.server.create_proxy_admin_role()
+    certificate = lab.authority.issue_server("rdsproxy", TLS_HOSTNAMES)
+    config = emulator_config(
+        target_host=LOOPBACK,
+        target_port=lab.port,
+        secret_arn="",
+        aws_endpoint_url="",
+        region=REGION,
+        tls_cert_file=str(certificate.cert_path),
+        tls_key_file=str(certificate.key_path),
+        settings={
+            "default_auth_scheme": "IAM_AUTH",
+            "require_tls": True,
+            "publish_to_cloudwatch": False,
+            "max_connections_percent": 50,
+            "connection_borrow_timeout": 10,
+        },
+    )
+    assert config.iam_auth == "REQUIRED"  # IAM_AUTH is the clients' scheme too
+    proxy = RdsProxyEmulator(
+        lab.workdir / "rdsproxy",
+        config,
+        environment={"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": REGION},
+    )
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def through_proxy(lab: IamLab, proxy: RdsProxyEmulator, user: str, **extra: Any) -> psycopg.Connection[Any]:
+    return connect(lab, user, token(user, proxy.port), port=proxy.port, **extra)
+
+
+def test_end_to_end_iam_logs_in_to_the_database_as_the_clients_own_user(
+    lab: IamLab, e2e_proxy: RdsProxyEmulator
+) -> None:
+    with through_proxy(lab, e2e_proxy, IAM_USER) as conn:
+        row = conn.execute("SELECT session_user, current_database()").fetchone()
+        assert row == (IAM_USER, DATABASE)
+        # The proxy's database connection came through the endpoint's IAM gate: the unix socket.
+        row = conn.execute("SELECT client_addr FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (None,)
+    assert e2e_proxy.stats()["database_connections_setup_failed"] == 0
+
+
+def test_end_to_end_iam_refuses_a_user_without_rds_iam_with_the_databases_words(
+    lab: IamLab, e2e_proxy: RdsProxyEmulator
+) -> None:
+    # The proxy accepts the client's token (it is valid for the proxy); the database refuses the
+    # proxy's token for a user not granted rds_iam: the client gets PostgreSQL's failure through
+    # RDS Proxy's "Request returned an error" (28P01, FATAL).
+    with (
+        through_proxy(lab, e2e_proxy, PLAIN_USER) as conn,
+        pytest.raises(psycopg.errors.InvalidPassword) as refused,
+    ):
+        conn.execute("SELECT 1")
+    assert str(refused.value) == (
+        f'Request returned an error: password authentication failed for user "{PLAIN_USER}"'
+    )
+
+
+def test_end_to_end_iam_refuses_a_password_at_the_proxy(lab: IamLab, e2e_proxy: RdsProxyEmulator) -> None:
+    with pytest.raises(psycopg.OperationalError, match=f"IAM authentication failed for user {IAM_USER}"):
+        connect(lab, IAM_USER, PASSWORD, port=e2e_proxy.port).close()
