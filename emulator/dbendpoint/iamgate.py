@@ -68,7 +68,12 @@ host all +{IAM_ROLE} all reject
 
 
 def socket_directory(settings: EndpointSettings) -> Path:
-    return Path(settings.topology_file).parent / SOCKET_DIRECTORY
+    return socket_directory_for(Path(settings.topology_file))
+
+
+def socket_directory_for(topology_file: Path) -> Path:
+    """The servers' socket directory: beside the topology file (the stack's working directory)."""
+    return topology_file.parent / SOCKET_DIRECTORY
 
 
 def make_gate(settings: EndpointSettings) -> IamGate:

@@ -141,8 +141,8 @@ class Rotated:
 
 def rotate_stack_secret(stack: EmbeddedStack) -> Rotated:
     """Rotate a running stack's secret (LocalTwin.rotate_secret) and wait for its proxy to read it."""
-    if not stack.secret_arn:
-        raise ComponentError(COMPONENT, "the stack has no secret to rotate", _IAM_ONLY)
+    if not stack.secret_arn or stack.end_to_end_iam:
+        raise ComponentError(COMPONENT, "the stack's proxy uses no secret to rotate", _IAM_ONLY)
     pg = stack.postgres
     sslmode = "require" if pg.tls else "prefer"
     rotation = rotate_secret(

@@ -1,0 +1,76 @@
+"""End-to-end IAM in the embedded stack: default_auth_scheme IAM_AUTH starts the database endpoint
+with the IAM gate, grants the application's user rds_iam, and points the proxy at the instance
+endpoint; the handler's direct path (the writer endpoint) takes IAM tokens too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+
+from emulator.errors import ComponentError
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
+from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.stack.rotation import rotate_stack_secret
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    settings = {**DEFAULT_PROXY_SETTINGS, "default_auth_scheme": "IAM_AUTH"}
+    with EmbeddedStack(StackConfig(proxy_settings=settings)) as running:
+        yield running
+
+
+def _token(stack: EmbeddedStack, host: str, port: int) -> str:
+    aws = stack.aws.credentials
+    rds = boto3.session.Session().client(
+        "rds",
+        region_name=aws.region,
+        aws_access_key_id=aws.access_key_id,
+        aws_secret_access_key=aws.secret_access_key,
+    )
+    return str(rds.generate_db_auth_token(DBHostname=host, Port=port, DBUsername=stack.config.db_user))
+
+
+def _connect(stack: EmbeddedStack, host: str, port: int, password: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=host,
+        port=port,
+        user=stack.config.db_user,
+        dbname=stack.config.database,
+        password=password,
+        sslmode="verify-full",
+        sslrootcert=str(stack.ca.ca_path),
+        connect_timeout=10,
+        autocommit=True,
+    )
+
+
+def test_the_proxy_logs_in_to_the_database_with_iam_as_the_applications_user(stack: EmbeddedStack) -> None:
+    proxy = stack.proxy
+    assert isinstance(proxy, RdsProxyEmulator)
+    assert stack.database_endpoint is not None
+    assert proxy.config.target_port in stack.database_endpoint.instance_ports.values()
+    assert proxy.handler_auth == "iam"
+    with _connect(stack, proxy.host, proxy.port, _token(stack, proxy.host, proxy.port)) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (stack.config.db_user,)
+    assert proxy.stats()["database_connections_setup_failed"] == 0
+
+
+def test_the_direct_path_takes_iam_tokens_and_no_longer_the_password(stack: EmbeddedStack) -> None:
+    direct = stack.direct
+    with _connect(stack, direct.host, direct.port, _token(stack, direct.host, direct.port)) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (stack.config.db_user,)
+    user = stack.config.db_user
+    with pytest.raises(psycopg.OperationalError, match=f'PAM authentication failed for user "{user}"'):
+        _connect(stack, direct.host, direct.port, stack.db_password).close()
+
+
+def test_there_is_no_secret_to_rotate(stack: EmbeddedStack) -> None:
+    with pytest.raises(ComponentError, match="uses no secret"):
+        rotate_stack_secret(stack)
