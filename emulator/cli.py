@@ -85,6 +85,7 @@ def _add_up(commands: Commands) -> None:
     _function_options(up, several=True)
     _stack_options(up)
     _database_options(up)
+    _iam_options(up)
 
 
 def _database_options(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +114,21 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long after a failover the database's own endpoints (the direct path) still lead to "
         f"the old writer, as a DNS record's TTL (default: {defaults.dns_ttl_seconds:g}, Aurora's)",
+    )
+
+
+def _iam_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "IAM",
+        "End-to-end IAM is a proxy setting: --proxy-setting default_auth_scheme=IAM_AUTH (no secret; the "
+        "application's user is granted rds_iam and the proxy logs in with IAM tokens).",
+    )
+    group.add_argument(
+        "--iam-database-auth",
+        action="store_true",
+        default=None,
+        help="IAM database authentication on the database (iam_database_authentication_enabled): users "
+        "granted rds_iam log in to its endpoints with IAM tokens over TLS, and no longer with a password",
     )
 
 
@@ -487,6 +503,8 @@ def _twin_options(args: argparse.Namespace) -> TwinOptions:
     tf_vars = getattr(args, "tf_vars", [])
     if tf_vars:
         options["tf_vars"] = _assignments("--tf-var", tf_vars)
+    if getattr(args, "iam_database_auth", None):
+        options["iam_database_authentication"] = True
     for option, name in (("cluster", "cluster"), ("replicas", "replicas"), ("dns_ttl", "dns_ttl")):
         value = getattr(args, option, None)
         if value is not None:

@@ -74,3 +74,12 @@ def test_the_direct_path_takes_iam_tokens_and_no_longer_the_password(stack: Embe
 def test_there_is_no_secret_to_rotate(stack: EmbeddedStack) -> None:
     with pytest.raises(ComponentError, match="uses no secret"):
         rotate_stack_secret(stack)
+
+
+def test_up_and_the_twin_take_iam_database_authentication() -> None:
+    from emulator.cli import _parser, _twin_options  # noqa: PLC0415 - the command line's own mapping
+    from emulator.twin.options import twin_config  # noqa: PLC0415
+
+    args = _parser().parse_args(["up", "--iam-database-auth"])
+    assert twin_config(_twin_options(args)).stack.iam_database_authentication
+    assert not twin_config(_twin_options(_parser().parse_args(["up"]))).stack.iam_database_authentication
