@@ -16,7 +16,13 @@ from emulator.cli import main as cli_main
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.rdsproxy import RdsProxyEmulator
-from emulator.stack.rotation import DatabaseAddress, Rotation, rotate_secret, wait_for_proxy
+from emulator.stack.rotation import (
+    DatabaseAddress,
+    Rotation,
+    rotate_secret,
+    rotate_stack_secret,
+    wait_for_proxy,
+)
 
 # Clients log in with the secret's password (no IAM), so that the old password can be tried.
 SETTINGS = {
@@ -198,3 +204,18 @@ def test_rotate_secret_command_rotates_a_running_stack_through_its_env_file(
         assert conn.execute("SELECT current_user").fetchone() == (stack.config.db_user,)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(stack.postgres.conninfo(user=stack.config.db_user, password=old, dbname="app"))
+
+
+def test_rotating_a_stack_waits_for_its_proxy_and_keeps_the_stacks_password_current(
+    stack: EmbeddedStack,
+) -> None:
+    # What LocalTwin.rotate_secret() does.
+    proxy = _emulator(stack)
+    old = stack.db_password
+    rotated = rotate_stack_secret(stack)
+    assert rotated.proxy_seconds is not None
+    assert stack.db_password == rotated.rotation.password != old
+    assert f"version {rotated.rotation.version}." in proxy.log_path.read_text()
+    _psycopg(proxy, stack, stack.db_password).close()
+    with pytest.raises(psycopg.OperationalError, match=WRONG_PASSWORD.format(user=stack.config.db_user)):
+        _psycopg(proxy, stack, old)
