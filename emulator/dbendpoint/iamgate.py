@@ -48,8 +48,10 @@ from emulator.stack.process import ServiceUser, hand_over
 IAM_ROLE = "rds_iam"
 # Where each server's unix socket is (PostgreSQL names it .s.PGSQL.<port>), beside the topology file.
 SOCKET_DIRECTORY = "pg-sockets"
-# Role membership is asked of the database and remembered this long (a GRANT or REVOKE shows within it).
-MEMBERSHIP_SECONDS = 2.0
+# Role membership is asked of the database (a superuser connection through the socket) and remembered
+# this long, so that a burst of logins does not double the connections: a GRANT or REVOKE of rds_iam
+# takes effect for new logins within it (on RDS at once; the emulator's choice).
+MEMBERSHIP_SECONDS = 1.0
 _SUPERUSER = "postgres"
 _INVALID_AUTHORIZATION = "28000"
 _PROTOCOL_VIOLATION = "08P01"

@@ -223,6 +223,7 @@ class EmbeddedStack(Started, StackEnvironment):
     database_endpoint: DatabaseEndpoint | None = field(init=False, default=None)
     _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
     _keep_terraform_log: bool = field(init=False, default=False)
+    _iam_prepared: bool = field(init=False, default=False)
 
     def start(self) -> None:
         cfg = self.config
@@ -253,6 +254,7 @@ class EmbeddedStack(Started, StackEnvironment):
             aws_started.result()
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
+            self._follow_applied_iam_database_authentication()
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
@@ -590,16 +592,26 @@ class EmbeddedStack(Started, StackEnvironment):
 
     @property
     def iam_database_authentication(self) -> bool:
-        return self.config.iam_database_authentication or self.end_to_end_iam
+        applied = self.applied is not None and self.applied.database.iam_database_authentication
+        return self.config.iam_database_authentication or self.end_to_end_iam or applied
 
     def _prepare_iam_database_authentication(self) -> None:
         """Before PostgreSQL starts: the socket directory and pg_hba.conf lines the IAM gate needs."""
-        if self.iam_database_authentication:
+        if self.iam_database_authentication and not self._iam_prepared:
             sockets = socket_directory_for(self.topology_path)
             lines = prepare_server(self.postgres.datadir, sockets, owner=self.user)
             self.postgres.append_settings(
                 lines, "IAM database authentication (the database endpoint's IAM gate)"
             )
+            self._iam_prepared = True
+
+    def _follow_applied_iam_database_authentication(self) -> None:
+        """The applied Terraform enables IAM database authentication: PostgreSQL, already running,
+        restarts with what the gate needs (its socket directory takes effect only at start)."""
+        if self.iam_database_authentication and not self._iam_prepared:
+            self.postgres.stop()
+            self._prepare_iam_database_authentication()
+            self.postgres.start()
 
     def _grant_iam_database_authentication(self) -> None:
         """The rds_iam role RDS has; with end-to-end IAM the application's user is granted it (the proxy

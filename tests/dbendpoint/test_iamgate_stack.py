@@ -11,10 +11,12 @@ import boto3
 import psycopg
 import pytest
 
+from emulator.dbendpoint.iamgate import MEMBERSHIP_SECONDS
 from emulator.errors import ComponentError
-from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stack.rotation import rotate_stack_secret
+from emulator.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +85,28 @@ def test_up_and_the_twin_take_iam_database_authentication() -> None:
     args = _parser().parse_args(["up", "--iam-database-auth"])
     assert twin_config(_twin_options(args)).stack.iam_database_authentication
     assert not twin_config(_twin_options(_parser().parse_args(["up"]))).stack.iam_database_authentication
+
+
+@pytest.mark.terraform
+def test_an_applied_iam_database_authentication_enabled_is_followed(terraform_tools: Any) -> None:
+    settings = TerraformSettings(
+        variables={"name_prefix": "twin-iam", "db_iam_database_authentication": "true"}
+    )
+    with EmbeddedStack(StackConfig(terraform=settings)) as stack:
+        assert stack.applied is not None
+        assert stack.applied.database.iam_database_authentication
+        assert stack.database_endpoint is not None
+        user = stack.config.db_user
+        direct = stack.direct
+        # The application's user keeps its password until it is granted rds_iam, as on RDS.
+        _connect(stack, direct.host, direct.port, stack.db_password).close()
+        with stack.postgres.admin_connection() as admin:
+            admin.execute(f"GRANT rds_iam TO {user}")
+
+        def logs_in_with_a_token() -> bool:
+            token = _token(stack, direct.host, direct.port)
+            with _connect(stack, direct.host, direct.port, token) as conn:
+                return conn.execute("SELECT session_user").fetchone() == (user,)
+
+        # The gate remembers a user's membership for MEMBERSHIP_SECONDS.
+        wait_until(logs_in_with_a_token, component="IAM gate", timeout=MEMBERSHIP_SECONDS + 5)
