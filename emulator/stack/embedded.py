@@ -629,14 +629,14 @@ class EmbeddedStack(Started, StackEnvironment):
         endpoint = self.database_endpoint
         if settings.get("default_auth_scheme") != "IAM_AUTH" or endpoint is None:
             return {}
-        instances = settings.get("target_instances")
-        if instances:
-            return {
-                "target_instances": [
-                    f"{name}={endpoint.host}:{endpoint.instance_ports[name]}"
-                    for name in (entry.partition("=")[0] for entry in instances)
-                ]
-            }
+        if settings.get("target_instances"):
+            # The proxy asks each instance its role with one set of credentials over plain TCP
+            # (emulator/rdsproxy/monitor.py); an IAM token is per endpoint and needs TLS.
+            raise ComponentError(
+                "RDS Proxy emulator",
+                "end-to-end IAM (default_auth_scheme IAM_AUTH) with a cluster is not supported yet",
+                "use it with a single instance, or the secret with the cluster",
+            )
         return {"target_host": endpoint.host, "target_port": endpoint.instance_ports[self._writer_name()]}
 
     def _writer_name(self) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from emulator.dbendpoint.iamgate import MEMBERSHIP_SECONDS
 from emulator.errors import ComponentError
+from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stack.rotation import rotate_stack_secret
@@ -110,3 +111,10 @@ def test_an_applied_iam_database_authentication_enabled_is_followed(terraform_to
 
         # The gate remembers a user's membership for MEMBERSHIP_SECONDS.
         wait_until(logs_in_with_a_token, component="IAM gate", timeout=MEMBERSHIP_SECONDS + 5)
+
+
+def test_end_to_end_iam_with_a_cluster_is_refused_before_the_proxy_starts() -> None:
+    settings = {**DEFAULT_PROXY_SETTINGS, "default_auth_scheme": "IAM_AUTH"}
+    config = StackConfig(proxy_settings=settings, database_kind=ClusterKind.AURORA)
+    with pytest.raises(ComponentError, match="with a cluster is not supported yet"), EmbeddedStack(config):
+        pass
