@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     stage_cli.add_parser(commands)
     _add_proxy(commands)
     _add_report(commands)
+    _add_rotate_secret(commands)
     sqlcheck_cli.add_parser(commands)
     _add_demo(commands)
     return parser
@@ -84,6 +85,7 @@ def _add_up(commands: Commands) -> None:
     _function_options(up, several=True)
     _stack_options(up)
     _database_options(up)
+    _iam_options(up)
 
 
 def _database_options(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +114,21 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long after a failover the database's own endpoints (the direct path) still lead to "
         f"the old writer, as a DNS record's TTL (default: {defaults.dns_ttl_seconds:g}, Aurora's)",
+    )
+
+
+def _iam_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "IAM",
+        "End-to-end IAM is a proxy setting: --proxy-setting default_auth_scheme=IAM_AUTH (no secret; the "
+        "application's user is granted rds_iam and the proxy logs in with IAM tokens).",
+    )
+    group.add_argument(
+        "--iam-database-auth",
+        action="store_true",
+        default=None,
+        help="IAM database authentication on the database (iam_database_authentication_enabled): users "
+        "granted rds_iam log in to its endpoints with IAM tokens over TLS, and no longer with a password",
     )
 
 
@@ -343,6 +360,35 @@ def _add_report(commands: Commands) -> None:
     )
 
 
+def _add_rotate_secret(commands: Commands) -> None:
+    rotate = commands.add_parser(
+        "rotate-secret",
+        help="rotate the proxy's secret of a running `up`, as Secrets Manager's single-user rotation does",
+        description="Rotate the database secret of the stack a running `up --env-file FILE` started: a new "
+        "password as the secret's AWSPENDING version, ALTER ROLE on the database as the secret's user, a "
+        "test login, then AWSCURRENT moved to the new version. Connections already open keep working; the "
+        "proxy reads the new version within its secret_refresh_seconds (the command waits for it), or at "
+        "once when the database refuses the old password. FILE's PGPASSWORD becomes the new password.",
+    )
+    rotate.add_argument(
+        "--env-file", type=Path, required=True, metavar="FILE", help="the env file of the running `up`"
+    )
+
+
+def _rotate_secret(args: argparse.Namespace) -> int:
+    from emulator.stack.rotation import rotate_from_env_file  # noqa: PLC0415
+
+    if not args.env_file.is_file():
+        _usage_error(f"--env-file {args.env_file}: no such file (is `up --env-file` running?)")
+    rotated = rotate_from_env_file(args.env_file)
+    rotation = rotated.rotation
+    print(f"Rotated {rotation.secret_arn} (user {rotation.user}): version {rotation.version} is AWSCURRENT")
+    if rotated.proxy_seconds is not None:
+        print(f"RDS Proxy    the proxy reads the new version after {rotated.proxy_seconds:.1f} s")
+    print(f"Environment  {args.env_file}: PGPASSWORD is the new password")
+    return 0
+
+
 def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
@@ -457,6 +503,8 @@ def _twin_options(args: argparse.Namespace) -> TwinOptions:
     tf_vars = getattr(args, "tf_vars", [])
     if tf_vars:
         options["tf_vars"] = _assignments("--tf-var", tf_vars)
+    if getattr(args, "iam_database_auth", None):
+        options["iam_database_authentication"] = True
     for option, name in (("cluster", "cluster"), ("replicas", "replicas"), ("dns_ttl", "dns_ttl")):
         value = getattr(args, option, None)
         if value is not None:
@@ -686,6 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "proxy": proxy_main.command,
         "report": _report,
+        "rotate-secret": _rotate_secret,
         "check-sql": sqlcheck_cli.run,
         "stage": stage_cli.run,
     }

@@ -82,6 +82,12 @@ variable "db_password_version" {
   default     = 1
 }
 
+variable "db_iam_database_authentication" {
+  description = "IAM database authentication on the RDS instance: users granted rds_iam log in to it with IAM tokens."
+  type        = bool
+  default     = false
+}
+
 variable "proxy_require_tls" {
   description = "RDS Proxy require_tls: refuse clients without TLS."
   type        = bool

@@ -41,4 +41,6 @@ resource "aws_db_instance" "this" {
   backup_retention_period    = 0
   apply_immediately          = true
   auto_minor_version_upgrade = true
+
+  iam_database_authentication_enabled = var.db_iam_database_authentication
 }

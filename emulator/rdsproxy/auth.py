@@ -7,6 +7,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import os
 import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -106,6 +107,14 @@ def verify_iam_token(
     expected = _signature(parsed, region, Credentials(key_id, secret_key, p.get("X-Amz-Security-Token")))
     if not hmac.compare_digest(expected, parsed.signature):
         raise TokenRejected("signature does not match")
+
+
+def environment_secret_key(access_key_id: str) -> str | None:
+    """The secret key of the AWS credentials in this process's environment, for tokens they signed
+    (the stack gives the proxy and the database endpoint its moto credentials)."""
+    if access_key_id == os.environ.get("AWS_ACCESS_KEY_ID"):
+        return os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return None
 
 
 def _signature(token: IamToken, region: str, credentials: Credentials) -> str:

@@ -61,6 +61,7 @@ class Endpoint:
 
 
 PasswordAuth = Literal["POSTGRES_SCRAM_SHA_256", "POSTGRES_MD5"]
+AuthScheme = Literal["NONE", "IAM_AUTH"]
 
 
 @dataclass
@@ -74,6 +75,9 @@ class ProxyConfig:
     debug_logging: bool = False
     # The Secrets Manager secret with the database credentials ({"username", "password"}).
     secret_arn: str = ""
+    # IAM_AUTH: end-to-end IAM, no secret; clients log in with IAM tokens (iam_auth is then REQUIRED)
+    # and the proxy logs in to the database as each client's user with tokens it generates.
+    default_auth_scheme: AuthScheme = "NONE"
     # -- aws_db_proxy_default_target_group.connection_pool_config -----------------------------
     connection_borrow_timeout: int = 120
     max_connections_percent: int = 100
@@ -113,6 +117,9 @@ class ProxyConfig:
     borrow_timeout_severity: Literal["FATAL", "ERROR"] = "FATAL"
     # Idle pooled connections beyond max_idle_connections_percent are closed after this long.
     idle_connection_seconds: int = 300
+    # The secret is read again this often (and at once when the database refuses its password), so
+    # that a rotation takes effect; AWS documents no interval. 0 re-reads only on a refusal.
+    secret_refresh_seconds: int = 30
     # The startup phase (startup packet, TLS, authentication) must end within this many seconds:
     # PostgreSQL's authentication_timeout is 60 s; AWS documents nothing for RDS Proxy.
     client_login_timeout: int = 60
@@ -137,6 +144,10 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         if self.max_idle_connections_percent is None:
             self.max_idle_connections_percent = self.max_connections_percent // 2
+        if self.default_auth_scheme == "IAM_AUTH":
+            # DefaultAuthScheme is "the default authentication scheme that the proxy uses for client
+            # connections to the proxy and connections from the proxy to the underlying database".
+            self.iam_auth = "REQUIRED"
         self.validate()
 
     def validate(self) -> None:
@@ -154,6 +165,10 @@ class ProxyConfig:
             problems.append(
                 f"client_password_auth_type {self.client_password_auth_type!r} is not for PostgreSQL"
             )
+        if self.default_auth_scheme not in typing.get_args(AuthScheme):
+            problems.append(f"default_auth_scheme must be NONE or IAM_AUTH, not {self.default_auth_scheme!r}")
+        if self.secret_refresh_seconds < 0:
+            problems.append("secret_refresh_seconds must be 0 or more")
         for value in self.session_pinning_filters:
             if value != "EXCLUDE_VARIABLE_SETS":
                 problems.append(f"session_pinning_filters: only EXCLUDE_VARIABLE_SETS exists, not {value!r}")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-import boto3
-
 from emulator.rdsproxy.config import Instance, ProxyConfig
+from emulator.rdsproxy.credentials import database_credentials
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.monitor import Observation, Role, observe_all
 from emulator.rdsproxy.protocol.parameters import UNREPORTED
@@ -44,7 +42,8 @@ class Target:
         self.stats = stats
         self.log = log
         self.lender = lender
-        self.credentials: Credentials | None = None
+        # The secret (re-read on rotation) or, with end-to-end IAM, generated tokens.
+        self.credentials = database_credentials(config, log)
         # The server's session defaults (what a client that chose nothing gets) and its max_connections.
         self.baseline_params: dict[str, str] = {}
         self.unreported_defaults: dict[str, str] = {UNREPORTED: "1"}
@@ -84,8 +83,7 @@ class Target:
 
     def credentials_for(self, user: str) -> Credentials | None:
         """The secret's credentials when they are for this user (one secret, one user)."""
-        credentials = self.credentials
-        return credentials if credentials is not None and credentials.user == user else None
+        return self.credentials.for_client(user)
 
     def secret_key_for(self, access_key_id: str) -> str | None:
         """The secret key that signs IAM tokens: the credentials this proxy was given."""
@@ -98,17 +96,7 @@ class Target:
             await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def load_secret(self) -> None:
-        self.credentials = await asyncio.get_running_loop().run_in_executor(None, self._read_secret)
-
-    def _read_secret(self) -> Credentials:
-        client = boto3.session.Session().client(
-            "secretsmanager",
-            endpoint_url=self.config.aws_endpoint_url or None,
-            region_name=self.config.region,
-        )
-        secret = json.loads(client.get_secret_value(SecretId=self.config.secret_arn)["SecretString"])
-        # The proxy ignores every other field (host, port, engine) of the secret, as RDS Proxy does.
-        return Credentials(str(secret["username"]), str(secret["password"]))
+        await self.credentials.load()
 
     async def open_connection(self, key: PoolKey) -> DbConnection:
         """A new database connection to the writer (the writer pool's opener), counted as RDS Proxy's
@@ -124,15 +112,18 @@ class Target:
                 self.writer_lost(instance, str(exc))
             raise
 
-    def database_credentials(self, instance: Instance) -> Credentials:
-        """What the proxy logs in to this instance with (its pooled connections and its questions):
-        the one place where where they come from is decided."""
-        assert self.credentials is not None
-        return self.credentials
-
     async def open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
         """A new database connection to this instance, counted in stats (its pool's)."""
-        credentials = self.database_credentials(instance)
+        try:
+            return await self._open_to(instance, key, stats)
+        except DatabaseError as exc:
+            # The password was refused: the secret may have been rotated; read it again, try again.
+            if exc.sqlstate == "28P01" and await self.credentials.refused():
+                return await self._open_to(instance, key, stats)
+            raise
+
+    async def _open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
+        credentials = await self.credentials.for_connection(key.user, instance.host, instance.port)
         stats.database_connection_requests += 1
         try:
             conn = await DbConnection.open(
@@ -187,21 +178,23 @@ class Target:
     async def probe(self) -> None:
         """While the target is unavailable: try a connection, so that availability comes back as soon
         as the database does (RDS Proxy monitors its targets), and close it."""
-        if self.availability.available or self.credentials is None or self.replicated:
+        await self.credentials.refresh_if_due()
+        if self.availability.available or self.replicated:
             return  # a replicated target's instances are watched by the writer search
+        credentials = self.credentials
         with contextlib.suppress(DatabaseUnavailable, DatabaseError):
-            conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=False))
+            conn = await self.open_connection(PoolKey("postgres", credentials.monitor_user, credentials.iam))
             conn.close()
 
     async def discover(self) -> None:
         """Read max_connections and the server's session defaults, retrying while the target is down."""
-        assert self.credentials is not None
         if self.replicated:
             self._start_search(None, "The proxy is looking for the writer among its target's instances.")
         delay = 0.1
+        monitor = PoolKey("postgres", self.credentials.monitor_user, tls=True)
         while True:
             try:
-                conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=True))
+                conn = await self.open_connection(monitor)
                 break
             except (DatabaseUnavailable, DatabaseError) as exc:
                 self.log.info(f"Waiting for the database target: {exc}")
@@ -257,12 +250,11 @@ class Target:
     async def _find_writer(self, lost: Instance | None) -> None:
         """Ask every instance, every failover_probe_interval_ms, until one is the writer; the first
         in target_instances' order wins should two answer so."""
-        assert self.credentials is not None
         started = time.monotonic()
         interval = self.config.failover_probe_interval_ms / 1000
         rounds = 0
         while True:
-            observations = await observe_all(self.instances, self.database_credentials)
+            observations = await self._observe_all()
             rounds += 1
             self._learn(observations)
             writer = next((seen.instance for seen in observations if seen.role is Role.WRITER), None)
@@ -297,7 +289,7 @@ class Target:
 
     def refresh_soon(self) -> None:
         """Ask every instance again now (a reader's connection was lost), unless that is under way."""
-        if self.replicated and self._search is None and self._refresh is None and self.credentials:
+        if self.replicated and self._search is None and self._refresh is None:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_roles())
 
     def refresh_due(self, every: float) -> None:
@@ -306,9 +298,8 @@ class Target:
             self.refresh_soon()
 
     async def _refresh_roles(self) -> None:
-        assert self.credentials is not None
         try:
-            observations = await observe_all(self.instances, self.database_credentials)
+            observations = await self._observe_all()
             if self._search is not None:
                 return  # the writer search's own observations are newer
             self._learn(observations)
@@ -320,6 +311,18 @@ class Target:
                 )
         finally:
             self._refresh = None
+
+    async def _observe_all(self) -> list[Observation]:
+        """Every instance's role, asked with the same credentials (see _monitor_credentials)."""
+        credentials = await self._monitor_credentials()
+        return await observe_all(self.instances, lambda _instance: credentials)
+
+    async def _monitor_credentials(self) -> Credentials:
+        """What the instances are asked with: the secret's user (one password for every instance).
+        With end-to-end IAM a token is signed per endpoint; monitor.py asks every instance with one
+        set of credentials over plain TCP, so IAM_AUTH with target_instances is not supported yet."""
+        writer = self.writer
+        return await self.credentials.for_connection(self.credentials.monitor_user, writer.host, writer.port)
 
     def readable_replicas(self) -> list[Instance]:
         """The instances that answered pg_is_in_recovery() = true when last asked, in order."""

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from emulator.awslambda.package import build_package, foreign_extensions
 from emulator.dbendpoint.component import DatabaseEndpoint
+from emulator.dbendpoint.iamgate import prepare_server, socket_directory_for
 from emulator.dbendpoint.settings import DEFAULT_DNS_TTL_SECONDS, EndpointSettings
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
@@ -32,6 +35,7 @@ from emulator.stack.cluster import (
     ClusterSettings,
     FailoverReport,
     ReplicatedCluster,
+    read_topology,
     single_topology,
     write_topology,
 )
@@ -129,6 +133,10 @@ class StackConfig:
     # How a failover stops the old writer: "fast" (no committed transaction lost, as on AWS) or
     # "immediate" (a crash); see emulator/stack/cluster.py.
     failover_fence: str = "fast"
+    # IAM database authentication (iam_database_authentication_enabled): the database endpoint runs
+    # with the IAM gate, and users granted rds_iam log in with IAM tokens (emulator/dbendpoint/
+    # iamgate.py). On whenever the proxy uses end-to-end IAM (default_auth_scheme IAM_AUTH).
+    iam_database_authentication: bool = False
 
 
 class StackEnvironment:
@@ -215,6 +223,7 @@ class EmbeddedStack(Started, StackEnvironment):
     database_endpoint: DatabaseEndpoint | None = field(init=False, default=None)
     _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
     _keep_terraform_log: bool = field(init=False, default=False)
+    _iam_prepared: bool = field(init=False, default=False)
 
     def start(self) -> None:
         cfg = self.config
@@ -240,15 +249,18 @@ class EmbeddedStack(Started, StackEnvironment):
             )
             self._cleanups.append(self.postgres.stop)
             self.postgres.initialize()
+            self._prepare_iam_database_authentication()
             self.postgres.start()
             aws_started.result()
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
+            self._follow_applied_iam_database_authentication()
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
         if cfg.init_sql:
             self.run_sql(sql_files(cfg.init_sql))
+        self._grant_iam_database_authentication()
         # After the apply: Terraform may have declared the kind. The replicas copy the database as it
         # is now (the application's role, database and schema included).
         self._start_database_topology()
@@ -311,8 +323,9 @@ class EmbeddedStack(Started, StackEnvironment):
             self._start_database_endpoint()
 
     def _needs_database_endpoint(self) -> bool:
-        """The database's endpoints run when there is more than one instance to route to."""
-        return self.config.database_kind is not ClusterKind.SINGLE
+        """The database's endpoints run when there is more than one instance to route to, or IAM
+        tokens to check."""
+        return self.config.database_kind is not ClusterKind.SINGLE or self.iam_database_authentication
 
     def _start_database_endpoint(self) -> None:
         certificate = self.ca.issue_server("dbendpoint", TLS_HOSTNAMES)
@@ -326,6 +339,7 @@ class EmbeddedStack(Started, StackEnvironment):
                 tls_key_file=str(certificate.key_path) if self.postgres.tls else "",
                 region=self.config.region,
                 aws_endpoint_url=self.aws.endpoint_url,
+                iam_database_authentication=self.iam_database_authentication,
             ),
             environment=self.aws.environment(),
         )
@@ -545,6 +559,7 @@ class EmbeddedStack(Started, StackEnvironment):
             "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
         )
         settings.update(self._proxy_cluster_settings(settings))
+        settings.update(self._end_to_end_iam_target(settings))
         try:
             return self.make_emulator(settings)
         except ValueError as exc:
@@ -565,6 +580,67 @@ class EmbeddedStack(Started, StackEnvironment):
                 for instance in self.cluster.instances
             ]
         }
+
+    # -- IAM database authentication and end-to-end IAM (H3) ---------------------------------------
+
+    @property
+    def end_to_end_iam(self) -> bool:
+        settings = dict(self.config.proxy_settings)
+        if self.applied is not None:
+            settings.update(self.applied.proxy.settings)
+        return settings.get("default_auth_scheme") == "IAM_AUTH"
+
+    @property
+    def iam_database_authentication(self) -> bool:
+        applied = self.applied is not None and self.applied.database.iam_database_authentication
+        return self.config.iam_database_authentication or self.end_to_end_iam or applied
+
+    def _prepare_iam_database_authentication(self) -> None:
+        """Before PostgreSQL starts: the socket directory and pg_hba.conf lines the IAM gate needs."""
+        if self.iam_database_authentication and not self._iam_prepared:
+            sockets = socket_directory_for(self.topology_path)
+            lines = prepare_server(self.postgres.datadir, sockets, owner=self.user)
+            self.postgres.append_settings(
+                lines, "IAM database authentication (the database endpoint's IAM gate)"
+            )
+            self._iam_prepared = True
+
+    def _follow_applied_iam_database_authentication(self) -> None:
+        """The applied Terraform enables IAM database authentication: PostgreSQL, already running,
+        restarts with what the gate needs (its socket directory takes effect only at start)."""
+        if self.iam_database_authentication and not self._iam_prepared:
+            self.postgres.stop()
+            self._prepare_iam_database_authentication()
+            self.postgres.start()
+
+    def _grant_iam_database_authentication(self) -> None:
+        """The rds_iam role RDS has; with end-to-end IAM the application's user is granted it (the proxy
+        logs in as that user with IAM tokens), after the schema ran with its password."""
+        if not self.iam_database_authentication:
+            return
+        self.postgres.create_rds_iam_role()
+        if self.end_to_end_iam:
+            with self.postgres.admin_connection() as conn:
+                conn.execute(sql.SQL("GRANT rds_iam TO {}").format(sql.Identifier(self.config.db_user)))
+
+    def _end_to_end_iam_target(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """With end-to-end IAM the proxy reaches the database through its instance endpoints (where
+        the IAM gate checks its tokens), not at PostgreSQL's own address."""
+        endpoint = self.database_endpoint
+        if settings.get("default_auth_scheme") != "IAM_AUTH" or endpoint is None:
+            return {}
+        if settings.get("target_instances"):
+            # The proxy asks each instance its role with one set of credentials over plain TCP
+            # (emulator/rdsproxy/monitor.py); an IAM token is per endpoint and needs TLS.
+            raise ComponentError(
+                "RDS Proxy emulator",
+                "end-to-end IAM (default_auth_scheme IAM_AUTH) with a cluster is not supported yet",
+                "use it with a single instance, or the secret with the cluster",
+            )
+        return {"target_host": endpoint.host, "target_port": endpoint.instance_ports[self._writer_name()]}
+
+    def _writer_name(self) -> str:
+        return str(read_topology(self.topology_path)["writer"])
 
     def make_emulator(self, settings: Mapping[str, Any], *, name: str = "rdsproxy") -> RdsProxyEmulator:
         """An RDS Proxy emulator (not started) in front of this stack's PostgreSQL, with the stack's

@@ -193,12 +193,22 @@ class PostgresEndpoint:
 
     def create_proxy_admin_role(self) -> None:
         """rdsproxyadmin, the role RDS Proxy creates on its target (it may connect to postgres, to
-        monitor). The emulator itself logs in with the secret's user."""
+        monitor). The emulator logs in with the secret's user, or as rdsproxyadmin with end-to-end
+        IAM (so it is granted rds_iam: it has no password to log in with anyway)."""
+        self.create_rds_iam_role()
         with self.admin_connection() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rdsproxyadmin'").fetchone()
             if exists is None:
                 conn.execute("CREATE ROLE rdsproxyadmin LOGIN")
                 conn.execute("GRANT CONNECT ON DATABASE postgres TO rdsproxyadmin")
+                conn.execute("GRANT rds_iam TO rdsproxyadmin")
+
+    def create_rds_iam_role(self) -> None:
+        """rds_iam, the role RDS has on every PostgreSQL instance: its members log in with IAM tokens
+        (through the database endpoint's IAM gate) and no longer with a password."""
+        with self.admin_connection() as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'").fetchone() is None:
+                conn.execute("CREATE ROLE rds_iam NOLOGIN")
 
     def connection_count(self, *, user: str | None = None, database: str | None = None) -> int:
         """Client backends in pg_stat_activity, optionally for one role and database."""

@@ -71,6 +71,8 @@ class AppliedDatabase:
     # The instance's own endpoint, which a function may use instead of the proxy's.
     address: str = ""
     port: int = POSTGRES_PORT
+    # iam_database_authentication_enabled: users granted rds_iam log in with IAM tokens.
+    iam_database_authentication: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def read_database(rds: Any, secretsmanager: Any, proxy: AppliedProxy) -> Applied
         password=secret["password"],
         address=str(endpoint.get("Address") or ""),
         port=int(endpoint.get("Port") or POSTGRES_PORT),
+        iam_database_authentication=bool(instance.get("IAMDatabaseAuthenticationEnabled", False)),
     )
 
 

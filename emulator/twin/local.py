@@ -26,6 +26,7 @@ from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import PgBouncer
 from emulator.stack.postgres import count_backends
 from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.stack.rotation import Rotated, rotate_stack_secret
 from emulator.tools.activity import established_connections
 from emulator.tools.burst import BurstResult, invoke_burst
 from emulator.twin.config import FunctionsFor, TwinConfig, twin_functions
@@ -210,6 +211,11 @@ class LocalTwin(Started):
         return read_topology(self.stack.topology_path)
 
     # -- what happened --------------------------------------------------------------------------
+
+    def rotate_secret(self) -> Rotated:
+        """Rotate the proxy's secret as Secrets Manager's single-user rotation does (a new password
+        in the secret and on the database role); returns once the proxy reads the new version."""
+        return rotate_stack_secret(self.stack)
 
     def _emulator(self, what: str) -> RdsProxyEmulator:
         proxy = self.stack.proxy

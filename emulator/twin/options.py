@@ -56,6 +56,9 @@ class TwinOptions(TypedDict, total=False):
     cluster: str
     replicas: int
     dns_ttl: float
+    # IAM database authentication (iam_database_authentication_enabled): users granted rds_iam log in
+    # to the database's endpoints with IAM tokens (emulator/dbendpoint/iamgate.py).
+    iam_database_authentication: bool
     # The functions' timeout (seconds), memory setting (MB) and reserved concurrency.
     timeout: float
     memory: int
@@ -96,6 +99,7 @@ def twin_config(options: TwinOptions) -> TwinConfig:
         proxy_settings={**DEFAULT_PROXY_SETTINGS, **proxy_settings(options.get("proxy_settings", {}))},
         terraform=_terraform(options),
         init_sql=init_sql,
+        iam_database_authentication=bool(options.get("iam_database_authentication", False)),
         **_database(options),
     )
     sql_files(stack.init_sql)  # a missing file fails now, not after the stack started

@@ -1,0 +1,120 @@
+"""End-to-end IAM in the embedded stack: default_auth_scheme IAM_AUTH starts the database endpoint
+with the IAM gate, grants the application's user rds_iam, and points the proxy at the instance
+endpoint; the handler's direct path (the writer endpoint) takes IAM tokens too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+
+from emulator.dbendpoint.iamgate import MEMBERSHIP_SECONDS
+from emulator.errors import ComponentError
+from emulator.stack.cluster import ClusterKind
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.stack.rotation import rotate_stack_secret
+from emulator.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    settings = {**DEFAULT_PROXY_SETTINGS, "default_auth_scheme": "IAM_AUTH"}
+    with EmbeddedStack(StackConfig(proxy_settings=settings)) as running:
+        yield running
+
+
+def _token(stack: EmbeddedStack, host: str, port: int) -> str:
+    aws = stack.aws.credentials
+    rds = boto3.session.Session().client(
+        "rds",
+        region_name=aws.region,
+        aws_access_key_id=aws.access_key_id,
+        aws_secret_access_key=aws.secret_access_key,
+    )
+    return str(rds.generate_db_auth_token(DBHostname=host, Port=port, DBUsername=stack.config.db_user))
+
+
+def _connect(stack: EmbeddedStack, host: str, port: int, password: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=host,
+        port=port,
+        user=stack.config.db_user,
+        dbname=stack.config.database,
+        password=password,
+        sslmode="verify-full",
+        sslrootcert=str(stack.ca.ca_path),
+        connect_timeout=10,
+        autocommit=True,
+    )
+
+
+def test_the_proxy_logs_in_to_the_database_with_iam_as_the_applications_user(stack: EmbeddedStack) -> None:
+    proxy = stack.proxy
+    assert isinstance(proxy, RdsProxyEmulator)
+    assert stack.database_endpoint is not None
+    assert proxy.config.target_port in stack.database_endpoint.instance_ports.values()
+    assert proxy.handler_auth == "iam"
+    with _connect(stack, proxy.host, proxy.port, _token(stack, proxy.host, proxy.port)) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (stack.config.db_user,)
+    assert proxy.stats()["database_connections_setup_failed"] == 0
+
+
+def test_the_direct_path_takes_iam_tokens_and_no_longer_the_password(stack: EmbeddedStack) -> None:
+    direct = stack.direct
+    with _connect(stack, direct.host, direct.port, _token(stack, direct.host, direct.port)) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (stack.config.db_user,)
+    user = stack.config.db_user
+    with pytest.raises(psycopg.OperationalError, match=f'PAM authentication failed for user "{user}"'):
+        _connect(stack, direct.host, direct.port, stack.db_password).close()
+
+
+def test_there_is_no_secret_to_rotate(stack: EmbeddedStack) -> None:
+    with pytest.raises(ComponentError, match="uses no secret"):
+        rotate_stack_secret(stack)
+
+
+def test_up_and_the_twin_take_iam_database_authentication() -> None:
+    from emulator.cli import _parser, _twin_options  # noqa: PLC0415 - the command line's own mapping
+    from emulator.twin.options import twin_config  # noqa: PLC0415
+
+    args = _parser().parse_args(["up", "--iam-database-auth"])
+    assert twin_config(_twin_options(args)).stack.iam_database_authentication
+    assert not twin_config(_twin_options(_parser().parse_args(["up"]))).stack.iam_database_authentication
+
+
+@pytest.mark.terraform
+def test_an_applied_iam_database_authentication_enabled_is_followed(terraform_tools: Any) -> None:
+    settings = TerraformSettings(
+        variables={"name_prefix": "twin-iam", "db_iam_database_authentication": "true"}
+    )
+    with EmbeddedStack(StackConfig(terraform=settings)) as stack:
+        assert stack.applied is not None
+        assert stack.applied.database.iam_database_authentication
+        assert stack.database_endpoint is not None
+        user = stack.config.db_user
+        direct = stack.direct
+        # The application's user keeps its password until it is granted rds_iam, as on RDS.
+        _connect(stack, direct.host, direct.port, stack.db_password).close()
+        with stack.postgres.admin_connection() as admin:
+            admin.execute(f"GRANT rds_iam TO {user}")
+
+        def logs_in_with_a_token() -> bool:
+            token = _token(stack, direct.host, direct.port)
+            with _connect(stack, direct.host, direct.port, token) as conn:
+                return conn.execute("SELECT session_user").fetchone() == (user,)
+
+        # The gate remembers a user's membership for MEMBERSHIP_SECONDS.
+        wait_until(logs_in_with_a_token, component="IAM gate", timeout=MEMBERSHIP_SECONDS + 5)
+
+
+def test_end_to_end_iam_with_a_cluster_is_refused_before_the_proxy_starts() -> None:
+    settings = {**DEFAULT_PROXY_SETTINGS, "default_auth_scheme": "IAM_AUTH"}
+    config = StackConfig(proxy_settings=settings, database_kind=ClusterKind.AURORA)
+    with pytest.raises(ComponentError, match="with a cluster is not supported yet"), EmbeddedStack(config):
+        pass

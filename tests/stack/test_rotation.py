@@ -1,0 +1,221 @@
+"""Rotating the proxy's secret: clients connected throughout keep working, new database connections
+use the new password, and a login with the old password is refused as RDS Proxy refuses it."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pg8000.native
+import psycopg
+import psycopg2
+import pytest
+
+from emulator.cli import main as cli_main
+from emulator.stack.embedded import EmbeddedStack, StackConfig
+from emulator.stack.envfile import parse_env, write_env_file
+from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.stack.rotation import (
+    DatabaseAddress,
+    Rotation,
+    rotate_secret,
+    rotate_stack_secret,
+    wait_for_proxy,
+)
+
+# Clients log in with the secret's password (no IAM), so that the old password can be tried.
+SETTINGS = {
+    "require_tls": True,
+    "iam_auth": "DISABLED",
+    "secret_refresh_seconds": 2,
+    "connection_borrow_timeout": 10,
+}
+WRONG_PASSWORD = "The password that was provided for the role {user} is wrong."
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[EmbeddedStack]:
+    with EmbeddedStack(StackConfig(max_connections=30, pool_size=5, proxy_settings=SETTINGS)) as running:
+        yield running
+
+
+def _emulator(stack: EmbeddedStack) -> RdsProxyEmulator:
+    assert isinstance(stack.proxy, RdsProxyEmulator)
+    return stack.proxy
+
+
+def _rotate(stack: EmbeddedStack) -> Rotation:
+    pg = stack.postgres
+    rotation = rotate_secret(
+        stack.aws.client("secretsmanager"),
+        stack.secret_arn,
+        DatabaseAddress(pg.host, pg.port, stack.config.database, "require"),
+    )
+    stack.db_password = rotation.password
+    return rotation
+
+
+def _psycopg(proxy: RdsProxyEmulator, stack: EmbeddedStack, password: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=proxy.host,
+        port=proxy.port,
+        user=stack.config.db_user,
+        dbname=stack.config.database,
+        password=password,
+        sslmode="require",
+        connect_timeout=10,
+        autocommit=True,
+    )
+
+
+def _pg8000(proxy: RdsProxyEmulator, stack: EmbeddedStack, password: str) -> pg8000.native.Connection:
+    return pg8000.native.Connection(
+        stack.config.db_user,
+        host=proxy.host,
+        port=proxy.port,
+        database=stack.config.database,
+        password=password,
+        ssl_context=ssl.create_default_context(cafile=str(stack.ca.ca_path)),
+        timeout=10,
+    )
+
+
+def _backends(stack: EmbeddedStack) -> set[int]:
+    with stack.postgres.admin_connection() as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'",
+            (stack.config.db_user,),
+        ).fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def test_rotation_keeps_connected_clients_working_and_refuses_the_old_password(stack: EmbeddedStack) -> None:
+    proxy = _emulator(stack)
+    old = stack.db_password
+    idle = _psycopg(proxy, stack, old)
+    assert idle.execute("SELECT 1").fetchone() == (1,)
+    native = _pg8000(proxy, stack, old)
+    # A transaction open across the whole rotation, on psycopg2.
+    in_transaction = psycopg2.connect(
+        host=proxy.host,
+        port=proxy.port,
+        user=stack.config.db_user,
+        dbname=stack.config.database,
+        password=old,
+        sslmode="require",
+    )
+    cursor = in_transaction.cursor()
+    cursor.execute("SELECT txid_current()")
+    transaction = cursor.fetchone()
+    opened_before = _backends(stack)
+    failed_before = proxy.stats()["database_connections_setup_failed"]
+
+    rotation = _rotate(stack)
+    assert rotation.password != old
+    assert rotation.previous_version != rotation.version
+    # Readiness with a deadline (the refresh interval and a margin): the proxy's log shows the version.
+    wait_for_proxy(proxy.log_path, rotation, proxy.config.secret_refresh_seconds)
+
+    # Established client connections and the proxy's database connections carry on.
+    cursor.execute("SELECT txid_current()")
+    assert cursor.fetchone() == transaction  # the same transaction, on the same database connection
+    in_transaction.commit()
+    assert idle.execute("SELECT 2").fetchone() == (2,)
+    assert native.run("SELECT 3") == [[3]]
+    assert opened_before <= _backends(stack)
+
+    # The old password is refused by the proxy in its own words (28P01).
+    with pytest.raises(pg8000.native.DatabaseError) as refused:
+        _pg8000(proxy, stack, old)
+    fields = refused.value.args[0]
+    assert fields["C"] == "28P01"
+    assert fields["M"] == WRONG_PASSWORD.format(user=stack.config.db_user)
+
+    # New database connections log in with the new secret: five transactions at once need the
+    # whole pool (cap 5), more connections than existed before the rotation.
+    clients = [_psycopg(proxy, stack, rotation.password) for _ in range(5)]
+    try:
+        for client in clients:
+            client.execute("BEGIN")
+            client.execute("SELECT pg_backend_pid()")
+        assert len(_backends(stack) - opened_before) >= 1
+        stats = proxy.stats()
+        assert stats["database_connections_setup_failed"] == failed_before
+    finally:
+        for client in clients:
+            client.close()
+        idle.close()
+        native.close()
+        in_transaction.close()
+
+
+def test_a_proxy_that_does_not_poll_reads_the_secret_when_the_database_refuses_it(
+    stack: EmbeddedStack,
+) -> None:
+    proxy = stack.make_emulator(
+        {**SETTINGS, "secret_refresh_seconds": 0, "max_connections_percent": 10}, name="rdsproxy-no-poll"
+    )
+    proxy.start()
+    try:
+        old = stack.db_password
+        holder = _psycopg(proxy, stack, old)
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")  # holds the pool's one database connection
+        failed_before = proxy.stats()["database_connections_setup_failed"]
+
+        rotation = _rotate(stack)
+        # Not polling, the proxy still checks clients against the password it read at start.
+        second = _psycopg(proxy, stack, old)
+        # This transaction needs a new database connection: the database refuses the old password,
+        # the proxy reads the secret again and logs in with the new one.
+        second.execute("BEGIN")
+        assert second.execute("SELECT 1").fetchone() == (1,)
+        stats = proxy.stats()
+        assert stats["database_connections_setup_failed"] == failed_before + 1
+        assert f"version {rotation.version}." in proxy.log_path.read_text()
+        second.close()
+        holder.close()
+
+        with pytest.raises(psycopg.OperationalError, match=WRONG_PASSWORD.format(user=stack.config.db_user)):
+            _psycopg(proxy, stack, old)
+        _psycopg(proxy, stack, rotation.password).close()
+    finally:
+        proxy.stop()
+
+
+def test_rotate_secret_command_rotates_a_running_stack_through_its_env_file(
+    stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env_file = tmp_path / "twin.env"
+    write_env_file(env_file, stack.environment())
+    old = stack.db_password
+
+    assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 0
+
+    new = parse_env(env_file.read_text())["PGPASSWORD"]
+    assert new != old
+    stack.db_password = new
+    out = capsys.readouterr().out
+    assert "the proxy reads the new version" in out
+    with psycopg.connect(
+        stack.postgres.conninfo(user=stack.config.db_user, password=new, dbname="app")
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (stack.config.db_user,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(stack.postgres.conninfo(user=stack.config.db_user, password=old, dbname="app"))
+
+
+def test_rotating_a_stack_waits_for_its_proxy_and_keeps_the_stacks_password_current(
+    stack: EmbeddedStack,
+) -> None:
+    # What LocalTwin.rotate_secret() does.
+    proxy = _emulator(stack)
+    old = stack.db_password
+    rotated = rotate_stack_secret(stack)
+    assert rotated.proxy_seconds is not None
+    assert stack.db_password == rotated.rotation.password != old
+    assert f"version {rotated.rotation.version}." in proxy.log_path.read_text()
+    _psycopg(proxy, stack, stack.db_password).close()
+    with pytest.raises(psycopg.OperationalError, match=WRONG_PASSWORD.format(user=stack.config.db_user)):
+        _psycopg(proxy, stack, old)
