@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
