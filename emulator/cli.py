@@ -1,4 +1,5 @@
-"""Command line: `python -m emulator up | package | demo | proxy | report | check-sql | stage`."""
+"""Command line: `python -m emulator up | invoke | failover | package | demo | proxy | report | check-sql |
+stage`."""
 
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
 from emulator.rdsproxy import main as proxy_main
+from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import StackConfig
-from emulator.stack.envfile import write_env_file
+from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stage import cli as stage_cli
 from emulator.tools.demo import DemoConfig, run_demo
 from emulator.tools.sqlcheck import cli as sqlcheck_cli
 from emulator.twin.config import TwinConfig
+from emulator.twin.control import CONTROL_URL, ControlError, ControlServer, request_failover
 from emulator.twin.local import LocalTwin
 from emulator.twin.options import OptionError, TwinOptions, assignments, twin_config
 
@@ -52,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_up(commands)
     _add_invoke(commands)
+    _add_failover(commands)
     _add_package(commands)
     stage_cli.add_parser(commands)
     _add_proxy(commands)
@@ -79,6 +83,61 @@ def _add_up(commands: Commands) -> None:
     _terraform_options(up)
     _function_options(up, several=True)
     _stack_options(up)
+    _database_options(up)
+
+
+def _database_options(parser: argparse.ArgumentParser) -> None:
+    defaults = StackConfig()
+    group = parser.add_argument_group(
+        "the database",
+        "One PostgreSQL (the default), or a cluster by real streaming replication that "
+        "`python -m emulator failover` fails over. With --terraform, an applied aws_rds_cluster or "
+        "multi_az = true decides instead.",
+    )
+    group.add_argument(
+        "--cluster",
+        choices=[kind.value for kind in ClusterKind],
+        help="aurora: a writer and --replicas readable replicas (an Aurora PostgreSQL cluster); "
+        "multi-az: a writer and a standby nobody reads (a Multi-AZ DB instance); default: single",
+    )
+    group.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help=f"an Aurora cluster's readable replicas (default: {defaults.replicas})",
+    )
+    group.add_argument(
+        "--dns-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long after a failover the database's own endpoints (the direct path) still lead to "
+        f"the old writer, as a DNS record's TTL (default: {defaults.dns_ttl_seconds:g}, Aurora's)",
+    )
+
+
+def _add_failover(commands: Commands) -> None:
+    failover = commands.add_parser(
+        "failover",
+        help="fail a running `up --cluster` over: fence the writer, promote a replica",
+        description="Ask a running `up` (started with --cluster aurora or multi-az) to fail its database "
+        "over, as RDS's FailoverDBCluster or a reboot with failover: the writer is stopped (its "
+        "connections drop), a replica is promoted and the others follow it; the old writer comes back "
+        "as a replica. The proxy finds the new writer itself; the database's endpoints follow after "
+        "the DNS TTL. Prints what was promoted and how long each step took.",
+    )
+    failover.add_argument(
+        "--to",
+        metavar="NAME",
+        help="the replica to promote (default: the one that received the most WAL)",
+    )
+    failover.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help=f"the env file `up --env-file` wrote (default: {CONTROL_URL} from the environment, "
+        "as in a shell that sourced it)",
+    )
+    failover.add_argument("--format", choices=("text", "json"), default="text", help="default: %(default)s")
 
 
 def _add_invoke(commands: Commands) -> None:
@@ -398,6 +457,10 @@ def _twin_options(args: argparse.Namespace) -> TwinOptions:
     tf_vars = getattr(args, "tf_vars", [])
     if tf_vars:
         options["tf_vars"] = _assignments("--tf-var", tf_vars)
+    for option, name in (("cluster", "cluster"), ("replicas", "replicas"), ("dns_ttl", "dns_ttl")):
+        value = getattr(args, option, None)
+        if value is not None:
+            options[name] = value  # type: ignore[literal-required]
     return options
 
 
@@ -443,6 +506,19 @@ def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
             f"  function   {function.name}: {function.handler} from {function.code_dir} "
             f"(concurrency {function.concurrency_limit}, timeout {function.timeout_seconds:g} s)"
         )
+    cluster = stack.cluster
+    if cluster is not None:
+        endpoint = stack.database_endpoint
+        roles = ", ".join(
+            f"{instance.name} {instance.role} :{instance.server.port}" for instance in cluster.instances
+        )
+        print(f"Database     {config.database_kind}: {roles}")
+        if endpoint is not None:
+            reader = f", reader :{endpoint.reader_port}" if endpoint.reader_port is not None else ""
+            print(
+                f"  endpoints  writer {endpoint.host}:{endpoint.writer_port}{reader} "
+                f"(DNS TTL {config.dns_ttl_seconds:g} s after a failover)"
+            )
     print(f"TLS CA       {env['DB_SSLROOTCERT']}")
     if isinstance(stack.proxy, RdsProxyEmulator):
         cfg = stack.proxy.config
@@ -457,18 +533,60 @@ def _up(args: argparse.Namespace) -> int:
     twin = _local_twin(_twin_options(args))
     print(f"Starting the local stack (proxy: {twin.config.proxy}) ...", flush=True)
     with twin:
-        env = twin.environment()
+        control = ControlServer(twin)
+        control.start()
+        env = {**twin.environment(), CONTROL_URL: control.url}
         _print_twin(twin, env)
         try:
             if args.env_file:
                 write_env_file(args.env_file, env)
                 print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
+                if twin.stack.cluster is not None:
+                    print(f"Failover     python -m emulator failover --env-file {args.env_file}")
             print("Ready. Press Ctrl+C to stop.", flush=True)
             threading.Event().wait()
         finally:
+            control.stop()
             if args.env_file:
                 args.env_file.unlink(missing_ok=True)
             print("Stopping ...", flush=True)
+    return 0
+
+
+def _failover(args: argparse.Namespace) -> int:
+    if args.env_file is not None:
+        try:
+            url = parse_env(args.env_file.read_text()).get(CONTROL_URL, "")
+        except OSError as exc:
+            print(f"error: --env-file {args.env_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        where = f"--env-file {args.env_file}"
+    else:
+        url, where = os.environ.get(CONTROL_URL, ""), f"the environment's {CONTROL_URL}"
+    if not url:
+        print(
+            f"error: {where} names no running twin ({CONTROL_URL} is missing)",
+            file=sys.stderr,
+        )
+        print("  start one with: python -m emulator up --cluster aurora --env-file FILE", file=sys.stderr)
+        return 2
+    try:
+        report = request_failover(url, args.to)
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(
+        f"Failed over: {report.old_writer} -> {report.new_writer} (topology generation {report.generation})"
+    )
+    print(f"  fence     {report.fence_seconds * 1000:8.1f} ms  the old writer stopped, its connections gone")
+    print(f"  promote   {report.promote_seconds * 1000:8.1f} ms  {report.new_writer} accepts writes")
+    others = ", ".join(report.repointed) or "none"
+    print(f"  repoint   {report.repoint_seconds * 1000:8.1f} ms  replicas following it: {others}")
+    print(f"  total     {report.total_seconds * 1000:8.1f} ms")
+    print(f"  {report.old_writer}: {report.old_writer_fate}")
     return 0
 
 
@@ -563,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "up": _up,
         "invoke": _invoke,
+        "failover": _failover,
         "package": _package,
         "demo": _demo,
         "proxy": proxy_main.command,

@@ -71,12 +71,12 @@ class RunningUp:
         return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **self.env()}
 
 
-def _start_up(tmp_path: Path, proxy: str) -> RunningUp:
+def _start_up(tmp_path: Path, proxy: str, *options: str) -> RunningUp:
     env_file = tmp_path / "stack.env"
     log = tmp_path / "up.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "up", "--proxy", proxy, "--env-file", str(env_file)],
+            [sys.executable, "-m", "emulator", "up", "--proxy", proxy, "--env-file", str(env_file), *options],
             cwd=REPO,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -313,3 +313,61 @@ def test_sigint_stops_up_started_in_the_background_of_a_script(tmp_path: Path) -
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGTERM)
             shell.wait(30)
+
+
+def _failover(*options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "emulator", "failover", *options],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_failover_from_another_shell_promotes_a_replica_of_a_running_up(tmp_path: Path) -> None:
+    running = _start_up(tmp_path, "direct", "--cluster", "aurora", "--replicas", "2", "--dns-ttl", "0")
+    try:
+        env = running.env()
+        assert env["LOCAL_TWIN_DATABASE_KIND"] == "aurora"
+        assert "Database     aurora: database-1-instance-1 writer" in running.output()
+
+        done = _failover(
+            "--env-file", str(running.env_file), "--to", "database-1-instance-3", "--format", "json"
+        )
+
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert (report["old_writer"], report["new_writer"]) == (
+            "database-1-instance-1",
+            "database-1-instance-3",
+        )
+        assert report["total_seconds"] > 0
+        assert json.loads(Path(env["LOCAL_TWIN_TOPOLOGY"]).read_text())["writer"] == "database-1-instance-3"
+        # A shell that sourced the env file needs no option; a replica that is not there is refused.
+        refused = _failover("--to", "nope", env={**running.shell_env(), "PYTHONPATH": str(REPO)})
+        assert refused.returncode == 1
+        assert "no instance 'nope'" in refused.stderr
+        # Text for people: the old writer (now rejoining, so the next failover waits for it) is named.
+        again = _failover("--env-file", str(running.env_file))
+        assert again.returncode == 0, again.stderr
+        assert "Failed over: database-1-instance-3 -> " in again.stdout
+        assert "total" in again.stdout
+        _stop_and_check_nothing_is_left(running, signal.SIGINT)
+    finally:
+        _stop(running)
+
+
+def test_failover_without_a_running_twin_says_how_to_start_one(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "LOCAL_TWIN_CONTROL_URL"}
+    done = _failover(env=env)
+    assert done.returncode == 2
+    assert "LOCAL_TWIN_CONTROL_URL is missing" in done.stderr
+    assert "up --cluster aurora" in done.stderr
+    stale = tmp_path / "stack.env"
+    stale.write_text("LOCAL_TWIN_CONTROL_URL=http://127.0.0.1:9/gone\n")
+    done = _failover("--env-file", str(stale))
+    assert done.returncode == 1
+    assert "no running twin answers" in done.stderr

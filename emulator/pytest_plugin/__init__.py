@@ -7,7 +7,8 @@
 
 Fixtures: `twin` (session-scoped: a LocalTwin started from the options above, at the first test
 that asks for it), `twin_within_cap` (the test fails when the database served more connections than
-the proxy's cap), and `twin_fixture(...)` to make differently configured twins. Every test that uses
+the proxy's cap), `twin_failover` (fails the twin's database over in a test: `twin_cluster =
+"aurora"`), and `twin_fixture(...)` to make differently configured twins. Every test that uses
 a twin fails when RDS Proxy pinned a session during it, with the reason and the statement digest,
 unless it is marked `@pytest.mark.twin_allow_pin(...)` (or `twin_allow_pins = true` for the suite).
 The functions' and the proxy's logs of each test are shown with its failure.
@@ -22,7 +23,8 @@ The plugin starts nothing, and imports nothing heavy, until a test asks for a tw
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -30,6 +32,10 @@ from emulator.pytest_plugin.factory import twin_fixture
 from emulator.pytest_plugin.options import add_options
 from emulator.pytest_plugin.verdicts import ALLOW_PIN_HELP
 from emulator.pytest_plugin.windows import TWINS, Phase, Twins
+
+if TYPE_CHECKING:
+    from emulator.stack.cluster import FailoverReport
+    from emulator.twin.local import LocalTwin
 
 __all__ = ["twin_fixture"]
 
@@ -92,3 +98,14 @@ def twin_within_cap() -> None:
     than the proxy's cap (MaxDatabaseConnectionsAllowed), counted by the proxy and in pg_stat_activity.
 
     The plugin measures it for the tests that use this fixture: nothing to do here."""
+
+
+@pytest.fixture
+def twin_failover(twin: LocalTwin) -> Iterator[Callable[..., FailoverReport]]:
+    """Fail the `twin`'s database over during a test: `report = twin_failover()` (or
+    `twin_failover(to="NAME")`), with the twin started as a cluster (twin_cluster = "aurora" or
+    "multi-az"). The report names the new writer and each step's time. When the test ends, the
+    old writer has rejoined as a replica, so the next test finds the whole cluster (with the new
+    writer)."""
+    yield twin.failover
+    twin.wait_rejoined()

@@ -59,6 +59,9 @@ OPTIONS = (
     Option("timeout", "float", "the functions' timeout in seconds (default: 30)"),
     Option("memory", "int", "the functions' memory setting in MB (default: 256)"),
     Option("reserved_concurrency", "int", "at most this many environments per function"),
+    Option("cluster", "string", "the database: single (the default), aurora or multi-az"),
+    Option("replicas", "int", "an Aurora cluster's readable replicas (default: 1)"),
+    Option("dns_ttl", "float", "seconds the database's endpoints lag a failover (default: 5)"),
 )  # fmt: skip
 
 ALLOW_PINS = "twin_allow_pins"

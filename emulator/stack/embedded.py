@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import io
 import itertools
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -17,10 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from emulator.awslambda.package import build_package, foreign_extensions
+from emulator.dbendpoint.component import DatabaseEndpoint
+from emulator.dbendpoint.settings import DEFAULT_DNS_TTL_SECONDS, EndpointSettings
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
 from emulator.net import LOOPBACK
 from emulator.paths import TERRAFORM_DIR
+from emulator.rdsproxy.config import ProxyConfig
+from emulator.stack.cluster import (
+    TOPOLOGY_FILE,
+    ClusterKind,
+    ClusterSettings,
+    FailoverReport,
+    ReplicatedCluster,
+    single_topology,
+    write_topology,
+)
 from emulator.stack.moto import AwsEmulator
 from emulator.stack.moto_quirks import TARGET_HEALTH
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
@@ -53,6 +67,9 @@ def _unique_secret_name(name: str) -> str:
 # The names clients may use for the stack's TLS endpoints (verify-full checks them).
 TLS_HOSTNAMES = ["localhost", LOOPBACK]
 
+
+# The RDS Proxy settings the emulator knows (clusters add target_instances and proxy_endpoints).
+_PROXY_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(ProxyConfig))
 
 # The kit's Terraform declares these for the proxy (terraform/rds-proxy.tf); the local stack mirrors them.
 DEFAULT_PROXY_SETTINGS: dict[str, Any] = {"require_tls": True, "iam_auth": "REQUIRED"}
@@ -99,6 +116,19 @@ class StackConfig:
     # PgBouncer asks the database for TLS (server_tls_sslmode=prefer). The benchmark turns this off:
     # its clients are plain, and RDS Proxy reaches the database with its client's encryption setting.
     pgbouncer_server_tls: bool = True
+    # The database: one instance (single), an Aurora PostgreSQL cluster (a writer and `replicas`
+    # readable replicas) or a Multi-AZ instance (a writer and a standby nobody reads). An applied
+    # Terraform configuration decides instead when it declares a cluster or multi_az.
+    database_kind: ClusterKind = ClusterKind.SINGLE
+    replicas: int = 1
+    # The DB identifier the instances are named after (RDS's console proposes database-1).
+    db_identifier: str = "database-1"
+    # How long after a failover the database's own endpoints (the direct path) still lead to the
+    # old writer: the DNS record's TTL (Aurora's is 5 s; see emulator/dbendpoint/settings.py).
+    dns_ttl_seconds: float = DEFAULT_DNS_TTL_SECONDS
+    # How a failover stops the old writer: "fast" (no committed transaction lost, as on AWS) or
+    # "immediate" (a crash); see emulator/stack/cluster.py.
+    failover_fence: str = "fast"
 
 
 class StackEnvironment:
@@ -179,6 +209,10 @@ class EmbeddedStack(Started, StackEnvironment):
     secret_arn: str = field(init=False, default="")
     applied: AppliedStack | None = field(init=False, default=None)
     terraform: TerraformWorkspace | None = field(init=False, default=None)
+    # The replicated database (kinds aurora and multi-az); postgres is then its writer.
+    cluster: ReplicatedCluster | None = field(init=False, default=None)
+    # The database's own endpoints (writer, reader, per instance), when the kind is not single.
+    database_endpoint: DatabaseEndpoint | None = field(init=False, default=None)
     _cleanups: list[Callable[[], None]] = field(init=False, default_factory=list)
     _keep_terraform_log: bool = field(init=False, default=False)
 
@@ -215,8 +249,15 @@ class EmbeddedStack(Started, StackEnvironment):
         )
         if cfg.init_sql:
             self.run_sql(sql_files(cfg.init_sql))
+        # After the apply: Terraform may have declared the kind. The replicas copy the database as it
+        # is now (the application's role, database and schema included).
+        self._start_database_topology()
 
         self.direct = DirectProxy(self.postgres.host, self.postgres.port, tls=self.postgres.tls)
+        if self.database_endpoint is not None:
+            self.direct = DirectProxy(
+                self.database_endpoint.host, self.database_endpoint.writer_port, tls=self.postgres.tls
+            )
         for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
             component = self._make_proxy(kind)
             self._cleanups.append(component.stop)
@@ -228,6 +269,83 @@ class EmbeddedStack(Started, StackEnvironment):
             if isinstance(component, RdsProxyEmulator) and self.applied is not None:
                 self._report_target_health(component)
         self.proxy = self.proxies[cfg.proxy]
+
+    @property
+    def topology_path(self) -> Path:
+        return self.workdir / TOPOLOGY_FILE
+
+    def _start_database_topology(self) -> None:
+        """Replicas beside the running PostgreSQL when the kind asks for them, the topology file, and
+        the database's endpoints in front of them."""
+        cfg = self.config
+        if cfg.database_kind is ClusterKind.SINGLE:
+            write_topology(self.topology_path, single_topology(cfg.db_identifier, self.postgres))
+        else:
+            instances = self.workdir / "instances"
+            instances.mkdir()
+            hand_over(instances, self.user)
+            try:
+                settings = ClusterSettings(
+                    cfg.database_kind,
+                    identifier=cfg.db_identifier,
+                    replicas=cfg.replicas,
+                    fence=cfg.failover_fence,
+                )
+            except ValueError as exc:
+                raise ComponentError("PostgreSQL cluster", str(exc)) from exc
+            self.cluster = ReplicatedCluster(
+                instances,
+                self.postgres.binaries,
+                self.postgres.settings,
+                settings,
+                user=self.user,
+                certificate=self.postgres.certificate,
+                superuser_password=self.postgres.superuser_password,
+                topology_path=self.topology_path,
+                writer_server=self.postgres,
+            )
+            # Stopped before the writer's own cleanup (registered earlier) runs.
+            self._cleanups.append(self.cluster.stop)
+            self.cluster.start()
+        if self._needs_database_endpoint():
+            self._start_database_endpoint()
+
+    def _needs_database_endpoint(self) -> bool:
+        """The database's endpoints run when there is more than one instance to route to."""
+        return self.config.database_kind is not ClusterKind.SINGLE
+
+    def _start_database_endpoint(self) -> None:
+        certificate = self.ca.issue_server("dbendpoint", TLS_HOSTNAMES)
+        endpoint = DatabaseEndpoint(
+            self.workdir / "dbendpoint",
+            EndpointSettings(
+                topology_file=str(self.topology_path),
+                dns_ttl_seconds=self.config.dns_ttl_seconds,
+                listen_host=LOOPBACK,
+                tls_cert_file=str(certificate.cert_path) if self.postgres.tls else "",
+                tls_key_file=str(certificate.key_path) if self.postgres.tls else "",
+                region=self.config.region,
+                aws_endpoint_url=self.aws.endpoint_url,
+            ),
+            environment=self.aws.environment(),
+        )
+        self._cleanups.append(endpoint.stop)
+        endpoint.start()
+        self.database_endpoint = endpoint
+
+    def failover(self, to: str | None = None) -> FailoverReport:
+        """Fail the database over to a replica (`to`, or the most advanced one): the writer is fenced
+        and a replica promoted; the proxy finds the new writer itself, the database endpoints after
+        the DNS TTL. See emulator/stack/cluster.py."""
+        if self.cluster is None:
+            raise ComponentError(
+                "failover",
+                "this stack's database is a single instance, with no replica to fail over to",
+                "start it as a cluster: up --cluster aurora (or multi-az), or declare one in Terraform",
+            )
+        report = self.cluster.failover(to)
+        self.postgres = self.cluster.writer.server
+        return report
 
     def _start_aws(self) -> None:
         cfg = self.config
@@ -426,11 +544,27 @@ class EmbeddedStack(Started, StackEnvironment):
         settings.setdefault(
             "max_connections_percent", min(100, -(-cfg.pool_size * 100 // cfg.max_connections))
         )
+        settings.update(self._proxy_cluster_settings(settings))
         try:
             return self.make_emulator(settings)
         except ValueError as exc:
             source = "the applied Terraform configuration" if self.applied else "--proxy-setting"
             raise ComponentError("RDS Proxy emulator", str(exc), f"fix the setting in {source}") from exc
+
+    def _proxy_cluster_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The proxy's targets: every instance at its own address (the proxy asks each one its role,
+        as RDS Proxy monitors its targets, and reads no topology file)."""
+        if self.cluster is None or "target_instances" in settings:
+            return {}
+        if "target_instances" not in _PROXY_SETTING_NAMES:
+            # The proxy of this build has a single target: the writer, as before clusters.
+            return {}
+        return {
+            "target_instances": [
+                f"{instance.name}={instance.server.host}:{instance.server.port}"
+                for instance in self.cluster.instances
+            ]
+        }
 
     def make_emulator(self, settings: Mapping[str, Any], *, name: str = "rdsproxy") -> RdsProxyEmulator:
         """An RDS Proxy emulator (not started) in front of this stack's PostgreSQL, with the stack's
@@ -482,6 +616,33 @@ class EmbeddedStack(Started, StackEnvironment):
             proxy=(self.proxy.host, self.proxy.port), postgres=(self.postgres.host, self.postgres.port)
         )
         return {**self.handler_environment(), **map_endpoints(function.environment, addresses)}
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["LOCAL_TWIN_DATABASE_KIND"] = str(self.config.database_kind)
+        env["LOCAL_TWIN_TOPOLOGY"] = str(self.topology_path)
+        endpoint = self.database_endpoint
+        if endpoint is not None:
+            # psql's direct path is the database's writer endpoint (the cluster endpoint), as a
+            # client connecting to RDS by its DNS name reaches it.
+            env["PGHOST"], env["PGPORT"] = endpoint.host, str(endpoint.writer_port)
+            if endpoint.reader_port is not None:
+                env["DB_READER_HOST"], env["DB_READER_PORT"] = endpoint.host, str(endpoint.reader_port)
+        env.update(self.proxy_endpoints_environment())
+        return env
+
+    def proxy_endpoints_environment(self) -> dict[str, str]:
+        """PROXY_ENDPOINT_<NAME>_HOST/PORT for each of the proxy's endpoints beyond its default one
+        (the emulator's ready file names them)."""
+        proxy = self.proxy
+        if not isinstance(proxy, RdsProxyEmulator):
+            return {}
+        env = {}
+        for name, endpoint in proxy.endpoints().items():
+            key = re.sub(r"[^A-Z0-9]", "_", name.upper())
+            env[f"PROXY_ENDPOINT_{key}_HOST"] = proxy.host
+            env[f"PROXY_ENDPOINT_{key}_PORT"] = str(endpoint["port"])
+        return env
 
     def proxy_tools(self) -> dict[str, str]:
         if not isinstance(self.proxy, RdsProxyEmulator):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -10,7 +11,7 @@ import signal
 import stat
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from emulator.errors import ComponentError
+from emulator.errors import ComponentError, ReadinessTimeout
 from emulator.net import LOOPBACK, free_port
 from emulator.stack.pgtemplate import DataDirectoryTemplates, cache_root
 from emulator.stack.process import ManagedProcess, ServiceUser, hand_over, run_checked
 from emulator.stack.tls import ServerCertificate
+from emulator.wait import wait_until
 
 COMPONENT = "PostgreSQL"
 INSTALL_HINT = (
@@ -313,7 +315,14 @@ class PostgresServer(PostgresEndpoint):
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.write("\n# Added by the local twin\n" + "\n".join(lines) + "\n")
 
-    def start(self, timeout: float = 60) -> None:
+    def append_settings(self, lines: Sequence[str], why: str) -> None:
+        """More postgresql.conf lines, after the twin's own (later lines win)."""
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\n# {why}\n" + "\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 60, *, ready: Callable[[], bool] | None = None) -> None:
+        """Start the server and wait until ready() says yes (default: a superuser can run a query;
+        a standby that refuses connections needs another check)."""
         self._process = ManagedProcess(
             COMPONENT,
             [self.binaries.tool("postgres"), "-D", str(self.datadir)],
@@ -323,7 +332,7 @@ class PostgresServer(PostgresEndpoint):
             stop_signal=signal.SIGINT,
         )
         self._process.start()
-        self._process.wait_ready(self._ready, timeout=timeout)
+        self._process.wait_ready(ready or self._ready, timeout=timeout)
         if self._own_password is not None:
             # Started from a template: its password was the template's until now.
             with self.admin_connection() as conn:
@@ -339,10 +348,34 @@ class PostgresServer(PostgresEndpoint):
             conn.execute("SELECT 1")
         return True
 
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
+    def stop(self, *, immediate: bool = False, timeout: float = 10.0) -> None:
+        """Fast shutdown (SIGINT: roll back, disconnect clients, a shutdown checkpoint, and every WAL
+        record sent to connected standbys first), or immediate (SIGQUIT to the postmaster: no
+        checkpoint, as a crash; clients get 57P01 "terminating connection due to immediate shutdown
+        command")."""
+        process = self._process
+        if process is None:
+            return
+        if immediate and process.exit_reason() is None:
+            # The postmaster alone: it tells each backend why (signalling the whole group would make
+            # every backend report an "unexpected SIGQUIT").
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGQUIT)
+            with contextlib.suppress(ReadinessTimeout):
+                wait_until(lambda: process.exit_reason() is not None, component=COMPONENT, timeout=timeout)
+        process.stop(timeout)
+        self._process = None
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Signal the postmaster (SIGHUP: reload the configuration)."""
+        assert self._process is not None, "not started"
+        os.kill(self._process.pid, signum)
+
+    def pg_ctl(self, *args: str) -> str:
+        """pg_ctl on this server's data directory, as the server's user."""
+        return run_checked(
+            COMPONENT, [self.binaries.tool("pg_ctl"), "-D", str(self.datadir), *args], user=self.user
+        )
 
     @property
     def running(self) -> bool:

@@ -32,6 +32,7 @@ class RdsProxyEmulator:
         self.port = config.listen_port
         self._process: ManagedProcess | None = None
         self.stats_port = 0
+        self._ready: dict[str, Any] = {}
 
     @property
     def handler_auth(self) -> str:
@@ -79,10 +80,17 @@ class RdsProxyEmulator:
     def _wait_ready(self, ready_file: Path, timeout: float) -> None:
         assert self._process is not None
         self._process.wait_ready(ready_file.exists, timeout=timeout)
-        self.stats_port = int(json.loads(ready_file.read_text())["stats_port"])
+        self._ready = json.loads(ready_file.read_text())
+        self.stats_port = int(self._ready["stats_port"])
         self._process.wait_ready(
             lambda: bool(self.stats()["target_ready"]), timeout=timeout, what=" (reaching its target)"
         )
+
+    def endpoints(self) -> dict[str, dict[str, Any]]:
+        """The proxy's endpoints besides its default one, by name: {"port": N, "role": "READ_ONLY"}
+        (aws_db_proxy_endpoint), from its ready file."""
+        endpoints: dict[str, dict[str, Any]] = self._ready.get("endpoints") or {}
+        return {name: endpoint for name, endpoint in endpoints.items() if name != "default"}
 
     def _get(self, path: str, *, method: str = "GET") -> Any:
         """A JSON answer of the proxy's HTTP endpoint."""

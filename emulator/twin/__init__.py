@@ -4,7 +4,7 @@ with LocalTwin(handler="orders.handler", code="function", init_sql="schema",
                env={"DB_HOST": "${DB_PROXY_ENDPOINT}"}) as twin:
     twin.invoke("local-twin-fn", {"action": "list"}).json()
 
-local      LocalTwin: start and stop, connection parameters, invoke, bursts, stats, pins, logs
+local      LocalTwin: start and stop, connection parameters, invoke, bursts, stats, pins, logs, failover
 options    TwinOptions: `up`'s options by name, and the TwinConfig they make
 config     TwinConfig: the stack's settings and the functions, with their environments
 endpoints  ConnectionParams: libpq's parameters for the proxy or PostgreSQL
@@ -13,6 +13,7 @@ pins, logs Pin (a pinned session, its reason and digest); checkpoints and what w
 """
 
 from emulator.awslambda.function import Invocation
+from emulator.stack.cluster import FailoverReport
 from emulator.tools.burst import BurstResult
 from emulator.twin.config import TwinConfig
 from emulator.twin.endpoints import ConnectionParams
@@ -27,6 +28,7 @@ __all__ = [
     "Checkpoint",
     "ConnectionParams",
     "Connections",
+    "FailoverReport",
     "Invocation",
     "Latency",
     "LocalTwin",

@@ -21,6 +21,7 @@ from emulator.awslambda.function import FunctionConfig, Invocation, LambdaFuncti
 from emulator.awslambda.invoke_api import InvokeApi
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
+from emulator.stack.cluster import FailoverReport, read_topology
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import PgBouncer
 from emulator.stack.postgres import count_backends
@@ -188,6 +189,25 @@ class LocalTwin(Started):
                 timeout=RECYCLE_SETTLE_SECONDS,
             )
         return ended
+
+    # -- failover -------------------------------------------------------------------------------
+
+    def failover(self, to: str | None = None) -> FailoverReport:
+        """Fail the database over (twins started with cluster='aurora' or 'multi-az'): the writer is
+        fenced (its connections drop), a replica (`to`, or the most advanced one) promoted and the
+        others repointed; the proxy finds the new writer itself, the database's endpoints after the
+        DNS TTL (dns_ttl). The report says who became the writer and how long each step took. The
+        old writer rejoins as a replica in the background (wait_rejoined())."""
+        return self.stack.failover(to)
+
+    def wait_rejoined(self, timeout: float | None = None) -> None:
+        """Wait until the instances the last failover fenced are replicas again."""
+        if self.stack.cluster is not None:
+            self.stack.cluster.wait_rejoined(timeout)
+
+    def topology(self) -> dict[str, Any]:
+        """The database's instances and their roles now (what the topology file says)."""
+        return read_topology(self.stack.topology_path)
 
     # -- what happened --------------------------------------------------------------------------
 

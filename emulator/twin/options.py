@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 from emulator.awslambda.function import FunctionConfig
 from emulator.rdsproxy.config import ProxyConfig, parse_settings
+from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, StackConfig, TerraformSettings
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.schema import sql_files
@@ -49,6 +50,12 @@ class TwinOptions(TypedDict, total=False):
     proxy_settings: Mapping[str, Any]
     max_connections: int
     pool_size: int
+    # The database: "single" (the default), "aurora" (a writer and `replicas` readable replicas) or
+    # "multi-az" (a writer and one standby nobody reads); dns_ttl is how long after a failover the
+    # database's own endpoints still lead to the old writer (seconds, default 5: Aurora's TTL).
+    cluster: str
+    replicas: int
+    dns_ttl: float
     # The functions' timeout (seconds), memory setting (MB) and reserved concurrency.
     timeout: float
     memory: int
@@ -89,6 +96,7 @@ def twin_config(options: TwinOptions) -> TwinConfig:
         proxy_settings={**DEFAULT_PROXY_SETTINGS, **proxy_settings(options.get("proxy_settings", {}))},
         terraform=_terraform(options),
         init_sql=init_sql,
+        **_database(options),
     )
     sql_files(stack.init_sql)  # a missing file fails now, not after the stack started
     log = options.get("function_log")
@@ -98,6 +106,28 @@ def twin_config(options: TwinOptions) -> TwinConfig:
         environment=dict(options.get("env", {})),
         function_log=None if log is None else Path(log).resolve(),
     )
+
+
+def _database(options: TwinOptions) -> dict[str, Any]:
+    """The database's kind, replicas and DNS TTL, checked."""
+    defaults = StackConfig()
+    try:
+        kind = ClusterKind(options.get("cluster", defaults.database_kind))
+    except ValueError:
+        choices = ", ".join(kind.value for kind in ClusterKind)
+        raise OptionError(f"cluster is one of {choices}, not {options.get('cluster')!r}") from None
+    replicas = int(options.get("replicas", defaults.replicas))
+    if "replicas" in options and kind is not ClusterKind.AURORA:
+        if kind is ClusterKind.SINGLE:
+            raise OptionError("replicas need a cluster: cluster='aurora' (--cluster aurora)")
+        if replicas != 1:
+            raise OptionError("a Multi-AZ instance has exactly one standby (replicas=1)")
+    if not 1 <= replicas <= 15:
+        raise OptionError(f"an Aurora cluster has 1 to 15 replicas here, not {replicas}")
+    dns_ttl = float(options.get("dns_ttl", defaults.dns_ttl_seconds))
+    if dns_ttl < 0:
+        raise OptionError(f"dns_ttl is 0 or more seconds, not {dns_ttl:g}")
+    return {"database_kind": kind, "replicas": replicas, "dns_ttl_seconds": dns_ttl}
 
 
 def proxy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

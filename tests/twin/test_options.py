@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from emulator.errors import ComponentError
+from emulator.stack.cluster import ClusterKind
 from emulator.stack.proxies import ProxyKind
 from emulator.twin.options import OptionError, TwinOptions, twin_config
 
@@ -113,6 +114,32 @@ def test_a_function_or_schema_that_cannot_be_right_is_refused_before_anything_st
     ],
 )
 def test_an_option_that_cannot_be_right_is_an_option_error(
+    project: Path, options: TwinOptions, message: str
+) -> None:
+    with pytest.raises(OptionError, match=message):
+        twin_config(options)
+
+
+def test_a_cluster_is_asked_for_by_kind_with_its_replicas_and_dns_ttl(project: Path) -> None:
+    stack = twin_config({"cluster": "aurora", "replicas": 3, "dns_ttl": 1.5}).stack
+    assert (stack.database_kind, stack.replicas, stack.dns_ttl_seconds) == (ClusterKind.AURORA, 3, 1.5)
+    assert twin_config({"cluster": "multi-az"}).stack.database_kind is ClusterKind.MULTI_AZ
+    # The default is today's one instance, with Aurora's DNS TTL for when it is a cluster.
+    default = twin_config({}).stack
+    assert (default.database_kind, default.dns_ttl_seconds) == (ClusterKind.SINGLE, 5.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cluster": "galera"}, "cluster is one of single, aurora, multi-az, not 'galera'"),
+        ({"replicas": 2}, "replicas need a cluster"),
+        ({"cluster": "multi-az", "replicas": 2}, "exactly one standby"),
+        ({"cluster": "aurora", "replicas": 16}, "1 to 15 replicas"),
+        ({"cluster": "aurora", "dns_ttl": -1}, "dns_ttl is 0 or more"),
+    ],
+)
+def test_a_cluster_that_cannot_be_is_refused_before_anything_starts(
     project: Path, options: TwinOptions, message: str
 ) -> None:
     with pytest.raises(OptionError, match=message):
