@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.awslambda.function import FunctionConfig, LambdaFunction
+from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.proxies import ProxyComponent, ProxyKind
 from emulator.tools.interruption import FailoverMoments, Interruption, interruption, shorter_by
@@ -44,7 +45,7 @@ class FailoverDemoConfig:
     chart: Path = Path("failover.png")
     handler_log: Path = Path("failover-handler.log")
     # The database: a Multi-AZ instance by default, the case AWS's "up to 66%" is about.
-    stack: StackConfig = field(default_factory=lambda: StackConfig(cluster="multi-az"))
+    stack: StackConfig = field(default_factory=lambda: StackConfig(database_kind=ClusterKind.MULTI_AZ))
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
                 ways.append(WayLoad(name, load))
             ttl = stack.config.dns_ttl_seconds
             console.print(
-                f"{stack.cluster.describe()}; the database endpoint follows a failover after "
+                f"{_describe(stack)}; the database endpoint follows a failover after "
                 f"{ttl:g} s (DNS-like delay). Each way: {config.workers} warm environments, one "
                 f"invocation every {config.period * 1000:.0f} ms each, {config.work_ms} ms of work."
             )
@@ -99,7 +100,11 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
                 report = stack.failover()
             writer_ready = time.monotonic()
             moments = FailoverMoments(started, writer_ready, writer_ready + ttl)
-            console.print(f"Failover: {report}")
+            console.print(
+                f"Failover: {report.old_writer} fenced in {report.fence_seconds:.2f} s, "
+                f"{report.new_writer} promoted in {report.promote_seconds:.2f} s "
+                f"({report.total_seconds:.2f} s in all); the old writer is {report.old_writer_fate}."
+            )
             with console.status(f"Load until {config.after_seconds:g} s after the endpoint switched..."):
                 time.sleep(max(0.0, moments.endpoint_switched + config.after_seconds - time.monotonic()))
             for way in ways:
@@ -124,6 +129,13 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
     else:
         console.print(f"Chart: {config.chart.resolve()}")
     return ways
+
+
+def _describe(stack: EmbeddedStack) -> str:
+    cluster = stack.cluster
+    assert cluster is not None
+    names = ", ".join(f"{instance.name} ({instance.role})" for instance in cluster.instances)
+    return f"PostgreSQL {stack.postgres.binaries.version}, {stack.config.database_kind}: {names}"
 
 
 def _warm(ways: list[WayLoad], config: FailoverDemoConfig, console: Console) -> None:
