@@ -28,6 +28,8 @@ from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stage import cli as stage_cli
 from emulator.tools.demo import DemoConfig, run_demo
+from emulator.tools.failover_demo import FailoverDemoConfig, run_failover_demo
+from emulator.tools.failover_demo import exit_code as failover_exit_code
 from emulator.tools.sqlcheck import cli as sqlcheck_cli
 from emulator.twin.config import TwinConfig
 from emulator.twin.control import CONTROL_URL, ControlError, ControlServer, request_failover
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_rotate_secret(commands)
     sqlcheck_cli.add_parser(commands)
     _add_demo(commands)
+    _add_failover_demo(commands)
     return parser
 
 
@@ -437,6 +440,57 @@ def _add_demo(commands: Commands) -> None:
     _stack_options(demo)
 
 
+def _add_failover_demo(commands: Commands) -> None:
+    demo = commands.add_parser(
+        "failover-demo",
+        help="the failover demonstration: a steady load directly and through the proxy during a failover",
+        description="Run the same steady load of Lambda invocations (the kit's example handler) directly "
+        "against the database's endpoint and through the RDS Proxy emulator while the database fails "
+        "over; print errors, the longest interruption and the invocations that waited, and write a PNG "
+        "chart over time. Exits 1 when a way never recovered or more proxied invocations failed than "
+        "were in flight at the failover.",
+    )
+    defaults = FailoverDemoConfig()
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="warm execution environments per way (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--period-ms",
+        type=int,
+        default=int(defaults.period * 1000),
+        help="each worker invokes this often (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--work-ms", type=int, default=defaults.work_ms, help="each invocation's work (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--before",
+        type=float,
+        default=defaults.before_seconds,
+        help="seconds of steady load before the failover (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--after",
+        type=float,
+        default=defaults.after_seconds,
+        help="seconds of load after the database endpoint switched (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--handler-log",
+        type=Path,
+        default=defaults.handler_log,
+        help="where the function's log goes (default: %(default)s)",
+    )
+    _database_options(demo)
+    _stack_options(demo)
+
+
 def _stack_options(parser: argparse.ArgumentParser) -> None:
     defaults = StackConfig()
     parser.add_argument(
@@ -697,6 +751,47 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failover_demo(args: argparse.Namespace) -> int:
+    if args.cluster is None:
+        args.cluster = ClusterKind.MULTI_AZ.value  # the case AWS's "up to 66%" is about
+    if args.cluster == ClusterKind.SINGLE.value:
+        _usage_error("a failover needs a cluster: --cluster multi-az or aurora")
+    for name in ("workers", "period_ms", "work_ms"):
+        if getattr(args, name) < 1:
+            _usage_error(f"--{name.replace('_', '-')} must be at least 1")
+    options: TwinOptions = {
+        "max_connections": args.max_connections,
+        "pool_size": args.pool_size,
+        "proxy_settings": _assignments("--proxy-setting", args.proxy_settings),
+        "cluster": args.cluster,
+    }
+    if args.replicas is not None:
+        options["replicas"] = args.replicas
+    if args.dns_ttl is not None:
+        options["dns_ttl"] = args.dns_ttl
+    try:
+        stack = twin_config(options).stack
+    except OptionError as exc:
+        _usage_error(str(exc))
+    config = FailoverDemoConfig(
+        workers=args.workers,
+        period=args.period_ms / 1000,
+        work_ms=args.work_ms,
+        before_seconds=args.before,
+        after_seconds=args.after,
+        chart=args.chart,
+        handler_log=args.handler_log,
+        stack=stack,
+    )
+    ways = run_failover_demo(config)
+    code = failover_exit_code(ways, config)
+    if code:
+        print(
+            f"error: see the table above; the function's log: {args.handler_log.resolve()}", file=sys.stderr
+        )
+    return code
+
+
 def _report(args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415
 
@@ -732,6 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failover": _failover,
         "package": _package,
         "demo": _demo,
+        "failover-demo": _failover_demo,
         "proxy": proxy_main.command,
         "report": _report,
         "rotate-secret": _rotate_secret,

@@ -5,12 +5,14 @@ to the kit's own AWS emulator only. Each one makes moto answer as AWS does; none
 A target group's idle share above its pool share is refused, as AWS refuses it; a target's health
 is what the emulator serving it sees, not always AVAILABLE. Handled elsewhere:
 AWS managed policies need MOTO_IAM_LOAD_MANAGED_POLICIES=true (emulator.stack.moto);
-moto has no DB proxy endpoints (the kit's stack declares none) and no ModifyDBProxy (changing a
-proxy's auth or TLS needs a new apply, not an update: README, "moto's quirks").
+moto has no ModifyDBProxy (changing a proxy's auth or TLS needs a new apply, not an update: README,
+"moto's quirks"). moto (5.2) has no DB proxy endpoints at all: the kit adds them
+(_proxy_endpoints), so that aws_db_proxy_endpoint applies and reads back.
 """
 
 from __future__ import annotations
 
+import datetime
 import secrets
 import string
 import sys
@@ -61,6 +63,7 @@ def _fix_rds() -> None:
         _keep_the_init_query()
         _idle_share_within_the_pool()
         _target_health_follows_the_proxy()
+        _proxy_endpoints()
 
 
 # The live state of each proxy target the twin runs, by DB instance identifier: is it available, and
@@ -154,3 +157,173 @@ def _idle_share_within_the_pool() -> None:
         return modify(self, proxy_name, config)
 
     RDSBackend.modify_db_proxy_target_group = modify_db_proxy_target_group  # type: ignore[method-assign]
+
+
+class DBProxyEndpoint:
+    """A proxy's additional endpoint (CreateDBProxyEndpoint), as DescribeDBProxyEndpoints shows it."""
+
+    resource_type = "db-proxy-endpoint"
+
+    def __init__(self, proxy: Any, name: str, params: dict[str, Any]) -> None:
+        self.proxy = proxy
+        self.name = name
+        self.target_role = params.get("TargetRole") or "READ_WRITE"
+        self.vpc_subnet_ids = list(params.get("VpcSubnetIds") or proxy.vpc_subnet_ids)
+        self.vpc_security_group_ids = list(params.get("VpcSecurityGroupIds") or proxy.vpc_security_group_ids)
+        self.tags: list[dict[str, str]] = list(params.get("Tags") or [])
+        alphabet = string.ascii_lowercase + string.digits
+        self.arn = (
+            f"arn:aws:rds:{proxy.region}:{proxy.backend.account_id}:db-proxy-endpoint:"
+            f"prx-endpoint-{''.join(secrets.choice(alphabet) for _ in range(17))}"
+        )
+        # As AWS names them: <endpoint>.endpoint.proxy-<id>.<region>.rds.amazonaws.com.
+        self.endpoint = f"{name}.endpoint.proxy-{proxy.url_identifier}.{proxy.region}.rds.amazonaws.com"
+        self.created = datetime.datetime.now(datetime.UTC)
+
+    def describe(self, status: str = "available") -> dict[str, Any]:
+        return {
+            "DBProxyEndpointName": self.name,
+            "DBProxyEndpointArn": self.arn,
+            "DBProxyName": self.proxy.db_proxy_name,
+            "Status": status,
+            "VpcId": self.proxy.vpc_id,
+            "VpcSecurityGroupIds": self.vpc_security_group_ids,
+            "VpcSubnetIds": self.vpc_subnet_ids,
+            "Endpoint": self.endpoint,
+            "CreatedDate": self.created,
+            "TargetRole": self.target_role,
+            "IsDefault": False,
+        }
+
+    def get_tags(self) -> list[dict[str, str]]:
+        return self.tags
+
+    def add_tags(self, tags: list[dict[str, str]]) -> list[dict[str, str]]:
+        keys = {tag["Key"] for tag in tags}
+        self.tags = [tag for tag in self.tags if tag["Key"] not in keys] + list(tags)
+        return self.tags
+
+    def remove_tags(self, keys: list[str]) -> None:
+        self.tags = [tag for tag in self.tags if tag["Key"] not in keys]
+
+
+def _default_endpoint(proxy: Any) -> dict[str, Any]:
+    """The proxy's own endpoint, which DescribeDBProxyEndpoints lists too (IsDefault)."""
+    return {
+        "DBProxyEndpointName": "default",
+        "DBProxyName": proxy.db_proxy_name,
+        "Status": "available",
+        "VpcId": proxy.vpc_id,
+        "VpcSecurityGroupIds": proxy.vpc_security_group_ids,
+        "VpcSubnetIds": proxy.vpc_subnet_ids,
+        "Endpoint": proxy.endpoint,
+        "CreatedDate": proxy.created_date,
+        "TargetRole": "READ_WRITE",
+        "IsDefault": True,
+    }
+
+
+def _endpoints(backend: Any) -> dict[str, DBProxyEndpoint]:
+    """The backend's proxy endpoints by name (kept on the backend: moto's state is per backend)."""
+    store: dict[str, DBProxyEndpoint] | None = getattr(backend, "db_proxy_endpoints_of_the_twin", None)
+    if store is None:
+        store = {}
+        backend.db_proxy_endpoints_of_the_twin = store
+    return store
+
+
+def _find_endpoint(backend: Any, name: str) -> DBProxyEndpoint:
+    from moto.rds.exceptions import RDSClientError  # noqa: PLC0415
+
+    found = _endpoints(backend).get(name)
+    if found is None:
+        raise RDSClientError("DBProxyEndpointNotFoundFault", f"The DB proxy endpoint {name} doesn't exist.")
+    return found
+
+
+def _proxy_endpoints() -> None:
+    """CreateDBProxyEndpoint, DescribeDBProxyEndpoints, ModifyDBProxyEndpoint, DeleteDBProxyEndpoint
+    and tags on an endpoint's ARN, which moto lacks. Errors carry RDS's fault codes (the API
+    reference's); their texts are the kit's, as RDS's are not documented."""
+    _proxy_endpoint_actions()
+    _proxy_endpoint_tags()
+
+
+def _proxy_endpoint_actions() -> None:
+    from moto.core.responses import ActionResult  # noqa: PLC0415
+    from moto.rds.exceptions import DBProxyNotFoundFault, InvalidParameterValue, RDSClientError  # noqa: PLC0415
+    from moto.rds.responses import RDSResponse  # noqa: PLC0415
+
+    def create_db_proxy_endpoint(self: Any) -> Any:
+        params = self._get_params()
+        proxy_name, name = params.get("DBProxyName"), params.get("DBProxyEndpointName")
+        proxy = self.backend.db_proxies.get(proxy_name)
+        if proxy is None:
+            raise DBProxyNotFoundFault(proxy_name)
+        store = _endpoints(self.backend)
+        if name in store or name == "default":
+            raise RDSClientError(
+                "DBProxyEndpointAlreadyExistsFault", f"A DB proxy endpoint named {name} already exists."
+            )
+        if params.get("TargetRole", "READ_WRITE") not in ("READ_WRITE", "READ_ONLY"):
+            raise InvalidParameterValue(
+                f"TargetRole must be READ_WRITE or READ_ONLY, not {params['TargetRole']}"
+            )
+        endpoint = DBProxyEndpoint(proxy, name, params)
+        store[name] = endpoint
+        return ActionResult({"DBProxyEndpoint": endpoint.describe()})
+
+    def describe_db_proxy_endpoints(self: Any) -> Any:
+        params = self._get_params()
+        proxy_name, name = params.get("DBProxyName"), params.get("DBProxyEndpointName")
+        if proxy_name is not None and proxy_name not in self.backend.db_proxies:
+            raise DBProxyNotFoundFault(proxy_name)
+        found = [_find_endpoint(self.backend, name)] if name else list(_endpoints(self.backend).values())
+        described = [
+            endpoint.describe()
+            for endpoint in found
+            if proxy_name is None or endpoint.proxy.db_proxy_name == proxy_name
+        ]
+        if name is None and proxy_name is not None:
+            described.insert(0, _default_endpoint(self.backend.db_proxies[proxy_name]))
+        return ActionResult({"DBProxyEndpoints": described})
+
+    def modify_db_proxy_endpoint(self: Any) -> Any:
+        params = self._get_params()
+        store = _endpoints(self.backend)
+        endpoint = _find_endpoint(self.backend, params.get("DBProxyEndpointName"))
+        new_name = params.get("NewDBProxyEndpointName")
+        if new_name and new_name != endpoint.name:
+            store[new_name] = store.pop(endpoint.name)
+            endpoint.name = new_name
+        if params.get("VpcSecurityGroupIds"):
+            endpoint.vpc_security_group_ids = list(params["VpcSecurityGroupIds"])
+        return ActionResult({"DBProxyEndpoint": endpoint.describe()})
+
+    def delete_db_proxy_endpoint(self: Any) -> Any:
+        name = self._get_params().get("DBProxyEndpointName")
+        endpoint = _find_endpoint(self.backend, name)
+        del _endpoints(self.backend)[name]
+        return ActionResult({"DBProxyEndpoint": endpoint.describe("deleting")})
+
+    for handler in (
+        create_db_proxy_endpoint,
+        describe_db_proxy_endpoints,
+        modify_db_proxy_endpoint,
+        delete_db_proxy_endpoint,
+    ):
+        setattr(RDSResponse, handler.__name__, handler)
+
+
+def _proxy_endpoint_tags() -> None:
+    """An endpoint's ARN is a taggable resource (the AWS provider reads its tags after creating it)."""
+    from moto.rds.models import RDSBackend  # noqa: PLC0415
+
+    for_tagging = RDSBackend._get_resource_for_tagging
+
+    def _get_resource_for_tagging(self: Any, arn: str) -> Any:
+        if f":{DBProxyEndpoint.resource_type}:" in arn:
+            return next((e for e in _endpoints(self).values() if e.arn == arn), None)
+        return for_tagging(self, arn)
+
+    RDSBackend._get_resource_for_tagging = _get_resource_for_tagging  # type: ignore[method-assign]

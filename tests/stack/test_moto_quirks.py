@@ -64,3 +64,46 @@ def test_target_health_follows_what_the_proxy_sees_of_its_database(rds: Any) -> 
 
 def test_a_target_the_twin_does_not_serve_keeps_motos_answer(rds: Any) -> None:
     assert _health(rds)["State"] in ("REGISTERING", "AVAILABLE")
+
+
+def test_a_proxy_endpoint_is_created_described_tagged_and_deleted_as_rds_does(rds: Any) -> None:
+    created = rds.create_db_proxy_endpoint(
+        DBProxyName="proxy1",
+        DBProxyEndpointName="reader",
+        VpcSubnetIds=rds.describe_db_proxies(DBProxyName="proxy1")["DBProxies"][0]["VpcSubnetIds"],
+        TargetRole="READ_ONLY",
+        Tags=[{"Key": "team", "Value": "orders"}],
+    )["DBProxyEndpoint"]
+    assert created["TargetRole"] == "READ_ONLY"
+    assert created["IsDefault"] is False
+    assert created["Endpoint"].startswith("reader.endpoint.proxy-")
+    assert created["DBProxyEndpointArn"].split(":")[5] == "db-proxy-endpoint"
+
+    (by_name,) = rds.describe_db_proxy_endpoints(DBProxyEndpointName="reader")["DBProxyEndpoints"]
+    assert (by_name["Status"], by_name["Endpoint"]) == ("available", created["Endpoint"])
+    # By proxy: the proxy's own endpoint is listed too, as the default one.
+    by_proxy = rds.describe_db_proxy_endpoints(DBProxyName="proxy1")["DBProxyEndpoints"]
+    assert [(e["DBProxyEndpointName"], e["IsDefault"]) for e in by_proxy] == [
+        ("default", True),
+        ("reader", False),
+    ]
+    tags = rds.list_tags_for_resource(ResourceName=created["DBProxyEndpointArn"])["TagList"]
+    assert tags == [{"Key": "team", "Value": "orders"}]
+
+    rds.delete_db_proxy_endpoint(DBProxyEndpointName="reader")
+    with pytest.raises(rds.exceptions.ClientError) as gone:
+        rds.describe_db_proxy_endpoints(DBProxyEndpointName="reader")
+    assert gone.value.response["Error"]["Code"] == "DBProxyEndpointNotFoundFault"
+
+
+def test_a_proxy_endpoint_of_a_proxy_that_is_not_there_is_refused(rds: Any) -> None:
+    with pytest.raises(rds.exceptions.ClientError) as refused:
+        rds.create_db_proxy_endpoint(
+            DBProxyName="nope", DBProxyEndpointName="reader", VpcSubnetIds=["subnet-1"]
+        )
+    assert refused.value.response["Error"]["Code"] == "DBProxyNotFoundFault"
+    with pytest.raises(rds.exceptions.ClientError) as duplicate:
+        rds.create_db_proxy_endpoint(
+            DBProxyName="proxy1", DBProxyEndpointName="default", VpcSubnetIds=["subnet-1"]
+        )
+    assert duplicate.value.response["Error"]["Code"] == "DBProxyEndpointAlreadyExistsFault"

@@ -1,0 +1,101 @@
+"""The failover demonstration, smaller: the direct path waits for the endpoint's name, the proxy
+only for the promotion."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from emulator.stack.cluster import ClusterKind
+from emulator.stack.embedded import StackConfig
+from emulator.tools.failover_demo import (
+    DIRECT,
+    PROXIED,
+    FailoverDemoConfig,
+    WayLoad,
+    exit_code,
+    results_table,
+    run_failover_demo,
+)
+from emulator.tools.interruption import Interruption
+from emulator.tools.steady import SteadyLoad
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TTL = 2.0
+
+
+@pytest.mark.integration
+def test_through_the_proxy_a_failover_interrupts_less_than_directly(tmp_path: Path) -> None:
+    config = FailoverDemoConfig(
+        workers=3,
+        period=0.1,
+        work_ms=10,
+        before_seconds=1.0,
+        after_seconds=1.0,
+        chart=tmp_path / "failover.png",
+        handler_log=tmp_path / "handler.log",
+        stack=StackConfig(database_kind=ClusterKind.MULTI_AZ, dns_ttl_seconds=TTL),
+    )
+    console = Console(record=True, width=80)
+    loads = run_failover_demo(config, console)
+    ways = {way.name: way.outcome for way in loads}
+    text = console.export_text()
+    print(text)
+    direct, proxied = ways[DIRECT], ways[PROXIED]
+    assert direct is not None
+    assert proxied is not None
+
+    # Directly: the writer's connections drop, and new ones reach nobody until the name moves.
+    assert direct.failed > 0
+    assert direct.longest_gap >= TTL
+    assert direct.recovered_after is not None
+    assert direct.recovered_after >= TTL
+    # Through the proxy: at most the invocations in flight at the fence fail (one per worker); the
+    # others wait for the new writer, found without waiting for the name.
+    assert proxied.failed <= config.workers, proxied.errors
+    assert proxied.recovered_after is not None
+    assert proxied.recovered_after < TTL
+    assert proxied.longest_gap < direct.longest_gap
+    assert exit_code(loads, config) == 0
+
+    assert config.chart.read_bytes().startswith(PNG_SIGNATURE)
+    table = text[text.index("A steady load through a failover") :].split("calls/ok/failed")[0]
+    assert max(len(line) for line in table.splitlines()) <= 80
+
+
+def _loads(direct_recovered: float | None, proxied_failed: int) -> list[WayLoad]:
+    loads = []
+    for name, recovered, failed in ((DIRECT, direct_recovered, 5), (PROXIED, 0.5, proxied_failed)):
+        outcome = Interruption(
+            calls=100,
+            succeeded=100 - failed,
+            errors=Counter({"57P01 terminating connection": failed}),
+            longest_gap=1.0,
+            gap_started=3.0,
+            waited=2,
+            recovered_after=recovered,
+        )
+        loads.append(WayLoad(name, SteadyLoad(None, {}), outcome))  # type: ignore[arg-type]
+    return loads
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("direct_recovered", "proxied_failed", "code"),
+    [(5.0, 3, 0), (None, 0, 1), (5.0, 4, 1)],
+    ids=["recovered-with-in-flight-failures", "direct-never-recovered", "more-proxied-failures-than-workers"],
+)
+def test_the_demo_fails_when_a_way_never_recovers_or_the_proxy_fails_more_than_was_in_flight(
+    direct_recovered: float | None, proxied_failed: int, code: int
+) -> None:
+    assert exit_code(_loads(direct_recovered, proxied_failed), FailoverDemoConfig(workers=3)) == code
+
+
+@pytest.mark.unit
+def test_the_table_fits_80_columns() -> None:
+    console = Console(record=True, width=80)
+    console.print(results_table(_loads(5.0, 3)))
+    assert max(len(line) for line in console.export_text().splitlines()) <= 80
