@@ -75,6 +75,10 @@ class EndpointListener:
         self._connections.add(task)
         try:
             await self._serve(ClientStream(reader, writer))
+        except Exception:
+            # One connection's surprise must not reach the others (asyncio would only print it).
+            log.exception(f"{self.route.name}: a connection failed")
+            writer.transport.abort()
         finally:
             self._connections.discard(task)
 

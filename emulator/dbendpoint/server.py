@@ -38,11 +38,20 @@ class DatabaseEndpoints:
         self._poller: asyncio.Task[None] | None = None
         self._ready_file: str | None = None
         self._reported_problem: str | None = None
+        self._visible_generation: int | None = None
 
     def current(self) -> Topology:
         """The topology new connections see: the file stat()ed now, its changes after the delay."""
         self._refresh()
-        return self.topology.current()
+        current = self.topology.current()
+        if current.generation != self._visible_generation:
+            if self._visible_generation is not None:
+                log.info(
+                    f"Topology generation {current.generation} visible:"
+                    f" new connections reach writer {current.writer}."
+                )
+            self._visible_generation = current.generation
+        return current
 
     def _refresh(self) -> None:
         changed = self.topology.refresh()
@@ -72,27 +81,30 @@ class DatabaseEndpoints:
         self.writer = self._listener(WriterRoute())
         await self.writer.start(self.settings.writer_port)
         if topology.kind == "aurora":
-            self.reader = self._listener(ReaderRoute())
+            self.reader = self._listener(ReaderRoute(self.settings.reader_balancing))
             await self.reader.start(self.settings.reader_port)
         await self._add_instances(topology)
         self._write_ready_file()
         self._poller = asyncio.create_task(self._poll())
 
-    async def _add_instances(self, topology: Topology) -> bool:
-        added = False
+    async def _add_instances(self, topology: Topology) -> None:
         for instance in topology.instances:
             if instance.name not in self.instances:
                 listener = self._listener(InstanceRoute(instance.name))
                 await listener.start(self.settings.instance_ports.get(instance.name, 0))
                 self.instances[instance.name] = listener
-                added = True
-        return added
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_seconds)
-            self._refresh()
-            if await self._add_instances(self.topology.latest()):
+            self.current()
+            known = len(self.instances)
+            try:
+                await self._add_instances(self.topology.latest())
+            except OSError as exc:
+                # A configured port already taken: the other endpoints go on; retried next poll.
+                log.warning(f"Could not open an instance endpoint: {exc}")
+            if len(self.instances) != known:
                 self._write_ready_file()
 
     def ports(self) -> dict[str, Any]:

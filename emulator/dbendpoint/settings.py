@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.dbendpoint.routing import BALANCING, Balancing
+
 # Aurora's DNS zones use a 5-second TTL: "Currently, Aurora DNS zones use a short Time-To-Live (TTL)
 # of five seconds" (Amazon Aurora MySQL Database Administrator's Handbook, "DNS caching",
 # https://docs.aws.amazon.com/whitepapers/latest/amazon-aurora-mysql-db-admin-handbook/dns-caching.html;
@@ -25,6 +27,9 @@ class EndpointSettings:
     dns_ttl_seconds: float = DEFAULT_DNS_TTL_SECONDS
     # How often the file is stat()ed in the background (it is also stat()ed on every new connection).
     poll_interval_seconds: float = 0.2
+    # How the reader endpoint spreads new connections over the replicas: in turn, or at random as
+    # AWS's DNS answers do.
+    reader_balancing: Balancing = "round-robin"
     listen_host: str = "127.0.0.1"
     # 0 picks a free port; the ready file says which.
     writer_port: int = 0
@@ -55,6 +60,8 @@ class EndpointSettings:
             problems.append("dns_ttl_seconds must be 0 or more")
         if self.poll_interval_seconds <= 0:
             problems.append("poll_interval_seconds must be more than 0")
+        if self.reader_balancing not in BALANCING:
+            problems.append(f"reader_balancing is round-robin or random, not {self.reader_balancing!r}")
         if self.startup_timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
             problems.append("startup_timeout_seconds and connect_timeout_seconds must be more than 0")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

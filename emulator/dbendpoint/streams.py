@@ -32,6 +32,12 @@ class ClientStream:
         address = self.writer.get_extra_info("peername")
         return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The endpoint's address the client connected to (an IAM token is signed for host:port)."""
+        address = self.writer.get_extra_info("sockname")
+        return str(address[0]), int(address[1])
+
     async def read_message(self, max_size: int = MAX_STARTUP_MESSAGE) -> tuple[int, bytes]:
         """One typed message (type byte, body): a gate reads PasswordMessage and SASL responses so."""
         kind, length = _HEADER.unpack(await self.reader.readexactly(5))
@@ -82,11 +88,8 @@ class UpstreamStream:
 
 async def open_upstream(instance: Instance, timeout: float) -> UpstreamStream:
     """Connect to the instance; OSError (refused, unreachable) or TimeoutError when it is down."""
+    # asyncio and uvloop both set TCP_NODELAY on their TCP connections.
     reader, writer = await asyncio.wait_for(asyncio.open_connection(instance.host, instance.port), timeout)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return UpstreamStream(reader, writer, instance)
 
 

@@ -62,6 +62,11 @@ class AdminEndpoint:
                 "namespace": NAMESPACE,
                 "dimensions": metrics.dimension_sets(),
                 "values": metrics.values(),
+                # Every dimension set's values: per endpoint (DS2), instance (DS3), role (DS4).
+                "rows": [
+                    {"dimensions": {d["Name"]: d["Value"] for d in row.dimensions}, "values": row.values}
+                    for row in metrics.rows()
+                ],
             }
             return "200 OK", json.dumps(body)
         if path.startswith("/sessions"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,50 @@ from pathlib import Path
 from typing import Any, Literal
 
 IamAuth = Literal["REQUIRED", "DISABLED"]
+TargetRole = Literal["READ_WRITE", "READ_ONLY"]
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One PostgreSQL server of the target (an RDS instance, or an Aurora cluster's instance)."""
+
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, entry: str) -> Instance:
+        name, sep, address = entry.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not (sep and colon and _NAME.fullmatch(name) and host and port.isdigit()):
+            raise ValueError(f"target_instances: expected NAME=HOST:PORT, not {entry!r}")
+        return cls(name, host, int(port))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A proxy endpoint (aws_db_proxy_endpoint): its name, target role and local port."""
+
+    name: str
+    role: TargetRole
+    port: int
+
+    @classmethod
+    def parse(cls, entry: str) -> Endpoint:
+        name, sep, rest = entry.partition("=")
+        role, colon, port = rest.partition(":")
+        if not (sep and colon and _NAME.fullmatch(name) and port.isdigit()):
+            raise ValueError(f"proxy_endpoints: expected NAME=ROLE:PORT, not {entry!r}")
+        if role not in typing.get_args(TargetRole):
+            raise ValueError(f"proxy_endpoints: the role is READ_WRITE or READ_ONLY, not {role!r}")
+        return cls(name, role, int(port))  # type: ignore[arg-type]
+
+
 PasswordAuth = Literal["POSTGRES_SCRAM_SHA_256", "POSTGRES_MD5"]
 
 
@@ -52,6 +97,12 @@ class ProxyConfig:
     stats_port: int = 0
     # The target's identifier in the Target dimension (the RDS instance identifier in AWS).
     target_name: str = "local-twin-db"
+    # A replicated target: NAME=HOST:PORT per instance (writer and replicas, in any order). Empty:
+    # the single target above. The proxy learns each one's role itself (pg_is_in_recovery()).
+    target_instances: list[str] = field(default_factory=list)
+    # Extra proxy endpoints (aws_db_proxy_endpoint): NAME=ROLE:PORT, ROLE READ_WRITE or READ_ONLY,
+    # PORT 0 for a free one. The default endpoint stays at listen_host:listen_port.
+    proxy_endpoints: list[str] = field(default_factory=list)
     # CloudWatch metrics (AWS/RDS) and the log group /aws/rds/proxy/<name>, sent to aws_endpoint_url.
     publish_to_cloudwatch: bool = True
     metrics_period_seconds: int = 60
@@ -76,6 +127,12 @@ class ProxyConfig:
     legacy_eqp_pinning: bool = False
     # The pessimistic third-party view: named protocol-level prepared statements pin.
     pin_named_statements: bool = False
+    # A client whose transaction or request was on a database connection that was lost (failover,
+    # restart) gets an 08006 error: ERROR keeps its client connection (its next transaction runs on
+    # the new writer), FATAL closes it. AWS says only that such connections are "canceled".
+    failover_error_severity: Literal["ERROR", "FATAL"] = "ERROR"
+    # While the writer is unknown, every instance is asked for its role this often (milliseconds).
+    failover_probe_interval_ms: int = 100
 
     def __post_init__(self) -> None:
         if self.max_idle_connections_percent is None:
@@ -106,8 +163,36 @@ class ProxyConfig:
             problems.append(
                 "client_login_timeout and max_client_connection_lifetime must be at least 1 second"
             )
+        if self.failover_error_severity not in ("ERROR", "FATAL"):
+            problems.append("failover_error_severity must be ERROR or FATAL")
+        if not 10 <= self.failover_probe_interval_ms <= 10_000:
+            problems.append("failover_probe_interval_ms must be between 10 and 10000")
+        try:
+            self.instances()
+            self.endpoints()
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("invalid proxy configuration: " + "; ".join(problems))
+
+    def instances(self) -> list[Instance]:
+        """The target's instances: target_instances, or the single target."""
+        if not self.target_instances:
+            return [Instance(self.target_name, self.target_host, self.target_port)]
+        instances = [Instance.parse(entry) for entry in self.target_instances]
+        names = [instance.name for instance in instances]
+        if len(set(names)) != len(names):
+            raise ValueError("target_instances: every instance needs its own name")
+        return instances
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every proxy endpoint, the default one first."""
+        endpoints = [Endpoint("default", "READ_WRITE", self.listen_port)]
+        endpoints += [Endpoint.parse(entry) for entry in self.proxy_endpoints]
+        names = [endpoint.name for endpoint in endpoints]
+        if len(set(names)) != len(names):
+            raise ValueError("proxy_endpoints: every endpoint needs its own name (default is taken)")
+        return endpoints
 
     @property
     def borrow_timeout(self) -> float | None:

@@ -61,6 +61,11 @@ class DatabaseError(Exception):
 class DatabaseUnavailable(Exception):
     """The database cannot be reached (down, restarting, refusing connections): worth retrying."""
 
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        # It answered, but it has no connection slot left (53300): it is there, only busy.
+        self.full = full
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -135,6 +140,10 @@ class DbConnection:
         self.broken = False
         # The clientConnection id of the session that borrowed it (0 while pooled).
         self.owner = 0
+        # The target instance it is connected to (its name in target_instances, or target_name).
+        self.instance = ""
+        # How long its latest borrower waited for it (microseconds).
+        self.waited_us = 0
 
     @classmethod
     async def open(

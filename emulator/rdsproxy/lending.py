@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from typing import Protocol
 
 from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey
-from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.target import Target
+
+
+class Lender(Protocol):
+    """Where a session borrows: the writer's pool (READ_WRITE endpoints) or the readers' pools
+    (READ_ONLY endpoints)."""
+
+    def borrow_now(self, key: PoolKey) -> DbConnection | None: ...
+
+    async def borrow(self, key: PoolKey, timeout: float | None) -> DbConnection: ...
+
+    def release(self, conn: DbConnection, *, reusable: bool) -> None: ...
 
 
 class Pin(enum.Enum):
@@ -31,7 +42,7 @@ MID_REQUEST = (
 
 
 async def borrow(
-    pool: Pool, key: PoolKey, timeout: float | None, parameters: SessionParameters
+    pool: Lender, key: PoolKey, timeout: float | None, parameters: SessionParameters
 ) -> DbConnection:
     """A database connection with the client's session parameters (BorrowTimeout, PoolClosed,
     DatabaseError as the pool raises them; a connection that cannot be aligned goes back closed)."""
@@ -40,7 +51,7 @@ async def borrow(
     return conn
 
 
-async def align(pool: Pool, conn: DbConnection, parameters: SessionParameters) -> None:
+async def align(pool: Lender, conn: DbConnection, parameters: SessionParameters) -> None:
     """Give a lent connection the client's session parameters where they differ (DatabaseError, and
     the connection goes back closed, when it cannot be done)."""
     try:
@@ -66,7 +77,7 @@ async def _align(conn: DbConnection, parameters: SessionParameters) -> None:
     state.aligned = parameters.key
 
 
-async def give_back(pool: Pool, target: Target, log: ProxyLog, conn: DbConnection, *, pin: Pin) -> None:
+async def give_back(pool: Lender, target: Target, log: ProxyLog, conn: DbConnection, *, pin: Pin) -> None:
     """What the client left on its borrowed connection must not reach the next client: the
     connection goes back to the pool only in a known-clean state, else it is closed."""
     if not conn.state.router.idle:

@@ -4,25 +4,51 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from emulator.rdsproxy.admin import AdminEndpoint
 from emulator.rdsproxy.client import ClientProtocol
-from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import DbConnection, PoolKey
-from emulator.rdsproxy.metrics import MetricsPublisher
+from emulator.rdsproxy.config import Endpoint, Instance, ProxyConfig
+from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.metrics import MetricsPublisher, TargetPart
 from emulator.rdsproxy.pool import Pool
 from emulator.rdsproxy.protocol.statements import StatementNames
 from emulator.rdsproxy.proxylog import ProxyLog
+from emulator.rdsproxy.readers import ReaderPools
 from emulator.rdsproxy.session import ClientSession, SessionDeps
-from emulator.rdsproxy.stats import Stats
+from emulator.rdsproxy.stats import Latencies, Stats
 from emulator.rdsproxy.target import Target
+
+# What the instances are is asked again this often while reader endpoints depend on it (RDS Proxy
+# monitors its targets); a lost reader connection asks at once.
+ROLE_REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class EndpointRuntime:
+    """One proxy endpoint: its listener and what its sessions share."""
+
+    endpoint: Endpoint
+    deps: SessionDeps
+    port: int = 0
+    server: asyncio.Server | None = None
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def role(self) -> str:
+        return self.endpoint.role
 
 
 class ProxyListener:
-    """One RDS Proxy endpoint: a listener, its client sessions, the pool they share, and its target."""
+    """An RDS Proxy: its endpoints (the default one and proxy_endpoints), their client sessions, the
+    writer's pool, the readers' pools, and its target."""
 
     def __init__(self, config: ProxyConfig, log: ProxyLog | None = None) -> None:
         self.config = config
@@ -30,37 +56,68 @@ class ProxyListener:
         self.log = log or ProxyLog(debug=config.debug_logging)
         self.pool = Pool(self._open, self.stats, idle_seconds=config.idle_connection_seconds)
         self.target = Target(config, self.stats, self.log, self.pool)
+        # A replicated target: a connection found dead may mean the writer is gone, and once another
+        # instance is the writer, the old one's connections are let go.
+        self.pool.on_dead = lambda conn: self.target.connection_lost(conn, "an idle connection was closed")
+        self.target.writer_changed.append(self._writer_changed)
+        self.readers = ReaderPools(config, self.target, self._reader_pool)
         self.sessions: set[ClientSession] = set()
         tls_context: ssl.SSLContext | None = None
         if config.tls_available:
             tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls_context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-        self.deps = SessionDeps(
-            config=config,
-            stats=self.stats,
-            log=self.log,
-            pool=self.pool,
-            target=self.target,
-            statement_names=StatementNames(),
-            tls_context=tls_context,
-            ended=self.sessions.discard,
-        )
-        self.metrics = MetricsPublisher(
-            config, self.snapshot, self.stats, self.target.availability.percentage
-        )
+        statement_names = StatementNames()
+        self.endpoints: list[EndpointRuntime] = []
+        for endpoint in config.endpoints():
+            default = endpoint.name == "default"
+            deps = SessionDeps(
+                config=config,
+                # The default endpoint counts in the proxy's own Stats (with the writer's pool), as
+                # before there were endpoints; each other endpoint has its own client-side counters.
+                stats=self.stats if default else Stats(),
+                log=self.log if default else self.log.for_endpoint(endpoint.name),
+                pool=self.pool if endpoint.role == "READ_WRITE" else self.readers,
+                target=self.target,
+                statement_names=statement_names,
+                tls_context=tls_context,
+                ended=self.sessions.discard,
+            )
+            self.endpoints.append(EndpointRuntime(endpoint, deps))
+        self.deps = self.endpoints[0].deps
+        self.metrics = MetricsPublisher(config, self)
         self.admin = AdminEndpoint(self)
-        self._listener: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def _reader_pool(self, instance: Instance, stats: Stats) -> Pool:
+        async def opener(key: PoolKey) -> DbConnection:
+            if instance not in self.target.readable_replicas():
+                # Promoted, fenced or gone since the borrow chose it: never a read-only endpoint's
+                # connection to a writer; the borrow waits (it may be a replica again) or times out.
+                self.target.refresh_soon()
+                raise DatabaseUnavailable(f"{instance.name} is not a readable replica now")
+            return await self.target.open_to(instance, key, stats)
+
+        pool = Pool(opener, stats, idle_seconds=self.config.idle_connection_seconds)
+        pool.cap = stats.max_database_connections_allowed = self.pool.cap
+        pool.idle_keep = self.pool.idle_keep
+        pool.on_dead = lambda conn: self.target.connection_lost(conn, "an idle connection was closed")
+        return pool
+
+    @property
+    def has_readers(self) -> bool:
+        return any(runtime.role == "READ_ONLY" for runtime in self.endpoints)
 
     async def start(self) -> None:
         await self.target.load_secret()
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            lambda: ClientProtocol(self._accept, loop),
-            self.config.listen_host,
-            self.config.listen_port,
-            backlog=4096,
-        )
+        for runtime in self.endpoints:
+            runtime.server = await loop.create_server(
+                functools.partial(ClientProtocol, functools.partial(self._accept, runtime.deps), loop),
+                self.config.listen_host,
+                runtime.endpoint.port,
+                backlog=4096,
+            )
+            runtime.port = runtime.server.sockets[0].getsockname()[1]
         if self.config.stats_port >= 0:
             await self.admin.start(self.config.listen_host, self.config.stats_port)
         self._tasks = [loop.create_task(self._reach_target()), loop.create_task(self._sweep())]
@@ -68,23 +125,42 @@ class ProxyListener:
             self.log.sinks.append(self.metrics.log_sink)
             self._tasks.append(loop.create_task(self.metrics.run()))
 
+    def ready_file(self) -> dict[str, Any]:
+        """What the ready file says: the default endpoint's port, the stats port, every endpoint."""
+        return {
+            "port": self.endpoints[0].port,
+            "stats_port": self.admin.port,
+            "endpoints": {
+                runtime.name: {"port": runtime.port, "role": runtime.role} for runtime in self.endpoints
+            },
+        }
+
     async def _reach_target(self) -> None:
         await self.target.discover()
         self.pool.cap = self.config.pool_cap(self.target.max_connections)
         self.pool.idle_keep = self.config.idle_keep(self.target.max_connections)
         self.stats.max_database_connections_allowed = self.pool.cap
         self.log.info(
-            f"Target {self.config.target_host}:{self.config.target_port} is available: max_connections="
+            f"Target {self.target.writer.address} is available: max_connections="
             f"{self.target.max_connections}, MaxDatabaseConnectionsAllowed={self.pool.cap}."
+        )
+
+    def _writer_changed(self, old: Instance, new: Instance) -> None:
+        closed = self.pool.let_go(old.name)
+        self.log.info(
+            f"Failover: the writer is now {new.name} at {new.address}; {closed} database connections "
+            f"to {old.name} were closed."
         )
 
     async def _open(self, key: PoolKey) -> DbConnection:
         return await self.target.open_connection(key)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, deps: SessionDeps, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         protocol = writer.transport.get_protocol()
         assert isinstance(protocol, ClientProtocol)
-        session = ClientSession(self.deps, protocol, writer)
+        session = ClientSession(deps, protocol, writer)
         self.sessions.add(session)
         await session.run()
 
@@ -101,38 +177,160 @@ class ProxyListener:
                 self.target.availability.down("the database closed the proxy's idle connections")
             await self.target.probe()
             self.pool.trim_idle()
+            if self.target.replicated:
+                if self.has_readers:
+                    self.target.refresh_due(ROLE_REFRESH_SECONDS)
+                self.readers.sweep(self.pool.cap, self.pool.idle_keep)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._listener is not None:
-            self._listener.close()
+        self.target.stop()
+        for runtime in self.endpoints:
+            if runtime.server is not None:
+                runtime.server.close()
         self.admin.stop()
         for session in list(self.sessions):
             session.writer.close()
         self.pool.close_all()
+        self.readers.close_all()
 
     def reset_peaks(self) -> None:
-        self.stats.reset_peaks()
+        for stats in self.all_stats():
+            stats.reset_peaks()
+
+    def all_stats(self) -> list[Stats]:
+        """Every set of counters: the default endpoint's (with the writer pool's), each other
+        endpoint's, each reader pool's."""
+        parts = [self.stats]
+        parts += [runtime.deps.stats for runtime in self.endpoints if runtime.deps.stats is not self.stats]
+        parts += [pool.stats for pool in self.readers.pools.values()]
+        return parts
+
+    def pools(self) -> list[Pool]:
+        return [self.pool, *self.readers.pools.values()]
 
     def snapshot(self) -> dict[str, Any]:
-        """The counters and the pool as they are now (/stats, and the metrics' raw material)."""
-        data = self.stats.snapshot()
-        connections = self.pool.connections()
+        """The counters and the pools as they are now (/stats, and the metrics' raw material): the
+        whole proxy's, every endpoint and pool together."""
+        data = Stats.total(self.all_stats()).snapshot()
+        pools = self.pools()
+        connections = [conn for pool in pools for conn in pool.connections()]
         data["database_connections_in_transaction"] = sum(
-            1 for conn in self.pool.borrowed if conn.txn_status != b"I"
+            1 for pool in pools for conn in pool.borrowed if conn.txn_status != b"I"
         )
         data["database_connections_with_tls"] = sum(1 for conn in connections if conn.tls)
-        data["pool"] = {
-            "cap": self.pool.cap,
-            "total": self.pool.total,
-            "idle": self.pool.idle_count(),
-            "borrowed": len(self.pool.borrowed),
-        }
-        data["borrowed"] = [{"db_connection": c.id, "owner": c.owner} for c in self.pool.borrowed]
+        data["pool"] = _pool_figures(self.pool)
+        data["reader_pools"] = {name: _pool_figures(pool) for name, pool in self.readers.pools.items()}
+        data["borrowed"] = [
+            {"db_connection": c.id, "owner": c.owner, "instance": c.instance}
+            for pool in pools
+            for c in pool.borrowed
+        ]
         data["backend_pids"] = sorted(conn.process_id for conn in connections)
         data["target_ready"] = self.target.ready
         data["target_available"] = self.target.availability.available
         data["target_unavailable_reason"] = self.target.availability.reason
         data["target_max_connections"] = self.target.max_connections
+        data["target_writer"] = self.target.writer.name if self.target.writer_known else None
+        data["target_roles"] = {name: role.value for name, role in self.target.roles.items()}
+        data["failovers"] = self.target.failovers
+        data["endpoints"] = {
+            runtime.name: {
+                "port": runtime.port,
+                "role": runtime.role,
+                "client_connections": runtime.deps.stats.client_connections,
+            }
+            for runtime in self.endpoints
+        }
         return data
+
+    # -- what the metrics are made of (metrics.Observed) ----------------------------------------------
+
+    def endpoint_parts(self) -> list[tuple[str, Stats]]:
+        return [(runtime.name, runtime.deps.stats) for runtime in self.endpoints]
+
+    def target_parts(self) -> list[TargetPart]:
+        """The writer's pool (TargetRole READ_WRITE) and each reader's (READ_ONLY)."""
+        latency = {
+            role: Latencies.merged(
+                [
+                    runtime.deps.stats.query_database_latency
+                    for runtime in self.endpoints
+                    if runtime.role == role
+                ]
+            )
+            for role in ("READ_WRITE", "READ_ONLY")
+        }
+        parts = [
+            TargetPart(self.target.writer.name, "READ_WRITE", self._figures(self.pool), latency["READ_WRITE"])
+        ]
+        if self.has_readers:
+            parts += [
+                TargetPart(name, "READ_ONLY", self._figures(pool), latency["READ_ONLY"])
+                for name, pool in self.readers.pools.items()
+            ]
+            if not self.readers.pools:  # none readable yet: the role is still reported, empty
+                parts.append(TargetPart("", "READ_ONLY", self._figures(None), latency["READ_ONLY"]))
+        return parts
+
+    def _figures(self, pool: Pool | None) -> dict[str, float]:
+        """A pool's target-side metric values: its gauges now, its counters since the proxy started."""
+        if pool is None:
+            return dict.fromkeys(_TARGET_FIELDS, 0.0)
+        stats = pool.stats
+        connections = pool.connections()
+        pinned = sum(
+            1 for session in self.sessions if session.pinned is not None and session.backend in pool.borrowed
+        )
+        return {
+            "database_connections": pool.total,
+            "database_connections_with_tls": sum(1 for conn in connections if conn.tls),
+            "database_connections_borrowed": len(pool.borrowed),
+            "database_connections_in_transaction": sum(
+                1 for conn in pool.borrowed if conn.txn_status != b"I"
+            ),
+            "database_connections_pinned": pinned,
+            "max_database_connections_allowed": pool.cap,
+            "database_connection_requests": stats.database_connection_requests,
+            "database_connection_requests_tls": stats.database_connection_requests_tls,
+            "database_connections_setup_succeeded": stats.database_connections_setup_succeeded,
+            "database_connections_setup_failed": stats.database_connections_setup_failed,
+        }
+
+    def available(self, role: str) -> float:
+        """AvailabilityPercentage of a role as it is now: 100 or 0."""
+        if role == "READ_ONLY":
+            return 100.0 if self.readers.availability.available else 0.0
+        return 100.0 if self.target.ready and self.target.availability.available else 0.0
+
+    def availability_percentage(self, role: str) -> float:
+        """AvailabilityPercentage of a role over the period since the previous call."""
+        if role == "READ_ONLY":
+            return self.readers.availability.percentage()
+        return self.target.availability.percentage()
+
+
+_TARGET_FIELDS = (
+    "database_connections",
+    "database_connections_with_tls",
+    "database_connections_borrowed",
+    "database_connections_in_transaction",
+    "database_connections_pinned",
+    "max_database_connections_allowed",
+    "database_connection_requests",
+    "database_connection_requests_tls",
+    "database_connections_setup_succeeded",
+    "database_connections_setup_failed",
+)
+
+
+def _pool_figures(pool: Pool) -> dict[str, int]:
+    return {
+        "cap": pool.cap,
+        "total": pool.total,
+        "idle": pool.idle_count(),
+        "borrowed": len(pool.borrowed),
+        # Being opened for a borrow (e.g. waiting for the writer during a failover).
+        "opening": pool.total - pool.idle_count() - len(pool.borrowed),
+    }

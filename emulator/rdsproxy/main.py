@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one setting, e.g. --set max_connections_percent=20 (repeatable)",
     )
     parser.add_argument(
-        "--ready-file", type=Path, metavar="FILE", help="write {port, stats_port} as JSON here once listening"
+        "--ready-file",
+        type=Path,
+        metavar="FILE",
+        help="write {port, stats_port, endpoints} as JSON here once listening",
     )
     parser.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
 
@@ -116,12 +119,14 @@ async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
         # Written whole and then renamed: whoever waits for the file never reads it half-written.
         partial = f"{ready_file}.partial"
         with open(partial, "w") as handle:
-            json.dump({"port": config.listen_port, "stats_port": proxy.admin.port}, handle)
+            json.dump(proxy.ready_file(), handle)
         os.replace(partial, ready_file)
     proxy.log.info(
         f"RDS Proxy emulator {config.name} listening on {config.listen_host}:{config.listen_port}"
         f" (stats on port {proxy.admin.port})."
     )
+    for runtime in proxy.endpoints[1:]:
+        proxy.log.info(f"Proxy endpoint {runtime.name} ({runtime.role}) listening on port {runtime.port}.")
     proxy.log.info(open_files_message(open_files))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
 
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.stats import Stats
+from emulator.rdsproxy.stats import Latencies, Stats
 
 log = logging.getLogger("emulator.rdsproxy.metrics")
 NAMESPACE = "AWS/RDS"
@@ -58,90 +59,190 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
 }
 
 
+_LATENCIES = {
+    "DatabaseConnectionsBorrowLatency": ("borrow_latency", _PROXY),
+    "QueryResponseLatency": ("query_response_latency", _PROXY),
+    "QueryDatabaseResponseLatency": ("query_database_latency", ("DS1", "DS2", "DS3", "DS4")),
+}
+
+
+@dataclass
+class Row:
+    """One dimension set's values: DS1 the whole proxy, DS2 an endpoint, DS3 an instance, DS4 a role."""
+
+    kind: str
+    dimensions: list[dict[str, str]]
+    values: dict[str, float]
+    latencies: dict[str, Latencies] = field(default_factory=dict)
+
+
+@dataclass
+class TargetPart:
+    """A pool's side of the metrics: the instance it connects to, its role, its figures (the
+    target-side fields of METRICS) and the query latencies of the endpoints that use it."""
+
+    instance: str
+    role: str
+    figures: dict[str, float]
+    query_database_latency: Latencies
+
+
+class Observed(Protocol):
+    """What the metrics are made of (the proxy's listener)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def endpoint_parts(self) -> list[tuple[str, Stats]]: ...
+
+    def target_parts(self) -> list[TargetPart]: ...
+
+    def availability_percentage(self, role: str) -> float: ...
+
+    def available(self, role: str) -> float: ...
+
+
+def _client_side(figures: dict[str, Any]) -> None:
+    figures["client_connections_no_tls"] = figures["client_connections"] - figures["client_connections_tls"]
+    figures["query_requests_no_tls"] = figures["query_requests"] - figures["query_requests_tls"]
+
+
+def _target_side(figures: dict[str, float]) -> dict[str, float]:
+    return {
+        metric: float(figures[field])
+        for metric, (field, _, sets, _) in METRICS.items()
+        if "DS3" in sets and field in figures
+    }
+
+
+def stats_field(stats: Stats, name: str) -> Latencies:
+    latencies = getattr(stats, name)
+    assert isinstance(latencies, Latencies)
+    return latencies
+
+
+def _datum(
+    metric: str, dimensions: list[dict[str, str]], now: datetime.datetime, value: float, unit: str
+) -> dict[str, Any]:
+    return {"MetricName": metric, "Dimensions": dimensions, "Timestamp": now, "Value": value, "Unit": unit}
+
+
 class MetricsPublisher:
     """Publishes the proxy's snapshot to CloudWatch as RDS Proxy's metrics, and its log lines to
     CloudWatch Logs, every metrics_period_seconds."""
 
-    def __init__(
-        self,
-        config: ProxyConfig,
-        snapshot: Callable[[], dict[str, Any]],
-        stats: Stats,
-        availability: Callable[[], float],
-    ) -> None:
+    def __init__(self, config: ProxyConfig, proxy: Observed) -> None:
         self.config = config
-        self._snapshot = snapshot
-        self._stats = stats
-        # The share of the period the target was available, in percent (AvailabilityPercentage).
-        self._availability = availability
-        self._previous: dict[str, float] = {}
-        self._seen: dict[str, tuple[int, int]] = {}  # metric -> (count, total) published
+        self.proxy = proxy
+        self._previous: dict[tuple[str, str], float] = {}
+        self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # (count, total) published
         self._log_lines: list[tuple[int, str]] = []
         self._log_stream = ""
 
-    def dimension_sets(self) -> dict[str, list[dict[str, str]]]:
+    def _dimensions(self, kind: str, value: str = "") -> list[dict[str, str]]:
         proxy = {"Name": "ProxyName", "Value": self.config.name}
         group = {"Name": "TargetGroup", "Value": "default"}
+        if kind == "DS1":
+            return [proxy]
+        if kind == "DS2":
+            return [proxy, {"Name": "EndpointName", "Value": value}]
+        if kind == "DS3":
+            return [proxy, group, {"Name": "Target", "Value": value}]
+        return [proxy, group, {"Name": "TargetRole", "Value": value}]
+
+    def dimension_sets(self) -> dict[str, list[dict[str, str]]]:
+        """The default endpoint's and the writer's dimension sets."""
+        writer = next(part.instance for part in self.proxy.target_parts() if part.role == "READ_WRITE")
         return {
-            "DS1": [proxy],
-            "DS2": [proxy, {"Name": "EndpointName", "Value": "default"}],
-            "DS3": [proxy, group, {"Name": "Target", "Value": self.config.target_name}],
-            "DS4": [proxy, group, {"Name": "TargetRole", "Value": "READ_WRITE"}],
+            "DS1": self._dimensions("DS1"),
+            "DS2": self._dimensions("DS2", "default"),
+            "DS3": self._dimensions("DS3", writer),
+            "DS4": self._dimensions("DS4", "READ_WRITE"),
         }
 
     def values(self) -> dict[str, float]:
-        """Every metric's value now (counts as totals since the proxy started)."""
-        snapshot = self._snapshot()
-        snapshot["client_connections_no_tls"] = (
-            snapshot["client_connections"] - snapshot["client_connections_tls"]
-        )
-        snapshot["query_requests_no_tls"] = snapshot["query_requests"] - snapshot["query_requests_tls"]
+        """Every metric's value now for the whole proxy (counts as totals since it started)."""
+        snapshot = self.proxy.snapshot()
+        _client_side(snapshot)
         available = snapshot["target_ready"] and snapshot.get("target_available", True)
         snapshot["availability_percentage"] = 100.0 if available else 0.0
         return {metric: float(snapshot[field]) for metric, (field, *_rest) in METRICS.items()}
 
+    def rows(self, *, availability: bool = False) -> list[Row]:
+        """The values of every dimension set (AvailabilityPercentage over the period since the last
+        call when availability is asked for, else as it is now)."""
+        rows = [Row("DS1", self._dimensions("DS1"), self.values())]
+        rows[0].latencies = {
+            metric: Latencies.merged([stats_field(stats, name) for _, stats in self.proxy.endpoint_parts()])
+            for metric, (name, _) in _LATENCIES.items()
+        }
+        for endpoint, stats in self.proxy.endpoint_parts():
+            figures = stats.snapshot()
+            _client_side(figures)
+            rows.append(
+                Row(
+                    "DS2",
+                    self._dimensions("DS2", endpoint),
+                    {m: float(figures[f]) for m, (f, _, sets, _) in METRICS.items() if "DS2" in sets},
+                    {metric: stats_field(stats, name) for metric, (name, _) in _LATENCIES.items()},
+                )
+            )
+        parts = self.proxy.target_parts()
+        for role in dict.fromkeys(part.role for part in parts):
+            mine = [part for part in parts if part.role == role]
+            latency = Latencies.merged([mine[0].query_database_latency])
+            if len(mine) == 1:
+                # Per instance only where one instance has the role: the latencies are the role's.
+                rows.append(
+                    Row(
+                        "DS3",
+                        self._dimensions("DS3", mine[0].instance),
+                        _target_side(mine[0].figures),
+                        {"QueryDatabaseResponseLatency": latency},
+                    )
+                )
+            else:
+                rows += [
+                    Row("DS3", self._dimensions("DS3", part.instance), _target_side(part.figures))
+                    for part in mine
+                ]
+            totals = {key: sum(part.figures[key] for part in mine) for key in mine[0].figures}
+            values = _target_side(totals)
+            values["AvailabilityPercentage"] = (
+                self.proxy.availability_percentage(role) if availability else self.proxy.available(role)
+            )
+            rows.append(
+                Row(
+                    "DS4",
+                    self._dimensions("DS4", role),
+                    values,
+                    {"QueryDatabaseResponseLatency": latency},
+                )
+            )
+        return rows
+
     def metric_data(self, now: datetime.datetime) -> list[dict[str, Any]]:
         """One publication: gauges as they are, counts since the previous publication."""
-        current = self.values()
-        current["AvailabilityPercentage"] = self._availability()
-        sets = self.dimension_sets()
         data: list[dict[str, Any]] = []
-        for metric, (_, unit, dimension_sets, kind) in METRICS.items():
-            value = current[metric]
-            if kind == "count":
-                value, self._previous[metric] = value - self._previous.get(metric, 0.0), value
-            for name in dimension_sets:
-                data.append(
-                    {
-                        "MetricName": metric,
-                        "Dimensions": sets[name],
-                        "Timestamp": now,
-                        "Value": value,
-                        "Unit": unit,
-                    }
-                )
-        stats = self._stats
-        for metric, latencies, dimension_sets in (
-            ("DatabaseConnectionsBorrowLatency", stats.borrow_latency, _PROXY),
-            ("QueryResponseLatency", stats.query_response_latency, _PROXY),
-            ("QueryDatabaseResponseLatency", stats.query_database_latency, ("DS1", "DS2", "DS3", "DS4")),
-        ):
-            # The period's average: what was added since the previous publication.
-            seen_count, seen_total = self._seen.get(metric, (0, 0))
-            self._seen[metric] = (latencies.count, latencies.total_us)
-            if latencies.count == seen_count:
-                continue
-            average = (latencies.total_us - seen_total) / (latencies.count - seen_count)
-            for name in dimension_sets:
-                data.append(
-                    {
-                        "MetricName": metric,
-                        "Dimensions": sets[name],
-                        "Timestamp": now,
-                        "Value": average,
-                        "Unit": "Microseconds",
-                    }
-                )
+        for row in self.rows(availability=True):
+            key = json.dumps(row.dimensions, sort_keys=True)
+            for metric, (_, unit, dimension_sets, kind) in METRICS.items():
+                if row.kind not in dimension_sets or metric not in row.values:
+                    continue
+                value = row.values[metric]
+                if kind == "count":
+                    previous = self._previous.get((metric, key), 0.0)
+                    value, self._previous[(metric, key)] = value - previous, value
+                data.append(_datum(metric, row.dimensions, now, value, unit))
+            for metric, latencies in row.latencies.items():
+                if row.kind not in _LATENCIES[metric][1]:
+                    continue
+                # The period's average: what was added since the previous publication.
+                seen_count, seen_total = self._seen.get((metric, key), (0, 0))
+                self._seen[(metric, key)] = (latencies.count, latencies.total_us)
+                if latencies.count == seen_count:
+                    continue
+                average = (latencies.total_us - seen_total) / (latencies.count - seen_count)
+                data.append(_datum(metric, row.dimensions, now, average, "Microseconds"))
         return data
 
     def log_sink(self, line: str) -> None:

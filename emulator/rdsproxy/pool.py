@@ -67,6 +67,8 @@ class Pool:
         self._total = 0  # open or opening
         self.borrowed: set[DbConnection] = set()
         self.closed = False
+        # Told of every connection found dead while pooled (the target watches for its writer's loss).
+        self.on_dead: Callable[[DbConnection], None] | None = None
 
     # -- borrowing ---------------------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ class Pool:
                 self._lend(conn, 0)
                 return conn
             # It died while idle (database restart): never hand it out, try the next one.
-            self._close(conn)
+            self._dead(conn)
         return None
 
     async def borrow(self, key: PoolKey, timeout: float | None) -> DbConnection:
@@ -97,7 +99,7 @@ class Pool:
                 conn = await self._wait(key, deadline - time.monotonic())
             if self._still_alive(conn):
                 break
-            self._close(conn)
+            self._dead(conn)
             self._dispatch()
         self._lend(conn, int((time.monotonic() - started) * 1e6))
         return conn
@@ -109,7 +111,8 @@ class Pool:
             log.error("lent database connection %s out of sync: %s", conn.id, conn.state.router.pending())
         self.borrowed.add(conn)
         self.stats.borrows += 1
-        self.stats.borrow_latency.add(waited_us)
+        # DatabaseConnectionsBorrowLatency is the borrower's endpoint's: the session records it.
+        conn.waited_us = waited_us
         self._publish()
 
     def _publish(self) -> None:
@@ -246,6 +249,29 @@ class Pool:
         conn.close()
         self._forget(conn)
 
+    def _dead(self, conn: DbConnection) -> None:
+        self._close(conn)
+        if self.on_dead is not None:
+            self.on_dead(conn)
+
+    def let_go(self, instance: str) -> int:
+        """Close every connection to this instance (an old writer after a failover): idle ones at
+        once, borrowed ones under their clients, who are told as when a connection is lost; how many."""
+        count = 0
+        for key, idle in self._idle.items():
+            keep = deque(conn for conn in idle if conn.instance != instance)
+            for conn in idle:
+                if conn.instance == instance:
+                    self._close(conn)
+                    count += 1
+            self._idle[key] = keep
+        for conn in list(self.borrowed):
+            if conn.instance == instance:
+                conn.close()  # its session's loss callback gives it back (release) and tells the client
+                count += 1
+        self._dispatch()
+        return count
+
     def _forget(self, conn: DbConnection) -> None:
         self._total -= 1
         self._publish()
@@ -253,6 +279,11 @@ class Pool:
     @property
     def total(self) -> int:
         return self._total
+
+    @property
+    def busy(self) -> int:
+        """Connections borrowed or being opened, and borrows waiting in line."""
+        return self._total - self.idle_count() + len(self._waiters)
 
     def connections(self) -> list[DbConnection]:
         """Every open connection, idle or borrowed."""
@@ -268,7 +299,7 @@ class Pool:
             alive = deque(conn for conn in idle if self._still_alive(conn))
             for conn in idle:
                 if conn not in alive:
-                    self._close(conn)
+                    self._dead(conn)
                     dead += 1
             self._idle[key] = alive
         return dead

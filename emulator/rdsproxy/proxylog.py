@@ -55,6 +55,13 @@ class ProxyLog:
         # Extra receivers of every line (the CloudWatch Logs publisher, tests).
         self.sinks: list[Callable[[str], None]] = []
 
+    def for_endpoint(self, endpoint: str) -> ProxyLog:
+        """The same log (stream, debug setting, receivers) for the lines of another proxy endpoint."""
+        log = ProxyLog(self.stream, debug=self.debug_enabled, endpoint=endpoint)
+        log._debug_until = self._debug_until
+        log.sinks = self.sinks
+        return log
+
     def _write(self, level: str, text: str) -> None:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         line = f"{now}Z [{level}] {text}"

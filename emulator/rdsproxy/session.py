@@ -21,9 +21,9 @@ from emulator.rdsproxy import texts
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
-from emulator.rdsproxy.lending import Pin, align, borrow, give_back
+from emulator.rdsproxy.lending import Lender, Pin, align, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
-from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
+from emulator.rdsproxy.pool import BorrowTimeout, PoolClosed
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
@@ -83,7 +83,7 @@ class SessionDeps:
     config: ProxyConfig
     stats: Stats
     log: ProxyLog
-    pool: Pool
+    pool: Lender
     target: Target
     statement_names: StatementNames
     tls_context: ssl.SSLContext | None
@@ -626,6 +626,7 @@ class ClientSession:
         return self._attach(conn)
 
     def _attach(self, conn: DbConnection) -> DbConnection:
+        self.deps.stats.borrow_latency.add(conn.waited_us)
         conn.owner = self.id
         self.backend = conn
         conn.attach(self._from_backend, self._lost_from_backend)
@@ -696,19 +697,28 @@ class ClientSession:
             self._closing_because(texts.TCP_CLOSED)
             self.writer.close()
             return
-        error = m.error_response(
-            "ERROR",
-            texts.CONNECTION_FAILURE,
-            "The database connection closed in the middle of a request."
-            if in_flight
-            else "The database connection closed in the middle of a transaction.",
-        )
+        # Not the client's doing: the database (or the writer of a replicated target) may be gone.
+        self.deps.target.connection_lost(conn, str(exc))
         if self.pinned is not None:
             # A pinned session's state lived on that connection and is gone: end the session.
-            self._fatal(texts.CONNECTION_FAILURE, "The database connection of this pinned session was lost.")
+            self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST)
+            self._closing_because(texts.PINNED_CONNECTION_LOST)
             self.writer.close()
             return
-        if in_flight:
+        if not in_flight and not in_transaction:
+            return  # between requests (a pinned session's only): nothing of the client's was lost
+        message = texts.LOST_MID_REQUEST if in_flight else texts.LOST_MID_TRANSACTION
+        if self.deps.config.failover_error_severity == "FATAL":
+            self._fatal(texts.CONNECTION_FAILURE, message)
+            self._closing_because(message)
+            self.writer.close()
+            return
+        error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message)
+        if in_flight and conn.state.fatal:
+            # The server's own FATAL (a fast shutdown's 57P01) already answered the request: it is
+            # the client's error, and the request ends here.
+            self._to_client([m.ready_for_query(b"I")])
+        elif in_flight:
             self._to_client([error, m.ready_for_query(b"I")])
         elif in_transaction:
             # The client believes it is inside a transaction: its next statement must fail, not run alone.

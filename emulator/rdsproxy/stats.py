@@ -28,6 +28,16 @@ class Latencies:
         self.max_us = max(self.max_us, us)
         self.recent.append(us)
 
+    @classmethod
+    def merged(cls, parts: list[Latencies]) -> Latencies:
+        merged = cls()
+        for part in parts:
+            merged.count += part.count
+            merged.total_us += part.total_us
+            merged.max_us = max(merged.max_us, part.max_us)
+            merged.recent.extend(part.recent)
+        return merged
+
     def summary(self) -> dict[str, int]:
         ordered = sorted(self.recent)
         return {
@@ -110,6 +120,21 @@ class Stats:
         self.peak_client_connections = self.client_connections
         self.peak_database_connections = self.database_connections
         self.peak_pinned_sessions = self.database_connections_pinned
+
+    @classmethod
+    def total(cls, parts: list[Stats]) -> Stats:
+        """The sum of several counters (the proxy's endpoints and pools); one part is itself. A peak is
+        the sum of the parts' peaks, an upper bound of the whole's."""
+        if len(parts) == 1:
+            return parts[0]
+        whole = cls()
+        for item in dataclasses.fields(cls):
+            values = [getattr(part, item.name) for part in parts]
+            if isinstance(values[0], Latencies):
+                setattr(whole, item.name, Latencies.merged(values))
+            else:
+                setattr(whole, item.name, sum(values))
+        return whole
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {}

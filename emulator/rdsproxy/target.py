@@ -1,5 +1,10 @@
 """The proxy's database target: its credentials (the Secrets Manager secret), what it is like
-(max_connections, its session defaults) and how to open a database connection to it."""
+(max_connections, its session defaults) and how to open a database connection to it.
+
+A replicated target (target_instances) has several instances: the proxy opens its pooled
+connections to the writer, which it finds by asking each instance (monitor.py) when it starts and
+whenever it loses the writer; until it has found one, new database connections wait (borrows queue,
+up to connection_borrow_timeout, as RDS Proxy queues them during a failover)."""
 
 from __future__ import annotations
 
@@ -8,12 +13,14 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import boto3
 
-from emulator.rdsproxy.config import ProxyConfig
+from emulator.rdsproxy.config import Instance, ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.monitor import Observation, Role, observe_all
 from emulator.rdsproxy.protocol.parameters import UNREPORTED
 from emulator.rdsproxy.protocol.pinning import PINNING_FUNCTIONS
 from emulator.rdsproxy.proxylog import ProxyLog
@@ -52,6 +59,24 @@ class Target:
         # How the server spells a parameter value ("ISO" -> "ISO, MDY"), learned once per value on a
         # pooled connection: one kept aside would take the database one connection over the cap.
         self._spellings: dict[tuple[str, str], str] = {}
+        # The instances, the one new connections go to, and what each was when last asked.
+        self.instances = config.instances()
+        self.replicated = bool(config.target_instances)
+        self.writer: Instance = self.instances[0]
+        self.roles: dict[str, Role] = {}
+        self._writer_known = asyncio.Event()
+        if not self.replicated:
+            self._writer_known.set()
+        self._search: asyncio.Task[None] | None = None
+        # Called with (old, new) when the writer changes (the pool lets go of the old one's connections).
+        self.writer_changed: list[Callable[[Instance, Instance], None]] = []
+        self.failovers = 0
+        # Called whenever what the instances are (self.roles) changes: reader pools follow.
+        self.roles_changed: list[Callable[[], None]] = []
+        self._refresh: asyncio.Task[None] | None = None
+        # The instances ever seen as readable replicas: the target "has reader instances".
+        self.readers_seen: set[str] = set()
+        self._refreshed = 0.0
 
     @property
     def ready(self) -> bool:
@@ -86,16 +111,35 @@ class Target:
         return Credentials(str(secret["username"]), str(secret["password"]))
 
     async def open_connection(self, key: PoolKey) -> DbConnection:
-        """A new database connection (the pool's opener), counted as RDS Proxy's metrics count them."""
+        """A new database connection to the writer (the writer pool's opener), counted as RDS Proxy's
+        metrics count them; it waits while a replicated target's writer is being looked for."""
+        if not self._writer_known.is_set():
+            await self._writer_known.wait()
+        instance = self.writer
+        try:
+            return await self.open_to(instance, key, self.stats)
+        except DatabaseUnavailable as exc:
+            self.availability.down(str(exc))
+            if not exc.full:
+                self.writer_lost(instance, str(exc))
+            raise
+
+    def database_credentials(self, instance: Instance) -> Credentials:
+        """What the proxy logs in to this instance with (its pooled connections and its questions):
+        the one place where where they come from is decided."""
         assert self.credentials is not None
-        stats = self.stats
+        return self.credentials
+
+    async def open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
+        """A new database connection to this instance, counted in stats (its pool's)."""
+        credentials = self.database_credentials(instance)
         stats.database_connection_requests += 1
         try:
             conn = await DbConnection.open(
-                self.config.target_host,
-                self.config.target_port,
+                instance.host,
+                instance.port,
                 key,
-                self.credentials,
+                credentials,
                 application_name=_APPLICATION_NAME,
                 init_query=self.config.init_query,
                 timeout=10,
@@ -103,21 +147,21 @@ class Target:
         except DatabaseError as exc:
             stats.database_connections_setup_failed += 1
             if exc.sqlstate in ("57P03", "57P01", "53300"):  # starting up, shutting down, or full
-                self.availability.down(str(exc))
-                raise DatabaseUnavailable(str(exc)) from exc
+                raise DatabaseUnavailable(str(exc), full=exc.sqlstate == "53300") from exc
             raise
-        except DatabaseUnavailable as exc:
+        except DatabaseUnavailable:
             stats.database_connections_setup_failed += 1
-            self.availability.down(str(exc))
             raise
-        self.availability.up()
+        conn.instance = instance.name
+        if instance == self.writer:
+            self.availability.up()
         stats.database_connections_setup_succeeded += 1
         # Every connection starts as the discovery connection did (the same init_query ran on it).
         conn.state.unreported.update(self.unreported_defaults)
         if conn.tls:
             stats.database_connection_requests_tls += 1
         local = conn.writer.get_extra_info("sockname") or ("?", "?")
-        self.log.db_opened(f"{local[0]}:{local[1]}", f"{self.config.target_host}:{self.config.target_port}")
+        self.log.db_opened(f"{local[0]}:{local[1]}", instance.address)
         return conn
 
     async def spelling(self, name: str, value: str, key: PoolKey) -> str:
@@ -143,8 +187,8 @@ class Target:
     async def probe(self) -> None:
         """While the target is unavailable: try a connection, so that availability comes back as soon
         as the database does (RDS Proxy monitors its targets), and close it."""
-        if self.availability.available or self.credentials is None:
-            return
+        if self.availability.available or self.credentials is None or self.replicated:
+            return  # a replicated target's instances are watched by the writer search
         with contextlib.suppress(DatabaseUnavailable, DatabaseError):
             conn = await self.open_connection(PoolKey("postgres", self.credentials.user, tls=False))
             conn.close()
@@ -152,6 +196,8 @@ class Target:
     async def discover(self) -> None:
         """Read max_connections and the server's session defaults, retrying while the target is down."""
         assert self.credentials is not None
+        if self.replicated:
+            self._start_search(None, "The proxy is looking for the writer among its target's instances.")
         delay = 0.1
         while True:
             try:
@@ -175,6 +221,118 @@ class Target:
         finally:
             conn.close()
         self._ready.set()
+
+    # -- the writer of a replicated target -------------------------------------------------------
+
+    @property
+    def writer_known(self) -> bool:
+        return self._writer_known.is_set()
+
+    def connection_lost(self, conn: DbConnection, reason: str) -> None:
+        """A database connection died (under a client, or while pooled): when it was the writer's,
+        the writer may be gone."""
+        if not self.replicated:
+            return
+        if conn.instance == self.writer.name:
+            self.writer_lost(self.writer, reason)
+        else:
+            self.refresh_soon()
+
+    def writer_lost(self, instance: Instance, reason: str) -> None:
+        """The writer did not answer: new connections wait while every instance is asked which is
+        the writer now. Nothing to do for a single target (its connections are retried as they are)."""
+        if not self.replicated or instance != self.writer or self._search is not None:
+            return
+        self.availability.down(reason)
+        self._start_search(
+            instance,
+            f"The proxy lost the writer instance {instance.name} ({reason}); looking for the writer.",
+        )
+
+    def _start_search(self, lost: Instance | None, message: str) -> None:
+        self._writer_known.clear()
+        self.log.warn(message)
+        self._search = asyncio.get_running_loop().create_task(self._find_writer(lost))
+
+    async def _find_writer(self, lost: Instance | None) -> None:
+        """Ask every instance, every failover_probe_interval_ms, until one is the writer; the first
+        in target_instances' order wins should two answer so."""
+        assert self.credentials is not None
+        started = time.monotonic()
+        interval = self.config.failover_probe_interval_ms / 1000
+        rounds = 0
+        while True:
+            observations = await observe_all(self.instances, self.database_credentials)
+            rounds += 1
+            self._learn(observations)
+            writer = next((seen.instance for seen in observations if seen.role is Role.WRITER), None)
+            if writer is not None:
+                break
+            if rounds == 1:
+                self.log.info(f"No writer yet: {_describe(observations)}")
+            await asyncio.sleep(interval)
+        old, self.writer = self.writer, writer
+        self._search = None
+        self.availability.up()
+        self._writer_known.set()
+        took = int((time.monotonic() - started) * 1000)
+        self.log.info(
+            f"The writer instance is {writer.name} at {writer.address} "
+            f"(found in {took} ms, {rounds} rounds): "
+            f"{_describe(observations)}"
+        )
+        if lost is not None and old != writer:
+            self.failovers += 1
+            for changed in self.writer_changed:
+                changed(old, writer)
+
+    def _learn(self, observations: list[Observation]) -> None:
+        roles = {seen.instance.name: seen.role for seen in observations}
+        self.readers_seen.update(name for name, role in roles.items() if role is Role.READER)
+        self._refreshed = time.monotonic()
+        if roles != self.roles:
+            self.roles = roles
+            for changed in self.roles_changed:
+                changed()
+
+    def refresh_soon(self) -> None:
+        """Ask every instance again now (a reader's connection was lost), unless that is under way."""
+        if self.replicated and self._search is None and self._refresh is None and self.credentials:
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_roles())
+
+    def refresh_due(self, every: float) -> None:
+        """RDS Proxy monitors its targets: what the instances are is asked again every `every` s."""
+        if time.monotonic() - self._refreshed >= every:
+            self.refresh_soon()
+
+    async def _refresh_roles(self) -> None:
+        assert self.credentials is not None
+        try:
+            observations = await observe_all(self.instances, self.database_credentials)
+            if self._search is not None:
+                return  # the writer search's own observations are newer
+            self._learn(observations)
+            role = self.roles.get(self.writer.name)
+            if role is not Role.WRITER:
+                detail = next(seen.detail for seen in observations if seen.instance == self.writer)
+                self.writer_lost(
+                    self.writer, f"it is {role.value if role else 'unknown'} now {detail}".strip()
+                )
+        finally:
+            self._refresh = None
+
+    def readable_replicas(self) -> list[Instance]:
+        """The instances that answered pg_is_in_recovery() = true when last asked, in order."""
+        return [i for i in self.instances if self.roles.get(i.name) is Role.READER]
+
+    def stop(self) -> None:
+        for task in (self._search, self._refresh):
+            if task is not None:
+                task.cancel()
+
+
+def _describe(observations: list[Observation]) -> str:
+    return ", ".join(f"{seen.instance.name}={seen.role.value}" for seen in observations) + "."
 
 
 class Availability:

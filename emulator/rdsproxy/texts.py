@@ -40,6 +40,13 @@ TCP_CLOSED = "The TCP channel was closed by either the client or the proxy."
 IDLE_CLIENT_CLOSE = "The client connection was idle for longer than the idle client timeout."
 CLIENT_LIFETIME_CLOSE = "The client connection reached the maximum client connection life of 24 hours."
 BORROW_TIMEOUT_CLOSE = "The proxy timed out waiting to acquire a database connection."
+# A database connection lost under a client (failover, restart): AWS says such clients are "canceled".
+LOST_MID_REQUEST = "The database connection closed in the middle of a request."
+LOST_MID_TRANSACTION = "The database connection closed in the middle of a transaction."
+# A READ_ONLY endpoint of a proxy whose target has no reader instance: AWS says such requests "fail
+# with an error" without giving it.
+NO_READER_INSTANCES = "This read-only proxy endpoint's target has no reader DB instances."
+PINNED_CONNECTION_LOST = "The database connection of this pinned session was lost."
 LOGIN_TIMEOUT = "The client did not complete its login within {seconds} seconds."
 # PostgreSQL's words where AWS documents none (auth-scram.c).
 MALFORMED_SCRAM = "malformed SCRAM message"

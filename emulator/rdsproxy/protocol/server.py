@@ -26,6 +26,7 @@ class ServerState:
         "aligned",
         "copy_in",
         "ended_by_fatal",
+        "fatal",
         "params",
         "router",
         "statements",
@@ -55,6 +56,10 @@ class ServerState:
         # The server ended the session with a FATAL the client caused (a protocol violation): the
         # client's own session ends the same way.
         self.ended_by_fatal = False
+        # The server sent a FATAL (it is ending the session: a shutdown, a terminated backend): the
+        # request it answered has its error, and no other follows from the proxy when the
+        # connection then closes.
+        self.fatal = False
 
     @property
     def clean(self) -> bool:
@@ -134,6 +139,7 @@ _COPY_IN = frozenset({Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE})
 _WATCHED = _COPY_IN | {Backend.ERROR_RESPONSE}
 # The client's own protocol violation, which ends its session: PostgreSQL's FATAL 08P01.
 _CLIENTS_FATAL = (b"VFATAL\0", b"C08P01\0")
+_FATAL = _CLIENTS_FATAL[0]
 
 
 def _watch(kind: int, data: bytes, start: int, server: ServerState) -> None:
@@ -144,8 +150,10 @@ def _watch(kind: int, data: bytes, start: int, server: ServerState) -> None:
     server.copy_in = False
     length = int.from_bytes(data[start + 1 : start + 5], "big")
     message = data[start : start + 1 + length]
-    if all(field in message for field in _CLIENTS_FATAL):
-        server.ended_by_fatal = True
+    if _FATAL in message:
+        server.fatal = True
+        if _CLIENTS_FATAL[1] in message:
+            server.ended_by_fatal = True
 
 
 def _new_to_client(

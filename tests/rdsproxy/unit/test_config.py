@@ -89,3 +89,44 @@ def test_files_and_overrides(tmp_path: Path) -> None:
     assert json.loads(config.to_json())["max_connections_percent"] == 20
     with pytest.raises(ValueError, match="not a proxy setting"):
         config.with_overrides(["nonsense=1"])
+
+
+def test_without_target_instances_the_single_target_is_the_only_instance() -> None:
+    config = ProxyConfig(target_name="db", target_host="10.0.0.1", target_port=6543)
+    assert [(i.name, i.address) for i in config.instances()] == [("db", "10.0.0.1:6543")]
+
+
+def test_target_instances_and_proxy_endpoints_are_read_from_the_command_line() -> None:
+    config = ProxyConfig().with_overrides(
+        [
+            "target_instances=db-instance-1=127.0.0.1:45001,db-instance-2=127.0.0.1:45002",
+            "proxy_endpoints=reads=READ_ONLY:0,writes=READ_WRITE:6000",
+        ]
+    )
+    assert [(i.name, i.port) for i in config.instances()] == [
+        ("db-instance-1", 45001),
+        ("db-instance-2", 45002),
+    ]
+    assert [(e.name, e.role, e.port) for e in config.endpoints()] == [
+        ("default", "READ_WRITE", 5432),
+        ("reads", "READ_ONLY", 0),
+        ("writes", "READ_WRITE", 6000),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"target_instances": ["db-1"]}, "expected NAME=HOST:PORT"),
+        ({"target_instances": ["db-1=127.0.0.1:x"]}, "expected NAME=HOST:PORT"),
+        ({"target_instances": ["db=127.0.0.1:1", "db=127.0.0.1:2"]}, "its own name"),
+        ({"proxy_endpoints": ["reads=READ:0"]}, "READ_WRITE or READ_ONLY"),
+        ({"proxy_endpoints": ["default=READ_ONLY:0"]}, "default is taken"),
+        ({"proxy_endpoints": ["reads"]}, "expected NAME=ROLE:PORT"),
+        ({"failover_error_severity": "WARNING"}, "ERROR or FATAL"),
+        ({"failover_probe_interval_ms": 0}, "between 10 and 10000"),
+    ],
+)
+def test_replication_settings_are_checked(settings: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        ProxyConfig.from_mapping(settings)

@@ -56,3 +56,19 @@ def test_resetting_the_peaks_starts_them_again_from_the_current_values() -> None
 def _peaks(stats: Stats) -> tuple[int, int, int]:
     """Peak client connections, database connections and pinned sessions."""
     return (stats.peak_client_connections, stats.peak_database_connections, stats.peak_pinned_sessions)
+
+
+def test_the_whole_proxys_counters_are_the_sum_of_its_endpoints_and_pools() -> None:
+    default, reads, reader_pool = Stats(), Stats(), Stats()
+    default.client_connections, reads.client_connections = 2, 3
+    reader_pool.database_connections = 4
+    default.borrow_latency.add(10)
+    reads.borrow_latency.add(30)
+    whole = Stats.total([default, reads, reader_pool])
+    assert (whole.client_connections, whole.database_connections) == (5, 4)
+    assert (whole.borrow_latency.count, whole.borrow_latency.total_us, whole.borrow_latency.max_us) == (
+        2,
+        40,
+        30,
+    )
+    assert Stats.total([default]) is default  # one part: the same object, as before endpoints

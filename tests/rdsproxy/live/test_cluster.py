@@ -1,0 +1,272 @@
+"""The proxy in front of a real Aurora-like cluster (a writer and two streaming replicas): the
+read-only endpoint, and a failover by a real promote, with real drivers.
+
+The failover test runs last in this module: it changes the cluster's writer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import psycopg2
+import pytest
+
+from emulator.stack.cluster import ClusterKind
+from emulator.stack.embedded import EmbeddedStack, StackConfig
+from emulator.stack.rdsproxy import RdsProxyEmulator
+from emulator.wait import wait_until
+
+from .helpers import ProxyUnderTest, wait_quiescent
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster_stack() -> Iterator[EmbeddedStack]:
+    config = StackConfig(
+        database_kind=ClusterKind.AURORA,
+        replicas=2,
+        max_connections=30,
+        pool_size=6,
+        proxy_settings={
+            "connection_borrow_timeout": 30,
+            "proxy_endpoints": ["reads=READ_ONLY:0"],
+            "metrics_period_seconds": 1,
+            "name": "cluster-proxy",
+        },
+    )
+    with EmbeddedStack(config) as stack:
+        yield stack
+
+
+@pytest.fixture
+def proxy(cluster_stack: EmbeddedStack) -> Iterator[ProxyUnderTest]:
+    assert isinstance(cluster_stack.proxy, RdsProxyEmulator)
+    under_test = ProxyUnderTest(cluster_stack, cluster_stack.proxy)
+    yield under_test
+    wait_quiescent(cluster_stack.proxy, timeout=20)
+    wait_until(
+        lambda: all(p["borrowed"] == 0 for p in under_test.stats()["reader_pools"].values()),
+        component="the reader pools (quiescent)",
+        timeout=20,
+    )
+
+
+def _reads_port(proxy: ProxyUnderTest) -> int:
+    return int(proxy.emulator.endpoints()["reads"]["port"])
+
+
+def _reader(proxy: ProxyUnderTest) -> psycopg.Connection[Any]:
+    return proxy.connect(port=_reads_port(proxy))
+
+
+def _one(conn: psycopg.Connection[Any], sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_the_default_endpoint_reaches_the_writer_and_the_read_only_one_a_replica(
+    proxy: ProxyUnderTest,
+) -> None:
+    cluster = proxy.stack.cluster
+    assert cluster is not None
+    replicas = {i.server.port for i in cluster.instances if i is not cluster.writer}
+    with proxy.connect() as writes, _reader(proxy) as reads:
+        assert _one(writes, "SELECT pg_is_in_recovery()") is False
+        assert _one(writes, "SELECT inet_server_port()") == cluster.writer.server.port
+        assert _one(reads, "SELECT pg_is_in_recovery()") is True
+        assert _one(reads, "SELECT inet_server_port()") in replicas
+
+
+def test_concurrent_transactions_on_the_read_only_endpoint_go_to_the_least_busy_replica(
+    proxy: ProxyUnderTest,
+) -> None:
+    cluster = proxy.stack.cluster
+    assert cluster is not None
+    replicas = {i.server.port for i in cluster.instances if i is not cluster.writer}
+    first, second = _reader(proxy), _reader(proxy)
+    try:
+        first.execute("BEGIN")
+        second.execute("BEGIN")
+        # Each holds its replica's connection for its transaction: the second goes to the other one.
+        assert {
+            _one(first, "SELECT inet_server_port()"),
+            _one(second, "SELECT inet_server_port()"),
+        } == replicas
+        first.execute("COMMIT")
+        second.execute("COMMIT")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_writes_through_the_read_only_endpoint_are_refused_as_a_replica_refuses_them(
+    proxy: ProxyUnderTest,
+) -> None:
+    cluster = proxy.stack.cluster
+    assert cluster is not None
+    replica = next(i for i in cluster.instances if i is not cluster.writer)
+    statement = "CREATE TABLE written_on_a_replica (id int)"
+    with _reader(proxy) as reads, pytest.raises(psycopg.Error) as through_proxy:
+        reads.execute(statement)
+    with cluster.connect(replica.name) as direct, pytest.raises(psycopg.Error) as directly:
+        direct.execute(statement)
+    assert through_proxy.value.sqlstate == directly.value.sqlstate == "25006"
+    assert through_proxy.value.diag.message_primary == directly.value.diag.message_primary
+    assert (
+        through_proxy.value.diag.message_primary == "cannot execute CREATE TABLE in a read-only transaction"
+    )
+
+
+def test_metrics_have_each_endpoint_and_target_role(proxy: ProxyUnderTest) -> None:
+    with proxy.connect() as writes, _reader(proxy) as reads, _reader(proxy) as more_reads:
+        for conn in (writes, reads, more_reads):
+            conn.execute("SELECT 1")
+        rows = proxy.emulator.metrics()["rows"]
+
+        def row(**dimensions: str) -> dict[str, float]:
+            return next(
+                r["values"] for r in rows if r["dimensions"] == {"ProxyName": "cluster-proxy", **dimensions}
+            )
+
+        assert row()["ClientConnections"] == 3
+        assert row(EndpointName="default")["ClientConnections"] == 1
+        assert row(EndpointName="reads")["ClientConnections"] == 2
+        read_only = row(TargetGroup="default", TargetRole="READ_ONLY")
+        read_write = row(TargetGroup="default", TargetRole="READ_WRITE")
+        assert read_only["DatabaseConnections"] >= 1
+        assert read_only["AvailabilityPercentage"] == read_write["AvailabilityPercentage"] == 100.0
+        assert read_write["DatabaseConnections"] >= 1
+    cloudwatch = proxy.stack.aws.client("cloudwatch")
+
+    def published() -> set[tuple[str, str]]:
+        pages = cloudwatch.get_paginator("list_metrics").paginate(Namespace="AWS/RDS")
+        found = set()
+        for page in pages:
+            for metric in page["Metrics"]:
+                named = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+                if named.get("ProxyName") == "cluster-proxy":
+                    for key in ("EndpointName", "TargetRole"):
+                        if key in named:
+                            found.add((metric["MetricName"], named[key]))
+        return found
+
+    wanted = {
+        ("ClientConnections", "reads"),
+        ("QueryRequests", "reads"),
+        ("ClientConnections", "default"),
+        ("DatabaseConnections", "READ_ONLY"),
+        ("DatabaseConnections", "READ_WRITE"),
+        ("AvailabilityPercentage", "READ_ONLY"),
+    }
+    wait_until(lambda: wanted <= published(), component="per-endpoint metrics in CloudWatch", timeout=30)
+
+
+def test_log_lines_name_the_endpoint(proxy: ProxyUnderTest) -> None:
+    with _reader(proxy) as reads:
+        reads.execute("SET work_mem = '8MB'")  # pins: the pin line names the endpoint
+    log = proxy.emulator.log_path
+
+    def logged() -> bool:
+        text = log.read_text()
+        return (
+            "[reads] [clientConnection=" in text
+            and "[WARN] [proxyEndpoint=reads] [clientConnection=" in text
+            and "Proxy endpoint reads (READ_ONLY) listening on port" in text
+        )
+
+    wait_until(logged, component="the endpoint's log lines", timeout=10)
+
+
+async def _asyncpg_connect(proxy: ProxyUnderTest) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        host=proxy.host,
+        port=proxy.port,
+        user=proxy.user,
+        database=proxy.database,
+        password=proxy.password(),
+        ssl=False,
+    )
+
+
+def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_flight(
+    proxy: ProxyUnderTest,
+) -> None:
+    stack = proxy.stack
+    cluster = stack.cluster
+    assert cluster is not None
+    idle3 = [proxy.connect() for _ in range(3)]
+    idle2 = psycopg2.connect(**proxy.conninfo())
+    idle2.autocommit = True
+    loop = asyncio.new_event_loop()
+    idle_async = loop.run_until_complete(_asyncpg_connect(proxy))
+    readers_idle = _reader(proxy)
+    for conn in idle3:
+        assert _one(conn, "SELECT pg_is_in_recovery()") is False
+    with idle2.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert loop.run_until_complete(idle_async.fetchval("SELECT 1")) == 1
+    busy = [proxy.connect() for _ in range(3)]
+    outcomes: dict[int, object] = {}
+
+    def long_statement(index: int) -> None:
+        try:
+            busy[index].execute("SELECT pg_sleep(60)")
+            outcomes[index] = "finished"
+        except psycopg.Error as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=long_statement, args=(i,)) for i in range(len(busy))]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: proxy.stats()["pool"]["borrowed"] == 3, component="the statements", timeout=10)
+    old_writer = cluster.writer.name
+    waiting = proxy.connect()
+    assert _one(waiting, "SELECT 1") == 1
+    reports: list[Any] = []
+    failing_over = threading.Thread(target=lambda: reports.append(stack.failover()))
+    failing_over.start()
+    # While the proxy has no writer (the old one fenced, the new one not yet promoted), a new
+    # transaction waits for it, and then runs on it.
+    wait_until(lambda: not proxy.stats()["target_available"], component="the writer's loss", timeout=20)
+    waited_port = _one(waiting, "SELECT inet_server_port()")
+    failing_over.join(60)
+    assert not failing_over.is_alive()
+    report = reports[0]
+    assert waited_port == cluster.instance(report.new_writer).server.port
+
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads), "a client in a statement hangs"
+    for index in range(len(busy)):
+        error = outcomes[index]
+        assert isinstance(error, psycopg.OperationalError), error
+        # A fast shutdown fences the writer: its own FATAL reaches the client (an immediate one
+        # sends none, and the proxy's 08006 does).
+        assert error.sqlstate in ("57P01", "08006"), error
+    new_writer = cluster.instance(report.new_writer)
+    assert report.new_writer != old_writer
+    # Idle clients of every driver: their next transaction runs on the new writer.
+    for conn in [*idle3, *busy]:
+        assert _one(conn, "SELECT inet_server_port()") == new_writer.server.port
+        assert _one(conn, "SELECT pg_is_in_recovery()") is False
+    with idle2.cursor() as cur:
+        cur.execute("SELECT inet_server_port()")
+        assert cur.fetchone() == (new_writer.server.port,)
+    assert loop.run_until_complete(idle_async.fetchval("SELECT inet_server_port()")) == new_writer.server.port
+    # The read-only endpoint's idle client reads from a replica again.
+    assert _one(readers_idle, "SELECT pg_is_in_recovery()") is True
+    stats = proxy.stats()
+    assert stats["target_writer"] == report.new_writer
+    assert stats["failovers"] == 1
+    loop.run_until_complete(idle_async.close())
+    loop.close()
+    idle2.close()
+    for conn in [*idle3, *busy, readers_idle, waiting]:
+        conn.close()
+    cluster.wait_rejoined()

@@ -1,0 +1,71 @@
+"""Proxy endpoints (aws_db_proxy_endpoint) in front of a single instance: a READ_WRITE endpoint is the
+writer's too, with its own name in logs and metrics; a READ_ONLY one has no reader to go to, and its
+requests fail with an error at once, as AWS documents for a target without reader instances."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from emulator.wait import wait_until
+
+from .helpers import ProxyUnderTest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def with_endpoints(make_proxy: Callable[..., ProxyUnderTest]) -> ProxyUnderTest:
+    return make_proxy(
+        name="endpoints-proxy",
+        proxy_endpoints=["writes=READ_WRITE:0", "reads=READ_ONLY:0"],
+        connection_borrow_timeout=5,
+    )
+
+
+def _port(proxy: ProxyUnderTest, endpoint: str) -> int:
+    return int(proxy.emulator.endpoints()[endpoint]["port"])
+
+
+def test_a_read_write_endpoint_shares_the_writers_pool_and_has_its_own_figures(
+    with_endpoints: ProxyUnderTest,
+) -> None:
+    proxy = with_endpoints
+    with proxy.connect() as default, proxy.connect(port=_port(proxy, "writes")) as writes:
+        backend = default.execute("SELECT pg_backend_pid()").fetchone()
+        # One pooled connection serves both endpoints' transactions, one after the other.
+        assert writes.execute("SELECT pg_backend_pid()").fetchone() == backend
+        endpoints = proxy.stats()["endpoints"]
+        assert endpoints["default"]["client_connections"] == 1
+        assert endpoints["writes"] == {
+            "port": _port(proxy, "writes"),
+            "role": "READ_WRITE",
+            "client_connections": 1,
+        }
+        rows = proxy.emulator.metrics()["rows"]
+        per_endpoint = {
+            r["dimensions"].get("EndpointName"): r["values"]["QueryRequests"]
+            for r in rows
+            if "EndpointName" in r["dimensions"]
+        }
+        assert per_endpoint == {"default": 1.0, "writes": 1.0, "reads": 0.0}
+    wait_until(
+        lambda: "[writes] [clientConnection=" in proxy.emulator.log_path.read_text(),
+        component="the endpoint's log line",
+        timeout=10,
+    )
+
+
+def test_a_read_only_endpoint_without_reader_instances_fails_its_requests_at_once(
+    with_endpoints: ProxyUnderTest,
+) -> None:
+    proxy = with_endpoints
+    with (
+        proxy.connect(port=_port(proxy, "reads")) as reads,
+        pytest.raises(psycopg.OperationalError) as failed,
+    ):
+        reads.execute("SELECT 1")
+    assert "This read-only proxy endpoint's target has no reader DB instances." in str(failed.value)
+    assert failed.value.sqlstate == "08000"
