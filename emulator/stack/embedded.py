@@ -132,6 +132,8 @@ class StackConfig:
     # How a failover stops the old writer: "fast" (no committed transaction lost, as on AWS) or
     # "immediate" (a crash); see emulator/stack/cluster.py.
     failover_fence: str = "fast"
+    # After a failover the old writer comes back as a replica, as on AWS (False: it stays fenced).
+    failover_rejoin: bool = True
 
 
 class StackEnvironment:
@@ -294,6 +296,7 @@ class EmbeddedStack(Started, StackEnvironment):
                     replicas=cfg.replicas,
                     names=cfg.db_instance_names,
                     fence=cfg.failover_fence,
+                    rejoin_old_writer=cfg.failover_rejoin,
                 )
             except ValueError as exc:
                 raise ComponentError("PostgreSQL cluster", str(exc)) from exc

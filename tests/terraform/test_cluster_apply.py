@@ -14,6 +14,7 @@ import pytest
 from emulator.stack.cluster import ClusterKind, Role, read_topology
 from emulator.stack.embedded import EmbeddedStack, StackConfig, TerraformSettings
 from emulator.stack.proxies import ProxyKind
+from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.terraform.applied import AppliedFunction
 from emulator.terraform.workspace import TerraformTools
 
@@ -205,6 +206,21 @@ def test_the_applied_proxy_endpoint_is_read_back_with_its_role(aurora: EmbeddedS
     assert (endpoint.name, endpoint.target_role) == ("orders-reader", "READ_ONLY")
     assert endpoint.host.startswith("orders-reader.endpoint.proxy-")
     assert applied.proxy.target_cluster == "orders"
+    # The proxy has a listener of its own for it, named in the env file, where the endpoint's host maps.
+    env = aurora.environment()
+    port = env["PROXY_ENDPOINT_ORDERS_READER_PORT"]
+    assert isinstance(aurora.proxy, RdsProxyEmulator)
+    assert aurora.proxy.endpoints()["orders-reader"] == {"port": int(port), "role": "READ_ONLY"}
+    function = AppliedFunction("f", "index.handler", "python3.12", 3, 128, None, {"DB_HOST": endpoint.host})
+    assert aurora.applied_environment(function)["DB_HOST"] == "127.0.0.1"
+    credentials = {
+        "dbname": "orders",
+        "user": "orders_app",
+        "password": "a-long-password-1",
+        "sslmode": "prefer",
+    }
+    with psycopg.connect(host="127.0.0.1", port=int(port), **credentials) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
 
 
 def test_a_function_s_cluster_endpoints_map_to_the_local_writer_and_reader(aurora: EmbeddedStack) -> None:
