@@ -92,6 +92,8 @@ class ClusterSettings:
     identifier: str = "db"
     # Aurora replicas (multi-az always has one standby).
     replicas: int = 1
+    # The instances' names, the writer's first (an applied Terraform's); empty: RDS's naming.
+    names: tuple[str, ...] = ()
     # How the old writer is fenced: "fast" (PostgreSQL's fast shutdown: clients are disconnected at
     # once, and the WAL already written reaches the replicas first, so no committed transaction is
     # lost, as none is on Aurora's shared storage or Multi-AZ's synchronous standby) or "immediate"
@@ -109,6 +111,9 @@ class ClusterSettings:
         if self.kind is ClusterKind.AURORA and not 1 <= self.replicas <= 15:
             # Aurora allows up to 15 Aurora Replicas; a failover needs at least one.
             raise ValueError(f"an Aurora cluster here has 1 to 15 replicas, not {self.replicas}")
+        expected = len(instance_names(self.kind, self.identifier, self.replicas))
+        if self.names and len(self.names) != expected:
+            raise ValueError(f"a {self.kind} cluster with {self.replicas} replicas has {expected} instances")
         if self.fence not in ("fast", "immediate"):
             raise ValueError(f"fence is 'fast' or 'immediate', not {self.fence!r}")
 
@@ -197,7 +202,8 @@ class ReplicatedCluster:
     def __post_init__(self) -> None:
         if self.topology_path is None:
             self.topology_path = self.workdir / TOPOLOGY_FILE
-        names = instance_names(self.settings.kind, self.settings.identifier, self.settings.replicas)
+        settings = self.settings
+        names = list(settings.names) or instance_names(settings.kind, settings.identifier, settings.replicas)
         for index, name in enumerate(names):
             if index == 0 and self.writer_server is not None:
                 self.instances.append(Instance(name, self.writer_server, Role.WRITER))

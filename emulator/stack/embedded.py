@@ -49,6 +49,7 @@ from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config
 from emulator.stack.schema import run_sql_files, sql_files
 from emulator.stack.tls import LocalCA
 from emulator.terraform.applied import (
+    AppliedDatabase,
     AppliedFunction,
     AppliedStack,
     map_endpoints,
@@ -125,8 +126,10 @@ class StackConfig:
     # Terraform configuration decides instead when it declares a cluster or multi_az.
     database_kind: ClusterKind = ClusterKind.SINGLE
     replicas: int = 1
-    # The DB identifier the instances are named after (RDS's console proposes database-1).
+    # The DB identifier the instances are named after (RDS's console proposes database-1), or their
+    # names, the writer's first (an applied Terraform's cluster members).
     db_identifier: str = "database-1"
+    db_instance_names: tuple[str, ...] = ()
     # How long after a failover the database's own endpoints (the direct path) still lead to the
     # old writer: the DNS record's TTL (Aurora's is 5 s; see emulator/dbendpoint/settings.py).
     dns_ttl_seconds: float = DEFAULT_DNS_TTL_SECONDS
@@ -137,6 +140,8 @@ class StackConfig:
     # with the IAM gate, and users granted rds_iam log in with IAM tokens (emulator/dbendpoint/
     # iamgate.py). On whenever the proxy uses end-to-end IAM (default_auth_scheme IAM_AUTH).
     iam_database_authentication: bool = False
+    # After a failover the old writer comes back as a replica, as on AWS (False: it stays fenced).
+    failover_rejoin: bool = True
 
 
 class StackEnvironment:
@@ -301,7 +306,9 @@ class EmbeddedStack(Started, StackEnvironment):
                     cfg.database_kind,
                     identifier=cfg.db_identifier,
                     replicas=cfg.replicas,
+                    names=cfg.db_instance_names,
                     fence=cfg.failover_fence,
+                    rejoin_old_writer=cfg.failover_rejoin,
                 )
             except ValueError as exc:
                 raise ComponentError("PostgreSQL cluster", str(exc)) from exc
@@ -435,10 +442,32 @@ class EmbeddedStack(Started, StackEnvironment):
             raise
         proxy, database = self.applied.proxy, self.applied.database
         self.config = replace(
-            self.config, database=database.db_name, db_user=database.username, region=proxy.region
+            self.config,
+            database=database.db_name,
+            db_user=database.username,
+            region=proxy.region,
+            **self._applied_database_kind(database),
         )
         self.db_password = database.password
         self.secret_arn = proxy.secret_arn
+
+    def _applied_database_kind(self, database: AppliedDatabase) -> dict[str, Any]:
+        """The kind of database Terraform declared, which the twin runs whatever it was asked for."""
+        kind = ClusterKind(database.kind)
+        if kind is not self.config.database_kind and self.config.database_kind is not ClusterKind.SINGLE:
+            print(
+                f"warning: the applied Terraform declares a {kind} database ({database.identifier}); "
+                f"the twin runs that, not the {self.config.database_kind} it was asked for",
+                file=sys.stderr,
+            )
+        if kind is ClusterKind.SINGLE:
+            return {"database_kind": kind, "db_identifier": database.identifier}
+        return {
+            "database_kind": kind,
+            "db_identifier": database.identifier,
+            "replicas": len(database.instances) - 1,
+            "db_instance_names": database.instances,
+        }
 
     def _terraform_environment(self) -> dict[str, str]:
         """The caller's environment without anything that would send the AWS provider elsewhere
@@ -488,18 +517,12 @@ class EmbeddedStack(Started, StackEnvironment):
         region = proxy_resource.region or self.config.region
         rds = self.aws.client("rds", region)
         name = str(proxy_resource.values["name"])
-        # Its other endpoints (aws_db_proxy_endpoint), from the state: moto has no API for them.
-        endpoints = tuple(
-            str(resource.values["endpoint"])
-            for resource in state_resources(state, "aws_db_proxy_endpoint")
-            if resource.values.get("db_proxy_name") == name and resource.values.get("endpoint")
-        )
         try:
-            proxy = replace(read_proxy(rds, name), other_endpoints=endpoints)
+            proxy = read_proxy(rds, name)
             database = read_database(rds, self.aws.client("secretsmanager", region), proxy)
         except ValueError as exc:
             raise ComponentError(
-                "Terraform", str(exc), "the local twin follows one PostgreSQL proxy"
+                "Terraform", str(exc), "the local twin follows one PostgreSQL proxy and its target"
             ) from exc
         functions = []
         for resource in state_resources(state, "aws_lambda_function"):
@@ -569,17 +592,24 @@ class EmbeddedStack(Started, StackEnvironment):
     def _proxy_cluster_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The proxy's targets: every instance at its own address (the proxy asks each one its role,
         as RDS Proxy monitors its targets, and reads no topology file)."""
-        if self.cluster is None or "target_instances" in settings:
-            return {}
-        if "target_instances" not in _PROXY_SETTING_NAMES:
-            # The proxy of this build has a single target: the writer, as before clusters.
-            return {}
-        return {
-            "target_instances": [
+        result: dict[str, Any] = {}
+        # Names the proxy of this build does not know yet are left out: it then has one target, the
+        # writer, and no other endpoints, as before clusters.
+        if self.cluster is not None and "target_instances" in _PROXY_SETTING_NAMES:
+            result["target_instances"] = [
                 f"{instance.name}={instance.server.host}:{instance.server.port}"
                 for instance in self.cluster.instances
             ]
-        }
+        if (
+            self.applied is not None
+            and self.applied.proxy.endpoints
+            and "proxy_endpoints" in _PROXY_SETTING_NAMES
+        ):
+            # Each aws_db_proxy_endpoint gets a listener of its own, on a free port.
+            result["proxy_endpoints"] = [
+                f"{endpoint.name}={endpoint.target_role}:0" for endpoint in self.applied.proxy.endpoints
+            ]
+        return {name: value for name, value in result.items() if name not in settings}
 
     # -- IAM database authentication and end-to-end IAM (H3) ---------------------------------------
 
@@ -688,8 +718,21 @@ class EmbeddedStack(Started, StackEnvironment):
         endpoint of the applied proxy (and of its database) mapped to the local proxy (and
         PostgreSQL), over the stack's variables (the AWS endpoint, credentials, the CA)."""
         assert self.applied is not None
+        endpoint = self.database_endpoint
+        proxy_endpoints = {}
+        if isinstance(self.proxy, RdsProxyEmulator):
+            proxy_endpoints = {
+                name: (self.proxy.host, int(found["port"])) for name, found in self.proxy.endpoints().items()
+            }
         addresses = self.applied.local_addresses(
-            proxy=(self.proxy.host, self.proxy.port), postgres=(self.postgres.host, self.postgres.port)
+            proxy=(self.proxy.host, self.proxy.port),
+            postgres=(self.direct.host, self.direct.port),
+            proxy_endpoints=proxy_endpoints,
+            reader=(
+                (endpoint.host, endpoint.reader_port)
+                if endpoint is not None and endpoint.reader_port is not None
+                else None
+            ),
         )
         return {**self.handler_environment(), **map_endpoints(function.environment, addresses)}
 

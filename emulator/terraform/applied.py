@@ -49,17 +49,35 @@ def state_resources(state: Mapping[str, Any], resource_type: str) -> list[StateR
 
 
 @dataclass(frozen=True)
+class AppliedProxyEndpoint:
+    """One of the proxy's endpoints besides its default one (aws_db_proxy_endpoint)."""
+
+    name: str
+    # READ_WRITE or READ_ONLY.
+    target_role: str
+    host: str
+
+
+@dataclass(frozen=True)
 class AppliedProxy:
     name: str
     endpoint: str
     arn: str
     region: str
     secret_arn: str
+    # The DB instance the proxy targets, or "" when it targets a cluster (target_cluster).
     target_instance: str
     # ProxyConfig settings by their Terraform names (emulator/rdsproxy/config.py).
     settings: dict[str, Any]
-    # The host names of the proxy's other endpoints (aws_db_proxy_endpoint), from the state.
-    other_endpoints: tuple[str, ...] = ()
+    # The proxy's other endpoints (aws_db_proxy_endpoint), from describe_db_proxy_endpoints.
+    endpoints: tuple[AppliedProxyEndpoint, ...] = ()
+    # The DB cluster the proxy targets (aws_db_proxy_target with db_cluster_identifier), or "".
+    target_cluster: str = ""
+
+    @property
+    def other_endpoints(self) -> tuple[str, ...]:
+        """The host names of the proxy's other endpoints."""
+        return tuple(endpoint.host for endpoint in self.endpoints)
 
 
 @dataclass(frozen=True)
@@ -68,11 +86,19 @@ class AppliedDatabase:
     db_name: str
     username: str
     password: str
-    # The instance's own endpoint, which a function may use instead of the proxy's.
+    # The instance's own endpoint (a cluster's: its writer endpoint), which a function may use
+    # instead of the proxy's.
     address: str = ""
     port: int = POSTGRES_PORT
     # iam_database_authentication_enabled: users granted rds_iam log in with IAM tokens.
     iam_database_authentication: bool = False
+    # single (one instance), aurora (an Aurora cluster, or a Multi-AZ DB cluster: readable
+    # standbys) or multi-az (a Multi-AZ DB instance: one standby nobody reads).
+    kind: str = "single"
+    # A cluster's instances, its writer first.
+    instances: tuple[str, ...] = ()
+    # A cluster's reader endpoint.
+    reader_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,15 +131,19 @@ def read_proxy(rds: Any, name: str) -> AppliedProxy:
         raise ValueError(f"proxy {name} has no default target group (aws_db_proxy_default_target_group)")
     pool = group.get("ConnectionPoolConfig", {})
     targets = rds.describe_db_proxy_targets(DBProxyName=name)["Targets"]
+    clusters = [t["RdsResourceId"] for t in targets if t.get("Type") == "TRACKED_CLUSTER"]
+    # A cluster's members are listed as RDS_INSTANCE targets too (in AWS, not in moto).
     instances = [t["RdsResourceId"] for t in targets if t.get("Type") == "RDS_INSTANCE"]
-    if len(instances) != 1:
+    if len(clusters) > 1 or (not clusters and len(instances) != 1):
         raise ValueError(
-            f"proxy {name} has {len(instances)} RDS instance targets (aws_db_proxy_target); the local "
-            "twin runs one PostgreSQL behind it, so it needs exactly one"
+            f"proxy {name} has {len(clusters)} cluster and {len(instances)} RDS instance targets "
+            "(aws_db_proxy_target); the local twin runs one database behind it (an instance or a "
+            "cluster), so it needs exactly one"
         )
+    target = clusters[0] if clusters else instances[0]
     settings: dict[str, Any] = {
         "name": name,
-        "target_name": instances[0],
+        "target_name": target,
         "require_tls": bool(proxy.get("RequireTLS", False)),
         "idle_client_timeout": int(proxy.get("IdleClientTimeout", 1800)),
         "debug_logging": bool(proxy.get("DebugLogging", False)),
@@ -132,17 +162,30 @@ def read_proxy(rds: Any, name: str) -> AppliedProxy:
         arn=proxy["DBProxyArn"],
         region=proxy["DBProxyArn"].split(":")[3],
         secret_arn=auth["SecretArn"],
-        target_instance=instances[0],
+        target_instance="" if clusters else instances[0],
         settings=settings,
+        endpoints=tuple(
+            AppliedProxyEndpoint(
+                str(endpoint["DBProxyEndpointName"]),
+                str(endpoint.get("TargetRole") or "READ_WRITE"),
+                str(endpoint.get("Endpoint") or ""),
+            )
+            for endpoint in rds.describe_db_proxy_endpoints(DBProxyName=name)["DBProxyEndpoints"]
+            if not endpoint.get("IsDefault")
+        ),
+        target_cluster=clusters[0] if clusters else "",
     )
 
 
 def read_database(rds: Any, secretsmanager: Any, proxy: AppliedProxy) -> AppliedDatabase:
-    """The target instance's database name and endpoint, and the credentials the proxy logs in with
+    """The target's database name, kind and endpoints, and the credentials the proxy logs in with
     (its secret)."""
-    instance = rds.describe_db_instances(DBInstanceIdentifier=proxy.target_instance)["DBInstances"][0]
     secret = json.loads(secretsmanager.get_secret_value(SecretId=proxy.secret_arn)["SecretString"])
+    if proxy.target_cluster:
+        return _read_cluster(rds, proxy.target_cluster, secret)
+    instance = rds.describe_db_instances(DBInstanceIdentifier=proxy.target_instance)["DBInstances"][0]
     endpoint = instance.get("Endpoint") or {}
+    multi_az = bool(instance.get("MultiAZ"))
     return AppliedDatabase(
         identifier=proxy.target_instance,
         db_name=instance.get("DBName") or "postgres",
@@ -151,6 +194,36 @@ def read_database(rds: Any, secretsmanager: Any, proxy: AppliedProxy) -> Applied
         address=str(endpoint.get("Address") or ""),
         port=int(endpoint.get("Port") or POSTGRES_PORT),
         iam_database_authentication=bool(instance.get("IAMDatabaseAuthenticationEnabled", False)),
+        kind="multi-az" if multi_az else "single",
+        # The standby has no endpoint of its own in AWS; the twin names it after the instance.
+        instances=(proxy.target_instance, f"{proxy.target_instance}-standby") if multi_az else (),
+    )
+
+
+def _read_cluster(rds: Any, identifier: str, secret: Mapping[str, str]) -> AppliedDatabase:
+    """An Aurora cluster (aws_rds_cluster with aws_rds_cluster_instance), or a Multi-AZ DB cluster
+    (its standbys are readable too): a writer and its replicas."""
+    cluster = rds.describe_db_clusters(DBClusterIdentifier=identifier)["DBClusters"][0]
+    members = cluster.get("DBClusterMembers") or []
+    writers = [m["DBInstanceIdentifier"] for m in members if m.get("IsClusterWriter")]
+    readers = sorted(m["DBInstanceIdentifier"] for m in members if not m.get("IsClusterWriter"))
+    if len(writers) != 1 or not readers:
+        raise ValueError(
+            f"cluster {identifier} has {len(writers)} writer and {len(readers)} reader instances "
+            "(aws_rds_cluster_instance); the local twin runs a cluster as a writer and at least one "
+            "replica, so it needs two instances or more"
+        )
+    return AppliedDatabase(
+        identifier=identifier,
+        db_name=cluster.get("DatabaseName") or "postgres",
+        username=secret["username"],
+        password=secret["password"],
+        address=str(cluster.get("Endpoint") or ""),
+        port=int(cluster.get("Port") or POSTGRES_PORT),
+        kind="aurora",
+        instances=(writers[0], *readers),
+        reader_address=str(cluster.get("ReaderEndpoint") or ""),
+        iam_database_authentication=bool(cluster.get("IAMDatabaseAuthenticationEnabled", False)),
     )
 
 
@@ -239,12 +312,28 @@ class AppliedStack:
         """The first function (the only one in the kit's example)."""
         return self.functions[0]
 
-    def local_addresses(self, *, proxy: tuple[str, int], postgres: tuple[str, int]) -> list[LocalAddress]:
-        """The proxy's endpoints map to the local proxy, the instance's to the local PostgreSQL."""
-        addresses = [
-            LocalAddress(host, POSTGRES_PORT, *proxy)
-            for host in (self.proxy.endpoint, *self.proxy.other_endpoints)
+    def local_addresses(
+        self,
+        *,
+        proxy: tuple[str, int],
+        postgres: tuple[str, int],
+        proxy_endpoints: Mapping[str, tuple[str, int]] | None = None,
+        reader: tuple[str, int] | None = None,
+    ) -> list[LocalAddress]:
+        """The proxy's endpoints map to the local proxy's (each to its own listener when the proxy
+        has one by that name, else to the default one), the database's to the local database's
+        (writer, and a cluster's reader endpoint to the local reader endpoint)."""
+        local_endpoints = proxy_endpoints or {}
+        addresses = [LocalAddress(self.proxy.endpoint, POSTGRES_PORT, *proxy)]
+        addresses += [
+            LocalAddress(endpoint.host, POSTGRES_PORT, *local_endpoints.get(endpoint.name, proxy))
+            for endpoint in self.proxy.endpoints
+            if endpoint.host
         ]
         if self.database.address:
             addresses.append(LocalAddress(self.database.address, self.database.port, *postgres))
+        if self.database.reader_address:
+            addresses.append(
+                LocalAddress(self.database.reader_address, self.database.port, *(reader or postgres))
+            )
         return addresses

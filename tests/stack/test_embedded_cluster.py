@@ -12,6 +12,7 @@ from emulator.errors import ComponentError
 from emulator.stack.cluster import ClusterKind, Role, read_topology
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.proxies import ProxyKind
+from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,11 @@ def aurora_stack() -> Iterator[EmbeddedStack]:
         replicas=2,
         # The endpoint follows the topology at once here; tests/dbendpoint pins the delay itself.
         dns_ttl_seconds=0,
-        proxy_settings={"require_tls": False, "iam_auth": "DISABLED"},
+        proxy_settings={
+            "require_tls": False,
+            "iam_auth": "DISABLED",
+            "proxy_endpoints": ["reads=READ_ONLY:0"],
+        },
     )
     with EmbeddedStack(config) as stack:
         yield stack
@@ -83,12 +88,34 @@ def test_the_env_file_names_the_writer_and_reader_endpoints(aurora_stack: Embedd
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
 
 
+def test_the_proxy_is_given_every_instance_at_its_own_address(aurora_stack: EmbeddedStack) -> None:
+    cluster = aurora_stack.cluster
+    assert cluster is not None
+    assert isinstance(aurora_stack.proxy, RdsProxyEmulator)
+    assert aurora_stack.proxy.config.target_instances == [
+        f"{i.name}=127.0.0.1:{i.server.port}" for i in cluster.instances
+    ]
+
+
+def test_the_env_file_names_each_proxy_endpoint(aurora_stack: EmbeddedStack) -> None:
+    env = aurora_stack.environment()
+    assert env["PROXY_ENDPOINT_READS_HOST"] == "127.0.0.1"
+    with _connect(
+        aurora_stack, env["PROXY_ENDPOINT_READS_HOST"], int(env["PROXY_ENDPOINT_READS_PORT"])
+    ) as conn:
+        # A read-only endpoint reaches a replica.
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
 def test_a_failover_of_the_stack_moves_the_writer_and_the_writer_endpoint_follows(
     aurora_stack: EmbeddedStack,
 ) -> None:
     cluster = aurora_stack.cluster
     assert cluster is not None
     env = aurora_stack.environment()
+    # A client of the proxy, idle across the failover.
+    through_proxy = _connect(aurora_stack, aurora_stack.proxy.host, aurora_stack.proxy.port)
+    through_proxy.execute("SELECT 1")
     report = aurora_stack.failover(to="database-1-instance-2")
     assert report.new_writer == "database-1-instance-2"
     # The stack's PostgreSQL (its admin connections, its counts) is the new writer.
@@ -101,6 +128,10 @@ def test_a_failover_of_the_stack_moves_the_writer_and_the_writer_endpoint_follow
 
     # The same address as before the failover: the endpoint, not the instance, moved.
     wait_until(writer_endpoint_writes, component="the writer endpoint", timeout=15)
+    # The proxy found the new writer itself: its idle client writes there.
+    with through_proxy:
+        through_proxy.execute("CREATE TABLE IF NOT EXISTS through_the_proxy (n int)")
+        assert through_proxy.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     cluster.wait_rejoined()
     assert read_topology(aurora_stack.topology_path)["writer"] == "database-1-instance-2"
 
