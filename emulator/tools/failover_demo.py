@@ -98,7 +98,8 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
             started = time.monotonic()
             with console.status("Failing over: fencing the writer, promoting the standby..."):
                 report = stack.failover()
-            writer_ready = time.monotonic()
+            # The topology names the new writer once it is promoted; the endpoint follows a TTL later.
+            writer_ready = started + report.fence_seconds + report.promote_seconds
             moments = FailoverMoments(started, writer_ready, writer_ready + ttl)
             console.print(
                 f"Failover: {report.old_writer} fenced in {report.fence_seconds:.2f} s, "
