@@ -91,7 +91,8 @@ def _add_up(commands: Commands) -> None:
     _iam_options(up)
 
 
-def _database_options(parser: argparse.ArgumentParser) -> None:
+def _database_options(parser: argparse.ArgumentParser, *, kind: ClusterKind | None = None) -> None:
+    """--cluster (default `kind`, else the stack's: single), --replicas, --dns-ttl."""
     defaults = StackConfig()
     group = parser.add_argument_group(
         "the database",
@@ -103,7 +104,9 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         "--cluster",
         choices=[kind.value for kind in ClusterKind],
         help="aurora: a writer and --replicas readable replicas (an Aurora PostgreSQL cluster); "
-        "multi-az: a writer and a standby nobody reads (a Multi-AZ DB instance); default: single",
+        "multi-az: a writer and a standby nobody reads (a Multi-AZ DB instance); default: "
+        + (kind or defaults.database_kind).value,
+        default=None if kind is None else kind.value,
     )
     group.add_argument(
         "--replicas",
@@ -421,15 +424,7 @@ def _add_demo(commands: Commands) -> None:
         "connections are still per environment) or every environment running Init itself, as on-demand "
         "Lambda, which costs ~0.1 s of CPU each (default: %(default)s)",
     )
-    demo.add_argument(
-        "--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)"
-    )
-    demo.add_argument(
-        "--handler-log",
-        type=Path,
-        default=defaults.handler_log,
-        help="where the function's log goes (default: %(default)s)",
-    )
+    _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
     demo.add_argument(
         "--payload",
         metavar="JSON",
@@ -438,6 +433,17 @@ def _add_demo(commands: Commands) -> None:
     )
     _function_options(demo, several=False)
     _stack_options(demo)
+
+
+def _demo_outputs(parser: argparse.ArgumentParser, *, chart: Path, handler_log: Path) -> None:
+    """Where a demonstration writes its chart and its function's log."""
+    parser.add_argument("--chart", type=Path, default=chart, help="PNG to write (default: %(default)s)")
+    parser.add_argument(
+        "--handler-log",
+        type=Path,
+        default=handler_log,
+        help="where the function's log goes (default: %(default)s)",
+    )
 
 
 def _add_failover_demo(commands: Commands) -> None:
@@ -478,16 +484,8 @@ def _add_failover_demo(commands: Commands) -> None:
         default=defaults.after_seconds,
         help="seconds of load after the database endpoint switched (default: %(default)s)",
     )
-    demo.add_argument(
-        "--chart", type=Path, default=defaults.chart, help="PNG to write (default: %(default)s)"
-    )
-    demo.add_argument(
-        "--handler-log",
-        type=Path,
-        default=defaults.handler_log,
-        help="where the function's log goes (default: %(default)s)",
-    )
-    _database_options(demo)
+    _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
+    _database_options(demo, kind=ClusterKind.MULTI_AZ)  # the case of AWS's "up to 66%"
     _stack_options(demo)
 
 
@@ -752,8 +750,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _failover_demo(args: argparse.Namespace) -> int:
-    if args.cluster is None:
-        args.cluster = ClusterKind.MULTI_AZ.value  # the case AWS's "up to 66%" is about
     if args.cluster == ClusterKind.SINGLE.value:
         _usage_error("a failover needs a cluster: --cluster multi-az or aurora")
     for name in ("workers", "period_ms", "work_ms"):

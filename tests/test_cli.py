@@ -261,7 +261,7 @@ def test_help_documents_every_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "emulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
     )
-    for command in ("up", "demo"):
+    for command in ("up", "demo", "failover", "failover-demo", "rotate-secret"):
         assert command in done.stdout
     up_help = subprocess.run(
         [sys.executable, "-m", "emulator", "up", "--help"],
@@ -371,3 +371,27 @@ def test_failover_without_a_running_twin_says_how_to_start_one(tmp_path: Path) -
     done = _failover("--env-file", str(stale))
     assert done.returncode == 1
     assert "no running twin answers" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--cluster", "single"), "a failover needs a cluster"),
+        (("--workers", "0"), "--workers must be at least 1"),
+        (("--replicas", "2", "--cluster", "multi-az"), "replicas"),
+    ],
+    ids=["single-instance", "no-workers", "replicas-of-multi-az"],
+)
+def test_the_failover_demo_refuses_what_cannot_fail_over_before_starting_anything(
+    arguments: tuple[str, ...], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "failover-demo", *arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
