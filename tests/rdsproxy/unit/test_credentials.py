@@ -6,33 +6,46 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from emulator.rdsproxy.auth import verify_iam_token
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.credentials import MONITOR_ROLE, IamTokens, SecretCredentials, database_credentials
 from emulator.rdsproxy.proxylog import ProxyLog
+from emulator.stack.moto import AwsEmulator
 
 pytestmark = pytest.mark.unit
 
 KEY, SECRET, REGION = "AKIACREDENTIALSTEST0", "credentials-test-secret", "eu-west-1"
 
 
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[AwsEmulator]:
+    # A moto server, as the stack runs it: moto's mock_aws would reset the backends that every moto
+    # server in this process shares, under the other tests' stacks.
+    server = AwsEmulator(REGION)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def aws(moto_server: AwsEmulator, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    with mock_aws():
-        yield boto3.client("secretsmanager", region_name=REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint_url)
+    return boto3.session.Session().client("secretsmanager", region_name=REGION)
 
 
 def _secret(client: Any, password: str) -> str:
-    answer = client.create_secret(Name="db", SecretString=json.dumps({"username": "u", "password": password}))
+    answer = client.create_secret(
+        Name=f"db-{uuid.uuid4()}", SecretString=json.dumps({"username": "u", "password": password})
+    )
     return str(answer["ARN"])
 
 
