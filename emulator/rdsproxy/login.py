@@ -83,6 +83,10 @@ class ClientStream:
         self.writer = writer
         self.timeout = timeout
         self.tls = False
+        # The port of the listener (proxy endpoint) the client connected to: an IAM token is signed
+        # for one endpoint's host and port.
+        sockname = writer.get_extra_info("sockname") or ("", 0)
+        self.local_port = int(sockname[1])
 
     async def read_more(self) -> bytes:
         data = await asyncio.wait_for(self.protocol.read_more(), self.timeout)
@@ -194,7 +198,7 @@ async def _iam(
             token,
             user=user,
             endpoint_hosts=config.endpoint_hosts,
-            port=config.listen_port,
+            port=messages.stream.local_port,
             region=config.region,
             secret_for_key=authority.secret_key_for,
         )

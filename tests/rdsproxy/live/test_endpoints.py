@@ -9,6 +9,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from emulator.rdsproxy import texts
 from emulator.wait import wait_until
 
 from .helpers import ProxyUnderTest
@@ -69,3 +70,27 @@ def test_a_read_only_endpoint_without_reader_instances_fails_its_requests_at_onc
         reads.execute("SELECT 1")
     assert "This read-only proxy endpoint's target has no reader DB instances." in str(failed.value)
     assert failed.value.sqlstate == "08000"
+
+
+@pytest.mark.parametrize("endpoint", ["writes", "reads"])
+def test_an_iam_token_is_for_the_endpoint_it_was_made_for(
+    make_proxy: Callable[..., ProxyUnderTest], endpoint: str
+) -> None:
+    proxy = make_proxy(
+        name="iam-endpoints-proxy",
+        proxy_endpoints=["writes=READ_WRITE:0", "reads=READ_ONLY:0"],
+        iam_auth="REQUIRED",
+        require_tls=True,
+    )
+    port = _port(proxy, endpoint)
+    # A token made for this endpoint's own host and port logs in there ...
+    with proxy.connect(port=port, password=proxy.token(port=port)) as conn:
+        assert conn.info.port == port
+    refused = texts.IAM_FAILED.format(user=proxy.user)
+    # ... and a token made for another endpoint's port is refused, both ways.
+    with pytest.raises(psycopg.OperationalError) as other_token:
+        proxy.connect(port=port, password=proxy.token(port=proxy.port)).close()
+    assert refused in str(other_token.value)
+    with pytest.raises(psycopg.OperationalError) as on_the_default:
+        proxy.connect(password=proxy.token(port=port)).close()
+    assert refused in str(on_the_default.value)
