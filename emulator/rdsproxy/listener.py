@@ -271,7 +271,7 @@ class ProxyListener:
                 for name, pool in self.readers.pools.items()
             ]
             if not self.readers.pools:  # none readable yet: the role is still reported, empty
-                parts.append(TargetPart("", "READ_ONLY", self._figures(None), latency["READ_ONLY"]))
+                parts.append(TargetPart(None, "READ_ONLY", self._figures(None), latency["READ_ONLY"]))
         return parts
 
     def _figures(self, pool: Pool | None) -> dict[str, float]:

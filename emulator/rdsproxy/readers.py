@@ -59,6 +59,9 @@ class ReaderPools:
     def follow_roles(self) -> None:
         """The instances' roles changed: pools for new replicas, and none left on a former one."""
         readable = {instance.name for instance in self.target.readable_replicas()}
+        for instance in self.target.readable_replicas():
+            # A pool (empty until a borrow) as soon as a replica is known: its metrics name it.
+            self.pool_for(instance)
         for name, pool in self.pools.items():
             if name not in readable:
                 pool.let_go(name)
