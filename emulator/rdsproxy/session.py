@@ -68,6 +68,11 @@ def _runs_on_server(kind: int, frame: m.Frame) -> bool:
 _WRITE_BUFFER_HIGH = 1 << 20
 
 
+# What a READ_ONLY endpoint's client is told at login, where the writer's values differ: its
+# connections are to hot standbys, opened with read-only transactions as their default.
+_READ_ONLY_REPORTED = {"default_transaction_read_only": "on", "in_hot_standby": "on"}
+
+
 def _hidden(raw: bytes) -> bytes | None:
     return None
 
@@ -89,6 +94,8 @@ class SessionDeps:
     tls_context: ssl.SSLContext | None
     # Called once when the session is over.
     ended: Callable[[ClientSession], None]
+    # A READ_ONLY endpoint's sessions: what their connections report differs from the writer's.
+    read_only: bool = False
 
     # -- what login asks (login.Authority) -------------------------------------------------------
 
@@ -206,7 +213,13 @@ class ClientSession:
             return False
         await deps.target.wait_ready(config.borrow_timeout)
         try:
-            self.parameters = await welcome(stream, self.login, deps.target, key=self.id & 0x7FFFFFFF)
+            self.parameters = await welcome(
+                stream,
+                self.login,
+                deps.target,
+                key=self.id & 0x7FFFFFFF,
+                reported=_READ_ONLY_REPORTED if deps.read_only else None,
+            )
         except Refused as refusal:
             deps.log.client_refused(self, refusal.message)
             return False
@@ -654,6 +667,12 @@ class ClientSession:
         # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
+        if conn.out_of_recovery:
+            # A read-only endpoint's replica was promoted under this client: its reader pool is let
+            # go, this connection too (the client is told as when a connection is lost).
+            self.deps.target.left_recovery(conn.instance)
+            conn.close()
+            return
         if self._held is not None:
             self._release_held(conn)
         if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
