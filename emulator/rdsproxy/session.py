@@ -231,9 +231,9 @@ class ClientSession:
     def _debug(self, text: str) -> None:
         self.deps.log.debug(f"[clientConnection={self.id}] {text}")
 
-    def _fatal(self, code: str, message: str) -> None:
+    def _fatal(self, code: str, message: str, **extra: str) -> None:
         if not self.writer.is_closing():
-            self.writer.write(m.error_response("FATAL", code, message))
+            self.writer.write(m.error_response("FATAL", code, message, **extra))
 
     # -- the client's messages ------------------------------------------------------------------
 
@@ -718,9 +718,14 @@ class ClientSession:
             return
         # Not the client's doing: the database (or the writer of a replicated target) may be gone.
         self.deps.target.connection_lost(conn, str(exc))
+        # What the server said as it ended the connection (a shutdown's 57P01), held back from the
+        # client: the proxy's own error tells it instead.
+        detail = (
+            {"D": texts.DATABASE_ENDED.format(reason=conn.state.fatal_reason)} if conn.state.fatal else {}
+        )
         if self.pinned is not None:
             # A pinned session's state lived on that connection and is gone: end the session.
-            self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST)
+            self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST, **detail)
             self._closing_because(texts.PINNED_CONNECTION_LOST)
             self.writer.close()
             return
@@ -728,16 +733,12 @@ class ClientSession:
             return  # between requests (a pinned session's only): nothing of the client's was lost
         message = texts.LOST_MID_REQUEST if in_flight else texts.LOST_MID_TRANSACTION
         if self.deps.config.failover_error_severity == "FATAL":
-            self._fatal(texts.CONNECTION_FAILURE, message)
+            self._fatal(texts.CONNECTION_FAILURE, message, **detail)
             self._closing_because(message)
             self.writer.close()
             return
-        error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message)
-        if in_flight and conn.state.fatal:
-            # The server's own FATAL (a fast shutdown's 57P01) already answered the request: it is
-            # the client's error, and the request ends here.
-            self._to_client([m.ready_for_query(b"I")])
-        elif in_flight:
+        error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message, **detail)
+        if in_flight:
             self._to_client([error, m.ready_for_query(b"I")])
         elif in_transaction:
             # The client believes it is inside a transaction: its next statement must fail, not run alone.
