@@ -27,6 +27,11 @@ from emulator.rdsproxy.protocol.server import IDLE, ServerState
 _ids = itertools.count(1)
 # What ends a departed client's unsynced request without committing it (see DbConnection.settle).
 _ABORT_UNSYNCED = m.frame(Frontend.BIND, b"\0rdsproxy_abort\0\0\0\0\0\0\0") + m.SYNC
+# A read-only endpoint's connections start with read-only transactions as their session default:
+# should the replica be promoted under them, a write still fails as on a replica (25006 "cannot
+# execute INSERT in a read-only transaction"). A startup option is the default RESET ALL and
+# DISCARD ALL return to.
+READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 
 
 @functools.cache
@@ -144,6 +149,8 @@ class DbConnection:
         self.instance = ""
         # How long its latest borrower waited for it (microseconds).
         self.waited_us = 0
+        # A read-only endpoint's connection (opened with READ_ONLY_OPTIONS, to a replica).
+        self.read_only = False
 
     @classmethod
     async def open(
@@ -156,6 +163,7 @@ class DbConnection:
         application_name: str,
         init_query: str,
         timeout: float,
+        options: str = "",
     ) -> DbConnection:
         try:
             reader, writer, protocol = await asyncio.wait_for(_open_stream(host, port), timeout)
@@ -172,7 +180,7 @@ class DbConnection:
                     await asyncio.wait_for(writer.start_tls(_database_tls(), server_hostname=host), timeout)
                     tls = True
             conn = cls(key, reader, writer, tls, protocol)
-            await asyncio.wait_for(conn._startup(credentials, application_name), timeout)
+            await asyncio.wait_for(conn._startup(credentials, application_name, options), timeout)
             if init_query.strip():
                 await asyncio.wait_for(conn.run_quietly(init_query), timeout)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -183,16 +191,15 @@ class DbConnection:
             raise
         return conn
 
-    async def _startup(self, credentials: Credentials, application_name: str) -> None:
-        self.writer.write(
-            m.startup_message(
-                {
-                    "user": credentials.user,
-                    "database": self.key.database,
-                    "application_name": application_name,
-                }
-            )
-        )
+    async def _startup(self, credentials: Credentials, application_name: str, options: str) -> None:
+        params = {
+            "user": credentials.user,
+            "database": self.key.database,
+            "application_name": application_name,
+        }
+        if options:
+            params["options"] = options
+        self.writer.write(m.startup_message(params))
         scram: ScramClient | None = None
         while True:
             frame = await self.read_frame()
@@ -247,6 +254,12 @@ class DbConnection:
     @property
     def txn_status(self) -> bytes:
         return self.state.txn_status
+
+    @property
+    def out_of_recovery(self) -> bool:
+        """A read-only endpoint's connection whose server is no longer a hot standby: PostgreSQL 14+
+        reports in_hot_standby off at the first ReadyForQuery after a promotion."""
+        return self.read_only and self.state.params.get("in_hot_standby") == "off"
 
     async def _simple_query(self, sql: str) -> list[m.Frame]:
         """A query of the proxy's own: its answer up to ReadyForQuery; raise on error."""

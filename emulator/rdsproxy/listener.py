@@ -81,6 +81,7 @@ class ProxyListener:
                 statement_names=statement_names,
                 tls_context=tls_context,
                 ended=self.sessions.discard,
+                read_only=endpoint.role == "READ_ONLY",
             )
             self.endpoints.append(EndpointRuntime(endpoint, deps))
         self.deps = self.endpoints[0].deps
@@ -95,7 +96,12 @@ class ProxyListener:
                 # connection to a writer; the borrow waits (it may be a replica again) or times out.
                 self.target.refresh_soon()
                 raise DatabaseUnavailable(f"{instance.name} is not a readable replica now")
-            return await self.target.open_to(instance, key, stats)
+            conn = await self.target.open_to(instance, key, stats, read_only=True)
+            if conn.out_of_recovery:  # promoted since it was last asked: never lent
+                conn.close()
+                self.target.left_recovery(instance.name)
+                raise DatabaseUnavailable(f"{instance.name} is not in recovery now")
+            return conn
 
         pool = Pool(opener, stats, idle_seconds=self.config.idle_connection_seconds)
         pool.cap = stats.max_database_connections_allowed = self.pool.cap
@@ -140,6 +146,8 @@ class ProxyListener:
         self.pool.cap = self.config.pool_cap(self.target.max_connections)
         self.pool.idle_keep = self.config.idle_keep(self.target.max_connections)
         self.stats.max_database_connections_allowed = self.pool.cap
+        # Reader pools made while the writer was looked for had no room yet.
+        self.readers.sweep(self.pool.cap, self.pool.idle_keep)
         self.log.info(
             f"Target {self.target.writer.address} is available: max_connections="
             f"{self.target.max_connections}, MaxDatabaseConnectionsAllowed={self.pool.cap}."
@@ -271,7 +279,7 @@ class ProxyListener:
                 for name, pool in self.readers.pools.items()
             ]
             if not self.readers.pools:  # none readable yet: the role is still reported, empty
-                parts.append(TargetPart("", "READ_ONLY", self._figures(None), latency["READ_ONLY"]))
+                parts.append(TargetPart(None, "READ_ONLY", self._figures(None), latency["READ_ONLY"]))
         return parts
 
     def _figures(self, pool: Pool | None) -> dict[str, float]:

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -83,6 +83,10 @@ class ClientStream:
         self.writer = writer
         self.timeout = timeout
         self.tls = False
+        # The port of the listener (proxy endpoint) the client connected to: an IAM token is signed
+        # for one endpoint's host and port.
+        sockname = writer.get_extra_info("sockname") or ("", 0)
+        self.local_port = int(sockname[1])
 
     async def read_more(self) -> bytes:
         data = await asyncio.wait_for(self.protocol.read_more(), self.timeout)
@@ -194,7 +198,7 @@ async def _iam(
             token,
             user=user,
             endpoint_hosts=config.endpoint_hosts,
-            port=config.listen_port,
+            port=messages.stream.local_port,
             region=config.region,
             secret_for_key=authority.secret_key_for,
         )
@@ -242,11 +246,19 @@ class Server(Protocol):
     async def spelling(self, name: str, value: str, key: PoolKey) -> str: ...
 
 
-async def welcome(stream: ClientStream, login: Login, server: Server, *, key: int) -> SessionParameters:
+async def welcome(
+    stream: ClientStream,
+    login: Login,
+    server: Server,
+    *,
+    key: int,
+    reported: Mapping[str, str] | None = None,
+) -> SessionParameters:
     """After authentication, as PostgreSQL does: AuthenticationOk, then the startup parameters take
     effect (a value PostgreSQL refuses ends the login with its FATAL), then what the client learns of
-    its session: ParameterStatus, BackendKeyData, ReadyForQuery. Refused raised after AuthenticationOk
-    is written."""
+    its session: ParameterStatus, BackendKeyData, ReadyForQuery (reported: values that differ from the
+    server's baseline on this endpoint's connections). Refused raised after AuthenticationOk is
+    written."""
     stream.write(m.authentication(m.AUTH_OK))
     chosen: dict[str, str] = {}
     pool_key = PoolKey(login.database, login.user, login.tls)
@@ -262,7 +274,8 @@ async def welcome(stream: ClientStream, login: Login, server: Server, *, key: in
         except DatabaseError as exc:
             stream.write(m.error_from_fields({**exc.fields, "S": "FATAL", "V": "FATAL"}))
             raise Refused(exc.sqlstate, str(exc), fields=exc.fields) from None
-    parameters = SessionParameters(chosen, server.baseline_params, server.unreported_defaults)
+    baseline = {**server.baseline_params, **(reported or {})}
+    parameters = SessionParameters(chosen, baseline, server.unreported_defaults)
     out = [m.parameter_status(name, value) for name, value in parameters.seen.items()]
     out += [m.backend_key_data(key, secrets.randbits(31)), m.ready_for_query(b"I")]
     stream.write(b"".join(out))

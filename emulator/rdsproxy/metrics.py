@@ -81,7 +81,10 @@ class TargetPart:
     """A pool's side of the metrics: the instance it connects to, its role, its figures (the
     target-side fields of METRICS) and the query latencies of the endpoints that use it."""
 
-    instance: str
+    # None for a role no instance has now (a READ_ONLY endpoint without a readable replica): the
+    # role is still reported (DS4), but there is no instance to name (DS3), and CloudWatch refuses
+    # an empty dimension value.
+    instance: str | None
     role: str
     figures: dict[str, float]
     query_database_latency: Latencies
@@ -152,6 +155,7 @@ class MetricsPublisher:
     def dimension_sets(self) -> dict[str, list[dict[str, str]]]:
         """The default endpoint's and the writer's dimension sets."""
         writer = next(part.instance for part in self.proxy.target_parts() if part.role == "READ_WRITE")
+        assert writer is not None, "the writer's pool always names its instance"
         return {
             "DS1": self._dimensions("DS1"),
             "DS2": self._dimensions("DS2", "default"),
@@ -190,20 +194,22 @@ class MetricsPublisher:
         for role in dict.fromkeys(part.role for part in parts):
             mine = [part for part in parts if part.role == role]
             latency = Latencies.merged([mine[0].query_database_latency])
-            if len(mine) == 1:
+            instances = [(part, part.instance) for part in mine if part.instance is not None]
+            if len(instances) == 1:
                 # Per instance only where one instance has the role: the latencies are the role's.
+                part, instance = instances[0]
                 rows.append(
                     Row(
                         "DS3",
-                        self._dimensions("DS3", mine[0].instance),
-                        _target_side(mine[0].figures),
+                        self._dimensions("DS3", instance),
+                        _target_side(part.figures),
                         {"QueryDatabaseResponseLatency": latency},
                     )
                 )
             else:
                 rows += [
-                    Row("DS3", self._dimensions("DS3", part.instance), _target_side(part.figures))
-                    for part in mine
+                    Row("DS3", self._dimensions("DS3", instance), _target_side(part.figures))
+                    for part, instance in instances
                 ]
             totals = {key: sum(part.figures[key] for part in mine) for key in mine[0].figures}
             values = _target_side(totals)

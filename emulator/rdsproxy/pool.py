@@ -70,6 +70,14 @@ class Pool:
         # Told of every connection found dead while pooled (the target watches for its writer's loss).
         self.on_dead: Callable[[DbConnection], None] | None = None
 
+    def resize(self, cap: int, idle_keep: int) -> None:
+        """New limits (the target's max_connections is known, or changed): borrows waiting for room
+        are served at once when there is more."""
+        grew = cap > self.cap
+        self.cap, self.idle_keep = cap, idle_keep
+        if grew:
+            self._dispatch()
+
     # -- borrowing ---------------------------------------------------------------------------------
 
     def borrow_now(self, key: PoolKey) -> DbConnection | None:

@@ -59,6 +59,9 @@ class ReaderPools:
     def follow_roles(self) -> None:
         """The instances' roles changed: pools for new replicas, and none left on a former one."""
         readable = {instance.name for instance in self.target.readable_replicas()}
+        for instance in self.target.readable_replicas():
+            # A pool (empty until a borrow) as soon as a replica is known: its metrics name it.
+            self.pool_for(instance)
         for name, pool in self.pools.items():
             if name not in readable:
                 pool.let_go(name)
@@ -104,6 +107,10 @@ class ReaderPools:
 
     def release(self, conn: DbConnection, *, reusable: bool) -> None:
         pool = self.pools.get(conn.instance)
+        if conn.out_of_recovery:
+            # Its replica was promoted (it said so at this connection's last ReadyForQuery).
+            reusable = False
+            self.target.left_recovery(conn.instance)
         if pool is not None and conn in pool.borrowed:
             pool.release(conn, reusable=reusable)
         else:  # its replica's pool is gone (never expected): closed
@@ -112,8 +119,8 @@ class ReaderPools:
     def sweep(self, cap: int, idle_keep: int) -> None:
         """The house-keeping of each reader pool (the listener's once-a-second sweep)."""
         for pool in self.pools.values():
-            pool.cap = cap
-            pool.idle_keep = idle_keep
+            pool.resize(cap, idle_keep)
+            pool.stats.max_database_connections_allowed = cap
             pool.drop_dead_idle()
             pool.trim_idle()
 

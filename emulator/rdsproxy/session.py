@@ -68,6 +68,11 @@ def _runs_on_server(kind: int, frame: m.Frame) -> bool:
 _WRITE_BUFFER_HIGH = 1 << 20
 
 
+# What a READ_ONLY endpoint's client is told at login, where the writer's values differ: its
+# connections are to hot standbys, opened with read-only transactions as their default.
+_READ_ONLY_REPORTED = {"default_transaction_read_only": "on", "in_hot_standby": "on"}
+
+
 def _hidden(raw: bytes) -> bytes | None:
     return None
 
@@ -89,6 +94,8 @@ class SessionDeps:
     tls_context: ssl.SSLContext | None
     # Called once when the session is over.
     ended: Callable[[ClientSession], None]
+    # A READ_ONLY endpoint's sessions: what their connections report differs from the writer's.
+    read_only: bool = False
 
     # -- what login asks (login.Authority) -------------------------------------------------------
 
@@ -206,7 +213,13 @@ class ClientSession:
             return False
         await deps.target.wait_ready(config.borrow_timeout)
         try:
-            self.parameters = await welcome(stream, self.login, deps.target, key=self.id & 0x7FFFFFFF)
+            self.parameters = await welcome(
+                stream,
+                self.login,
+                deps.target,
+                key=self.id & 0x7FFFFFFF,
+                reported=_READ_ONLY_REPORTED if deps.read_only else None,
+            )
         except Refused as refusal:
             deps.log.client_refused(self, refusal.message)
             return False
@@ -218,9 +231,9 @@ class ClientSession:
     def _debug(self, text: str) -> None:
         self.deps.log.debug(f"[clientConnection={self.id}] {text}")
 
-    def _fatal(self, code: str, message: str) -> None:
+    def _fatal(self, code: str, message: str, **extra: str) -> None:
         if not self.writer.is_closing():
-            self.writer.write(m.error_response("FATAL", code, message))
+            self.writer.write(m.error_response("FATAL", code, message, **extra))
 
     # -- the client's messages ------------------------------------------------------------------
 
@@ -654,6 +667,12 @@ class ClientSession:
         # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
+        if conn.out_of_recovery:
+            # A read-only endpoint's replica was promoted under this client: its reader pool is let
+            # go, this connection too (the client is told as when a connection is lost).
+            self.deps.target.left_recovery(conn.instance)
+            conn.close()
+            return
         if self._held is not None:
             self._release_held(conn)
         if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
@@ -699,9 +718,14 @@ class ClientSession:
             return
         # Not the client's doing: the database (or the writer of a replicated target) may be gone.
         self.deps.target.connection_lost(conn, str(exc))
+        # What the server said as it ended the connection (a shutdown's 57P01), held back from the
+        # client: the proxy's own error tells it instead.
+        detail = (
+            {"D": texts.DATABASE_ENDED.format(reason=conn.state.fatal_reason)} if conn.state.fatal else {}
+        )
         if self.pinned is not None:
             # A pinned session's state lived on that connection and is gone: end the session.
-            self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST)
+            self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST, **detail)
             self._closing_because(texts.PINNED_CONNECTION_LOST)
             self.writer.close()
             return
@@ -709,16 +733,12 @@ class ClientSession:
             return  # between requests (a pinned session's only): nothing of the client's was lost
         message = texts.LOST_MID_REQUEST if in_flight else texts.LOST_MID_TRANSACTION
         if self.deps.config.failover_error_severity == "FATAL":
-            self._fatal(texts.CONNECTION_FAILURE, message)
+            self._fatal(texts.CONNECTION_FAILURE, message, **detail)
             self._closing_because(message)
             self.writer.close()
             return
-        error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message)
-        if in_flight and conn.state.fatal:
-            # The server's own FATAL (a fast shutdown's 57P01) already answered the request: it is
-            # the client's error, and the request ends here.
-            self._to_client([m.ready_for_query(b"I")])
-        elif in_flight:
+        error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message, **detail)
+        if in_flight:
             self._to_client([error, m.ready_for_query(b"I")])
         elif in_transaction:
             # The client believes it is inside a transaction: its next statement must fail, not run alone.

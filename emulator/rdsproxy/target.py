@@ -17,7 +17,14 @@ from typing import Protocol
 
 from emulator.rdsproxy.config import Instance, ProxyConfig
 from emulator.rdsproxy.credentials import database_credentials
-from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import (
+    READ_ONLY_OPTIONS,
+    Credentials,
+    DatabaseError,
+    DatabaseUnavailable,
+    DbConnection,
+    PoolKey,
+)
 from emulator.rdsproxy.monitor import Observation, Role, observe_all
 from emulator.rdsproxy.protocol.parameters import UNREPORTED
 from emulator.rdsproxy.protocol.pinning import PINNING_FUNCTIONS
@@ -73,6 +80,7 @@ class Target:
         # Called whenever what the instances are (self.roles) changes: reader pools follow.
         self.roles_changed: list[Callable[[], None]] = []
         self._refresh: asyncio.Task[None] | None = None
+        self._refresh_again = False
         # The instances ever seen as readable replicas: the target "has reader instances".
         self.readers_seen: set[str] = set()
         self._refreshed = 0.0
@@ -112,17 +120,20 @@ class Target:
                 self.writer_lost(instance, str(exc))
             raise
 
-    async def open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
-        """A new database connection to this instance, counted in stats (its pool's)."""
+    async def open_to(
+        self, instance: Instance, key: PoolKey, stats: Stats, *, read_only: bool = False
+    ) -> DbConnection:
+        """A new database connection to this instance, counted in stats (its pool's); read_only for a
+        read-only endpoint's (read-only transactions by default)."""
         try:
-            return await self._open_to(instance, key, stats)
+            return await self._open_to(instance, key, stats, read_only)
         except DatabaseError as exc:
             # The password was refused: the secret may have been rotated; read it again, try again.
             if exc.sqlstate == "28P01" and await self.credentials.refused():
-                return await self._open_to(instance, key, stats)
+                return await self._open_to(instance, key, stats, read_only)
             raise
 
-    async def _open_to(self, instance: Instance, key: PoolKey, stats: Stats) -> DbConnection:
+    async def _open_to(self, instance: Instance, key: PoolKey, stats: Stats, read_only: bool) -> DbConnection:
         credentials = await self.credentials.for_connection(key.user, instance.host, instance.port)
         stats.database_connection_requests += 1
         try:
@@ -134,6 +145,7 @@ class Target:
                 application_name=_APPLICATION_NAME,
                 init_query=self.config.init_query,
                 timeout=10,
+                options=READ_ONLY_OPTIONS if read_only else "",
             )
         except DatabaseError as exc:
             stats.database_connections_setup_failed += 1
@@ -144,6 +156,7 @@ class Target:
             stats.database_connections_setup_failed += 1
             raise
         conn.instance = instance.name
+        conn.read_only = read_only
         if instance == self.writer:
             self.availability.up()
         stats.database_connections_setup_succeeded += 1
@@ -287,10 +300,27 @@ class Target:
             for changed in self.roles_changed:
                 changed()
 
-    def refresh_soon(self) -> None:
-        """Ask every instance again now (a reader's connection was lost), unless that is under way."""
-        if self.replicated and self._search is None and self._refresh is None:
+    def left_recovery(self, instance: str) -> None:
+        """A read-only endpoint's connection found its replica out of recovery (in_hot_standby off:
+        promoted): it is no reader from now on, so its reader pool is let go at once (a read-only
+        endpoint never reaches a writer), and every instance is asked what it is now (the writer
+        has probably been lost)."""
+        if self.roles.get(instance) is Role.READER:
+            self.log.warn(f"The instance {instance} left recovery (promoted): it is no reader now.")
+            self.roles = {**self.roles, instance: Role.WRITER}
+            for changed in self.roles_changed:
+                changed()
+        self.refresh_soon(again=True)
+
+    def refresh_soon(self, *, again: bool = False) -> None:
+        """Ask every instance again now (a reader's connection was lost), unless that is under way;
+        again: once more after the one under way (what it saw may be older than what we know)."""
+        if not self.replicated or self._search is not None:
+            return
+        if self._refresh is None:
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_roles())
+        elif again:
+            self._refresh_again = True
 
     def refresh_due(self, every: float) -> None:
         """RDS Proxy monitors its targets: what the instances are is asked again every `every` s."""
@@ -311,6 +341,9 @@ class Target:
                 )
         finally:
             self._refresh = None
+        if self._refresh_again:
+            self._refresh_again = False
+            self.refresh_soon()
 
     async def _observe_all(self) -> list[Observation]:
         """Every instance's role, asked with the same credentials (see _monitor_credentials)."""

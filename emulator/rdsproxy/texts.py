@@ -43,6 +43,8 @@ BORROW_TIMEOUT_CLOSE = "The proxy timed out waiting to acquire a database connec
 # A database connection lost under a client (failover, restart): AWS says such clients are "canceled".
 LOST_MID_REQUEST = "The database connection closed in the middle of a request."
 LOST_MID_TRANSACTION = "The database connection closed in the middle of a transaction."
+# The detail of the proxy's error when the server ended the connection with a FATAL of its own.
+DATABASE_ENDED = "The database ended the connection: {reason}."
 # A READ_ONLY endpoint of a proxy whose target has no reader instance: AWS says such requests "fail
 # with an error" without giving it.
 NO_READER_INSTANCES = "This read-only proxy endpoint's target has no reader DB instances."

@@ -27,6 +27,7 @@ class ServerState:
         "copy_in",
         "ended_by_fatal",
         "fatal",
+        "fatal_reason",
         "params",
         "router",
         "statements",
@@ -56,10 +57,13 @@ class ServerState:
         # The server ended the session with a FATAL the client caused (a protocol violation): the
         # client's own session ends the same way.
         self.ended_by_fatal = False
-        # The server sent a FATAL (it is ending the session: a shutdown, a terminated backend): the
-        # request it answered has its error, and no other follows from the proxy when the
-        # connection then closes.
+        # The server sent a FATAL that is not the client's doing (it is ending the session: a
+        # shutdown, a terminated backend). It is not forwarded: a client must not see a FATAL and
+        # keep its connection (drivers take a FATAL as the end), so the proxy tells it when the
+        # connection closes, as for any lost connection (failover_error_severity). fatal_reason:
+        # its SQLSTATE and message, for the proxy's error's detail.
         self.fatal = False
+        self.fatal_reason = ""
 
     @property
     def clean(self) -> bool:
@@ -103,8 +107,8 @@ def _route_each(
             continue
         if kind == Backend.READY_FOR_QUERY:
             server.txn_status = raw[5:6]
-        if kind in _WATCHED:
-            _watch(kind, raw, 0, server)
+        if kind in _WATCHED and _watch(kind, raw, 0, server):
+            continue  # the server's own FATAL: held back (see ServerState.fatal)
         out += router.route(kind, raw)
 
 
@@ -129,8 +133,10 @@ def _pass_through(
         elif kind == Backend.READY_FOR_QUERY:
             server.txn_status = chunk[start + 5 : start + 6]
             router.ready()
-        elif kind in _WATCHED:
-            _watch(kind, chunk, start, server)
+        elif kind in _WATCHED and _watch(kind, chunk, start, server):
+            # The server's own FATAL: held back (see ServerState.fatal).
+            out.append(chunk[kept:start])
+            kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
     out.append(chunk[kept:] if kept else chunk)
 
 
@@ -142,18 +148,24 @@ _CLIENTS_FATAL = (b"VFATAL\0", b"C08P01\0")
 _FATAL = _CLIENTS_FATAL[0]
 
 
-def _watch(kind: int, data: bytes, start: int, server: ServerState) -> None:
-    """COPY FROM STDIN starting, or failed by the server, and a FATAL of the client's making."""
+def _watch(kind: int, data: bytes, start: int, server: ServerState) -> bool:
+    """COPY FROM STDIN starting, or failed by the server, and a FATAL of the client's making; True
+    for a FATAL that is not the client's (held back from the client)."""
     if kind in _COPY_IN:
         server.copy_in = True
-        return
+        return False
     server.copy_in = False
     length = int.from_bytes(data[start + 1 : start + 5], "big")
     message = data[start : start + 1 + length]
-    if _FATAL in message:
-        server.fatal = True
-        if _CLIENTS_FATAL[1] in message:
-            server.ended_by_fatal = True
+    if _FATAL not in message:
+        return False
+    server.fatal = True
+    if _CLIENTS_FATAL[1] in message:
+        server.ended_by_fatal = True
+        return False
+    fields = m.parse_message_fields(message[5:])
+    server.fatal_reason = f"{fields.get('M', '')} (SQLSTATE {fields.get('C', 'XX000')})"
+    return True
 
 
 def _new_to_client(

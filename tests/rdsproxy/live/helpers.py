@@ -59,9 +59,12 @@ class ProxyUnderTest:
             )
         )
 
-    def password(self) -> str:
-        """What a client sends: a token when IAM is required, else the secret's password."""
-        return self.token() if self.emulator.config.iam_auth == "REQUIRED" else self.stack.db_password
+    def password(self, port: int | None = None) -> str:
+        """What a client sends: a token when IAM is required (for the endpoint's port it connects
+        to), else the secret's password."""
+        if self.emulator.config.iam_auth == "REQUIRED":
+            return self.token(port=port)
+        return self.stack.db_password
 
     def conninfo(self, **extra: Any) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -69,7 +72,7 @@ class ProxyUnderTest:
             "port": self.port,
             "user": self.user,
             "dbname": self.database,
-            "password": self.password(),
+            "password": self.password(extra.get("port")),
             "sslmode": "require"
             if self.emulator.config.require_tls or self.emulator.config.iam_auth == "REQUIRED"
             else "disable",

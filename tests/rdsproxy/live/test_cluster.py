@@ -1,12 +1,13 @@
 """The proxy in front of a real Aurora-like cluster (a writer and two streaming replicas): the
-read-only endpoint, and a failover by a real promote, with real drivers.
+read-only endpoint, and failovers by a real promote, with real drivers.
 
-The failover test runs last in this module: it changes the cluster's writer."""
+The failover tests run last in this module: they change the cluster's writer."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,6 +122,21 @@ def test_writes_through_the_read_only_endpoint_are_refused_as_a_replica_refuses_
     assert (
         through_proxy.value.diag.message_primary == "cannot execute CREATE TABLE in a read-only transaction"
     )
+
+
+def test_the_read_only_endpoints_sessions_default_to_read_only_transactions(proxy: ProxyUnderTest) -> None:
+    with _reader(proxy) as reads:
+        # Its connections start with default_transaction_read_only on (a replica promoted under
+        # them still refuses writes): the client is told so, and RESET ALL / DISCARD ALL keep it.
+        assert reads.info.parameter_status("default_transaction_read_only") == "on"
+        assert reads.info.parameter_status("in_hot_standby") == "on"
+        assert _one(reads, "SHOW default_transaction_read_only") == "on"
+        for reset in ("RESET ALL", "DISCARD ALL"):
+            reads.execute(reset)
+            assert _one(reads, "SHOW default_transaction_read_only") == "on"
+    with proxy.connect() as writes:
+        assert writes.info.parameter_status("default_transaction_read_only") == "off"
+        assert _one(writes, "SHOW default_transaction_read_only") == "off"
 
 
 def test_metrics_have_each_endpoint_and_target_role(proxy: ProxyUnderTest) -> None:
@@ -246,9 +262,8 @@ def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_f
     for index in range(len(busy)):
         error = outcomes[index]
         assert isinstance(error, psycopg.OperationalError), error
-        # A fast shutdown fences the writer: its own FATAL reaches the client (an immediate one
-        # sends none, and the proxy's 08006 does).
-        assert error.sqlstate in ("57P01", "08006"), error
+        # A fast shutdown fences the writer: its own FATAL is held back, the proxy's 08006 tells it.
+        assert error.sqlstate == "08006", error
     new_writer = cluster.instance(report.new_writer)
     assert report.new_writer != old_writer
     # Idle clients of every driver: their next transaction runs on the new writer.
@@ -269,4 +284,54 @@ def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_f
     idle2.close()
     for conn in [*idle3, *busy, readers_idle, waiting]:
         conn.close()
+    cluster.wait_rejoined()
+
+
+def test_a_read_only_endpoint_never_writes_on_its_replica_once_promoted(proxy: ProxyUnderTest) -> None:
+    stack = proxy.stack
+    cluster = stack.cluster
+    assert cluster is not None
+    cluster.wait_rejoined()
+    with proxy.connect() as writes:
+        writes.execute("CREATE TABLE IF NOT EXISTS written_after_promotion (id int)")
+        writes.execute("TRUNCATE written_after_promotion")
+    # The table has reached every replica (a write on a replica is refused, not missing).
+    for instance in cluster.instances:
+        if instance is not cluster.writer:
+            with cluster.connect(instance.name, dbname=proxy.database) as direct:
+                wait_until(
+                    lambda direct=direct: _one(
+                        direct, "SELECT to_regclass('written_after_promotion') IS NOT NULL"
+                    ),
+                    component=f"the table on {instance.name}",
+                    timeout=20,
+                )
+    with _reader(proxy) as reads:
+        port = _one(reads, "SELECT inet_server_port()")
+        replica = next(i for i in cluster.instances if i.server.port == port)
+        reports: list[Any] = []
+        failing_over = threading.Thread(target=lambda: reports.append(stack.failover(to=replica.name)))
+        failing_over.start()
+        outcomes: list[str] = []
+        after = 0
+        # Through the failover and ~3 s after (10 more attempts), an insert every 0.3 s.
+        while after < 10:
+            if not failing_over.is_alive():
+                after += 1
+            try:
+                reads.execute("INSERT INTO written_after_promotion VALUES (1)")
+                outcomes.append("inserted")
+            except psycopg.Error as exc:
+                outcomes.append(f"{exc.sqlstate} {exc.diag.message_primary}")
+            time.sleep(0.3)  # the pace of the user's trial, not a wait for anything
+        failing_over.join(60)
+        assert reports
+        assert reports[0].new_writer == replica.name
+        assert set(outcomes) == {"25006 cannot execute INSERT in a read-only transaction"}, outcomes
+        with proxy.connect() as writes:
+            assert _one(writes, "SELECT count(*) FROM written_after_promotion") == 0
+            assert _one(writes, "SELECT inet_server_port()") == replica.server.port
+        # The promoted instance is no reader of the endpoint now: it reads from a replica again.
+        assert _one(reads, "SELECT pg_is_in_recovery()") is True
+        assert proxy.stats()["target_roles"][replica.name] == "writer"
     cluster.wait_rejoined()

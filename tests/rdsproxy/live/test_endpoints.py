@@ -9,6 +9,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from emulator.rdsproxy import texts
 from emulator.wait import wait_until
 
 from .helpers import ProxyUnderTest
@@ -69,3 +70,73 @@ def test_a_read_only_endpoint_without_reader_instances_fails_its_requests_at_onc
         reads.execute("SELECT 1")
     assert "This read-only proxy endpoint's target has no reader DB instances." in str(failed.value)
     assert failed.value.sqlstate == "08000"
+
+
+@pytest.mark.parametrize("endpoint", ["writes", "reads"])
+def test_an_iam_token_is_for_the_endpoint_it_was_made_for(
+    make_proxy: Callable[..., ProxyUnderTest], endpoint: str
+) -> None:
+    proxy = make_proxy(
+        name="iam-endpoints-proxy",
+        proxy_endpoints=["writes=READ_WRITE:0", "reads=READ_ONLY:0"],
+        iam_auth="REQUIRED",
+        require_tls=True,
+    )
+    port = _port(proxy, endpoint)
+    # A token made for this endpoint's own host and port logs in there ...
+    with proxy.connect(port=port, password=proxy.token(port=port)) as conn:
+        assert conn.info.port == port
+    refused = texts.IAM_FAILED.format(user=proxy.user)
+    # ... and a token made for another endpoint's port is refused, both ways.
+    with pytest.raises(psycopg.OperationalError) as other_token:
+        proxy.connect(port=port, password=proxy.token(port=proxy.port)).close()
+    assert refused in str(other_token.value)
+    with pytest.raises(psycopg.OperationalError) as on_the_default:
+        proxy.connect(password=proxy.token(port=port)).close()
+    assert refused in str(on_the_default.value)
+
+
+def test_metrics_and_logs_are_published_with_a_read_only_endpoint(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    proxy = make_proxy(
+        name="published-endpoints-proxy",
+        proxy_endpoints=["reads=READ_ONLY:0"],
+        metrics_period_seconds=1,
+    )
+    with proxy.connect(port=_port(proxy, "reads")) as reads:
+        with pytest.raises(psycopg.OperationalError):
+            reads.execute("SELECT 1")  # no reader instance: fails, and is counted
+        rows = proxy.emulator.metrics()["rows"]
+    # The READ_ONLY role has no instance: it is reported per role, never with an empty Target.
+    assert {"TargetGroup": "default", "TargetRole": "READ_ONLY"} in [
+        {k: v for k, v in r["dimensions"].items() if k != "ProxyName"} for r in rows
+    ]
+    assert all(value for r in rows for value in r["dimensions"].values())
+    cloudwatch = proxy.stack.aws.client("cloudwatch")
+    logs = proxy.stack.aws.client("logs")
+
+    def published() -> bool:
+        # Every PutMetricData of a period is one call: the READ_ONLY role's metric is only there
+        # when the whole call was accepted.
+        metrics = cloudwatch.list_metrics(
+            Namespace="AWS/RDS",
+            MetricName="AvailabilityPercentage",
+            Dimensions=[
+                {"Name": "ProxyName", "Value": "published-endpoints-proxy"},
+                {"Name": "TargetRole", "Value": "READ_ONLY"},
+            ],
+        )["Metrics"]
+        return bool(metrics)
+
+    wait_until(published, component="the READ_ONLY role's metrics in CloudWatch", timeout=30)
+
+    def logged() -> bool:
+        group = "/aws/rds/proxy/published-endpoints-proxy"
+        try:
+            events = logs.filter_log_events(logGroupName=group)["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return False
+        return any("[reads] [clientConnection=" in event["message"] for event in events)
+
+    wait_until(logged, component="the read-only endpoint's log lines in CloudWatch Logs", timeout=30)

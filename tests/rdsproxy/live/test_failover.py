@@ -174,3 +174,75 @@ def test_with_failover_error_severity_fatal_a_client_in_a_transaction_is_closed(
         assert in_transaction.closed
         assert _port(idle) == second.port  # idle clients survive whatever the setting
         idle.close()
+
+
+def test_a_fast_shutdowns_fatal_never_reaches_a_client_that_keeps_its_connection(
+    pair: tuple[PostgresServer, PostgresServer, ProxyUnderTest],
+) -> None:
+    first, second, proxy = pair
+    with contextlib.ExitStack() as clients:
+        idle, in_transaction, busy = (clients.enter_context(proxy.connect()) for _ in range(3))
+        assert _port(idle) == first.port
+        in_transaction.execute("BEGIN")
+        in_transaction.execute("SELECT 1")
+        outcome: dict[str, object] = {}
+
+        def long_statement() -> None:
+            try:
+                busy.execute("SELECT pg_sleep(60)")
+                outcome["busy"] = "finished"
+            except psycopg.Error as exc:
+                outcome["busy"] = exc
+
+        thread = threading.Thread(target=long_statement)
+        thread.start()
+        wait_until(lambda: proxy.stats()["pool"]["borrowed"] == 2, component="the statement", timeout=10)
+
+        # A fast shutdown: the server sends each backend's client FATAL 57P01 "terminating connection
+        # due to administrator command" before it closes the connection.
+        first.stop()
+
+        # The client idle in its transaction gets the proxy's ERROR (psycopg would raise AdminShutdown
+        # for the server's FATAL, and take it as the end of the connection) and goes on.
+        with pytest.raises(psycopg.OperationalError, match="middle of a transaction") as lost:
+            in_transaction.execute("SELECT 1")
+        assert not isinstance(lost.value, psycopg.errors.AdminShutdown)
+        assert lost.value.sqlstate == "08006"
+        assert lost.value.diag.severity == "ERROR"
+        assert lost.value.diag.message_detail == (
+            "The database ended the connection: terminating connection due to administrator command "
+            "(SQLSTATE 57P01)."
+        )
+        assert not in_transaction.closed
+        in_transaction.execute("ROLLBACK")
+        assert _port(in_transaction) == second.port
+        # The client in a statement: the proxy's ERROR for its request, and it goes on too.
+        thread.join(20)
+        assert not thread.is_alive(), "a client in a statement hangs"
+        error = outcome["busy"]
+        assert isinstance(error, psycopg.OperationalError), error
+        assert not isinstance(error, psycopg.errors.AdminShutdown)
+        assert error.sqlstate == "08006", error
+        assert "middle of a request" in str(error)
+        assert _port(busy) == second.port
+        # An idle client sees nothing at all.
+        assert _port(idle) == second.port
+
+
+def test_with_failover_error_severity_fatal_a_fast_shutdown_closes_a_client_in_a_transaction(
+    stack: EmbeddedStack,
+) -> None:
+    with (
+        _two_instances(stack, failover_error_severity="FATAL") as (first, second, proxy),
+        proxy.connect() as idle,
+        proxy.connect() as in_transaction,
+    ):
+        in_transaction.execute("BEGIN")
+        in_transaction.execute("SELECT 1")
+        first.stop()  # fast: the server's FATAL 57P01, then the connection closes
+        with pytest.raises(psycopg.OperationalError, match="middle of a transaction") as lost:
+            in_transaction.execute("SELECT 1")
+        assert lost.value.sqlstate == "08006"
+        assert lost.value.diag.severity == "FATAL"
+        assert in_transaction.closed
+        assert _port(idle) == second.port

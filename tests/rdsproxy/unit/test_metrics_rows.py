@@ -108,3 +108,30 @@ def test_counts_are_differences_per_dimension_set() -> None:
     proxy.reads.query_requests += 4
     data = publisher.metric_data(datetime.datetime.now(datetime.UTC))
     assert _by_dimensions(data, "QueryRequests") == {(): 4.0, ("default",): 0.0, ("reads",): 4.0}
+
+
+class WithoutReadableReplica(FakeProxy):
+    """A READ_ONLY endpoint whose target has no readable replica (yet): no instance has the role."""
+
+    def target_parts(self) -> list[TargetPart]:
+        return [
+            TargetPart("db-instance-1", "READ_WRITE", _figures(2, 3), Latencies()),
+            TargetPart(None, "READ_ONLY", _figures(0, 0), self.reads.query_database_latency),
+        ]
+
+
+def test_a_role_without_an_instance_is_reported_per_role_and_never_with_an_empty_target() -> None:
+    publisher = MetricsPublisher(ProxyConfig(name="p"), WithoutReadableReplica())
+    data = publisher.metric_data(datetime.datetime.now(datetime.UTC))
+    # CloudWatch refuses an empty dimension value (and with it the whole PutMetricData call).
+    assert all(dimension["Value"] for datum in data for dimension in datum["Dimensions"])
+    assert _by_dimensions(data, "DatabaseConnections") == {
+        (): 4.0,
+        ("default", "db-instance-1"): 2.0,
+        ("default", "READ_WRITE"): 2.0,
+        ("default", "READ_ONLY"): 0.0,
+    }
+    assert _by_dimensions(data, "AvailabilityPercentage") == {
+        ("default", "READ_WRITE"): 100.0,
+        ("default", "READ_ONLY"): 50.0,
+    }

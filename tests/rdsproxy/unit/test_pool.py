@@ -209,3 +209,15 @@ def test_a_connection_given_back_out_of_sync_is_closed_never_lent_again() -> Non
         return [opener.opened[0].broken, number(again), pool.stats.lent_out_of_sync]
 
     assert run(test) == [True, 2, 0]
+
+
+def test_a_borrow_waiting_for_room_is_served_when_the_pool_grows() -> None:
+    async def test(pool: Pool, opener: Opener) -> int:
+        # A reader pool made before the target's max_connections was known has no room yet.
+        waiting = asyncio.create_task(pool.borrow(APP, 5))
+        await asyncio.sleep(0)
+        assert pool.stats.borrow_waiters == 1
+        pool.resize(2, 0)
+        return number(await asyncio.wait_for(waiting, 2))
+
+    assert run(test, cap=0) == 1

@@ -39,6 +39,10 @@ class FakeTarget:
     def refresh_soon(self) -> None:
         self.refreshes += 1
 
+    def left_recovery(self, instance: str) -> None:
+        self.roles[instance] = Role.WRITER
+        self.refresh_soon()
+
 
 @dataclass
 class FakePool:
@@ -93,6 +97,31 @@ def test_a_replica_that_stops_being_readable_is_let_go() -> None:
     readers.follow_roles()
     assert readers.pools["db-instance-2"].let_go_of == ["db-instance-2"]  # type: ignore[attr-defined]
     assert not readers.availability.available
+
+
+@dataclass
+class FakeConnection:
+    instance: str
+    params: dict[str, str]
+    read_only: bool = True
+    closed: bool = False
+
+    @property
+    def out_of_recovery(self) -> bool:
+        return self.read_only and self.params.get("in_hot_standby") == "off"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_connection_whose_replica_left_recovery_is_closed_and_its_replica_no_reader() -> None:
+    readers, target = _readers({"db-instance-1": Role.WRITER, "db-instance-2": Role.READER})
+    # Given back after the answer that carried in_hot_standby off (PostgreSQL 14+, at promotion).
+    conn = FakeConnection("db-instance-2", {"in_hot_standby": "off"})
+    readers.release(conn, reusable=True)  # type: ignore[arg-type]
+    assert conn.closed
+    assert target.roles["db-instance-2"] is Role.WRITER
+    assert target.refreshes == 1
 
 
 def test_without_reader_instances_a_borrow_fails_at_once() -> None:

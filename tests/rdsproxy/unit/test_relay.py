@@ -52,3 +52,28 @@ def test_a_message_cut_by_tcp_waits_for_its_end() -> None:
     assert relay(frames, router, server, parameters) == []
     frames.feed(whole[7:])
     assert b"".join(relay(frames, router, server, parameters)) == whole
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["simple query in bulk", "extended one by one"])
+def test_the_servers_own_fatal_is_held_back_and_remembered(bulk: bool) -> None:
+    router = ResponseRouter()
+    router.expect(Expect.QUERY if bulk else Expect.EXECUTE)
+    if not bulk:
+        router.expect(Expect.SYNC)
+    server = ServerState()
+    shutdown = m.error_response("FATAL", "57P01", "terminating connection due to administrator command")
+    out = _relay(router, server, SessionParameters({}, {}), ROW + shutdown)
+    # The rows before it pass; the FATAL does not (the proxy reports the loss in its own words).
+    assert out == ROW
+    assert server.fatal
+    assert not server.ended_by_fatal
+    assert server.fatal_reason == "terminating connection due to administrator command (SQLSTATE 57P01)"
+
+
+def test_a_fatal_the_client_caused_reaches_it() -> None:
+    router = ResponseRouter()
+    router.expect(Expect.QUERY)
+    server = ServerState()
+    violation = m.error_response("FATAL", "08P01", "invalid frontend message type 89")
+    assert _relay(router, server, SessionParameters({}, {}), violation) == violation
+    assert server.ended_by_fatal
