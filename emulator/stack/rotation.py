@@ -4,7 +4,8 @@ The four steps of Secrets Manager's single-user rotation for PostgreSQL (the rot
 provides, SecretsManagerRDSPostgreSQLRotationSingleUser): createSecret stores a new password as the
 secret's AWSPENDING version; setSecret logs in to the database as the secret's user with the current
 password and changes its own password (ALTER ROLE ... PASSWORD); testSecret logs in with the new one;
-finishSecret moves AWSCURRENT to the new version. Connections already open are not dropped.
+finishSecret moves AWSCURRENT to the new version (AWSPREVIOUS to the old one), and AWSPENDING
+is removed. Connections already open are not dropped.
 
 The proxy then follows by itself: it reads the secret again every `secret_refresh_seconds`, and at
 once when the database refuses the old password to a new database connection.
@@ -87,6 +88,11 @@ def rotate_secret(
         VersionStage="AWSCURRENT",
         MoveToVersionId=token,
         RemoveFromVersionId=current["VersionId"],
+    )
+    # A finished rotation leaves AWSPENDING on no version (Secrets Manager removes it after
+    # finishSecret); left on, the next rotation would take the secret for one still under way.
+    secretsmanager.update_secret_version_stage(
+        SecretId=secret_arn, VersionStage="AWSPENDING", RemoveFromVersionId=token
     )
     return Rotation(secret_arn, user, str(current["VersionId"]), token, new_password)
 
