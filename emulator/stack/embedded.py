@@ -263,6 +263,7 @@ class EmbeddedStack(Started, StackEnvironment):
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
+        self._let_the_application_user_grant_rds_iam()
         if cfg.init_sql:
             self.run_sql(sql_files(cfg.init_sql))
         self._grant_iam_database_authentication()
@@ -642,6 +643,19 @@ class EmbeddedStack(Started, StackEnvironment):
             self.postgres.stop()
             self._prepare_iam_database_authentication()
             self.postgres.start()
+
+    def _let_the_application_user_grant_rds_iam(self) -> None:
+        """With IAM database authentication the application's user may create roles and grant them
+        rds_iam (before --init-sql, which runs as that user). It plays RDS's master user, whom
+        rds_superuser gives CREATEROLE and the right to grant rds_iam; the kit's own superuser is
+        not the user's to log in as. On PostgreSQL 15, CREATEROLE is enough to grant rds_iam; from
+        16 granting a role needs ADMIN OPTION on it, which is a membership, so the user would become
+        an IAM user itself: there, grant rds_iam as the kit's superuser (README)."""
+        if not self.iam_database_authentication:
+            return
+        self.postgres.create_rds_iam_role()
+        with self.postgres.admin_connection() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(sql.Identifier(self.config.db_user)))
 
     def _grant_iam_database_authentication(self) -> None:
         """The rds_iam role RDS has; with end-to-end IAM the application's user is granted it (the proxy

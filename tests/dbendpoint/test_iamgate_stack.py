@@ -118,3 +118,36 @@ def test_end_to_end_iam_with_a_cluster_is_refused_before_the_proxy_starts() -> N
     config = StackConfig(proxy_settings=settings, database_kind=ClusterKind.AURORA)
     with pytest.raises(ComponentError, match="with a cluster is not supported yet"), EmbeddedStack(config):
         pass
+
+
+def test_with_iam_database_authentication_the_applications_user_grants_rds_iam(tmp_path: Any) -> None:
+    # As RDS's master user does: --init-sql runs as the application's user.
+    init = tmp_path / "roles.sql"
+    init.write_text("CREATE ROLE reporter LOGIN;\nGRANT rds_iam TO reporter;\n")
+    with EmbeddedStack(StackConfig(iam_database_authentication=True, init_sql=(init,))) as stack:
+        direct = stack.direct
+        token = (
+            boto3.session.Session()
+            .client(
+                "rds",
+                region_name=stack.aws.credentials.region,
+                aws_access_key_id=stack.aws.credentials.access_key_id,
+                aws_secret_access_key=stack.aws.credentials.secret_access_key,
+            )
+            .generate_db_auth_token(DBHostname=direct.host, Port=direct.port, DBUsername="reporter")
+        )
+        with psycopg.connect(
+            host=direct.host,
+            port=direct.port,
+            user="reporter",
+            dbname=stack.config.database,
+            password=token,
+            sslmode="verify-full",
+            sslrootcert=str(stack.ca.ca_path),
+            connect_timeout=10,
+        ) as reporter:
+            assert reporter.execute("SELECT session_user").fetchone() == ("reporter",)
+        # The application's user is not in rds_iam: it keeps its password, and may revoke too.
+        with _connect(stack, direct.host, direct.port, stack.db_password) as app:
+            app.execute("REVOKE rds_iam FROM reporter")
+            app.execute("CREATE ROLE auditor LOGIN IN ROLE rds_iam")
