@@ -761,6 +761,15 @@ class EmbeddedStack(Started, StackEnvironment):
             env["PGHOST"], env["PGPORT"] = endpoint.host, str(endpoint.writer_port)
             if endpoint.reader_port is not None:
                 env["DB_READER_HOST"], env["DB_READER_PORT"] = endpoint.host, str(endpoint.reader_port)
+            # Each instance's own endpoint (RDS's instance endpoints): with IAM database
+            # authentication the servers' own ports reject IAM users, these take their tokens.
+            for name, port in endpoint.instance_ports.items():
+                key = env_key(name)
+                env[f"DB_INSTANCE_{key}_HOST"], env[f"DB_INSTANCE_{key}_PORT"] = endpoint.host, str(port)
+        if self.end_to_end_iam:
+            # The application's user is in rds_iam: its password no longer logs it in anywhere; psql
+            # takes an IAM token as PGPASSWORD instead (LocalTwin.iam_token(), README).
+            env.pop("PGPASSWORD", None)
         env.update(self.proxy_endpoints_environment())
         return env
 
@@ -772,7 +781,7 @@ class EmbeddedStack(Started, StackEnvironment):
             return {}
         env = {}
         for name, endpoint in proxy.endpoints().items():
-            key = re.sub(r"[^A-Z0-9]", "_", name.upper())
+            key = env_key(name)
             env[f"PROXY_ENDPOINT_{key}_HOST"] = proxy.host
             env[f"PROXY_ENDPOINT_{key}_PORT"] = str(endpoint["port"])
         return env
@@ -784,3 +793,9 @@ class EmbeddedStack(Started, StackEnvironment):
             "LOCAL_TWIN_PROXY_LOG": str(self.proxy.log_path),
             "LOCAL_TWIN_PROXY_STATS_URL": f"http://{LOOPBACK}:{self.proxy.stats_port}/stats",
         }
+
+
+def env_key(name: str) -> str:
+    """An endpoint's or instance's name as part of an environment variable's name: upper case,
+    anything but letters and digits as `_` (db-instance-1: DB_INSTANCE_1)."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())

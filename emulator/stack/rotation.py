@@ -148,7 +148,7 @@ class Rotated:
 def rotate_stack_secret(stack: EmbeddedStack) -> Rotated:
     """Rotate a running stack's secret (LocalTwin.rotate_secret) and wait for its proxy to read it."""
     if not stack.secret_arn or stack.end_to_end_iam:
-        raise ComponentError(COMPONENT, "the stack's proxy uses no secret to rotate", _IAM_ONLY)
+        raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
     pg = stack.postgres
     sslmode = "require" if pg.tls else "prefer"
     rotation = rotate_secret(
@@ -175,6 +175,11 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
             f"{env_file} lacks {', '.join(missing)}",
             "give the file `up --env-file FILE` writes, while that `up` runs",
         )
+    log = env.get("LOCAL_TWIN_PROXY_LOG")
+    # The emulator's configuration sits beside its log (RdsProxyEmulator's workdir).
+    config = ProxyConfig.from_file(Path(log).with_name("proxy.json")) if log else None
+    if config is not None and config.default_auth_scheme == "IAM_AUTH":
+        raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
     client = boto3.session.Session().client(
         "secretsmanager",
         endpoint_url=env["AWS_ENDPOINT_URL"],
@@ -188,10 +193,7 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
     rotation = rotate_secret(client, env["DB_SECRET_ARN"], database)
     write_env_file(env_file, {**env, "PGPASSWORD": rotation.password})
     waited = None
-    log = env.get("LOCAL_TWIN_PROXY_LOG")
-    if log:
-        # The emulator's configuration sits beside its log (RdsProxyEmulator's workdir).
-        config = ProxyConfig.from_file(Path(log).with_name("proxy.json"))
+    if log and config is not None:
         waited = wait_for_proxy(Path(log), rotation, config.secret_refresh_seconds)
     return Rotated(rotation, waited)
 
@@ -206,4 +208,11 @@ _ENV_NEEDED = (
     "PGPORT",
     "PGDATABASE",
 )
-_IAM_ONLY = "with default_auth_scheme IAM_AUTH the proxy uses IAM tokens, not a secret"
+_NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM = (
+    "there is no secret to rotate: the stack's proxy uses no secret under end-to-end IAM "
+    "(default_auth_scheme IAM_AUTH)"
+)
+_IAM_ONLY = (
+    "the proxy and its clients log in with IAM tokens, which need no rotation; rotate a secret "
+    "only on a stack started without default_auth_scheme=IAM_AUTH"
+)
