@@ -91,15 +91,23 @@ def _add_up(commands: Commands) -> None:
     _iam_options(up)
 
 
-def _database_options(parser: argparse.ArgumentParser, *, kind: ClusterKind | None = None) -> None:
-    """--cluster (default `kind`, else the stack's: single), --replicas, --dns-ttl."""
+def _database_options(
+    parser: argparse.ArgumentParser, *, kind: ClusterKind | None = None, terraform: bool = True
+) -> None:
+    """--cluster (default `kind`, else the stack's: single), --replicas, --dns-ttl; `terraform`:
+    whether the command has --terraform (the group's text says what it decides then)."""
     defaults = StackConfig()
-    group = parser.add_argument_group(
-        "the database",
-        "One PostgreSQL (the default), or a cluster by real streaming replication that "
-        "`python -m emulator failover` fails over. With --terraform, an applied aws_rds_cluster or "
-        "multi_az = true decides instead.",
+    text = (
+        "One PostgreSQL (single), or a cluster by real streaming replication that fails over (default: "
+        f"{(kind or defaults.database_kind).value})."
     )
+    if terraform:
+        # failover-demo fails its cluster over itself and applies no Terraform.
+        text += (
+            " `python -m emulator failover` fails it over. With --terraform, an applied "
+            "aws_rds_cluster or multi_az = true decides instead."
+        )
+    group = parser.add_argument_group("the database", text)
     group.add_argument(
         "--cluster",
         choices=[kind.value for kind in ClusterKind],
@@ -485,7 +493,7 @@ def _add_failover_demo(commands: Commands) -> None:
         help="seconds of load after the database endpoint switched (default: %(default)s)",
     )
     _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
-    _database_options(demo, kind=ClusterKind.MULTI_AZ)  # the case of AWS's "up to 66%"
+    _database_options(demo, kind=ClusterKind.MULTI_AZ, terraform=False)  # the case of AWS's "up to 66%"
     _stack_options(demo)
 
 
@@ -495,7 +503,7 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=int,
         default=defaults.max_connections,
-        help="PostgreSQL max_connections, small so exhaustion shows (default: %(default)s)",
+        help="PostgreSQL's max_connections (default: %(default)s)",
     )
     parser.add_argument(
         "--pool-size",
@@ -511,7 +519,8 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="an RDS Proxy emulator setting by its Terraform name, e.g. connection_borrow_timeout=5 or "
-        "iam_auth=DISABLED (repeatable; the names are listed by `python -m emulator proxy --help`)",
+        "iam_auth=DISABLED (repeatable; `python -m emulator proxy --print-config` lists every name with "
+        "its default)",
     )
 
 

@@ -427,3 +427,29 @@ def test_up_prints_the_database_s_endpoints_and_puts_each_instance_endpoint_in_t
         assert env["PGPASSWORD"]  # the application's user is not in rds_iam: it keeps its password
     finally:
         _stop(running)
+
+
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    from emulator.cli import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_says_where_the_proxy_settings_are_listed_and_only_what_each_command_has(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    up = _help("up", capsys)
+    assert "`python -m emulator proxy --print-config` lists every name" in up
+    assert "With --terraform, an applied aws_rds_cluster" in up
+    demo = _help("failover-demo", capsys)
+    assert "--terraform" not in demo
+    assert "exhaustion" not in demo
+    assert "(default: multi-az)" in demo
+    # --print-config does list the settings up's --proxy-setting takes.
+    from emulator.cli import main  # noqa: PLC0415
+
+    assert main(["proxy", "--print-config"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"proxy_endpoints", "default_auth_scheme", "connection_borrow_timeout"} <= set(listed)
