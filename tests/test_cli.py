@@ -448,8 +448,13 @@ def test_help_says_where_the_proxy_settings_are_listed_and_only_what_each_comman
     assert "exhaustion" not in demo
     assert "(default: multi-az)" in demo
     # --print-config does list the settings up's --proxy-setting takes.
-    from emulator.cli import main  # noqa: PLC0415
-
-    assert main(["proxy", "--print-config"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    printed = subprocess.run(
+        [sys.executable, "-m", "emulator", "proxy", "--print-config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    listed = json.loads(printed.stdout)
     assert {"proxy_endpoints", "default_auth_scheme", "connection_borrow_timeout"} <= set(listed)

@@ -5,6 +5,7 @@ endpoint; the handler's direct path (the writer endpoint) takes IAM tokens too."
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -171,6 +172,7 @@ def test_under_end_to_end_iam_the_env_file_has_no_password_and_names_the_instanc
         assert conn.execute("SELECT session_user").fetchone() == (stack.config.db_user,)
 
 
+@pytest.mark.usefixtures("signal_handlers_kept")
 def test_rotate_secret_says_there_is_no_secret_under_end_to_end_iam(
     stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -194,3 +196,13 @@ def test_up_s_banner_says_end_to_end_iam_is_on_and_how_to_log_in(
     out = capsys.readouterr().out
     assert "end-to-end IAM on" in out
     assert "aws rds generate-db-auth-token --hostname $PGHOST --port $PGPORT --username $PGUSER" in out
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """The command's main() sets SIGINT's and SIGTERM's handlers for its process; pytest's gets its
+    own back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

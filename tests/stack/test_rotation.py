@@ -4,6 +4,7 @@ use the new password, and a login with the old password is refused as RDS Proxy 
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -185,6 +186,7 @@ def test_a_proxy_that_does_not_poll_reads_the_secret_when_the_database_refuses_i
         proxy.stop()
 
 
+@pytest.mark.usefixtures("signal_handlers_kept")
 def test_rotate_secret_command_rotates_a_running_stack_through_its_env_file(
     stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -237,3 +239,13 @@ def test_after_a_rotation_the_secret_reads_as_aws_leaves_it(stack: EmbeddedStack
         stack.postgres.conninfo(user=stack.config.db_user, password=rotation.password, dbname="app")
     ) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """The command's main() sets SIGINT's and SIGTERM's handlers for its process; pytest's gets its
+    own back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
