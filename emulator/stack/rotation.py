@@ -147,8 +147,10 @@ class Rotated:
 
 def rotate_stack_secret(stack: EmbeddedStack) -> Rotated:
     """Rotate a running stack's secret (LocalTwin.rotate_secret) and wait for its proxy to read it."""
-    if not stack.secret_arn or stack.end_to_end_iam:
+    if stack.end_to_end_iam:
         raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
+    if not stack.secret_arn:
+        raise ComponentError(COMPONENT, "the stack has no secret to rotate", "the stack has not started")
     pg = stack.postgres
     sslmode = "require" if pg.tls else "prefer"
     rotation = rotate_secret(
