@@ -22,7 +22,7 @@ from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
 from emulator.rdsproxy import main as proxy_main
 from emulator.stack.cluster import ClusterKind
-from emulator.stack.embedded import StackConfig
+from emulator.stack.embedded import EmbeddedStack, StackConfig, env_key
 from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
@@ -91,15 +91,23 @@ def _add_up(commands: Commands) -> None:
     _iam_options(up)
 
 
-def _database_options(parser: argparse.ArgumentParser, *, kind: ClusterKind | None = None) -> None:
-    """--cluster (default `kind`, else the stack's: single), --replicas, --dns-ttl."""
+def _database_options(
+    parser: argparse.ArgumentParser, *, kind: ClusterKind | None = None, terraform: bool = True
+) -> None:
+    """--cluster (default `kind`, else the stack's: single), --replicas, --dns-ttl; `terraform`:
+    whether the command has --terraform (the group's text says what it decides then)."""
     defaults = StackConfig()
-    group = parser.add_argument_group(
-        "the database",
-        "One PostgreSQL (the default), or a cluster by real streaming replication that "
-        "`python -m emulator failover` fails over. With --terraform, an applied aws_rds_cluster or "
-        "multi_az = true decides instead.",
+    text = (
+        "One PostgreSQL (single), or a cluster by real streaming replication that fails over (default: "
+        f"{(kind or defaults.database_kind).value})."
     )
+    if terraform:
+        # failover-demo fails its cluster over itself and applies no Terraform.
+        text += (
+            " `python -m emulator failover` fails it over. With --terraform, an applied "
+            "aws_rds_cluster or multi_az = true decides instead."
+        )
+    group = parser.add_argument_group("the database", text)
     group.add_argument(
         "--cluster",
         choices=[kind.value for kind in ClusterKind],
@@ -485,7 +493,7 @@ def _add_failover_demo(commands: Commands) -> None:
         help="seconds of load after the database endpoint switched (default: %(default)s)",
     )
     _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
-    _database_options(demo, kind=ClusterKind.MULTI_AZ)  # the case of AWS's "up to 66%"
+    _database_options(demo, kind=ClusterKind.MULTI_AZ, terraform=False)  # the case of AWS's "up to 66%"
     _stack_options(demo)
 
 
@@ -495,7 +503,7 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=int,
         default=defaults.max_connections,
-        help="PostgreSQL max_connections, small so exhaustion shows (default: %(default)s)",
+        help="PostgreSQL's max_connections (default: %(default)s)",
     )
     parser.add_argument(
         "--pool-size",
@@ -511,7 +519,8 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="an RDS Proxy emulator setting by its Terraform name, e.g. connection_borrow_timeout=5 or "
-        "iam_auth=DISABLED (repeatable; the names are listed by `python -m emulator proxy --help`)",
+        "iam_auth=DISABLED (repeatable; `python -m emulator proxy --print-config` lists every name with "
+        "its default)",
     )
 
 
@@ -582,15 +591,41 @@ def _local_twin(options: TwinOptions) -> LocalTwin:
 def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
     stack = twin.stack
     config = stack.config
+    endpoint = stack.database_endpoint
+    # Clients reach the database at its endpoints (PGHOST/PGPORT); the servers' own ports are the
+    # kit's business (with IAM database authentication they reject IAM users).
+    where = "" if endpoint is not None else f"{env['PGHOST']}:{env['PGPORT']}  "
     print(
-        f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({stack.postgres.binaries.version}, "
+        f"PostgreSQL   {where}({stack.postgres.binaries.version}, "
         f"from {stack.postgres.binaries.source}, max_connections={config.max_connections}, "
         f"database {config.database}, user {config.db_user})"
     )
+    cluster = stack.cluster
+    if cluster is not None:
+        roles = ", ".join(f"{instance.name} {instance.role}" for instance in cluster.instances)
+        print(f"Database     {config.database_kind}: {roles}")
+    if endpoint is not None:
+        ttl = f"; DNS TTL {config.dns_ttl_seconds:g} s after a failover" if cluster is not None else ""
+        print(f"  writer     {env['PGHOST']}:{env['PGPORT']}  (PGHOST, PGPORT{ttl})")
+        if "DB_READER_PORT" in env:
+            print(
+                f"  reader     {env['DB_READER_HOST']}:{env['DB_READER_PORT']}  "
+                "(DB_READER_HOST, DB_READER_PORT)"
+            )
+        for name, port in endpoint.instance_ports.items():
+            key = f"DB_INSTANCE_{env_key(name)}"
+            print(f"  instance   {name} {endpoint.host}:{port}  ({key}_HOST/_PORT)")
     print(
         f"Proxy        {env['DB_PROXY_ENDPOINT']}:{env['DB_PORT']}  ({stack.proxy.kind}, handler auth "
         f"{env['DB_AUTH']})"
     )
+    if isinstance(stack.proxy, RdsProxyEmulator):
+        for name, found in stack.proxy.endpoints().items():
+            key = f"PROXY_ENDPOINT_{env_key(name)}"
+            print(
+                f"  endpoint   {name} {found.get('role', 'READ_WRITE')} {stack.proxy.host}:{found['port']}  "
+                f"({key}_HOST/_PORT)"
+            )
     print(f"AWS API      {env['AWS_ENDPOINT_URL']}  (region {env['AWS_REGION']})")
     if stack.applied is not None:
         applied = stack.applied
@@ -599,26 +634,17 @@ def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
             f"Terraform    applied proxy {applied.proxy.name} ({applied.proxy.endpoint}: mapped to the "
             f"local proxy) and functions: {names}"
         )
-    print(f"DB secret    {env['DB_SECRET_ARN']}")
+    if stack.end_to_end_iam:
+        print("DB secret    none: end-to-end IAM (default_auth_scheme IAM_AUTH)")
+    else:
+        print(f"DB secret    {env['DB_SECRET_ARN']}")
+    _print_iam(stack, env)
     print(f"Lambda API   {twin.invoke_api.endpoint_url}  (AWS_ENDPOINT_URL_LAMBDA)")
     for function in twin.function_configs:
         print(
             f"  function   {function.name}: {function.handler} from {function.code_dir} "
             f"(concurrency {function.concurrency_limit}, timeout {function.timeout_seconds:g} s)"
         )
-    cluster = stack.cluster
-    if cluster is not None:
-        endpoint = stack.database_endpoint
-        roles = ", ".join(
-            f"{instance.name} {instance.role} :{instance.server.port}" for instance in cluster.instances
-        )
-        print(f"Database     {config.database_kind}: {roles}")
-        if endpoint is not None:
-            reader = f", reader :{endpoint.reader_port}" if endpoint.reader_port is not None else ""
-            print(
-                f"  endpoints  writer {endpoint.host}:{endpoint.writer_port}{reader} "
-                f"(DNS TTL {config.dns_ttl_seconds:g} s after a failover)"
-            )
     print(f"TLS CA       {env['DB_SSLROOTCERT']}")
     if isinstance(stack.proxy, RdsProxyEmulator):
         cfg = stack.proxy.config
@@ -627,6 +653,26 @@ def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
             f"max_connections_percent={cfg.max_connections_percent} "
             f"connection_borrow_timeout={cfg.connection_borrow_timeout} log {stack.proxy.log_path}"
         )
+
+
+def _print_iam(stack: EmbeddedStack, env: Mapping[str, str]) -> None:
+    """Whether IAM database authentication and end-to-end IAM are on, and how to log in then."""
+    if stack.end_to_end_iam:
+        print(
+            f"IAM          end-to-end IAM on: {stack.config.db_user} is in rds_iam and has no password; "
+            "log in with an IAM token as PGPASSWORD, e.g."
+        )
+        print(
+            "               PGPASSWORD=$(aws rds generate-db-auth-token --hostname $PGHOST --port $PGPORT "
+            "--username $PGUSER) psql"
+        )
+    elif stack.iam_database_authentication:
+        print(
+            "IAM          IAM database authentication on: users granted rds_iam log in with IAM tokens "
+            f"(TLS); {stack.config.db_user} may GRANT rds_iam"
+        )
+    else:
+        print("IAM          IAM database authentication off")
 
 
 def _up(args: argparse.Namespace) -> int:

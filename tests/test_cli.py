@@ -395,3 +395,66 @@ def test_the_failover_demo_refuses_what_cannot_fail_over_before_starting_anythin
     )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_up_prints_the_database_s_endpoints_and_puts_each_instance_endpoint_in_the_env_file(
+    tmp_path: Path,
+) -> None:
+    running = _start_up(
+        tmp_path,
+        "emulator",
+        "--cluster",
+        "aurora",
+        "--iam-database-auth",
+        "--proxy-setting",
+        "proxy_endpoints=reads=READ_ONLY:0",
+    )
+    try:
+        env = running.env()
+        banner = running.output()
+        topology = json.loads(Path(env["LOCAL_TWIN_TOPOLOGY"]).read_text())
+        assert f"  writer     {env['PGHOST']}:{env['PGPORT']}  (PGHOST, PGPORT" in banner
+        assert f"  reader     {env['DB_READER_HOST']}:{env['DB_READER_PORT']}  (DB_READER_HOST" in banner
+        for instance in topology["instances"]:
+            key = "DB_INSTANCE_" + instance["name"].upper().replace("-", "_")
+            host, port = env[f"{key}_HOST"], env[f"{key}_PORT"]
+            assert f"  instance   {instance['name']} {host}:{port}  ({key}_HOST/_PORT)" in banner
+            # The servers' own ports are the kit's business, not the banner's.
+            assert f":{instance['port']}" not in banner
+        reads = f"{env['PROXY_ENDPOINT_READS_HOST']}:{env['PROXY_ENDPOINT_READS_PORT']}"
+        assert f"  endpoint   reads READ_ONLY {reads}  (PROXY_ENDPOINT_READS_HOST" in banner
+        assert "IAM          IAM database authentication on" in banner
+        assert env["PGPASSWORD"]  # the application's user is not in rds_iam: it keeps its password
+    finally:
+        _stop(running)
+
+
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    from emulator.cli import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_says_where_the_proxy_settings_are_listed_and_only_what_each_command_has(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    up = _help("up", capsys)
+    assert "`python -m emulator proxy --print-config` lists every name" in up
+    assert "With --terraform, an applied aws_rds_cluster" in up
+    demo = _help("failover-demo", capsys)
+    assert "--terraform" not in demo
+    assert "exhaustion" not in demo
+    assert "(default: multi-az)" in demo
+    # --print-config does list the settings up's --proxy-setting takes.
+    printed = subprocess.run(
+        [sys.executable, "-m", "emulator", "proxy", "--print-config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    listed = json.loads(printed.stdout)
+    assert {"proxy_endpoints", "default_auth_scheme", "connection_borrow_timeout"} <= set(listed)

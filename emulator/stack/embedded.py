@@ -263,6 +263,7 @@ class EmbeddedStack(Started, StackEnvironment):
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
+        self._let_the_application_user_grant_rds_iam()
         if cfg.init_sql:
             self.run_sql(sql_files(cfg.init_sql))
         self._grant_iam_database_authentication()
@@ -643,6 +644,19 @@ class EmbeddedStack(Started, StackEnvironment):
             self._prepare_iam_database_authentication()
             self.postgres.start()
 
+    def _let_the_application_user_grant_rds_iam(self) -> None:
+        """With IAM database authentication the application's user may create roles and grant them
+        rds_iam (before --init-sql, which runs as that user). It plays RDS's master user, whom
+        rds_superuser gives CREATEROLE and the right to grant rds_iam; the kit's own superuser is
+        not the user's to log in as. On PostgreSQL 15, CREATEROLE is enough to grant rds_iam; from
+        16 granting a role needs ADMIN OPTION on it, which is a membership, so the user would become
+        an IAM user itself: there, grant rds_iam as the kit's superuser (README)."""
+        if not self.iam_database_authentication:
+            return
+        self.postgres.create_rds_iam_role()
+        with self.postgres.admin_connection() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(sql.Identifier(self.config.db_user)))
+
     def _grant_iam_database_authentication(self) -> None:
         """The rds_iam role RDS has; with end-to-end IAM the application's user is granted it (the proxy
         logs in as that user with IAM tokens), after the schema ran with its password."""
@@ -747,6 +761,15 @@ class EmbeddedStack(Started, StackEnvironment):
             env["PGHOST"], env["PGPORT"] = endpoint.host, str(endpoint.writer_port)
             if endpoint.reader_port is not None:
                 env["DB_READER_HOST"], env["DB_READER_PORT"] = endpoint.host, str(endpoint.reader_port)
+            # Each instance's own endpoint (RDS's instance endpoints): with IAM database
+            # authentication the servers' own ports reject IAM users, these take their tokens.
+            for name, port in endpoint.instance_ports.items():
+                key = env_key(name)
+                env[f"DB_INSTANCE_{key}_HOST"], env[f"DB_INSTANCE_{key}_PORT"] = endpoint.host, str(port)
+        if self.end_to_end_iam:
+            # The application's user is in rds_iam: its password no longer logs it in anywhere; psql
+            # takes an IAM token as PGPASSWORD instead (LocalTwin.iam_token(), README).
+            env.pop("PGPASSWORD", None)
         env.update(self.proxy_endpoints_environment())
         return env
 
@@ -758,7 +781,7 @@ class EmbeddedStack(Started, StackEnvironment):
             return {}
         env = {}
         for name, endpoint in proxy.endpoints().items():
-            key = re.sub(r"[^A-Z0-9]", "_", name.upper())
+            key = env_key(name)
             env[f"PROXY_ENDPOINT_{key}_HOST"] = proxy.host
             env[f"PROXY_ENDPOINT_{key}_PORT"] = str(endpoint["port"])
         return env
@@ -770,3 +793,9 @@ class EmbeddedStack(Started, StackEnvironment):
             "LOCAL_TWIN_PROXY_LOG": str(self.proxy.log_path),
             "LOCAL_TWIN_PROXY_STATS_URL": f"http://{LOOPBACK}:{self.proxy.stats_port}/stats",
         }
+
+
+def env_key(name: str) -> str:
+    """An endpoint's or instance's name as part of an environment variable's name: upper case,
+    anything but letters and digits as `_` (db-instance-1: DB_INSTANCE_1)."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())

@@ -7,7 +7,8 @@ is what the emulator serving it sees, not always AVAILABLE. Handled elsewhere:
 AWS managed policies need MOTO_IAM_LOAD_MANAGED_POLICIES=true (emulator.stack.moto);
 moto has no ModifyDBProxy (changing a proxy's auth or TLS needs a new apply, not an update: README,
 "moto's quirks"). moto (5.2) has no DB proxy endpoints at all: the kit adds them
-(_proxy_endpoints), so that aws_db_proxy_endpoint applies and reads back.
+(_proxy_endpoints), so that aws_db_proxy_endpoint applies and reads back. Secrets Manager:
+GetSecretValue without a stage returns the AWSCURRENT version, also after a rotation moved it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ _lock = threading.Lock()
 
 
 def apply_moto_quirk_fixes() -> None:
-    """Every fix is to moto's RDS backend, whose import costs seconds (it loads EC2's models): the
-    fixes are applied when moto first loads it (the first RDS request), not when moto starts."""
+    """The fixes are to moto's RDS and Secrets Manager backends; RDS's import costs seconds (it loads
+    EC2's models): each backend is fixed when moto first loads it (its first request), not when
+    moto starts."""
     global _applied  # noqa: PLW0603 - patch once per process
     with _lock:
         if _applied:
             return
         _applied = True
-        if "moto.rds.models" in sys.modules:
-            _fix_rds()
+        if _fix_loaded_backends():
             return
         from moto import backends  # noqa: PLC0415 - only with moto's server
 
@@ -41,12 +42,53 @@ def apply_moto_quirk_fixes() -> None:
 
         def _import_backend(module_name: str, backends_name: str) -> Any:
             loaded: Any = import_backend(module_name, backends_name)
-            # RDS's own backend, or another one that imports it (resource tagging, Neptune...).
-            if "moto.rds.models" in sys.modules:
-                _fix_rds()
+            # The backend itself, or another one that imports it (resource tagging, Neptune...).
+            _fix_loaded_backends()
             return loaded
 
         backends._import_backend = _import_backend
+
+
+def _fix_loaded_backends() -> bool:
+    """Fix the backends moto has loaded; whether every backend the kit fixes is loaded."""
+    if "moto.rds.models" in sys.modules:
+        _fix_rds()
+    if "moto.secretsmanager.models" in sys.modules:
+        _fix_secretsmanager()
+    return "moto.rds.models" in sys.modules and "moto.secretsmanager.models" in sys.modules
+
+
+_secretsmanager_fixed = False
+
+
+def _fix_secretsmanager() -> None:
+    global _secretsmanager_fixed  # noqa: PLW0603 - patch once per process
+    with _rds_lock:
+        if _secretsmanager_fixed:
+            return
+        _secretsmanager_fixed = True
+        _current_version_follows_awscurrent()
+
+
+def _current_version_follows_awscurrent() -> None:
+    """moto's UpdateSecretVersionStage moves the AWSCURRENT label but not the version that
+    GetSecretValue returns without a VersionId or VersionStage, so after a rotation such a read
+    still returned the old password. In AWS the default is AWSCURRENT, wherever it is."""
+    from moto.secretsmanager.models import SecretsManagerBackend  # noqa: PLC0415
+
+    update = SecretsManagerBackend.update_secret_version_stage
+
+    def update_secret_version_stage(
+        self: Any, secret_id: str, version_stage: str, remove_from_version_id: str, move_to_version_id: str
+    ) -> tuple[str, str]:
+        moved: tuple[str, str] = update(
+            self, secret_id, version_stage, remove_from_version_id, move_to_version_id
+        )
+        if version_stage == "AWSCURRENT" and move_to_version_id:
+            self.secrets[secret_id].set_default_version_id(move_to_version_id)
+        return moved
+
+    SecretsManagerBackend.update_secret_version_stage = update_secret_version_stage  # type: ignore[method-assign]
 
 
 _rds_fixed = False

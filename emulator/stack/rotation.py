@@ -4,7 +4,8 @@ The four steps of Secrets Manager's single-user rotation for PostgreSQL (the rot
 provides, SecretsManagerRDSPostgreSQLRotationSingleUser): createSecret stores a new password as the
 secret's AWSPENDING version; setSecret logs in to the database as the secret's user with the current
 password and changes its own password (ALTER ROLE ... PASSWORD); testSecret logs in with the new one;
-finishSecret moves AWSCURRENT to the new version. Connections already open are not dropped.
+finishSecret moves AWSCURRENT to the new version (AWSPREVIOUS to the old one), and AWSPENDING
+is removed. Connections already open are not dropped.
 
 The proxy then follows by itself: it reads the secret again every `secret_refresh_seconds`, and at
 once when the database refuses the old password to a new database connection.
@@ -88,6 +89,11 @@ def rotate_secret(
         MoveToVersionId=token,
         RemoveFromVersionId=current["VersionId"],
     )
+    # A finished rotation leaves AWSPENDING on no version (Secrets Manager removes it after
+    # finishSecret); left on, the next rotation would take the secret for one still under way.
+    secretsmanager.update_secret_version_stage(
+        SecretId=secret_arn, VersionStage="AWSPENDING", RemoveFromVersionId=token
+    )
     return Rotation(secret_arn, user, str(current["VersionId"]), token, new_password)
 
 
@@ -141,8 +147,10 @@ class Rotated:
 
 def rotate_stack_secret(stack: EmbeddedStack) -> Rotated:
     """Rotate a running stack's secret (LocalTwin.rotate_secret) and wait for its proxy to read it."""
-    if not stack.secret_arn or stack.end_to_end_iam:
-        raise ComponentError(COMPONENT, "the stack's proxy uses no secret to rotate", _IAM_ONLY)
+    if stack.end_to_end_iam:
+        raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
+    if not stack.secret_arn:
+        raise ComponentError(COMPONENT, "the stack has no secret to rotate", "the stack has not started")
     pg = stack.postgres
     sslmode = "require" if pg.tls else "prefer"
     rotation = rotate_secret(
@@ -169,6 +177,11 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
             f"{env_file} lacks {', '.join(missing)}",
             "give the file `up --env-file FILE` writes, while that `up` runs",
         )
+    log = env.get("LOCAL_TWIN_PROXY_LOG")
+    # The emulator's configuration sits beside its log (RdsProxyEmulator's workdir).
+    config = ProxyConfig.from_file(Path(log).with_name("proxy.json")) if log else None
+    if config is not None and config.default_auth_scheme == "IAM_AUTH":
+        raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
     client = boto3.session.Session().client(
         "secretsmanager",
         endpoint_url=env["AWS_ENDPOINT_URL"],
@@ -182,10 +195,7 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
     rotation = rotate_secret(client, env["DB_SECRET_ARN"], database)
     write_env_file(env_file, {**env, "PGPASSWORD": rotation.password})
     waited = None
-    log = env.get("LOCAL_TWIN_PROXY_LOG")
-    if log:
-        # The emulator's configuration sits beside its log (RdsProxyEmulator's workdir).
-        config = ProxyConfig.from_file(Path(log).with_name("proxy.json"))
+    if log and config is not None:
         waited = wait_for_proxy(Path(log), rotation, config.secret_refresh_seconds)
     return Rotated(rotation, waited)
 
@@ -200,4 +210,11 @@ _ENV_NEEDED = (
     "PGPORT",
     "PGDATABASE",
 )
-_IAM_ONLY = "with default_auth_scheme IAM_AUTH the proxy uses IAM tokens, not a secret"
+_NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM = (
+    "there is no secret to rotate: the stack's proxy uses no secret under end-to-end IAM "
+    "(default_auth_scheme IAM_AUTH)"
+)
+_IAM_ONLY = (
+    "the proxy and its clients log in with IAM tokens, which need no rotation; rotate a secret "
+    "only on a stack started without default_auth_scheme=IAM_AUTH"
+)

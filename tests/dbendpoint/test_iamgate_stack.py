@@ -4,6 +4,8 @@ endpoint; the handler's direct path (the writer endpoint) takes IAM tokens too."
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from emulator.dbendpoint.iamgate import MEMBERSHIP_SECONDS
 from emulator.errors import ComponentError
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, TerraformSettings
+from emulator.stack.envfile import write_env_file
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.stack.rotation import rotate_stack_secret
 from emulator.wait import wait_until
@@ -75,7 +78,7 @@ def test_the_direct_path_takes_iam_tokens_and_no_longer_the_password(stack: Embe
 
 
 def test_there_is_no_secret_to_rotate(stack: EmbeddedStack) -> None:
-    with pytest.raises(ComponentError, match="uses no secret"):
+    with pytest.raises(ComponentError, match="no secret to rotate"):
         rotate_stack_secret(stack)
 
 
@@ -118,3 +121,88 @@ def test_end_to_end_iam_with_a_cluster_is_refused_before_the_proxy_starts() -> N
     config = StackConfig(proxy_settings=settings, database_kind=ClusterKind.AURORA)
     with pytest.raises(ComponentError, match="with a cluster is not supported yet"), EmbeddedStack(config):
         pass
+
+
+def test_with_iam_database_authentication_the_applications_user_grants_rds_iam(tmp_path: Any) -> None:
+    # As RDS's master user does: --init-sql runs as the application's user.
+    init = tmp_path / "roles.sql"
+    init.write_text("CREATE ROLE reporter LOGIN;\nGRANT rds_iam TO reporter;\n")
+    with EmbeddedStack(StackConfig(iam_database_authentication=True, init_sql=(init,))) as stack:
+        direct = stack.direct
+        token = (
+            boto3.session.Session()
+            .client(
+                "rds",
+                region_name=stack.aws.credentials.region,
+                aws_access_key_id=stack.aws.credentials.access_key_id,
+                aws_secret_access_key=stack.aws.credentials.secret_access_key,
+            )
+            .generate_db_auth_token(DBHostname=direct.host, Port=direct.port, DBUsername="reporter")
+        )
+        with psycopg.connect(
+            host=direct.host,
+            port=direct.port,
+            user="reporter",
+            dbname=stack.config.database,
+            password=token,
+            sslmode="verify-full",
+            sslrootcert=str(stack.ca.ca_path),
+            connect_timeout=10,
+        ) as reporter:
+            assert reporter.execute("SELECT session_user").fetchone() == ("reporter",)
+        # The application's user is not in rds_iam: it keeps its password, and may revoke too.
+        with _connect(stack, direct.host, direct.port, stack.db_password) as app:
+            app.execute("REVOKE rds_iam FROM reporter")
+            app.execute("CREATE ROLE auditor LOGIN IN ROLE rds_iam")
+
+
+def test_under_end_to_end_iam_the_env_file_has_no_password_and_names_the_instance_endpoints(
+    stack: EmbeddedStack,
+) -> None:
+    env = stack.environment()
+    # The application's user is in rds_iam: a password would only get PAM authentication failed.
+    assert "PGPASSWORD" not in env
+    endpoint = stack.database_endpoint
+    assert endpoint is not None
+    ((name, port),) = endpoint.instance_ports.items()
+    key = re.sub(r"[^A-Z0-9]", "_", name.upper())
+    assert (env[f"DB_INSTANCE_{key}_HOST"], env[f"DB_INSTANCE_{key}_PORT"]) == (endpoint.host, str(port))
+    # The instance endpoint takes a token made for it (the server's own port rejects IAM users).
+    with _connect(stack, endpoint.host, port, _token(stack, endpoint.host, port)) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (stack.config.db_user,)
+
+
+@pytest.mark.usefixtures("signal_handlers_kept")
+def test_rotate_secret_says_there_is_no_secret_under_end_to_end_iam(
+    stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emulator.cli import main as cli_main  # noqa: PLC0415 - the command itself
+
+    env_file = tmp_path / "twin.env"
+    write_env_file(env_file, stack.environment())
+    assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 2
+    error = capsys.readouterr().err
+    assert "there is no secret to rotate" in error
+    assert "end-to-end IAM" in error
+    assert "current password" not in error
+
+
+def test_up_s_banner_says_end_to_end_iam_is_on_and_how_to_log_in(
+    stack: EmbeddedStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emulator.cli import _print_iam  # noqa: PLC0415 - the banner's IAM lines
+
+    _print_iam(stack, stack.environment())
+    out = capsys.readouterr().out
+    assert "end-to-end IAM on" in out
+    assert "aws rds generate-db-auth-token --hostname $PGHOST --port $PGPORT --username $PGUSER" in out
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """The command's main() sets SIGINT's and SIGTERM's handlers for its process; pytest's gets its
+    own back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

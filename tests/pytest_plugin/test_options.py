@@ -86,3 +86,15 @@ def test_a_value_that_cannot_be_right_is_a_usage_error(
     config = pytester.parseconfig(*args)
     with pytest.raises(pytest.UsageError, match=message):
         configured(config)
+
+
+def test_the_readme_documents_every_option_and_fixture() -> None:
+    from emulator.paths import REPO  # noqa: PLC0415
+    from emulator.pytest_plugin.options import OPTIONS  # noqa: PLC0415
+
+    readme = (REPO / "README.md").read_text()
+    options_table = [line for line in readme.splitlines() if line.startswith("| `twin_")]
+    for option in OPTIONS:
+        assert any(f"`{option.ini}`" in line and f"`{option.flag}`" in line for line in options_table), option
+    for fixture in ("twin", "twin_fixture(", "twin_within_cap", "twin_failover"):
+        assert any(line.startswith(f"| `{fixture}") for line in options_table), fixture

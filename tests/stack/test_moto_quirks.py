@@ -107,3 +107,28 @@ def test_a_proxy_endpoint_of_a_proxy_that_is_not_there_is_refused(rds: Any) -> N
             DBProxyName="proxy1", DBProxyEndpointName="default", VpcSubnetIds=["subnet-1"]
         )
     assert duplicate.value.response["Error"]["Code"] == "DBProxyEndpointAlreadyExistsFault"
+
+
+def test_get_secret_value_without_a_stage_reads_awscurrent_after_a_rotation_moved_it() -> None:
+    apply_moto_quirk_fixes()
+    with mock_aws():
+        secrets = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = secrets.create_secret(Name="rotated", SecretString='{"password": "old"}')["ARN"]
+        old = secrets.get_secret_value(SecretId=arn)["VersionId"]
+        secrets.put_secret_value(
+            SecretId=arn,
+            ClientRequestToken="v2-token-0000000000000000000000000",
+            SecretString='{"password": "new"}',
+            VersionStages=["AWSPENDING"],
+        )
+        secrets.update_secret_version_stage(
+            SecretId=arn,
+            VersionStage="AWSCURRENT",
+            MoveToVersionId="v2-token-0000000000000000000000000",
+            RemoveFromVersionId=old,
+        )
+        read = secrets.get_secret_value(SecretId=arn)
+        assert read["SecretString"] == '{"password": "new"}'
+        assert "AWSCURRENT" in read["VersionStages"]
+        by_name = secrets.get_secret_value(SecretId="rotated")
+        assert by_name["VersionId"] == "v2-token-0000000000000000000000000"

@@ -3,6 +3,8 @@ use the new password, and a login with the old password is refused as RDS Proxy 
 
 from __future__ import annotations
 
+import json
+import signal
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -184,6 +186,7 @@ def test_a_proxy_that_does_not_poll_reads_the_secret_when_the_database_refuses_i
         proxy.stop()
 
 
+@pytest.mark.usefixtures("signal_handlers_kept")
 def test_rotate_secret_command_rotates_a_running_stack_through_its_env_file(
     stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -219,3 +222,30 @@ def test_rotating_a_stack_waits_for_its_proxy_and_keeps_the_stacks_password_curr
     _psycopg(proxy, stack, stack.db_password).close()
     with pytest.raises(psycopg.OperationalError, match=WRONG_PASSWORD.format(user=stack.config.db_user)):
         _psycopg(proxy, stack, old)
+
+
+def test_after_a_rotation_the_secret_reads_as_aws_leaves_it(stack: EmbeddedStack) -> None:
+    # A handler reads the secret without a stage (AWSCURRENT by default), right after the rotation.
+    secrets = stack.aws.client("secretsmanager")
+    rotation = _rotate(stack)
+    read = secrets.get_secret_value(SecretId=stack.secret_arn)
+    assert json.loads(read["SecretString"])["password"] == rotation.password
+    assert read["VersionId"] == rotation.version
+    stages = secrets.describe_secret(SecretId=stack.secret_arn)["VersionIdsToStages"]
+    assert stages[rotation.version] == ["AWSCURRENT"]
+    assert stages[rotation.previous_version] == ["AWSPREVIOUS"]
+    assert not [version for version, labels in stages.items() if "AWSPENDING" in labels]
+    with psycopg.connect(
+        stack.postgres.conninfo(user=stack.config.db_user, password=rotation.password, dbname="app")
+    ) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """The command's main() sets SIGINT's and SIGTERM's handlers for its process; pytest's gets its
+    own back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
