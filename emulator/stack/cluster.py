@@ -42,6 +42,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from emulator.errors import ComponentError
+from emulator.lifecycle import Started
 from emulator.stack.postgres import (
     COMPONENT,
     PostgresBinaries,
@@ -176,7 +177,7 @@ class FailoverReport:
 
 
 @dataclass
-class ReplicatedCluster:
+class ReplicatedCluster(Started):
     """Start with `with ReplicatedCluster(...) as cluster:` or start()/stop()."""
 
     workdir: Path
@@ -218,17 +219,6 @@ class ReplicatedCluster:
                 superuser_password=self.superuser_password,
             )
             self.instances.append(Instance(name, server, Role.WRITER if index == 0 else self._replica_role))
-
-    def __enter__(self) -> ReplicatedCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def _replica_role(self) -> Role:

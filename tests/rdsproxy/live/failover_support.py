@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import secrets
 import signal
+import threading
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from emulator.stack.embedded import TLS_HOSTNAMES, EmbeddedStack
 from emulator.stack.postgres import PostgresServer, PostgresSettings, find_postgres_binaries
@@ -41,3 +45,29 @@ def stop_immediately(server: PostgresServer) -> None:
     assert process is not None
     process.stop_signal = signal.SIGQUIT
     server.stop()
+
+
+class LongStatements:
+    """One long statement per connection, each on a thread of its own, in flight until the failover
+    ends it: outcomes() gives each one's end, "finished" or its psycopg error."""
+
+    def __init__(self, conns: list[psycopg.Connection[Any]]) -> None:
+        self._ends: dict[int, object] = {}
+        self._threads = [
+            threading.Thread(target=self._run, args=(index, conn)) for index, conn in enumerate(conns)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, index: int, conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.execute("SELECT pg_sleep(60)")
+            self._ends[index] = "finished"
+        except psycopg.Error as exc:
+            self._ends[index] = exc
+
+    def outcomes(self, timeout: float = 20) -> list[object]:
+        for thread in self._threads:
+            thread.join(timeout)
+        assert not any(thread.is_alive() for thread in self._threads), "a client in a statement hangs"
+        return [self._ends[index] for index in range(len(self._threads))]

@@ -21,6 +21,7 @@ from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
 
+from .failover_support import LongStatements
 from .helpers import ProxyUnderTest, wait_quiescent
 
 pytestmark = pytest.mark.integration
@@ -228,18 +229,7 @@ def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_f
         cur.execute("SELECT 1")
     assert loop.run_until_complete(idle_async.fetchval("SELECT 1")) == 1
     busy = [proxy.connect() for _ in range(3)]
-    outcomes: dict[int, object] = {}
-
-    def long_statement(index: int) -> None:
-        try:
-            busy[index].execute("SELECT pg_sleep(60)")
-            outcomes[index] = "finished"
-        except psycopg.Error as exc:
-            outcomes[index] = exc
-
-    threads = [threading.Thread(target=long_statement, args=(i,)) for i in range(len(busy))]
-    for thread in threads:
-        thread.start()
+    statements = LongStatements(busy)
     wait_until(lambda: proxy.stats()["pool"]["borrowed"] == 3, component="the statements", timeout=10)
     old_writer = cluster.writer.name
     waiting = proxy.connect()
@@ -256,11 +246,7 @@ def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_f
     report = reports[0]
     assert waited_port == cluster.instance(report.new_writer).server.port
 
-    for thread in threads:
-        thread.join(20)
-    assert not any(thread.is_alive() for thread in threads), "a client in a statement hangs"
-    for index in range(len(busy)):
-        error = outcomes[index]
+    for error in statements.outcomes():
         assert isinstance(error, psycopg.OperationalError), error
         # A fast shutdown fences the writer: its own FATAL is held back, the proxy's 08006 tells it.
         assert error.sqlstate == "08006", error

@@ -18,7 +18,7 @@ from emulator.stack.embedded import EmbeddedStack
 from emulator.stack.postgres import PostgresServer
 from emulator.wait import wait_until
 
-from .failover_support import start_instance, stop_immediately
+from .failover_support import LongStatements, start_instance, stop_immediately
 from .helpers import ProxyUnderTest, wait_quiescent
 
 pytestmark = pytest.mark.integration
@@ -87,27 +87,12 @@ def test_a_failover_spares_idle_clients_and_cancels_those_in_a_transaction_or_a_
     pinned = proxy.connect()
     pinned.execute("SET search_path = public")  # a session-level SET pins
     busy = [proxy.connect() for _ in range(3)]
-    outcomes: dict[int, object] = {}
-
-    def long_statement(index: int) -> None:
-        try:
-            busy[index].execute("SELECT pg_sleep(60)")
-            outcomes[index] = "finished"
-        except psycopg.Error as exc:
-            outcomes[index] = exc
-
-    threads = [threading.Thread(target=long_statement, args=(i,)) for i in range(len(busy))]
-    for thread in threads:
-        thread.start()
+    statements = LongStatements(busy)
     wait_until(lambda: proxy.stats()["pool"]["borrowed"] == 5, component="the statements", timeout=10)
 
     stop_immediately(first)
 
-    for thread in threads:
-        thread.join(20)
-    assert not any(thread.is_alive() for thread in threads), "a client in a statement hangs"
-    for index in range(len(busy)):
-        error = outcomes[index]
+    for error in statements.outcomes():
         assert isinstance(error, psycopg.OperationalError), error
         assert error.sqlstate == "08006", error
         assert "middle of a request" in str(error)
