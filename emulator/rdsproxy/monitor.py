@@ -36,9 +36,12 @@ class Observation:
     detail: str = ""
 
 
-async def observe(instance: Instance, credentials: Credentials, *, timeout: float) -> Observation:
-    """The instance's role now, from a short-lived connection of the proxy's own."""
-    key = PoolKey("postgres", credentials.user, tls=False)
+async def observe(
+    instance: Instance, credentials: Credentials, *, timeout: float, tls: bool = False
+) -> Observation:
+    """The instance's role now, from a short-lived connection of the proxy's own (over TLS when its
+    credentials are an IAM token, which a database accepts only over TLS)."""
+    key = PoolKey("postgres", credentials.user, tls=tls)
     try:
         conn = await DbConnection.open(
             instance.host,
@@ -64,13 +67,13 @@ async def observe(instance: Instance, credentials: Credentials, *, timeout: floa
 
 
 async def observe_all(
-    instances: list[Instance], credentials_for: Callable[[Instance], Credentials]
+    instances: list[Instance], credentials_for: Callable[[Instance], Credentials], *, tls: bool = False
 ) -> list[Observation]:
     """Every instance at once (one that hangs does not hold the others up), in the given order."""
     return list(
         await asyncio.gather(
             *(
-                observe(instance, credentials_for(instance), timeout=PROBE_TIMEOUT_SECONDS)
+                observe(instance, credentials_for(instance), timeout=PROBE_TIMEOUT_SECONDS, tls=tls)
                 for instance in instances
             )
         )

@@ -346,16 +346,14 @@ class Target:
             self.refresh_soon()
 
     async def _observe_all(self) -> list[Observation]:
-        """Every instance's role, asked with the same credentials (see _monitor_credentials)."""
-        credentials = await self._monitor_credentials()
-        return await observe_all(self.instances, lambda _instance: credentials)
-
-    async def _monitor_credentials(self) -> Credentials:
-        """What the instances are asked with: the secret's user (one password for every instance).
-        With end-to-end IAM a token is signed per endpoint; monitor.py asks every instance with one
-        set of credentials over plain TCP, so IAM_AUTH with target_instances is not supported yet."""
-        writer = self.writer
-        return await self.credentials.for_connection(self.credentials.monitor_user, writer.host, writer.port)
+        """Every instance's role, asked as the monitoring user: with the secret's password, or with
+        end-to-end IAM a token signed for each instance's endpoint, over TLS."""
+        source = self.credentials
+        asked = {
+            instance.name: await source.for_connection(source.monitor_user, instance.host, instance.port)
+            for instance in self.instances
+        }
+        return await observe_all(self.instances, lambda instance: asked[instance.name], tls=source.iam)
 
     def readable_replicas(self) -> list[Instance]:
         """The instances that answered pg_is_in_recovery() = true when last asked, in order."""

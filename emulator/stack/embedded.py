@@ -673,15 +673,16 @@ class EmbeddedStack(Started, StackEnvironment):
         endpoint = self.database_endpoint
         if settings.get("default_auth_scheme") != "IAM_AUTH" or endpoint is None:
             return {}
+        ports = endpoint.instance_ports
         if settings.get("target_instances"):
-            # The proxy asks each instance its role with one set of credentials over plain TCP
-            # (emulator/rdsproxy/monitor.py); an IAM token is per endpoint and needs TLS.
-            raise ComponentError(
-                "RDS Proxy emulator",
-                "end-to-end IAM (default_auth_scheme IAM_AUTH) with a cluster is not supported yet",
-                "use it with a single instance, or the secret with the cluster",
-            )
-        return {"target_host": endpoint.host, "target_port": endpoint.instance_ports[self._writer_name()]}
+            # Each instance through its own endpoint: the proxy signs a token per endpoint.
+            return {
+                "target_instances": [
+                    f"{name}={endpoint.host}:{ports[name]}"
+                    for name, _, _ in (entry.partition("=") for entry in settings["target_instances"])
+                ]
+            }
+        return {"target_host": endpoint.host, "target_port": ports[self._writer_name()]}
 
     def _writer_name(self) -> str:
         return str(read_topology(self.topology_path)["writer"])

@@ -116,11 +116,36 @@ def test_an_applied_iam_database_authentication_enabled_is_followed(terraform_to
         wait_until(logs_in_with_a_token, component="IAM gate", timeout=MEMBERSHIP_SECONDS + 5)
 
 
-def test_end_to_end_iam_with_a_cluster_is_refused_before_the_proxy_starts() -> None:
-    settings = {**DEFAULT_PROXY_SETTINGS, "default_auth_scheme": "IAM_AUTH"}
+def test_end_to_end_iam_with_a_cluster_reaches_every_instance_and_follows_a_failover() -> None:
+    settings = {
+        **DEFAULT_PROXY_SETTINGS,
+        "default_auth_scheme": "IAM_AUTH",
+        "proxy_endpoints": ["reads=READ_ONLY:0"],
+    }
     config = StackConfig(proxy_settings=settings, database_kind=ClusterKind.AURORA)
-    with pytest.raises(ComponentError, match="with a cluster is not supported yet"), EmbeddedStack(config):
-        pass
+    with EmbeddedStack(config) as cluster_stack:
+        proxy = cluster_stack.proxy
+        endpoint = cluster_stack.database_endpoint
+        assert isinstance(proxy, RdsProxyEmulator)
+        assert endpoint is not None
+        # The proxy dials each instance's endpoint (where the IAM gate checks its tokens), not the
+        # servers' own ports, and asks each its role with a token of its own.
+        assert sorted(proxy.config.target_instances) == sorted(
+            f"{name}={endpoint.host}:{port}" for name, port in endpoint.instance_ports.items()
+        )
+        reads = proxy.endpoints()["reads"]["port"]
+        writes = _connect(
+            cluster_stack, proxy.host, proxy.port, _token(cluster_stack, proxy.host, proxy.port)
+        )
+        reader = _connect(cluster_stack, proxy.host, reads, _token(cluster_stack, proxy.host, reads))
+        with writes, reader:
+            assert writes.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+            assert reader.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            report = cluster_stack.failover()
+            # The idle client's next transaction runs on the promoted instance, logged in with IAM.
+            assert writes.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+            assert report.new_writer != report.old_writer
+        assert proxy.stats()["target_writer"] == report.new_writer
 
 
 def test_with_iam_database_authentication_the_applications_user_grants_rds_iam(tmp_path: Any) -> None:
