@@ -433,13 +433,7 @@ def _add_demo(commands: Commands) -> None:
         "Lambda, which costs ~0.1 s of CPU each (default: %(default)s)",
     )
     _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
-    demo.add_argument(
-        "--payload",
-        metavar="JSON",
-        help='the event each invocation gets (default: {"sleep_ms": WORK_MS}, what the example handler '
-        "takes)",
-    )
-    _function_options(demo, several=False)
+    _demo_function_options(demo)
     _stack_options(demo)
 
 
@@ -454,11 +448,23 @@ def _demo_outputs(parser: argparse.ArgumentParser, *, chart: Path, handler_log: 
     )
 
 
+def _demo_function_options(parser: argparse.ArgumentParser) -> None:
+    """Your function instead of the example handler, and the event it gets."""
+    parser.add_argument(
+        "--payload",
+        metavar="JSON",
+        help='the event each invocation gets (default: {"sleep_ms": WORK_MS}, what the example handler '
+        "takes)",
+    )
+    _function_options(parser, several=False)
+
+
 def _add_failover_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "failover-demo",
         help="the failover demonstration: a steady load directly and through the proxy during a failover",
-        description="Run the same steady load of Lambda invocations (the kit's example handler) directly "
+        description="Run the same steady load of Lambda invocations (of the kit's example handler, or "
+        "yours) directly "
         "against the database's endpoint and through the RDS Proxy emulator while the database fails "
         "over; print errors, the longest interruption and the invocations that waited, and write a PNG "
         "chart over time. Exits 1 when a way never recovered or more proxied invocations failed than "
@@ -493,6 +499,7 @@ def _add_failover_demo(commands: Commands) -> None:
         help="seconds of load after the database endpoint switched (default: %(default)s)",
     )
     _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
+    _demo_function_options(demo)
     _database_options(demo, kind=ClusterKind.MULTI_AZ, terraform=False)  # the case of AWS's "up to 66%"
     _stack_options(demo)
 
@@ -762,7 +769,9 @@ def _package(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo_function(args: argparse.Namespace) -> tuple[TwinConfig, FunctionConfig | None, Any]:
+    """A demonstration's twin, its function (yours, or None for the kit's example, which still gets
+    your --env) and the event each invocation gets (None: the demonstration's own)."""
     try:
         payload = None if args.payload is None else json.loads(args.payload)
     except ValueError as exc:
@@ -774,6 +783,11 @@ def _demo(args: argparse.Namespace) -> int:
         function = replace(function, environment={**function.environment, **environment})
     elif environment:
         function = FunctionConfig(environment=environment, timeout_seconds=60)
+    return twin, function, payload
+
+
+def _demo(args: argparse.Namespace) -> int:
+    twin, function, payload = _demo_function(args)
     ways = run_demo(
         DemoConfig(
             invocations=args.invocations,
@@ -801,20 +815,7 @@ def _failover_demo(args: argparse.Namespace) -> int:
     for name in ("workers", "period_ms", "work_ms"):
         if getattr(args, name) < 1:
             _usage_error(f"--{name.replace('_', '-')} must be at least 1")
-    options: TwinOptions = {
-        "max_connections": args.max_connections,
-        "pool_size": args.pool_size,
-        "proxy_settings": _assignments("--proxy-setting", args.proxy_settings),
-        "cluster": args.cluster,
-    }
-    if args.replicas is not None:
-        options["replicas"] = args.replicas
-    if args.dns_ttl is not None:
-        options["dns_ttl"] = args.dns_ttl
-    try:
-        stack = twin_config(options).stack
-    except OptionError as exc:
-        _usage_error(str(exc))
+    twin, function, payload = _demo_function(args)
     config = FailoverDemoConfig(
         workers=args.workers,
         period=args.period_ms / 1000,
@@ -823,7 +824,9 @@ def _failover_demo(args: argparse.Namespace) -> int:
         after_seconds=args.after,
         chart=args.chart,
         handler_log=args.handler_log,
-        stack=stack,
+        stack=twin.stack,
+        function=function,
+        payload=payload,
     )
     ways = run_failover_demo(config)
     code = failover_exit_code(ways, config)

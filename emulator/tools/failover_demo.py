@@ -14,8 +14,10 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -27,6 +29,7 @@ from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.proxies import ProxyComponent, ProxyKind
 from emulator.tools.interruption import FailoverMoments, Interruption, interruption, shorter_by
 from emulator.tools.steady import Call, SteadyLoad
+from emulator.twin.config import expand
 
 DIRECT = "direct"
 PROXIED = "RDS Proxy emulator"
@@ -44,6 +47,11 @@ class FailoverDemoConfig:
     after_seconds: float = 4.0
     chart: Path = Path("failover.png")
     handler_log: Path = Path("failover-handler.log")
+    # Your function instead of the kit's example (--handler, --code, ...); its environment is the
+    # way's (DB_PROXY_ENDPOINT, DB_PORT, DB_AUTH, ...) with its own on top, ${NAME} expanded.
+    function: FunctionConfig | None = None
+    # The event every invocation gets; None: {"sleep_ms": work_ms}, what the example handler takes.
+    payload: Mapping[str, Any] | None = None
     # The database: a Multi-AZ instance by default, the case AWS's "up to 66%" is about.
     stack: StackConfig = field(default_factory=lambda: StackConfig(database_kind=ClusterKind.MULTI_AZ))
 
@@ -55,15 +63,20 @@ class WayLoad:
     outcome: Interruption | None = None
 
 
-def _function(
-    stack: EmbeddedStack, proxy: ProxyComponent, name: str, config: FailoverDemoConfig
+def function_for_way(
+    stack: EmbeddedStack, proxy: ProxyComponent, config: FailoverDemoConfig
 ) -> FunctionConfig:
-    return FunctionConfig(
-        name=f"failover-{'direct' if proxy is stack.direct else 'proxied'}",
-        environment=stack.handler_environment(proxy),
-        timeout_seconds=60,
-        log_path=config.handler_log.resolve(),
-        init="snapshot",
+    """The way's function: its environment reaches the database that way; one per way, each with
+    warm environments of its own."""
+    way = "direct" if proxy is stack.direct else "proxied"
+    environment = stack.handler_environment(proxy)
+    if config.function is None:
+        function = FunctionConfig(name="failover", environment=environment, timeout_seconds=60)
+    else:
+        own = expand(config.function.environment, {**stack.environment(), **environment})
+        function = replace(config.function, environment={**environment, **own})
+    return replace(
+        function, name=f"{function.name}-{way}", log_path=config.handler_log.resolve(), init="snapshot"
     )
 
 
@@ -79,16 +92,16 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
             with console.status("Starting a replicated PostgreSQL, the AWS API emulator and the proxy..."):
                 stack = running.enter_context(EmbeddedStack(stack_config))
             ways: list[WayLoad] = []
-            event = {"sleep_ms": config.work_ms}
+            event = {"sleep_ms": config.work_ms} if config.payload is None else config.payload
             for name, proxy in ((DIRECT, stack.direct), (PROXIED, stack.proxy)):
-                function = running.enter_context(LambdaFunction(_function(stack, proxy, name, config)))
+                function = running.enter_context(LambdaFunction(function_for_way(stack, proxy, config)))
                 load = SteadyLoad(function, event, workers=config.workers, period=config.period)
                 ways.append(WayLoad(name, load))
             ttl = stack.config.dns_ttl_seconds
             console.print(
                 f"{_describe(stack)}; the database endpoint follows a failover after "
                 f"{ttl:g} s (DNS-like delay). Each way: {config.workers} warm environments, one "
-                f"invocation every {config.period * 1000:.0f} ms each, {config.work_ms} ms of work."
+                f"invocation every {config.period * 1000:.0f} ms each, {_work(config)}."
             )
             _warm(ways, config, console)
             origin = time.monotonic()
@@ -131,6 +144,12 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
     else:
         console.print(f"Chart: {config.chart.resolve()}")
     return ways
+
+
+def _work(config: FailoverDemoConfig) -> str:
+    handler = "the example handler" if config.function is None else config.function.handler
+    event = f"{config.work_ms} ms of work" if config.payload is None else "your event"
+    return f"{handler}, {event}"
 
 
 def _describe(stack: EmbeddedStack) -> str:

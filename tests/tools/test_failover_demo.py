@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
+from emulator.awslambda.function import FunctionConfig
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import StackConfig
 from emulator.tools.failover_demo import (
@@ -17,6 +19,7 @@ from emulator.tools.failover_demo import (
     FailoverDemoConfig,
     WayLoad,
     exit_code,
+    function_for_way,
     results_table,
     run_failover_demo,
 )
@@ -99,3 +102,32 @@ def test_the_table_fits_80_columns() -> None:
     console = Console(record=True, width=80)
     console.print(results_table(_loads(5.0, 3)))
     assert max(len(line) for line in console.export_text().splitlines()) <= 80
+
+
+@pytest.mark.unit
+def test_your_function_runs_each_way_with_the_ways_environment_under_its_own() -> None:
+    direct, proxy = object(), object()
+    stack = SimpleNamespace(
+        direct=direct,
+        handler_environment=lambda via: {"DB_PROXY_ENDPOINT": "direct" if via is direct else "proxy"},
+        environment=lambda: {"DB_NAME": "app"},
+    )
+    yours = FunctionConfig(
+        name="orders", handler="orders.handler", code_dir=Path("/src"), environment={"MARK": "${DB_NAME}"}
+    )
+    config = FailoverDemoConfig(function=yours, handler_log=Path("handler.log"))
+    functions = {
+        way: function_for_way(stack, via, config) for way, via in (("direct", direct), ("proxied", proxy))
+    }  # type: ignore[arg-type]
+    for way, function in functions.items():
+        assert function.name == f"orders-{way}"
+        assert (function.handler, function.code_dir) == ("orders.handler", Path("/src"))
+        assert function.environment == {
+            "DB_PROXY_ENDPOINT": "direct" if way == "direct" else "proxy",
+            "MARK": "app",
+        }
+        assert function.init == "snapshot"
+    # Without yours, the example handler gets the way's environment.
+    example = function_for_way(stack, proxy, FailoverDemoConfig())  # type: ignore[arg-type]
+    assert example.handler == FunctionConfig().handler
+    assert example.environment == {"DB_PROXY_ENDPOINT": "proxy"}
