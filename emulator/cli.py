@@ -233,12 +233,13 @@ def _terraform_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _function_options(parser: argparse.ArgumentParser, *, several: bool) -> None:
+def _function_options(parser: argparse.ArgumentParser, *, several: bool, terraform: bool = True) -> None:
+    applied = " (or, with --terraform, the applied functions)" if terraform else ""
     group = parser.add_argument_group(
         "your function",
-        "Without these, the twin runs the kit's example handler (or, with --terraform, the applied "
-        "functions). A function's code directory is its task root (first on sys.path, as in Lambda); "
-        "its dependencies come from that directory or from the kit's environment.",
+        f"Without these, the twin runs the kit's example handler{applied}. A function's code directory "
+        "is its task root (first on sys.path, as in Lambda); its dependencies come from that directory "
+        "or from the kit's environment.",
     )
     group.add_argument(
         "--handler",
@@ -456,7 +457,7 @@ def _demo_function_options(parser: argparse.ArgumentParser) -> None:
         help='the event each invocation gets (default: {"sleep_ms": WORK_MS}, what the example handler '
         "takes)",
     )
-    _function_options(parser, several=False)
+    _function_options(parser, several=False, terraform=False)
 
 
 def _add_failover_demo(commands: Commands) -> None:
