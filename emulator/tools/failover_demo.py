@@ -24,9 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.awslambda.function import FunctionConfig, LambdaFunction
+from emulator.errors import ComponentError
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.proxies import ProxyComponent, ProxyKind
+from emulator.tools.burst import invoke_burst
 from emulator.tools.interruption import FailoverMoments, Interruption, interruption, shorter_by
 from emulator.tools.steady import Call, SteadyLoad
 from emulator.twin.config import expand
@@ -164,12 +166,15 @@ def _warm(ways: list[WayLoad], config: FailoverDemoConfig, console: Console) -> 
     starts, is what the chart shows."""
     with console.status("Warming the execution environments..."):
         for way in ways:
-            warm = SteadyLoad(way.load.function, way.load.event, workers=config.workers, period=3600)
-            warm.start()
-            warm.stop()
-            failed = [call for call in warm.calls if not call.ok]
-            if failed:
-                raise RuntimeError(f"{way.name}: the load fails before any failover: {failed[0].error}")
+            # As many at once as there are workers: each starts an environment of its own.
+            burst = invoke_burst(way.load.function, config.workers, way.load.event)
+            if burst.errors:
+                error, _ = burst.errors.most_common(1)[0]
+                raise ComponentError(
+                    f"failover demo, {way.name}",
+                    f"the function fails before any failover: {error}",
+                    f"see why in the function's log, {config.handler_log.resolve()}",
+                )
 
 
 LEGEND = (

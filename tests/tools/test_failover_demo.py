@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from emulator.awslambda.function import FunctionConfig
+from emulator.errors import ComponentError
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import StackConfig
 from emulator.tools.failover_demo import (
@@ -131,3 +132,20 @@ def test_your_function_runs_each_way_with_the_ways_environment_under_its_own() -
     example = function_for_way(stack, proxy, FailoverDemoConfig())  # type: ignore[arg-type]
     assert example.handler == FunctionConfig().handler
     assert example.environment == {"DB_PROXY_ENDPOINT": "proxy"}
+
+
+@pytest.mark.integration
+def test_a_function_that_fails_before_any_failover_stops_the_demo_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(
+        "def handler(event, context):\n    raise RuntimeError('relation \"orders\" does not exist')\n"
+    )
+    config = FailoverDemoConfig(
+        workers=2,
+        chart=tmp_path / "failover.png",
+        handler_log=tmp_path / "handler.log",
+        function=FunctionConfig(handler="broken.handler", code_dir=tmp_path),
+        stack=StackConfig(database_kind=ClusterKind.MULTI_AZ),
+    )
+    with pytest.raises(ComponentError, match='fails before any failover: RuntimeError relation "orders"'):
+        run_failover_demo(config, Console(record=True, width=80))
+    assert not config.chart.exists()
