@@ -9,6 +9,9 @@ moto has no ModifyDBProxy (changing a proxy's auth or TLS needs a new apply, not
 "moto's quirks"). moto (5.2) has no DB proxy endpoints at all: the kit adds them
 (_proxy_endpoints), so that aws_db_proxy_endpoint applies and reads back. Secrets Manager:
 GetSecretValue without a stage returns the AWSCURRENT version, also after a rotation moved it.
+CloudWatch: ListMetrics names each metric (namespace, name, dimensions) once, in time linear in the
+data points; moto listed a metric with two or more dimensions once per data point, after a scan
+quadratic in them (a stack publishing every second made it time out within the hour).
 """
 
 from __future__ import annotations
@@ -55,7 +58,48 @@ def _fix_loaded_backends() -> bool:
         _fix_rds()
     if "moto.secretsmanager.models" in sys.modules:
         _fix_secretsmanager()
-    return "moto.rds.models" in sys.modules and "moto.secretsmanager.models" in sys.modules
+    if "moto.cloudwatch.models" in sys.modules:
+        _fix_cloudwatch()
+    return all(
+        name in sys.modules
+        for name in ("moto.rds.models", "moto.secretsmanager.models", "moto.cloudwatch.models")
+    )
+
+
+_cloudwatch_fixed = False
+
+
+def _fix_cloudwatch() -> None:
+    global _cloudwatch_fixed  # noqa: PLW0603 - patch once per process
+    with _rds_lock:
+        if _cloudwatch_fixed:
+            return
+        _cloudwatch_fixed = True
+        _each_metric_listed_once()
+
+
+def _each_metric_listed_once() -> None:
+    """moto deduplicates ListMetrics by comparing each data point with every metric found so far, and
+    its comparison (are_dimensions_same) only holds for one dimension: a proxy's metrics, with two to
+    four, came back once per data point. AWS lists a metric once; a dictionary keyed by what names
+    a metric does that in one pass."""
+    from moto.cloudwatch.models import CloudWatchBackend, Dimension  # noqa: PLC0415
+
+    def get_filtered_metrics(
+        self: Any, metric_name: str, namespace: str, dimensions: list[dict[str, str]]
+    ) -> list[Any]:
+        wanted = [Dimension(d["Name"], d.get("Value")) for d in dimensions or []]
+        found: dict[tuple[str, str, frozenset[tuple[str, str]]], Any] = {}
+        for datum in self.get_all_metrics():
+            if (namespace and namespace != datum.namespace) or (metric_name and metric_name != datum.name):
+                continue
+            if any(dimension not in datum.dimensions for dimension in wanted):
+                continue
+            key = (datum.namespace, datum.name, frozenset((d.name, d.value) for d in datum.dimensions))
+            found.setdefault(key, datum)
+        return list(found.values())
+
+    CloudWatchBackend.get_filtered_metrics = get_filtered_metrics  # type: ignore[method-assign]
 
 
 _secretsmanager_fixed = False

@@ -9,6 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from emulator.stack.moto import AwsEmulator
 from emulator.stack.moto_quirks import TARGET_HEALTH, apply_moto_quirk_fixes
 
 pytestmark = pytest.mark.unit
@@ -132,3 +133,58 @@ def test_get_secret_value_without_a_stage_reads_awscurrent_after_a_rotation_move
         assert "AWSCURRENT" in read["VersionStages"]
         by_name = secrets.get_secret_value(SecretId="rotated")
         assert by_name["VersionId"] == "v2-token-0000000000000000000000000"
+
+
+@pytest.fixture(scope="module")
+def cloudwatch() -> Iterator[Any]:
+    # A moto server, as the stack runs it (mock_aws would reset the backends other tests' stacks use);
+    # the namespace is this test's own, since those stacks publish into the same backend.
+    server = AwsEmulator("eu-central-1")
+    server.start()
+    yield server.client("cloudwatch")
+    server.stop()
+
+
+def _put(cloudwatch: Any, name: str, dimensions: dict[str, str], times: int) -> None:
+    for value in range(times):
+        cloudwatch.put_metric_data(
+            Namespace="Quirks/CloudWatch",
+            MetricData=[
+                {
+                    "MetricName": name,
+                    "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+                    "Value": float(value),
+                }
+            ],
+        )
+
+
+def _listed(cloudwatch: Any, **filters: Any) -> list[tuple[str, dict[str, str]]]:
+    pages = cloudwatch.get_paginator("list_metrics").paginate(Namespace="Quirks/CloudWatch", **filters)
+    listed = [
+        (m["MetricName"], {d["Name"]: d["Value"] for d in m["Dimensions"]})
+        for page in pages
+        for m in page["Metrics"]
+    ]
+    return sorted(listed, key=lambda metric: (metric[0], sorted(metric[1].items())))
+
+
+def test_list_metrics_names_each_metric_once_however_many_data_points_and_dimensions(
+    cloudwatch: Any,
+) -> None:
+    three = {"ProxyName": "p", "TargetGroup": "default", "TargetRole": "READ_WRITE"}
+    _put(cloudwatch, "DatabaseConnections", three, times=4)
+    _put(cloudwatch, "DatabaseConnections", {"ProxyName": "p"}, times=3)
+    _put(cloudwatch, "ClientConnections", {}, times=2)
+    assert _listed(cloudwatch) == [
+        ("ClientConnections", {}),
+        ("DatabaseConnections", {"ProxyName": "p"}),
+        ("DatabaseConnections", three),
+    ]
+    assert _listed(cloudwatch, Dimensions=[{"Name": "TargetRole"}]) == [("DatabaseConnections", three)]
+    assert _listed(
+        cloudwatch, MetricName="DatabaseConnections", Dimensions=[{"Name": "ProxyName", "Value": "p"}]
+    ) == [
+        ("DatabaseConnections", {"ProxyName": "p"}),
+        ("DatabaseConnections", three),
+    ]
