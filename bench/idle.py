@@ -8,9 +8,12 @@ memory and counters are read; then they log out and the proxy must see them all 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import resource
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from bench.procs import Child, memory_kb, open_files_limit, raise_open_files_limit
+from bench.procs import REPO, Child, bench_environment, memory_kb, open_files_limit, raise_open_files_limit
 from bench.report import Area, Figure, Table, at_most, progress, unjudged
 from emulator.errors import ReadinessTimeout
 from emulator.stack.embedded import EmbeddedStack, StackConfig
@@ -273,6 +276,8 @@ def run(count: int) -> Area:
                 area.notes.append(f"{kind.label}: {type(exc).__name__}: {exc}")
                 continue
             _report(area, kind, held[kind.key])
+        if "tls_iam" in held:
+            _tls_floor(area, stack, min(count, 2000))
     area.tables.append(_table(held))
     area.notes.append(
         "kB/client: (the proxy's resident memory with the clients held - after a warm-up of "
@@ -281,6 +286,30 @@ def run(count: int) -> Area:
         "generate_db_auth_token with the stack's credentials), made before the clock starts"
     )
     return area
+
+
+def _tls_floor(area: Area, stack: EmbeddedStack, count: int) -> None:
+    """OpenSSL's own state per TLS connection (bench/tls_floor.py), beside the TLS clients' figure:
+    the part of it no change in the proxy can remove."""
+    certificate = stack.ca.issue_server("tls-floor", ["localhost"])
+    argv = [sys.executable, "-m", "bench.tls_floor", str(certificate.cert_path), str(certificate.key_path)]
+    argv += [str(stack.ca.ca_path), str(count)]
+    try:
+        done = subprocess.run(
+            argv, cwd=REPO, env=bench_environment(), capture_output=True, text=True, timeout=120, check=True
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        area.notes.append(f"OpenSSL's state per TLS connection was not measured: {exc}")
+        return
+    floor = json.loads(done.stdout)
+    area.figures.append(
+        Figure("TLS: OpenSSL's own state per connection", f"{floor['kb_per_connection']:.1f} kB")
+    )
+    area.notes.append(
+        f"OpenSSL's own state: {count:,} handshaken server-side ssl.SSLObjects in a process of their "
+        f"own ({floor['openssl']}, TLS 1.3, the stack's certificate), no event loop and no proxy: the "
+        "floor under the TLS clients' figure with this Python's ssl module"
+    )
 
 
 def _table(held: dict[str, Held]) -> Table:
