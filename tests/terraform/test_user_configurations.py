@@ -6,6 +6,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,14 +54,25 @@ def secret_only(tmp_path: Path) -> Path:
 
 
 def test_a_configuration_without_a_proxy_is_told_what_the_twin_follows(
-    terraform_tools: TerraformTools, secret_only: Path
+    terraform_tools: TerraformTools, secret_only: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs_before = set(Path(tempfile.gettempdir()).glob("local-twin-terraform-*.log"))
+    # The log files this stack makes, by name: other stacks on the machine write theirs too.
+    made: list[str] = []
+    mkstemp = tempfile.mkstemp
+
+    def recording_mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = mkstemp(*args, **kwargs)
+        made.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
     with pytest.raises(ComponentError, match=r"created 0 RDS proxies \(aws_db_proxy\)") as caught:
         _start(secret_only, variables={"name": "app-secret"})
     assert "up --handler MODULE.FUNCTION --code DIR" in str(caught.value)
     # The apply itself went well: its log, which the error does not name, is not left behind.
-    assert set(Path(tempfile.gettempdir()).glob("local-twin-terraform-*.log")) <= logs_before
+    logs = [name for name in made if Path(name).name.startswith("local-twin-terraform-")]
+    assert logs
+    assert not [name for name in logs if Path(name).exists()]
 
 
 def test_a_variable_the_configuration_does_not_declare_is_refused_with_those_it_does(
