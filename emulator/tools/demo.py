@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -163,6 +164,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
                             stack, stack.proxies[ProxyKind.PGBOUNCER], "PgBouncer", config, progress
                         )
                     )
+            # The chart's library loads while the stack stops, which is mostly waiting for processes.
+            threading.Thread(target=_load_chart_library, name="chart-import", daemon=True).start()
     finally:
         logging.getLogger().removeHandler(handler_log)
         handler_log.close()
@@ -228,6 +231,14 @@ def results_table(ways: list[Way]) -> Table:
             f"{way.burst.wall_seconds:.1f}",
         )
     return table
+
+
+def _load_chart_library() -> None:
+    with contextlib.suppress(ImportError):  # write_chart says what is missing
+        import matplotlib  # noqa: PLC0415 - a heavy import only the chart needs
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: PLC0415
 
 
 def write_chart(ways: list[Way], config: DemoConfig) -> None:
