@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-import itertools
 import os
 import re
 import secrets
@@ -40,7 +39,6 @@ from emulator.stack.cluster import (
     write_topology,
 )
 from emulator.stack.moto import AwsEmulator
-from emulator.stack.moto_quirks import TARGET_HEALTH
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
 from emulator.stack.process import ServiceUser, hand_over, service_user
@@ -59,15 +57,6 @@ from emulator.terraform.applied import (
     state_resources,
 )
 from emulator.terraform.workspace import TerraformWorkspace, declared_variables, find_terraform
-
-_stacks_started = itertools.count(1)
-
-
-def _unique_secret_name(name: str) -> str:
-    """moto's state is shared by every stack of one Python process: the second stack gets name-2."""
-    number = next(_stacks_started)
-    return name if number == 1 else f"{name}-{number}"
-
 
 # The names clients may use for the stack's TLS endpoints (verify-full checks them).
 TLS_HOSTNAMES = ["localhost", LOOPBACK]
@@ -375,7 +364,7 @@ class EmbeddedStack(Started, StackEnvironment):
         if cfg.terraform is None:
             # With Terraform, the secret is the one the configuration declares.
             self.secret_arn = self.aws.create_db_secret(
-                _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
+                cfg.secret_name, username=cfg.db_user, password=self.db_password
             )
 
     def run_sql(self, files: Sequence[Path]) -> None:
@@ -397,17 +386,8 @@ class EmbeddedStack(Started, StackEnvironment):
     def _report_target_health(self, emulator: RdsProxyEmulator) -> None:
         """describe_db_proxy_targets answers with what the emulator sees of its target."""
         target = emulator.config.target_name
-
-        def probe() -> tuple[bool, str]:
-            stats = emulator.stats()
-            return bool(stats["target_available"]), str(stats["target_unavailable_reason"])
-
-        TARGET_HEALTH[target] = probe
-
-        def forget() -> None:
-            TARGET_HEALTH.pop(target, None)
-
-        self._cleanups.append(forget)
+        self.aws.follow_target_health(target, f"http://{LOOPBACK}:{emulator.stats_port}/stats")
+        self._cleanups.append(lambda: self.aws.forget_target_health(target))
 
     def _apply_terraform(self, settings: TerraformSettings) -> None:
         """terraform apply against the AWS emulator, then read back what was applied: the local
