@@ -79,7 +79,8 @@ def main() -> None:
         (PostgresServer, "start", "PostgreSQL: server start"),
         (PostgresServer, "create_app_database", "PostgreSQL: database, role"),
         (PostgresServer, "create_proxy_admin_role", "PostgreSQL: proxy's role"),
-        (RdsProxyEmulator, "start", "RDS Proxy emulator"),
+        (RdsProxyEmulator, "launch", "RDS Proxy emulator: its process"),
+        (RdsProxyEmulator, "wait_ready", "RDS Proxy emulator: until ready"),
         (LambdaFunction, "__init__", "Lambda function"),
         (InvokeApi, "__init__", "Lambda Invoke API"),
     ):

@@ -15,13 +15,11 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from emulator.awslambda.package import build_package, foreign_extensions
-from emulator.dbendpoint.component import DatabaseEndpoint
-from emulator.dbendpoint.iamgate import prepare_server, socket_directory_for
 from emulator.dbendpoint.settings import DEFAULT_DNS_TTL_SECONDS, EndpointSettings
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
@@ -63,6 +61,9 @@ TLS_HOSTNAMES = ["localhost", LOOPBACK]
 
 
 # The RDS Proxy settings the emulator knows (clusters add target_instances and proxy_endpoints).
+if TYPE_CHECKING:
+    from emulator.dbendpoint.component import DatabaseEndpoint
+
 _PROXY_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(ProxyConfig))
 
 # The kit's Terraform declares these for the proxy (terraform/rds-proxy.tf); the local stack mirrors them.
@@ -229,23 +230,29 @@ class EmbeddedStack(Started, StackEnvironment):
 
         self.aws = AwsEmulator(cfg.region)
         self._cleanups.append(self.aws.stop)
-        # moto (imports, first requests, the secret) and PostgreSQL (a data directory, a server)
-        # start side by side: neither needs the other.
+        self.postgres = PostgresServer(
+            self.workdir,
+            find_postgres_binaries(),
+            PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
+            user=self.user,
+            certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
+            superuser_password=secrets.token_urlsafe(18),
+        )
+        # moto (its process, the secret, then the proxy emulator when nothing it needs comes later)
+        # and PostgreSQL (a data directory, a server) start side by side: neither needs the other.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-twin-aws") as aws:
             aws_started = aws.submit(self._start_aws)
-            self.postgres = PostgresServer(
-                self.workdir,
-                find_postgres_binaries(),
-                PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
-                user=self.user,
-                certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
-                superuser_password=secrets.token_urlsafe(18),
-            )
             self._cleanups.append(self.postgres.stop)
             self.postgres.initialize()
             self._prepare_iam_database_authentication()
             self.postgres.start()
-            aws_started.result()
+            # (Should PostgreSQL fail, leaving this block waits for the thread, and what it started
+            # is among the cleanups.)
+            early_proxy = aws_started.result()
+        if early_proxy is not None:
+            # Before the database's roles: the proxy (waiting for its target) logs in as the secret's
+            # user, and RDS Proxy creates this role on its target when the target is registered.
+            self.postgres.create_proxy_admin_role()
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
             self._follow_applied_iam_database_authentication()
@@ -266,6 +273,10 @@ class EmbeddedStack(Started, StackEnvironment):
                 self.database_endpoint.host, self.database_endpoint.writer_port, tls=self.postgres.tls
             )
         for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
+            if kind is ProxyKind.EMULATOR and early_proxy is not None:
+                early_proxy.wait_ready()
+                self.proxies[kind] = early_proxy
+                continue
             component = self._make_proxy(kind)
             self._cleanups.append(component.stop)
             if isinstance(component, RdsProxyEmulator):
@@ -325,6 +336,9 @@ class EmbeddedStack(Started, StackEnvironment):
         return self.config.database_kind is not ClusterKind.SINGLE or self.iam_database_authentication
 
     def _start_database_endpoint(self) -> None:
+        # Imported for clusters and IAM only: the IAM gate loads botocore's signer.
+        from emulator.dbendpoint.component import DatabaseEndpoint  # noqa: PLC0415
+
         certificate = self.ca.issue_server("dbendpoint", TLS_HOSTNAMES)
         endpoint = DatabaseEndpoint(
             self.workdir / "dbendpoint",
@@ -358,14 +372,33 @@ class EmbeddedStack(Started, StackEnvironment):
         self.postgres = self.cluster.writer.server
         return report
 
-    def _start_aws(self) -> None:
+    def _start_aws(self) -> RdsProxyEmulator | None:
+        """moto, the stack's secret, and the RDS Proxy emulator launched (not yet ready) when its
+        configuration is known now; returns that emulator."""
         cfg = self.config
         self.aws.start()
-        if cfg.terraform is None:
-            # With Terraform, the secret is the one the configuration declares.
-            self.secret_arn = self.aws.create_db_secret(
-                cfg.secret_name, username=cfg.db_user, password=self.db_password
-            )
+        if cfg.terraform is not None:
+            return None  # the secret is the one the configuration declares, the proxy too
+        self.secret_arn = self.aws.create_db_secret(
+            cfg.secret_name, username=cfg.db_user, password=self.db_password
+        )
+        if not self._proxy_known_early():
+            return None
+        emulator = self._make_emulator()
+        self._cleanups.append(emulator.stop)
+        emulator.launch()
+        return emulator
+
+    def _proxy_known_early(self) -> bool:
+        """Whether the emulator's configuration is known before PostgreSQL runs: no Terraform to apply,
+        no replicas or database endpoints to put in front of it."""
+        cfg = self.config
+        return (
+            ProxyKind.EMULATOR in (cfg.proxy, *cfg.extra_proxies)
+            and cfg.terraform is None
+            and cfg.database_kind is ClusterKind.SINGLE
+            and not self.iam_database_authentication
+        )
 
     def run_sql(self, files: Sequence[Path]) -> None:
         """Run .sql files against the application's database as its owner (the application's role)."""
@@ -609,6 +642,8 @@ class EmbeddedStack(Started, StackEnvironment):
     def _prepare_iam_database_authentication(self) -> None:
         """Before PostgreSQL starts: the socket directory and pg_hba.conf lines the IAM gate needs."""
         if self.iam_database_authentication and not self._iam_prepared:
+            from emulator.dbendpoint.iamgate import prepare_server, socket_directory_for  # noqa: PLC0415
+
             sockets = socket_directory_for(self.topology_path)
             lines = prepare_server(self.postgres.datadir, sockets, owner=self.user)
             self.postgres.append_settings(

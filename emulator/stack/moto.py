@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import secrets
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import boto3
 
 from emulator.errors import ComponentError
 from emulator.net import LOOPBACK
@@ -59,6 +58,8 @@ class AwsEmulator:
 
     def client(self, service: str, region: str | None = None) -> Any:
         """A boto3 client pointed at the emulator, with the stack's credentials."""
+        import boto3  # noqa: PLC0415 - `up` without Terraform starts without the SDK
+
         return boto3.session.Session().client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.endpoint_url,
@@ -67,10 +68,10 @@ class AwsEmulator:
             aws_secret_access_key=self.credentials.secret_access_key,
         )
 
-    def _ask(self, op: str, **fields: Any) -> None:
+    def _ask(self, op: str, **fields: Any) -> dict[str, Any]:
         assert self._process is not None, "not started"
         try:
-            self._process.request(op, **fields)
+            return self._process.request(op, **fields)
         except MotoProcessError as exc:
             raise ComponentError(COMPONENT, str(exc)) from exc
 
@@ -93,13 +94,19 @@ class AwsEmulator:
             self._ask("forget_target_health", target=target)
 
     def create_db_secret(self, name: str, *, username: str, password: str) -> str:
-        """The Secrets Manager secret RDS Proxy reads: {"username": ..., "password": ...}; returns its ARN."""
-        answer = self.client("secretsmanager").create_secret(
-            Name=name,
-            SecretString=json.dumps({"username": username, "password": password}),
-            Description="Database credentials for the local twin (RDS Proxy auth secret)",
+        """The Secrets Manager secret RDS Proxy reads: {"username": ..., "password": ...}; returns its ARN.
+        Sent to Secrets Manager's API by moto's process (moto_server), with this stack's access key."""
+        answer = self._ask(
+            "create_secret",
+            name=name,
+            secret_string=json.dumps({"username": username, "password": password}),
+            description="Database credentials for the local twin (RDS Proxy auth secret)",
+            # As boto3 makes one: a retried request does not create a second version.
+            token=str(uuid.uuid4()),
+            region=self.credentials.region,
+            key=self.credentials.access_key_id,
         )
-        return str(answer["ARN"])
+        return str(answer["arn"])
 
     def environment(self) -> dict[str, str]:
         """What a client process needs to reach this emulator with boto3 or the AWS CLI."""

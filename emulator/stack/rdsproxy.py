@@ -46,11 +46,21 @@ class RdsProxyEmulator:
     def log_path(self) -> Path:
         return self.workdir / "proxy.log"
 
+    @property
+    def _ready_file(self) -> Path:
+        return self.workdir / "ready.json"
+
     def start(self, timeout: float = 60) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process, not waiting for it: the stack starts it while PostgreSQL still starts
+        (it waits for its target), then waits for it with wait_ready()."""
         self.workdir.mkdir(exist_ok=True)
         config_file = self.workdir / "proxy.json"
         config_file.write_text(self.config.to_json())
-        ready_file = self.workdir / "ready.json"
+        ready_file = self._ready_file
         # A ready file left by an earlier run in this directory would make a dead proxy look ready.
         ready_file.unlink(missing_ok=True)
         env = {**os.environ, **self.environment}
@@ -70,10 +80,12 @@ class RdsProxyEmulator:
             stop_signal=signal.SIGTERM,
         )
         self._process.start()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until it listens and has reached its target; a proxy that does not must not outlive this."""
         try:
-            self._wait_ready(ready_file, timeout)
+            self._wait_ready(self._ready_file, timeout)
         except BaseException:
-            # A proxy that never became ready must not outlive its start().
             self.stop()
             raise
 
