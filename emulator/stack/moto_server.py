@@ -7,9 +7,8 @@ where moto runs. The parent talks to it over the child's stdin and stdout, one J
 could not start; then each request line gets one answer line. When stdin ends (the parent stopped
 it, exited or was killed) the child exits: moto never outlives its stack.
 
-Before it says it listens, the child answers one request of each API the stack calls while it
-starts (STS, Secrets Manager, CloudWatch), so their backends are loaded and the stack's first calls
-are fast.
+Before it says it listens, the child answers a request of the API the stack calls while it starts
+(Secrets Manager), so that backend is loaded and the stack's first calls are fast.
 """
 
 from __future__ import annotations
@@ -28,22 +27,14 @@ from typing import IO, Any
 from emulator.net import LOOPBACK
 from emulator.stack.moto_quirks import TARGET_HEALTH, apply_moto_quirk_fixes
 
-# What moto routes a request by: the service and region in the signature's credential scope.
+# What moto routes a request by: the service and region in the signature's credential scope. Only
+# Secrets Manager is asked while the stack starts (the secret, the proxy's first read); the first
+# request of any service also builds what moto's server shares between services.
 _WARM_UP_REQUESTS: tuple[tuple[str, dict[str, str], str], ...] = (
-    (
-        "sts",
-        {"Content-Type": "application/x-www-form-urlencoded"},
-        "Action=GetCallerIdentity&Version=2011-06-15",
-    ),
     (
         "secretsmanager",
         {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "secretsmanager.ListSecrets"},
         "{}",
-    ),
-    (
-        "monitoring",
-        {"Content-Type": "application/x-www-form-urlencoded"},
-        "Action=ListMetrics&Version=2010-08-01",
     ),
 )
 WARM_UP_ACCESS_KEY_ID = "AKIALOCALTWINWARMUP0"
