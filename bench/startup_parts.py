@@ -73,7 +73,7 @@ def main() -> None:
     for owner, method, label in (
         (LocalCA, "__init__", "certificate authority"),
         (LocalCA, "issue_server", "server certificates"),
-        (AwsEmulator, "start", "moto server (waits for its process)"),
+        (AwsEmulator, "wait_ready", "moto: until ready (its process)"),
         (AwsEmulator, "create_db_secret", "moto: the DB secret"),
         (PostgresServer, "initialize", "PostgreSQL: data directory"),
         (PostgresServer, "start", "PostgreSQL: server start"),

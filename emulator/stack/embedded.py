@@ -39,9 +39,9 @@ from emulator.stack.cluster import (
 from emulator.stack.moto import AwsEmulator
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
-from emulator.stack.process import ServiceUser, hand_over, service_user
+from emulator.stack.process import ManagedProcess, ServiceUser, hand_over, service_user
 from emulator.stack.proxies import DirectProxy, ProxyComponent, ProxyKind
-from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config
+from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config, start_ahead
 from emulator.stack.schema import run_sql_files, sql_files
 from emulator.stack.tls import LocalCA
 from emulator.terraform.applied import (
@@ -230,6 +230,16 @@ class EmbeddedStack(Started, StackEnvironment):
 
         self.aws = AwsEmulator(cfg.region)
         self._cleanups.append(self.aws.stop)
+        self.aws.launch()
+        # Its imports take longer than moto's answer to the secret: it starts now and waits for its
+        # configuration (launched in _start_aws).
+        proxy_ahead = (
+            start_ahead(self.workdir / "rdsproxy", self.aws.environment())
+            if self._proxy_known_early()
+            else None
+        )
+        if proxy_ahead is not None:
+            self._cleanups.append(proxy_ahead.stop)
         self.postgres = PostgresServer(
             self.workdir,
             find_postgres_binaries(),
@@ -241,7 +251,7 @@ class EmbeddedStack(Started, StackEnvironment):
         # moto (its process, the secret, then the proxy emulator when nothing it needs comes later)
         # and PostgreSQL (a data directory, a server) start side by side: neither needs the other.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-twin-aws") as aws:
-            aws_started = aws.submit(self._start_aws)
+            aws_started = aws.submit(self._start_aws, proxy_ahead)
             self._cleanups.append(self.postgres.stop)
             self.postgres.initialize()
             self._prepare_iam_database_authentication()
@@ -249,16 +259,17 @@ class EmbeddedStack(Started, StackEnvironment):
             # (Should PostgreSQL fail, leaving this block waits for the thread, and what it started
             # is among the cleanups.)
             early_proxy = aws_started.result()
-        if early_proxy is not None:
-            # Before the database's roles: the proxy (waiting for its target) logs in as the secret's
-            # user, and RDS Proxy creates this role on its target when the target is registered.
-            self.postgres.create_proxy_admin_role()
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
             self._follow_applied_iam_database_authentication()
+        # First thing on a new server: the proxy launched early is already trying to log in as this
+        # (the secret's) user.
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
+        if early_proxy is not None:
+            # RDS Proxy creates this role on its target when the target is registered.
+            self.postgres.create_proxy_admin_role()
         self._let_the_application_user_grant_rds_iam()
         if cfg.init_sql:
             self.run_sql(sql_files(cfg.init_sql))
@@ -372,19 +383,19 @@ class EmbeddedStack(Started, StackEnvironment):
         self.postgres = self.cluster.writer.server
         return report
 
-    def _start_aws(self) -> RdsProxyEmulator | None:
-        """moto, the stack's secret, and the RDS Proxy emulator launched (not yet ready) when its
-        configuration is known now; returns that emulator."""
+    def _start_aws(self, proxy_ahead: ManagedProcess | None) -> RdsProxyEmulator | None:
+        """moto ready, the stack's secret, and the RDS Proxy emulator started ahead given its
+        configuration (launched, not yet ready); returns that emulator."""
         cfg = self.config
-        self.aws.start()
+        self.aws.wait_ready()
         if cfg.terraform is not None:
             return None  # the secret is the one the configuration declares, the proxy too
         self.secret_arn = self.aws.create_db_secret(
             cfg.secret_name, username=cfg.db_user, password=self.db_password
         )
-        if not self._proxy_known_early():
+        if proxy_ahead is None:
             return None
-        emulator = self._make_emulator()
+        emulator = self._make_emulator(started_ahead=proxy_ahead)
         self._cleanups.append(emulator.stop)
         emulator.launch()
         return emulator
@@ -584,7 +595,7 @@ class EmbeddedStack(Started, StackEnvironment):
             server_tls=self.config.pgbouncer_server_tls,
         )
 
-    def _make_emulator(self) -> RdsProxyEmulator:
+    def _make_emulator(self, started_ahead: ManagedProcess | None = None) -> RdsProxyEmulator:
         cfg = self.config
         settings = dict(cfg.proxy_settings)
         if self.applied is not None:
@@ -598,7 +609,7 @@ class EmbeddedStack(Started, StackEnvironment):
         settings.update(self._proxy_cluster_settings(settings))
         settings.update(self._end_to_end_iam_target(settings))
         try:
-            return self.make_emulator(settings)
+            return self.make_emulator(settings, started_ahead=started_ahead)
         except ValueError as exc:
             source = "the applied Terraform configuration" if self.applied else "--proxy-setting"
             raise ComponentError("RDS Proxy emulator", str(exc), f"fix the setting in {source}") from exc
@@ -702,7 +713,13 @@ class EmbeddedStack(Started, StackEnvironment):
     def _writer_name(self) -> str:
         return str(read_topology(self.topology_path)["writer"])
 
-    def make_emulator(self, settings: Mapping[str, Any], *, name: str = "rdsproxy") -> RdsProxyEmulator:
+    def make_emulator(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        name: str = "rdsproxy",
+        started_ahead: ManagedProcess | None = None,
+    ) -> RdsProxyEmulator:
         """An RDS Proxy emulator (not started) in front of this stack's PostgreSQL, with the stack's
         secret, certificate authority and AWS endpoint, and these settings by their Terraform names.
         Raises ValueError for settings the emulator refuses."""
@@ -717,7 +734,9 @@ class EmbeddedStack(Started, StackEnvironment):
             tls_key_file=str(certificate.key_path),
             settings=settings,
         )
-        return RdsProxyEmulator(self.workdir / name, config, environment=self.aws.environment())
+        return RdsProxyEmulator(
+            self.workdir / name, config, environment=self.aws.environment(), started_ahead=started_ahead
+        )
 
     def stop(self) -> None:
         """Stop everything that was started, newest first; a component that fails to stop is reported and the

@@ -36,15 +36,25 @@ class AwsEmulator:
         self.endpoint_url = ""
 
     def start(self, timeout: float = 60) -> None:
-        # `up` started one before its imports; otherwise one of this stack's own.
-        self._process = adopt(self.credentials.region) or MotoProcess(self.credentials.region)
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Its process, not waiting for it: endpoint_url is known from here on."""
+        if self._process is None:
+            # `up` started one before its imports; otherwise one of this stack's own.
+            self._process = adopt(self.credentials.region) or MotoProcess(self.credentials.region)
+            self.endpoint_url = f"http://{LOOPBACK}:{self._process.endpoint_port}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until moto answers; a moto that does not is stopped."""
+        assert self._process is not None, "not launched"
         try:
-            port = self._process.port(timeout)
+            self._process.port(timeout)
         except MotoProcessError as exc:
             self.stop()
             hint = INSTALL_HINT if exc.not_installed else ""
             raise ComponentError(COMPONENT, str(exc), hint) from exc
-        self.endpoint_url = f"http://{LOOPBACK}:{port}"
 
     @property
     def pid(self) -> int:

@@ -16,6 +16,8 @@ import sys
 import threading
 from typing import IO, Any
 
+from emulator.net import free_port
+
 COMPONENT = "AWS API emulator (moto server)"
 INSTALL_HINT = "pip install 'moto[server]'"
 # The region whose backends a prestarted moto warms up: the stack's default.
@@ -35,10 +37,13 @@ class MotoProcess:
 
     def __init__(self, region: str) -> None:
         self.region = region
+        # Chosen here, so the endpoint is known before moto answers (the stack hands it to processes
+        # it starts meanwhile).
+        self.endpoint_port = free_port()
         # stdin is the child's lifeline: when this process ends, by any signal, the kernel closes the
         # pipe and the child exits. Its own session keeps the terminal's Ctrl+C away from it.
         self._popen = subprocess.Popen(
-            [sys.executable, "-m", "emulator.stack.moto_server", region],
+            [sys.executable, "-m", "emulator.stack.moto_server", region, str(self.endpoint_port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
@@ -75,12 +80,12 @@ class MotoProcess:
         return answer
 
     def port(self, timeout: float = 60) -> int:
-        """The port moto listens on, once it answers (backends warmed up)."""
+        """The port moto listens on (endpoint_port), once it answers (backends warmed up)."""
         with self._lock:
             if self._port is None:
                 answer = self._next_answer(timeout)
                 if "error" in answer:
-                    raise MotoProcessError(str(answer["error"]), not_installed=True)
+                    raise MotoProcessError(str(answer["error"]), not_installed=bool(answer.get("import")))
                 self._port = int(answer["port"])
             return self._port
 

@@ -1,4 +1,4 @@
-"""moto's server in a process of its own: `python -m emulator.stack.moto_server REGION`.
+"""moto's server in a process of its own: `python -m emulator.stack.moto_server REGION PORT`.
 
 One per stack, so no two stacks share moto's state, and the stack's Python process does not pay for
 moto's imports and first requests under its own GIL. The kit's fixes (moto_quirks) are applied here,
@@ -41,7 +41,7 @@ WARM_UP_ACCESS_KEY_ID = "AKIALOCALTWINWARMUP0"
 
 
 def main(argv: list[str]) -> int:
-    (region,) = argv
+    region, port = argv[0], int(argv[1])
     # The protocol's channel is a copy of stdout; anything moto prints goes to stderr instead.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         )
         from werkzeug.serving import make_server  # noqa: PLC0415
     except ImportError as exc:
-        _say(channel, {"error": f"moto's server mode is not installed ({exc})"})
+        _say(channel, {"error": f"moto's server mode is not installed ({exc})", "import": True})
         return 3
     apply_moto_quirk_fixes()
     _aws_managed_policies_on_first_iam_request()
@@ -67,7 +67,11 @@ def main(argv: list[str]) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app = DomainDispatcherApplication(create_backend_app)
     _warm_up(app, region)
-    server = make_server(LOOPBACK, 0, app, threaded=True, request_handler=MotoRequestHandler)
+    try:
+        server = make_server(LOOPBACK, port, app, threaded=True, request_handler=MotoRequestHandler)
+    except OSError as exc:
+        _say(channel, {"error": f"cannot listen on {LOOPBACK}:{port}: {exc}"})
+        return 3
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
     _say(channel, {"port": server.server_port})
     for line in sys.stdin:
