@@ -248,7 +248,7 @@ class EmbeddedStack(Started, StackEnvironment):
             certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
             superuser_password=secrets.token_urlsafe(18),
         )
-        # moto (its process, the secret, then the proxy emulator when nothing it needs comes later)
+        # moto (its answer, the secret, the proxy emulator's configuration when nothing it needs comes later)
         # and PostgreSQL (a data directory, a server) start side by side: neither needs the other.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-twin-aws") as aws:
             aws_started = aws.submit(self._start_aws, proxy_ahead)
@@ -262,12 +262,13 @@ class EmbeddedStack(Started, StackEnvironment):
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
             self._follow_applied_iam_database_authentication()
-        # First thing on a new server: the proxy launched early is already trying to log in as this
-        # (the secret's) user.
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
         if early_proxy is not None:
+            # Its configuration once it can log in as the secret's user: a refused login would make it
+            # read its secret again and back off.
+            early_proxy.launch()
             # RDS Proxy creates this role on its target when the target is registered.
             self.postgres.create_proxy_admin_role()
         self._let_the_application_user_grant_rds_iam()
@@ -384,8 +385,8 @@ class EmbeddedStack(Started, StackEnvironment):
         return report
 
     def _start_aws(self, proxy_ahead: ManagedProcess | None) -> RdsProxyEmulator | None:
-        """moto ready, the stack's secret, and the RDS Proxy emulator started ahead given its
-        configuration (launched, not yet ready); returns that emulator."""
+        """moto ready, the stack's secret, and the RDS Proxy emulator started ahead made with its
+        configuration (launched once the database has its roles); returns that emulator."""
         cfg = self.config
         self.aws.wait_ready()
         if cfg.terraform is not None:
@@ -397,7 +398,6 @@ class EmbeddedStack(Started, StackEnvironment):
             return None
         emulator = self._make_emulator(started_ahead=proxy_ahead)
         self._cleanups.append(emulator.stop)
-        emulator.launch()
         return emulator
 
     def _proxy_known_early(self) -> bool:
