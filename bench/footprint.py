@@ -2,7 +2,7 @@
 
 The idle stack is `up` right after it is ready plus a moment to settle, before any invocation
 (Lambda's forkserver and environments start with the first one). Every process of `up`'s tree is
-counted: `up` itself (moto's server and the Invoke API run in it), PostgreSQL's processes, the
+counted: `up` itself (the Invoke API runs in it), moto's process, PostgreSQL's processes, the
 proxy's, and whatever else it started.
 """
 
@@ -23,12 +23,14 @@ SETTLE_SECONDS = 2.0
 
 def _role(process: psutil.Process, up_pid: int) -> str:
     if process.pid == up_pid:
-        return "up (CLI, moto, Invoke API)"
+        return "up (CLI, Invoke API)"
     try:
         cmdline = " ".join(process.cmdline())
         name = process.name()
     except psutil.Error:
         return "(gone)"
+    if "emulator.stack.moto_server" in cmdline:
+        return "moto (AWS API emulator)"
     if "emulator.rdsproxy" in cmdline:
         return "RDS Proxy emulator"
     if name.startswith(("postgres", "postmaster")):

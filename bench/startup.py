@@ -45,7 +45,8 @@ def run(runs: int) -> Area:
     area.notes.append(
         "parts: one more start of the same twin in a child process with the stack's steps timed "
         "(bench/startup_parts.py); 'from' is when a part began, counted from the process's spawn. "
-        "moto starts on a thread beside PostgreSQL, so parts overlap"
+        "moto's process starts before the imports and warms up beside them; the stack waits for it, "
+        "makes the secret and launches the proxy on a thread beside PostgreSQL, so parts overlap"
     )
     return area
 

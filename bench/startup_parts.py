@@ -4,7 +4,8 @@ The stack reports no timings of its own, so this child starts the same twin `up`
 default TwinConfig: the emulator with IAM and TLS, the example function, the Invoke API) with the
 stack's steps wrapped in timers, and prints one JSON object: each part's start (from the moment the
 parent spawned this process, SPAWNED_AT, its time.time()) and duration. A child of its own, so the
-imports are as cold as in `up`. Parts on moto's thread overlap PostgreSQL's.
+imports are as cold as in `up`. moto's process warms up beside the imports; parts on
+the stack's moto thread overlap PostgreSQL's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def main() -> None:
     origin = float(sys.argv[1])
     parts: list[Part] = [{"label": "Python's start", "start": 0.0, "seconds": STARTED - origin, "thread": ""}]
     begun = time.time()
+    # As `python -m emulator up` (emulator/__main__.py): moto's process first, then the imports.
+    from emulator.stack.moto_process import prestart  # noqa: PLC0415
+
+    prestart()
+    parts.append({"label": "moto's process spawned", "start": begun - origin, "seconds": time.time() - begun})
+    begun = time.time()
     # What `python -m emulator up` imports before it starts anything.
     import emulator.cli  # noqa: F401, PLC0415
     from emulator.awslambda.function import LambdaFunction  # noqa: PLC0415
@@ -66,13 +73,14 @@ def main() -> None:
     for owner, method, label in (
         (LocalCA, "__init__", "certificate authority"),
         (LocalCA, "issue_server", "server certificates"),
-        (AwsEmulator, "start", "moto server"),
+        (AwsEmulator, "wait_ready", "moto: until ready (its process)"),
         (AwsEmulator, "create_db_secret", "moto: the DB secret"),
         (PostgresServer, "initialize", "PostgreSQL: data directory"),
         (PostgresServer, "start", "PostgreSQL: server start"),
         (PostgresServer, "create_app_database", "PostgreSQL: database, role"),
         (PostgresServer, "create_proxy_admin_role", "PostgreSQL: proxy's role"),
-        (RdsProxyEmulator, "start", "RDS Proxy emulator"),
+        (RdsProxyEmulator, "launch", "RDS Proxy emulator: its process"),
+        (RdsProxyEmulator, "wait_ready", "RDS Proxy emulator: until ready"),
         (LambdaFunction, "__init__", "Lambda function"),
         (InvokeApi, "__init__", "Lambda Invoke API"),
     ):

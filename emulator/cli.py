@@ -17,20 +17,13 @@ from types import FrameType
 from typing import Any
 
 from emulator.awslambda.function import FunctionConfig, InitMode
-from emulator.awslambda.package import build_package
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
-from emulator.rdsproxy import main as proxy_main
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import EmbeddedStack, StackConfig, env_key
 from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
-from emulator.stage import cli as stage_cli
-from emulator.tools.demo import DemoConfig, run_demo
-from emulator.tools.failover_demo import FailoverDemoConfig, run_failover_demo
-from emulator.tools.failover_demo import exit_code as failover_exit_code
-from emulator.tools.sqlcheck import cli as sqlcheck_cli
 from emulator.twin.config import TwinConfig
 from emulator.twin.control import CONTROL_URL, ControlError, ControlServer, request_failover
 from emulator.twin.local import LocalTwin
@@ -48,25 +41,44 @@ def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
     raise Shutdown(signal.Signals(signum).name)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with a known command, only that command's parser is built (each one imports
+    what its options need: `up` does not wait for the demo's or the stage's modules)."""
     parser = argparse.ArgumentParser(
         # The console script, or `python -m emulator`: the same commands.
         prog="rds-proxy-twin" if Path(sys.argv[0]).name == "rds-proxy-twin" else "python -m emulator",
         description="The local twin of AWS Lambda + RDS Proxy + PostgreSQL, without AWS and without Docker.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_up(commands)
-    _add_invoke(commands)
-    _add_failover(commands)
-    _add_package(commands)
-    stage_cli.add_parser(commands)
-    _add_proxy(commands)
-    _add_report(commands)
-    _add_rotate_secret(commands)
-    sqlcheck_cli.add_parser(commands)
-    _add_demo(commands)
-    _add_failover_demo(commands)
+    adders = {
+        "up": _add_up,
+        "invoke": _add_invoke,
+        "failover": _add_failover,
+        "package": _add_package,
+        "stage": _add_stage,
+        "proxy": _add_proxy,
+        "report": _add_report,
+        "rotate-secret": _add_rotate_secret,
+        "check-sql": _add_check_sql,
+        "demo": _add_demo,
+        "failover-demo": _add_failover_demo,
+    }
+    for name, add in adders.items():
+        if command in (None, name) or command not in adders:
+            add(commands)
     return parser
+
+
+def _add_stage(commands: Commands) -> None:
+    from emulator.stage import cli as stage_cli  # noqa: PLC0415 - only for this command
+
+    stage_cli.add_parser(commands)
+
+
+def _add_check_sql(commands: Commands) -> None:
+    from emulator.tools.sqlcheck import cli as sqlcheck_cli  # noqa: PLC0415 - only for this command
+
+    sqlcheck_cli.add_parser(commands)
 
 
 def _add_up(commands: Commands) -> None:
@@ -345,6 +357,8 @@ def _add_proxy(commands: Commands) -> None:
         "NAME=VALUE overrides. It reads the database credentials from the Secrets Manager secret "
         "secret_arn through aws_endpoint_url, with the AWS credentials of its environment.",
     )
+    from emulator.rdsproxy import main as proxy_main  # noqa: PLC0415 - only for this command
+
     proxy_main.add_arguments(proxy)
 
 
@@ -412,6 +426,8 @@ def _add_demo(commands: Commands) -> None:
         "or yours) directly against PostgreSQL and through the poolers, print a table and write a PNG "
         "chart. Exits 1 when invocations fail other than by PostgreSQL refusing connections directly.",
     )
+    from emulator.tools.demo import DemoConfig  # noqa: PLC0415 - only for this command
+
     defaults = DemoConfig()
     demo.add_argument(
         "--invocations",
@@ -471,6 +487,8 @@ def _add_failover_demo(commands: Commands) -> None:
         "chart over time. Exits 1 when a way never recovered or more proxied invocations failed than "
         "were in flight at the failover.",
     )
+    from emulator.tools.failover_demo import FailoverDemoConfig  # noqa: PLC0415 - only for this command
+
     defaults = FailoverDemoConfig()
     demo.add_argument(
         "--workers",
@@ -765,6 +783,8 @@ def _invoke(args: argparse.Namespace) -> int:
 def _package(args: argparse.Namespace) -> int:
     if not args.code.is_dir():
         _usage_error(f"--code {args.code}: no such directory")
+    from emulator.awslambda.package import build_package  # noqa: PLC0415 - only for this command
+
     out = build_package(args.out, source=args.code, with_dependencies=not args.handler_only)
     print(f"{out} ({out.stat().st_size / 1024:.1f} KiB)")
     return 0
@@ -788,6 +808,8 @@ def _demo_function(args: argparse.Namespace) -> tuple[TwinConfig, FunctionConfig
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from emulator.tools.demo import DemoConfig, run_demo  # noqa: PLC0415 - only for this command
+
     twin, function, payload = _demo_function(args)
     ways = run_demo(
         DemoConfig(
@@ -811,6 +833,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _failover_demo(args: argparse.Namespace) -> int:
+    from emulator.tools.failover_demo import (  # noqa: PLC0415 - only for this command
+        FailoverDemoConfig,
+        run_failover_demo,
+    )
+    from emulator.tools.failover_demo import exit_code as failover_exit_code  # noqa: PLC0415
+
     if args.cluster == ClusterKind.SINGLE.value:
         _usage_error("a failover needs a cluster: --cluster multi-az or aurora")
     for name in ("workers", "period_ms", "work_ms"):
@@ -861,8 +889,27 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    from emulator.rdsproxy import main as proxy_main  # noqa: PLC0415 - only for this command
+
+    return proxy_main.command(args)
+
+
+def _check_sql(args: argparse.Namespace) -> int:
+    from emulator.tools.sqlcheck import cli as sqlcheck_cli  # noqa: PLC0415 - only for this command
+
+    return sqlcheck_cli.run(args)
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from emulator.stage import cli as stage_cli  # noqa: PLC0415 - only for this command
+
+    return stage_cli.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(arguments[0] if arguments else None).parse_args(arguments)
     # A process started in the background of a script inherits SIGINT ignored, and Python then
     # leaves it ignored: `kill -INT` would do nothing. Both signals stop the kit however it started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -874,11 +921,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "package": _package,
         "demo": _demo,
         "failover-demo": _failover_demo,
-        "proxy": proxy_main.command,
+        "proxy": _proxy,
         "report": _report,
         "rotate-secret": _rotate_secret,
-        "check-sql": sqlcheck_cli.run,
-        "stage": stage_cli.run,
+        "check-sql": _check_sql,
+        "stage": _stage,
     }
     try:
         return commands[args.command](args)

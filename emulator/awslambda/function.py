@@ -32,9 +32,8 @@ from typing import Any, Literal, Self
 
 import psutil
 
-from emulator.awslambda import worker
 from emulator.awslambda.logs import FunctionLog, invocation_log
-from emulator.awslambda.worker import Meta, WorkerSpec, serve, serve_snapshot
+from emulator.awslambda.spec import WORKER_MODULE, Meta, WorkerSpec, serve, serve_snapshot
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR
 from emulator.terraform.applied import AppliedFunction
@@ -56,7 +55,7 @@ def lambda_error(message: str, error_type: str) -> dict[str, str]:
 
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload([worker.__name__])
+_context.set_forkserver_preload([WORKER_MODULE])
 
 
 def stop_zygote() -> None:

@@ -23,7 +23,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -35,6 +34,7 @@ import psycopg  # noqa: F401 - both drivers loaded once in the zygote, for every
 import psycopg2  # noqa: F401
 
 from emulator.awslambda.context import LambdaContext
+from emulator.awslambda.spec import WorkerSpec
 
 _PR_SET_PDEATHSIG = 1
 _shared_loader = botocore.loaders.create_loader()
@@ -49,23 +49,6 @@ botocore.session.Session._register_data_loader = _register_shared_loader  # type
 for _service in ("rds", "secretsmanager", "sts"):
     # Load the models the handler's clients need while still in the zygote.
     boto3.session.Session().client(_service, region_name="us-east-1")
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    # The function's code directory (Lambda's task root, first on sys.path) and its handler,
-    # "module.function" with a dotted module path, as Lambda's Handler setting.
-    task_root: str
-    handler: str
-    environment: dict[str, str]
-    function_name: str
-    function_arn: str
-    memory_mb: int
-    timeout_seconds: float
-
-
-# What one Init or invocation printed, and what it cost (the REPORT line's figures).
-Meta = dict[str, Any]
 
 
 def _error_payload(exc: BaseException) -> dict[str, Any]:

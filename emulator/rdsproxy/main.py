@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from pathlib import Path
 
 from emulator.rdsproxy.config import ProxyConfig
@@ -39,9 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write {port, stats_port, endpoints} as JSON here once listening",
     )
     parser.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
+    parser.add_argument(
+        "--wait-for-config",
+        type=float,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the --config file to appear, loading the proxy meanwhile (the stack "
+        "starts the process before it knows the secret)",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.wait_for_config is not None and not _config_appears(args.config, args.wait_for_config):
+        print(f"error: no configuration at {args.config} after {args.wait_for_config:g} s", file=sys.stderr)
+        return 2
     try:
         config = ProxyConfig.from_file(args.config) if args.config else ProxyConfig()
         config = config.with_overrides(args.overrides)
@@ -53,6 +64,22 @@ def command(args: argparse.Namespace) -> int:
         return 0
     run(config, str(args.ready_file) if args.ready_file else None)
     return 0
+
+
+def _config_appears(path: Path | None, timeout: float) -> bool:
+    """Import what serving needs, then wait for the configuration file (written whole, renamed into
+    place) to exist."""
+    import emulator.rdsproxy.listener  # noqa: F401, PLC0415 - loaded while the stack still prepares
+
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401, PLC0415
+
+    deadline = time.monotonic() + timeout
+    while path is not None and not path.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return path is not None
 
 
 def run(config: ProxyConfig, ready_file: str | None = None) -> None:

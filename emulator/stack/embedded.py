@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-import itertools
 import os
 import re
 import secrets
@@ -16,13 +15,11 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from emulator.awslambda.package import build_package, foreign_extensions
-from emulator.dbendpoint.component import DatabaseEndpoint
-from emulator.dbendpoint.iamgate import prepare_server, socket_directory_for
 from emulator.dbendpoint.settings import DEFAULT_DNS_TTL_SECONDS, EndpointSettings
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
@@ -40,12 +37,11 @@ from emulator.stack.cluster import (
     write_topology,
 )
 from emulator.stack.moto import AwsEmulator
-from emulator.stack.moto_quirks import TARGET_HEALTH
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
-from emulator.stack.process import ServiceUser, hand_over, service_user
+from emulator.stack.process import ManagedProcess, ServiceUser, hand_over, service_user
 from emulator.stack.proxies import DirectProxy, ProxyComponent, ProxyKind
-from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config
+from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config, start_ahead
 from emulator.stack.schema import run_sql_files, sql_files
 from emulator.stack.tls import LocalCA
 from emulator.terraform.applied import (
@@ -60,20 +56,14 @@ from emulator.terraform.applied import (
 )
 from emulator.terraform.workspace import TerraformWorkspace, declared_variables, find_terraform
 
-_stacks_started = itertools.count(1)
-
-
-def _unique_secret_name(name: str) -> str:
-    """moto's state is shared by every stack of one Python process: the second stack gets name-2."""
-    number = next(_stacks_started)
-    return name if number == 1 else f"{name}-{number}"
-
-
 # The names clients may use for the stack's TLS endpoints (verify-full checks them).
 TLS_HOSTNAMES = ["localhost", LOOPBACK]
 
 
 # The RDS Proxy settings the emulator knows (clusters add target_instances and proxy_endpoints).
+if TYPE_CHECKING:
+    from emulator.dbendpoint.component import DatabaseEndpoint
+
 _PROXY_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(ProxyConfig))
 
 # The kit's Terraform declares these for the proxy (terraform/rds-proxy.tf); the local stack mirrors them.
@@ -240,29 +230,47 @@ class EmbeddedStack(Started, StackEnvironment):
 
         self.aws = AwsEmulator(cfg.region)
         self._cleanups.append(self.aws.stop)
-        # moto (imports, first requests, the secret) and PostgreSQL (a data directory, a server)
-        # start side by side: neither needs the other.
+        self.aws.launch()
+        # Its imports take longer than moto's answer to the secret: it starts now and waits for its
+        # configuration (launched in _start_aws).
+        proxy_ahead = (
+            start_ahead(self.workdir / "rdsproxy", self.aws.environment())
+            if self._proxy_known_early()
+            else None
+        )
+        if proxy_ahead is not None:
+            self._cleanups.append(proxy_ahead.stop)
+        self.postgres = PostgresServer(
+            self.workdir,
+            find_postgres_binaries(),
+            PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
+            user=self.user,
+            certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
+            superuser_password=secrets.token_urlsafe(18),
+        )
+        # moto (its answer, the secret, the proxy emulator's configuration when nothing it needs comes later)
+        # and PostgreSQL (a data directory, a server) start side by side: neither needs the other.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-twin-aws") as aws:
-            aws_started = aws.submit(self._start_aws)
-            self.postgres = PostgresServer(
-                self.workdir,
-                find_postgres_binaries(),
-                PostgresSettings(cfg.max_connections, cfg.superuser_reserved_connections),
-                user=self.user,
-                certificate=self.ca.issue_server("postgres", TLS_HOSTNAMES),
-                superuser_password=secrets.token_urlsafe(18),
-            )
+            aws_started = aws.submit(self._start_aws, proxy_ahead)
             self._cleanups.append(self.postgres.stop)
             self.postgres.initialize()
             self._prepare_iam_database_authentication()
             self.postgres.start()
-            aws_started.result()
+            # (Should PostgreSQL fail, leaving this block waits for the thread, and what it started
+            # is among the cleanups.)
+            early_proxy = aws_started.result()
         if cfg.terraform is not None:
             self._apply_terraform(cfg.terraform)
             self._follow_applied_iam_database_authentication()
         self.postgres.create_app_database(
             database=self.config.database, user=self.config.db_user, password=self.db_password
         )
+        if early_proxy is not None:
+            # Its configuration once it can log in as the secret's user: a refused login would make it
+            # read its secret again and back off.
+            early_proxy.launch()
+            # RDS Proxy creates this role on its target when the target is registered.
+            self.postgres.create_proxy_admin_role()
         self._let_the_application_user_grant_rds_iam()
         if cfg.init_sql:
             self.run_sql(sql_files(cfg.init_sql))
@@ -277,6 +285,10 @@ class EmbeddedStack(Started, StackEnvironment):
                 self.database_endpoint.host, self.database_endpoint.writer_port, tls=self.postgres.tls
             )
         for kind in dict.fromkeys((cfg.proxy, *cfg.extra_proxies)):
+            if kind is ProxyKind.EMULATOR and early_proxy is not None:
+                early_proxy.wait_ready()
+                self.proxies[kind] = early_proxy
+                continue
             component = self._make_proxy(kind)
             self._cleanups.append(component.stop)
             if isinstance(component, RdsProxyEmulator):
@@ -336,6 +348,9 @@ class EmbeddedStack(Started, StackEnvironment):
         return self.config.database_kind is not ClusterKind.SINGLE or self.iam_database_authentication
 
     def _start_database_endpoint(self) -> None:
+        # Imported for clusters and IAM only: the IAM gate loads botocore's signer.
+        from emulator.dbendpoint.component import DatabaseEndpoint  # noqa: PLC0415
+
         certificate = self.ca.issue_server("dbendpoint", TLS_HOSTNAMES)
         endpoint = DatabaseEndpoint(
             self.workdir / "dbendpoint",
@@ -369,14 +384,32 @@ class EmbeddedStack(Started, StackEnvironment):
         self.postgres = self.cluster.writer.server
         return report
 
-    def _start_aws(self) -> None:
+    def _start_aws(self, proxy_ahead: ManagedProcess | None) -> RdsProxyEmulator | None:
+        """moto ready, the stack's secret, and the RDS Proxy emulator started ahead made with its
+        configuration (launched once the database has its roles); returns that emulator."""
         cfg = self.config
-        self.aws.start()
-        if cfg.terraform is None:
-            # With Terraform, the secret is the one the configuration declares.
-            self.secret_arn = self.aws.create_db_secret(
-                _unique_secret_name(cfg.secret_name), username=cfg.db_user, password=self.db_password
-            )
+        self.aws.wait_ready()
+        if cfg.terraform is not None:
+            return None  # the secret is the one the configuration declares, the proxy too
+        self.secret_arn = self.aws.create_db_secret(
+            cfg.secret_name, username=cfg.db_user, password=self.db_password
+        )
+        if proxy_ahead is None:
+            return None
+        emulator = self._make_emulator(started_ahead=proxy_ahead)
+        self._cleanups.append(emulator.stop)
+        return emulator
+
+    def _proxy_known_early(self) -> bool:
+        """Whether the emulator's configuration is known before PostgreSQL runs: no Terraform to apply,
+        no replicas or database endpoints to put in front of it."""
+        cfg = self.config
+        return (
+            ProxyKind.EMULATOR in (cfg.proxy, *cfg.extra_proxies)
+            and cfg.terraform is None
+            and cfg.database_kind is ClusterKind.SINGLE
+            and not self.iam_database_authentication
+        )
 
     def run_sql(self, files: Sequence[Path]) -> None:
         """Run .sql files against the application's database as its owner (the application's role)."""
@@ -397,17 +430,8 @@ class EmbeddedStack(Started, StackEnvironment):
     def _report_target_health(self, emulator: RdsProxyEmulator) -> None:
         """describe_db_proxy_targets answers with what the emulator sees of its target."""
         target = emulator.config.target_name
-
-        def probe() -> tuple[bool, str]:
-            stats = emulator.stats()
-            return bool(stats["target_available"]), str(stats["target_unavailable_reason"])
-
-        TARGET_HEALTH[target] = probe
-
-        def forget() -> None:
-            TARGET_HEALTH.pop(target, None)
-
-        self._cleanups.append(forget)
+        self.aws.follow_target_health(target, f"http://{LOOPBACK}:{emulator.stats_port}/stats")
+        self._cleanups.append(lambda: self.aws.forget_target_health(target))
 
     def _apply_terraform(self, settings: TerraformSettings) -> None:
         """terraform apply against the AWS emulator, then read back what was applied: the local
@@ -571,7 +595,7 @@ class EmbeddedStack(Started, StackEnvironment):
             server_tls=self.config.pgbouncer_server_tls,
         )
 
-    def _make_emulator(self) -> RdsProxyEmulator:
+    def _make_emulator(self, started_ahead: ManagedProcess | None = None) -> RdsProxyEmulator:
         cfg = self.config
         settings = dict(cfg.proxy_settings)
         if self.applied is not None:
@@ -585,7 +609,7 @@ class EmbeddedStack(Started, StackEnvironment):
         settings.update(self._proxy_cluster_settings(settings))
         settings.update(self._end_to_end_iam_target(settings))
         try:
-            return self.make_emulator(settings)
+            return self.make_emulator(settings, started_ahead=started_ahead)
         except ValueError as exc:
             source = "the applied Terraform configuration" if self.applied else "--proxy-setting"
             raise ComponentError("RDS Proxy emulator", str(exc), f"fix the setting in {source}") from exc
@@ -629,6 +653,8 @@ class EmbeddedStack(Started, StackEnvironment):
     def _prepare_iam_database_authentication(self) -> None:
         """Before PostgreSQL starts: the socket directory and pg_hba.conf lines the IAM gate needs."""
         if self.iam_database_authentication and not self._iam_prepared:
+            from emulator.dbendpoint.iamgate import prepare_server, socket_directory_for  # noqa: PLC0415
+
             sockets = socket_directory_for(self.topology_path)
             lines = prepare_server(self.postgres.datadir, sockets, owner=self.user)
             self.postgres.append_settings(
@@ -687,7 +713,13 @@ class EmbeddedStack(Started, StackEnvironment):
     def _writer_name(self) -> str:
         return str(read_topology(self.topology_path)["writer"])
 
-    def make_emulator(self, settings: Mapping[str, Any], *, name: str = "rdsproxy") -> RdsProxyEmulator:
+    def make_emulator(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        name: str = "rdsproxy",
+        started_ahead: ManagedProcess | None = None,
+    ) -> RdsProxyEmulator:
         """An RDS Proxy emulator (not started) in front of this stack's PostgreSQL, with the stack's
         secret, certificate authority and AWS endpoint, and these settings by their Terraform names.
         Raises ValueError for settings the emulator refuses."""
@@ -702,7 +734,9 @@ class EmbeddedStack(Started, StackEnvironment):
             tls_key_file=str(certificate.key_path),
             settings=settings,
         )
-        return RdsProxyEmulator(self.workdir / name, config, environment=self.aws.environment())
+        return RdsProxyEmulator(
+            self.workdir / name, config, environment=self.aws.environment(), started_ahead=started_ahead
+        )
 
     def stop(self) -> None:
         """Stop everything that was started, newest first; a component that fails to stop is reported and the

@@ -23,13 +23,22 @@ class RdsProxyEmulator:
 
     kind = "emulator"
 
-    def __init__(self, workdir: Path, config: ProxyConfig, *, environment: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: ProxyConfig,
+        *,
+        environment: Mapping[str, str],
+        started_ahead: ManagedProcess | None = None,
+    ) -> None:
         # Its own directory (configuration, ready file, log), made at start().
         self.workdir = workdir
         self.config = config
         self.environment = dict(environment)
         self.host = config.listen_host
         self.port = config.listen_port
+        # Its process, when start_ahead() started it in workdir before this configuration was known.
+        self._started_ahead = started_ahead
         self._process: ManagedProcess | None = None
         self.stats_port = 0
         self._ready: dict[str, Any] = {}
@@ -47,33 +56,28 @@ class RdsProxyEmulator:
         return self.workdir / "proxy.log"
 
     def start(self, timeout: float = 60) -> None:
-        self.workdir.mkdir(exist_ok=True)
-        config_file = self.workdir / "proxy.json"
-        config_file.write_text(self.config.to_json())
-        ready_file = self.workdir / "ready.json"
-        # A ready file left by an earlier run in this directory would make a dead proxy look ready.
-        ready_file.unlink(missing_ok=True)
-        env = {**os.environ, **self.environment}
-        self._process = ManagedProcess(
-            COMPONENT,
-            [
-                sys.executable,
-                "-m",
-                "emulator.rdsproxy",
-                "--config",
-                str(config_file),
-                "--ready-file",
-                str(ready_file),
-            ],
-            log_path=self.log_path,
-            env=env,
-            stop_signal=signal.SIGTERM,
-        )
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process, not waiting for it: the stack starts it while PostgreSQL still starts
+        (it waits for its target), then waits for it with wait_ready()."""
+        if self._started_ahead is not None:
+            # Written whole, then renamed: the waiting process reads it once it exists.
+            partial = _config_file(self.workdir).with_suffix(".partial")
+            partial.write_text(self.config.to_json())
+            os.replace(partial, _config_file(self.workdir))
+            self._process, self._started_ahead = self._started_ahead, None
+            return
+        self._process = _process(self.workdir, self.environment)
+        _config_file(self.workdir).write_text(self.config.to_json())
         self._process.start()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until it listens and has reached its target; a proxy that does not must not outlive this."""
         try:
-            self._wait_ready(ready_file, timeout)
+            self._wait_ready(_ready_file(self.workdir), timeout)
         except BaseException:
-            # A proxy that never became ready must not outlive its start().
             self.stop()
             raise
 
@@ -127,9 +131,57 @@ class RdsProxyEmulator:
         return set(self.stats()["backend_pids"])
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
+        for process in (self._process, self._started_ahead):
+            if process is not None:
+                process.stop()
+        self._process = self._started_ahead = None
+
+
+# How long a process started ahead waits for its configuration before it gives up.
+WAIT_FOR_CONFIG_SECONDS = 300
+
+
+def start_ahead(workdir: Path, environment: Mapping[str, str]) -> ManagedProcess:
+    """The emulator's process, started before its configuration is known (the secret's ARN comes from
+    moto): it loads the proxy meanwhile and starts when RdsProxyEmulator(..., started_ahead=...)
+    .launch() writes the configuration."""
+    process = _process(workdir, environment, wait_for_config=True)
+    process.start()
+    return process
+
+
+def _config_file(workdir: Path) -> Path:
+    return workdir / "proxy.json"
+
+
+def _ready_file(workdir: Path) -> Path:
+    return workdir / "ready.json"
+
+
+def _process(
+    workdir: Path, environment: Mapping[str, str], *, wait_for_config: bool = False
+) -> ManagedProcess:
+    workdir.mkdir(exist_ok=True)
+    # A ready file left by an earlier run in this directory would make a dead proxy look ready.
+    _ready_file(workdir).unlink(missing_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "emulator.rdsproxy",
+        "--config",
+        str(_config_file(workdir)),
+        "--ready-file",
+        str(_ready_file(workdir)),
+    ]
+    if wait_for_config:
+        argv += ["--wait-for-config", str(WAIT_FOR_CONFIG_SECONDS)]
+    return ManagedProcess(
+        COMPONENT,
+        argv,
+        log_path=workdir / "proxy.log",
+        env={**os.environ, **environment},
+        stop_signal=signal.SIGTERM,
+    )
 
 
 def emulator_config(

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import psycopg
 from psycopg import sql
 
@@ -182,6 +181,8 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
     config = ProxyConfig.from_file(Path(log).with_name("proxy.json")) if log else None
     if config is not None and config.default_auth_scheme == "IAM_AUTH":
         raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
+    import boto3  # noqa: PLC0415 - `up` itself runs without the SDK
+
     client = boto3.session.Session().client(
         "secretsmanager",
         endpoint_url=env["AWS_ENDPOINT_URL"],

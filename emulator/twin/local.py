@@ -12,10 +12,7 @@ import contextlib
 import multiprocessing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Unpack
-
-import boto3
-from botocore.config import Config
+from typing import TYPE_CHECKING, Any, Unpack
 
 from emulator.awslambda.function import FunctionConfig, Invocation, LambdaFunction
 from emulator.awslambda.invoke_api import InvokeApi
@@ -36,6 +33,9 @@ from emulator.twin.options import TwinOptions, twin_config
 from emulator.twin.pins import Pin, pins_in
 from emulator.twin.stats import Connections, ProxyStats
 from emulator.wait import wait_until
+
+if TYPE_CHECKING:
+    from botocore.config import Config
 
 # How long the proxy may take to notice that recycled environments' connections closed.
 RECYCLE_SETTLE_SECONDS = 10.0
@@ -94,6 +94,8 @@ class LocalTwin(Started):
 
     def lambda_client(self, config: Config | None = None) -> Any:
         """boto3's Lambda client for the twin's functions (every other Lambda call reaches moto)."""
+        import boto3  # noqa: PLC0415 - `up` itself runs without the SDK
+
         credentials = self.stack.aws.credentials
         return boto3.session.Session().client(
             "lambda",
@@ -139,6 +141,8 @@ class LocalTwin(Started):
         """An IAM auth token for the proxy's endpoint, made by boto3 as your functions make it
         (generate_db_auth_token), signed with the twin's credentials."""
         credentials = self.stack.aws.credentials
+        import boto3  # noqa: PLC0415 - `up` itself runs without the SDK
+
         rds = boto3.session.Session().client(
             "rds",
             region_name=credentials.region,

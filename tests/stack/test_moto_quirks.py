@@ -137,8 +137,7 @@ def test_get_secret_value_without_a_stage_reads_awscurrent_after_a_rotation_move
 
 @pytest.fixture(scope="module")
 def cloudwatch() -> Iterator[Any]:
-    # A moto server, as the stack runs it (mock_aws would reset the backends other tests' stacks use);
-    # the namespace is this test's own, since those stacks publish into the same backend.
+    # moto's server in its own process with the fixes applied there, as the stack runs it.
     server = AwsEmulator("eu-central-1")
     server.start()
     yield server.client("cloudwatch")

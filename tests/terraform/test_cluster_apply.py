@@ -152,8 +152,8 @@ resource "aws_db_proxy_default_target_group" "this" {
 
 
 def _configuration(tmp_path: Path, database: str, name: str) -> Path:
-    """The configuration with its resources named after `name`: moto's state is shared by every
-    stack of one process, so two configurations must not name the same secret or role."""
+    """The configuration with its resources named after `name` (each stack has a moto of its own;
+    the names keep the two configurations' logs and resources apart)."""
     source = tmp_path / "infra"
     source.mkdir()
     (source / "main.tf").write_text((NETWORK_AND_SECRET + PROXY + database).replace("orders", name))
