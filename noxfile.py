@@ -56,7 +56,10 @@ def _test_compiled(session: nox.Session, *pytest_args: str) -> None:
     """Compiled in place in a copy of the checkout, never in the checkout itself: a compiled module
     beside its source would hide every later edit of it."""
     session.install("mypy>=1.11", "setuptools>=77")
-    copy = Path(session.create_tmp()) / "compiled"
+    # create_tmp() is relative to the checkout (local has moved to the example project), and the copy
+    # must be named absolutely: PYTHONPATH names it from the copy and from the proxies' directories.
+    session.chdir(ROOT)
+    copy = Path(session.create_tmp()).resolve() / "compiled"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(
         ROOT,

@@ -331,7 +331,7 @@ def notice_response(code: str, message: str) -> bytes:
 
 def error_from_fields(fields: dict[str, str]) -> bytes:
     """An ErrorResponse with these fields, in their order."""
-    body = b"".join(code.encode() + _cstr(value) for code, value in fields.items())
+    body = b"".join([code.encode() + _cstr(value) for code, value in fields.items()])
     return frame(Backend.ERROR_RESPONSE, body + b"\0")
 
 
@@ -367,7 +367,7 @@ AUTH_SASL_FINAL = 12
 
 
 def auth_sasl(mechanisms: list[str]) -> bytes:
-    return authentication(AUTH_SASL, b"".join(_cstr(m) for m in mechanisms) + b"\0")
+    return authentication(AUTH_SASL, b"".join([_cstr(m) for m in mechanisms]) + b"\0")
 
 
 def parameter_status(name: str, value: str) -> bytes:
@@ -400,7 +400,7 @@ def sasl_response(data: bytes) -> bytes:
 
 
 def startup_message(params: dict[str, str]) -> bytes:
-    body = _INT32.pack(PROTOCOL_3_0) + b"".join(_cstr(k) + _cstr(v) for k, v in params.items()) + b"\0"
+    body = _INT32.pack(PROTOCOL_3_0) + b"".join([_cstr(k) + _cstr(v) for k, v in params.items()]) + b"\0"
     return _INT32.pack(len(body) + 4) + body
 
 

@@ -386,7 +386,8 @@ def _block_rule(body: str, rule: PinRule, depth: int = 0) -> str | None:
             statements.append(statement)
         else:
             statement.append(token)
-    for found in (_statement_rule(s, rule, in_block=True) for s in statements if s):
+    for inner in statements:
+        found = _statement_rule(inner, rule, in_block=True) if inner else None
         if found is not None:
             return found
     return None
