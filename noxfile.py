@@ -1,6 +1,10 @@
-"""Sessions: `nox -s local` (everything offline, the default), `nox -s lint`, and `nox -s aws`."""
+"""Sessions: `nox -s local` (everything offline, the default), `nox -s compiled`, `nox -s lint`, and
+`nox -s aws`."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -10,6 +14,16 @@ nox.options.error_on_missing_interpreters = True
 
 # A user's project with its own test suite on the kit's pytest plugin (its pyproject.toml).
 EXAMPLE_PROJECT = "examples/orders-service"
+ROOT = Path(__file__).resolve().parent
+# What the proxy compiled with mypyc (setup.py, LOCAL_TWIN_MYPYC=1) must pass: its unit tests, and the
+# harnesses that compare its bytes with PostgreSQL's and keep clients apart (the whole suite runs on
+# the pure-Python build; twice would not fit CI's time).
+COMPILED_TESTS = [
+    "tests/rdsproxy/unit",
+    "tests/rdsproxy/live/test_protocol_differential.py",
+    "tests/rdsproxy/live/test_differential.py",
+    "tests/rdsproxy/live/test_isolation.py",
+]
 
 
 @nox.session(python="3.11")
@@ -27,6 +41,39 @@ def local(session: nox.Session) -> None:
     if not session.posargs:
         session.chdir(EXAMPLE_PROJECT)
         session.run("pytest")
+        _test_compiled(session)
+
+
+@nox.session(python="3.11")
+def compiled(session: nox.Session) -> None:
+    """The proxy compiled with mypyc, on COMPILED_TESTS (the last step of `local`). Arguments go to
+    pytest instead of COMPILED_TESTS."""
+    session.install("-e", ".[test]")
+    _test_compiled(session, *session.posargs)
+
+
+def _test_compiled(session: nox.Session, *pytest_args: str) -> None:
+    """Compiled in place in a copy of the checkout, never in the checkout itself: a compiled module
+    beside its source would hide every later edit of it."""
+    session.install("mypy>=1.11", "setuptools>=77")
+    # create_tmp() is relative to the checkout (local has moved to the example project), and the copy
+    # must be named absolutely: PYTHONPATH names it from the copy and from the proxies' directories.
+    session.chdir(ROOT)
+    copy = Path(session.create_tmp()).resolve() / "compiled"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".git", ".nox", "build", "*.so", "__pycache__", ".terraform", "*.egg-info"
+        ),
+    )
+    session.chdir(copy)
+    session.run("python", "setup.py", "--quiet", "build_ext", "--inplace", env={"LOCAL_TWIN_MYPYC": "1"})
+    # The copy comes first on sys.path, before the editable install's finder, in pytest and in the
+    # proxy processes it starts; the unit tests check that what runs is the compiled build.
+    env = {"PYTHONPATH": str(copy), "LOCAL_TWIN_EXPECT_COMPILED": "1"}
+    session.run("pytest", "-p", "no:cacheprovider", *(pytest_args or COMPILED_TESTS), env=env)
 
 
 @nox.session(python="3.11")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import resource
@@ -21,6 +22,25 @@ from emulator.rdsproxy.config import ProxyConfig
 
 # A file to write a cProfile of the whole run to, when set (bench/run.py --profile; README: Performance).
 PROFILE_ENV = "LOCAL_TWIN_PROXY_PROFILE"
+# Modules setup.py compiles with mypyc when asked (LOCAL_TWIN_MYPYC=1): one of the core, one of the
+# glue. setup.py builds its list as one group, so these stand for all of it.
+COMPILABLE = ("emulator.rdsproxy.protocol.routing", "emulator.rdsproxy.session")
+
+
+def compiled_modules() -> list[str]:
+    """Which of COMPILABLE are compiled (extension modules) rather than Python source."""
+    modules = [importlib.import_module(name) for name in COMPILABLE]
+    return [module.__name__ for module in modules if not (module.__file__ or "").endswith(".py")]
+
+
+def how_it_runs() -> str:
+    """For the start-up log line: whether the per-message path is compiled."""
+    compiled = compiled_modules()
+    if not compiled:
+        return "pure Python"
+    if len(compiled) == len(COMPILABLE):
+        return "compiled with mypyc"
+    return f"partly compiled: {', '.join(compiled)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +170,7 @@ async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
         os.replace(partial, ready_file)
     proxy.log.info(
         f"RDS Proxy emulator {config.name} listening on {config.listen_host}:{config.listen_port}"
-        f" (stats on port {proxy.admin.port})."
+        f" (stats on port {proxy.admin.port}; {how_it_runs()})."
     )
     for runtime in proxy.endpoints[1:]:
         proxy.log.info(f"Proxy endpoint {runtime.name} ({runtime.role}) listening on port {runtime.port}.")

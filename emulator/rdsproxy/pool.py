@@ -267,7 +267,7 @@ class Pool:
         once, borrowed ones under their clients, who are told as when a connection is lost; how many."""
         count = 0
         for key, idle in self._idle.items():
-            keep = deque(conn for conn in idle if conn.instance != instance)
+            keep = deque([conn for conn in idle if conn.instance != instance])
             for conn in idle:
                 if conn.instance == instance:
                     self._close(conn)
@@ -304,7 +304,7 @@ class Pool:
         """Close the idle connections the database has ended (a restart, a failover); how many."""
         dead = 0
         for key, idle in self._idle.items():
-            alive = deque(conn for conn in idle if self._still_alive(conn))
+            alive = deque([conn for conn in idle if self._still_alive(conn)])
             for conn in idle:
                 if conn not in alive:
                     self._dead(conn)

@@ -123,18 +123,17 @@ class FrameReader:
 
     def frames(self) -> Generator[Frame, None, None]:
         buf = self._buffer
-        offset = 0
-        try:
-            while len(buf) - offset >= 5:
-                end = _message_end(buf, offset, self._max)
-                if len(buf) < end:
-                    break
-                raw = bytes(buf[offset:end])
-                # Advance before yielding: a consumer that stops after this frame must not see it again.
-                offset = end
-                yield Frame(raw)
-        finally:
-            del buf[:offset]
+        limit = self._max
+        while len(buf) >= 5:
+            end = _message_end(buf, 0, limit)
+            if len(buf) < end:
+                break
+            raw = bytes(buf[:end])
+            # Consumed before it is yielded, with no `finally` needed: a consumer that stops after this
+            # frame must not see it again, even if the generator is never closed (mypyc's are not on
+            # garbage collection). Deleting from a bytearray's front only moves its start.
+            del buf[:end]
+            yield Frame(raw)
 
     def take_complete(self) -> tuple[bytes, list[int]]:
         """Every complete message buffered, as one chunk, and where each one starts in it.
@@ -332,7 +331,7 @@ def notice_response(code: str, message: str) -> bytes:
 
 def error_from_fields(fields: dict[str, str]) -> bytes:
     """An ErrorResponse with these fields, in their order."""
-    body = b"".join(code.encode() + _cstr(value) for code, value in fields.items())
+    body = b"".join([code.encode() + _cstr(value) for code, value in fields.items()])
     return frame(Backend.ERROR_RESPONSE, body + b"\0")
 
 
@@ -368,7 +367,7 @@ AUTH_SASL_FINAL = 12
 
 
 def auth_sasl(mechanisms: list[str]) -> bytes:
-    return authentication(AUTH_SASL, b"".join(_cstr(m) for m in mechanisms) + b"\0")
+    return authentication(AUTH_SASL, b"".join([_cstr(m) for m in mechanisms]) + b"\0")
 
 
 def parameter_status(name: str, value: str) -> bytes:
@@ -401,7 +400,7 @@ def sasl_response(data: bytes) -> bytes:
 
 
 def startup_message(params: dict[str, str]) -> bytes:
-    body = _INT32.pack(PROTOCOL_3_0) + b"".join(_cstr(k) + _cstr(v) for k, v in params.items()) + b"\0"
+    body = _INT32.pack(PROTOCOL_3_0) + b"".join([_cstr(k) + _cstr(v) for k, v in params.items()]) + b"\0"
     return _INT32.pack(len(body) + 4) + body
 
 

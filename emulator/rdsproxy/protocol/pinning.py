@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 MAX_UNPINNED_BYTES = 16384
 
@@ -23,18 +24,32 @@ REASON_TOO_LONG = "The connection ran a SQL query which exceeded the 16384 byte 
 REASON_PARSE = "A parse message was detected."
 
 # Words one of which must appear (anywhere, any case) before a statement can pin.
-# Matched against the lower-cased text: ten times faster than re.IGNORECASE, and every keyword is ASCII.
-# "u&" brings in Unicode-escaped identifiers (U&"\0073et_config"). Literal words only: an anchor
-# such as \b would make the search several times slower (it runs on every query).
-_PREFILTER = re.compile(
-    r"set|prepare|execute|deallocate|discard|temp|declare|listen|load|nextval|advisory|u&"
+# Looked for in the lower-cased text (every keyword is ASCII), one substring search each: faster than
+# one regular expression of them all, which tries every alternative at every position (it runs on
+# every query). "u&" brings in Unicode-escaped identifiers (U&"\0073et_config").
+_PREFILTER: Final = (
+    "set",
+    "prepare",
+    "execute",
+    "deallocate",
+    "discard",
+    "temp",
+    "declare",
+    "listen",
+    "load",
+    "nextval",
+    "advisory",
+    "u&",
 )
 # DO blocks, looked for only when "do" appears at all.
 _DO = re.compile(r"\bdo\b")
 
 
 def _may_pin(lowered: str) -> bool:
-    return _PREFILTER.search(lowered) is not None or ("do" in lowered and _DO.search(lowered) is not None)
+    for word in _PREFILTER:
+        if word in lowered:
+            return True
+    return "do" in lowered and _DO.search(lowered) is not None
 
 
 _SESSION_LOCK_FUNCTIONS = frozenset(
@@ -386,7 +401,8 @@ def _block_rule(body: str, rule: PinRule, depth: int = 0) -> str | None:
             statements.append(statement)
         else:
             statement.append(token)
-    for found in (_statement_rule(s, rule, in_block=True) for s in statements if s):
+    for inner in statements:
+        found = _statement_rule(inner, rule, in_block=True) if inner else None
         if found is not None:
             return found
     return None

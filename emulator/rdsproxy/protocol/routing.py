@@ -14,10 +14,10 @@ message up to the next Sync, and so does the queue, undoing what those messages 
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final, final
 
 from emulator.rdsproxy.protocol.messages import Backend
 
@@ -26,34 +26,46 @@ _DESCRIBED = frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA})
 _NOTHING: frozenset[int] = frozenset()
 
 
-class Expect(enum.Enum):
+@final
+class ExpectKind:
     """What a place in the queue waits for: the answer to one message sent, or a made-up answer.
 
     Each kind carries what the queue needs to know of it as plain attributes, read on every server
-    message (an Enum member's hash is computed in Python: sets of members would cost that each time).
+    message. Not an Enum: a member's hash is computed in Python, and mypyc cannot compile an Enum
+    with attributes of its own.
     """
 
-    # label, the response types that complete it (ErrorResponse completes any of them), whether it
-    # ends at ReadyForQuery, whether it is an extended-protocol message (an error in one makes the
-    # server skip to the next Sync, and once one is sent the server is mid-request until a Sync).
-    PARSE = ("parse", frozenset({Backend.PARSE_COMPLETE}), False, True)
-    BIND = ("bind", frozenset({Backend.BIND_COMPLETE}), False, True)
-    CLOSE = ("close", frozenset({Backend.CLOSE_COMPLETE}), False, True)
-    # Describe: ParameterDescription (statements only), then RowDescription or NoData.
-    DESCRIBE_STATEMENT = ("describe statement", _DESCRIBED, False, True)
-    DESCRIBE_PORTAL = ("describe portal", _DESCRIBED, False, True)
-    EXECUTE = ("execute", _EXECUTED, False, True)
-    QUERY = ("query", _NOTHING, True, False)
-    FUNCTION_CALL = ("function call", _NOTHING, True, False)
-    SYNC = ("sync", _NOTHING, True, False)
-    # An answer the proxy made up; it goes out when everything before it is answered.
-    SYNTHETIC = ("synthetic", _NOTHING, False, False)
+    __slots__ = ("completes", "extended", "label", "until_ready")
 
     def __init__(self, label: str, completes: frozenset[int], until_ready: bool, extended: bool) -> None:
         self.label = label
+        # The response types that complete it (ErrorResponse completes any of them).
         self.completes = completes
+        # It ends at ReadyForQuery.
         self.until_ready = until_ready
+        # An extended-protocol message: an error in one makes the server skip to the next Sync, and
+        # once one is sent the server is mid-request until a Sync.
         self.extended = extended
+
+    def __repr__(self) -> str:
+        return f"<Expect {self.label}>"
+
+
+class Expect:
+    """The kinds, by name."""
+
+    PARSE: Final = ExpectKind("parse", frozenset({Backend.PARSE_COMPLETE}), False, True)
+    BIND: Final = ExpectKind("bind", frozenset({Backend.BIND_COMPLETE}), False, True)
+    CLOSE: Final = ExpectKind("close", frozenset({Backend.CLOSE_COMPLETE}), False, True)
+    # Describe: ParameterDescription (statements only), then RowDescription or NoData.
+    DESCRIBE_STATEMENT: Final = ExpectKind("describe statement", _DESCRIBED, False, True)
+    DESCRIBE_PORTAL: Final = ExpectKind("describe portal", _DESCRIBED, False, True)
+    EXECUTE: Final = ExpectKind("execute", _EXECUTED, False, True)
+    QUERY: Final = ExpectKind("query", _NOTHING, True, False)
+    FUNCTION_CALL: Final = ExpectKind("function call", _NOTHING, True, False)
+    SYNC: Final = ExpectKind("sync", _NOTHING, True, False)
+    # An answer the proxy made up; it goes out when everything before it is answered.
+    SYNTHETIC: Final = ExpectKind("synthetic", _NOTHING, False, False)
 
 
 # Notice, Notification, ParameterStatus: at any time.
@@ -62,7 +74,7 @@ _ASYNC = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Back
 
 @dataclass(slots=True)
 class Expected:
-    kind: Expect
+    kind: ExpectKind
     forward: bool = True
     synthetic: bytes = b""
     # Undoes what the proxy did for this message, when the server skips it.
@@ -132,7 +144,7 @@ class ResponseRouter:
 
     def expect(
         self,
-        kind: Expect,
+        kind: ExpectKind,
         *,
         forward: bool = True,
         undo: Callable[[], None] | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from emulator.rdsproxy.protocol.pinning import Token, split_statements, tokenize
 
@@ -39,7 +40,7 @@ class Statement:
 class StatementNames:
     """One backend name per statement text and parameter types, for the whole proxy."""
 
-    PREFIX = "rdsproxy_"
+    PREFIX: Final = "rdsproxy_"
 
     def __init__(self) -> None:
         self._names: dict[bytes, str] = {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 
-from emulator.rdsproxy.main import open_files_message
+from emulator.rdsproxy.main import COMPILABLE, compiled_modules, how_it_runs, open_files_message
 
 
 def _limits_after_raising(soft: int) -> tuple[int, int]:
@@ -47,3 +48,13 @@ def test_a_high_limit_is_reported_without_advice() -> None:
     text = open_files_message((1 << 20, 1 << 20))
     assert "room for about 1048476 client connections" in text
     assert "ulimit" not in text
+
+
+def test_the_proxy_says_whether_it_runs_compiled_and_is_never_half_compiled() -> None:
+    """setup.py compiles its modules as one group (LOCAL_TWIN_MYPYC=1); LOCAL_TWIN_EXPECT_COMPILED=1
+    (nox's compiled step) asks that this build be the compiled one."""
+    compiled = compiled_modules()
+    assert compiled in ([], list(COMPILABLE))
+    assert how_it_runs() == ("compiled with mypyc" if compiled else "pure Python")
+    if os.environ.get("LOCAL_TWIN_EXPECT_COMPILED") == "1":
+        assert compiled == list(COMPILABLE)

@@ -9,10 +9,9 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey, _BackendProtocol
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol.routing import Expect
-from emulator.rdsproxy.protocol.server import ServerState
 from emulator.rdsproxy.stats import Stats
 
 pytestmark = pytest.mark.unit
@@ -23,45 +22,40 @@ T = TypeVar("T")
 
 
 class FakeWriter:
+    """The end of a database connection the pool and DbConnection.close() look at."""
+
     def __init__(self) -> None:
         self.closing = False
 
     def is_closing(self) -> bool:
         return self.closing
 
-
-class FakeConnection:
-    """What the pool looks at: key, liveness, age; close() marks it broken."""
-
-    def __init__(self, key: PoolKey, number: int) -> None:
-        self.key = key
-        self.number = number
-        self.writer = FakeWriter()
-        self.broken = False
-        self.silent = True
-        self.created = time.monotonic()
-        self.last_used = self.created
-        self.state = ServerState()
-
-    def silent_since_idle(self) -> bool:
-        return self.silent
+    def write(self, data: bytes) -> None:
+        pass
 
     def close(self) -> None:
-        self.broken = True
-        self.writer.closing = True
+        self.closing = True
 
 
 class Opener:
+    """Real DbConnections (the type the pool takes, compiled with mypyc or not) on no socket."""
+
     def __init__(self) -> None:
-        self.opened: list[FakeConnection] = []
+        self.opened: list[DbConnection] = []
         self.unavailable = False
 
     async def __call__(self, key: PoolKey) -> DbConnection:
         if self.unavailable:
             raise DatabaseUnavailable("the database is down")
-        conn = FakeConnection(key, len(self.opened) + 1)
+        reader = asyncio.StreamReader()
+        writer = cast(asyncio.StreamWriter, FakeWriter())
+        conn = DbConnection(key, reader, writer, tls=True, protocol=_BackendProtocol(reader))
         self.opened.append(conn)
-        return cast(DbConnection, conn)
+        return conn
+
+    def number(self, conn: DbConnection) -> int:
+        """In the order they were opened, from 1."""
+        return self.opened.index(conn) + 1
 
 
 def run(test: Callable[[Pool, Opener], Awaitable[T]], *, cap: int = 2, **pool_args: Any) -> T:
@@ -82,17 +76,13 @@ async def eventually(condition: Callable[[], bool], timeout: float = 2) -> bool:
     return condition()
 
 
-def number(conn: DbConnection) -> int:
-    return cast(FakeConnection, conn).number
-
-
 def test_a_returned_connection_is_lent_again_most_recently_used_first() -> None:
     async def test(pool: Pool, opener: Opener) -> list[int]:
         first, second = await pool.borrow(APP, 1), await pool.borrow(APP, 1)
         pool.release(first, reusable=True)
         pool.release(second, reusable=True)
         again = await pool.borrow(APP, 1)
-        return [number(again), len(opener.opened)]
+        return [opener.number(again), len(opener.opened)]
 
     assert run(test) == [2, 2]
 
@@ -104,7 +94,7 @@ def test_borrowers_beyond_the_cap_wait_in_line_and_are_served_first_come_first_s
 
         async def wait(name: str) -> None:
             conn = await pool.borrow(APP, 5)
-            served.append(f"{name}:{number(conn)}")
+            served.append(f"{name}:{opener.number(conn)}")
 
         waiters = [asyncio.create_task(wait(name)) for name in ("a", "b")]
         await asyncio.sleep(0)
@@ -132,9 +122,9 @@ def test_a_connection_that_died_while_idle_is_never_lent() -> None:
     async def test(pool: Pool, opener: Opener) -> list[int]:
         conn = await pool.borrow(APP, 1)
         pool.release(conn, reusable=True)
-        opener.opened[0].silent = False  # the server said something (a FATAL) or closed
+        opener.opened[0].reader.feed_data(b"E")  # the server said something (a FATAL) or closed
         again = await pool.borrow(APP, 1)
-        return [number(again), pool.total]
+        return [opener.number(again), pool.total]
 
     assert run(test) == [2, 1]
 
@@ -144,7 +134,7 @@ def test_a_full_pool_closes_an_idle_connection_of_another_database_to_make_room(
         other = await pool.borrow(OTHER, 1)
         pool.release(other, reusable=True)
         app = await pool.borrow(APP, 1)
-        return [number(app), opener.opened[0].broken, pool.total]
+        return [opener.number(app), opener.opened[0].broken, pool.total]
 
     assert run(test, cap=1) == [2, True, 1]
 
@@ -206,7 +196,7 @@ def test_a_connection_given_back_out_of_sync_is_closed_never_lent_again() -> Non
         conn.state.router.expect(Expect.EXECUTE)
         pool.release(conn, reusable=True)
         again = await pool.borrow(APP, 1)
-        return [opener.opened[0].broken, number(again), pool.stats.lent_out_of_sync]
+        return [opener.opened[0].broken, opener.number(again), pool.stats.lent_out_of_sync]
 
     assert run(test) == [True, 2, 0]
 
@@ -218,6 +208,6 @@ def test_a_borrow_waiting_for_room_is_served_when_the_pool_grows() -> None:
         await asyncio.sleep(0)
         assert pool.stats.borrow_waiters == 1
         pool.resize(2, 0)
-        return number(await asyncio.wait_for(waiting, 2))
+        return opener.number(await asyncio.wait_for(waiting, 2))
 
     assert run(test, cap=0) == 1
