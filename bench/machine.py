@@ -11,8 +11,10 @@ import resource
 import subprocess
 from pathlib import Path
 
+import emulator
 from bench.procs import REPO
 from emulator.errors import ComponentError
+from emulator.rdsproxy.main import how_it_runs
 from emulator.stack.pgbouncer import find_pgbouncer
 from emulator.stack.postgres import find_postgres_binaries
 
@@ -109,6 +111,7 @@ def describe() -> list[tuple[str, str]]:
         ("PgBouncer", pgbouncer_version() or "not installed"),
         ("pgbench", f"{_command_output([pgbench_binary(), '--version'])} ({pgbench_binary()})"),
         ("libraries", ", ".join(f"{name} {_package(name)}" for name in LIBRARIES)),
+        ("RDS Proxy emulator", f"{how_it_runs()} ({Path(emulator.__file__).parent})"),
         ("open files", f"soft {soft}, hard {hard} (RLIMIT_NOFILE of this process)"),
         ("commit", commit),
         ("load average at start", load_average()),
