@@ -29,9 +29,9 @@ _lock = threading.Lock()
 
 
 def apply_moto_quirk_fixes() -> None:
-    """The fixes are to moto's RDS and Secrets Manager backends; RDS's import costs seconds (it loads
-    EC2's models): each backend is fixed when moto first loads it (its first request), not when
-    moto starts."""
+    """The fixes are to moto's RDS, Secrets Manager and CloudWatch backends; RDS's import costs
+    seconds (it loads EC2's models): each backend is fixed when moto first loads it (its first
+    request), not when moto starts."""
     global _applied  # noqa: PLW0603 - patch once per process
     with _lock:
         if _applied:
@@ -54,28 +54,33 @@ def apply_moto_quirk_fixes() -> None:
 
 def _fix_loaded_backends() -> bool:
     """Fix the backends moto has loaded; whether every backend the kit fixes is loaded."""
-    if "moto.rds.models" in sys.modules:
-        _fix_rds()
-    if "moto.secretsmanager.models" in sys.modules:
-        _fix_secretsmanager()
-    if "moto.cloudwatch.models" in sys.modules:
-        _fix_cloudwatch()
-    return all(
-        name in sys.modules
-        for name in ("moto.rds.models", "moto.secretsmanager.models", "moto.cloudwatch.models")
-    )
+    with _fix_lock:
+        for module, fixes in _FIXES.items():
+            if module in sys.modules and module not in _fixed:
+                _fixed.add(module)
+                for fix in fixes():
+                    fix()
+        return _fixed.issuperset(_FIXES)
 
 
-_cloudwatch_fixed = False
+def _rds_fixes() -> list[Callable[[], None]]:
+    return [
+        _unique_db_instance_resource_ids,
+        _keep_the_init_query,
+        _idle_share_within_the_pool,
+        _target_health_follows_the_proxy,
+        _proxy_endpoints,
+    ]
 
 
-def _fix_cloudwatch() -> None:
-    global _cloudwatch_fixed  # noqa: PLW0603 - patch once per process
-    with _rds_lock:
-        if _cloudwatch_fixed:
-            return
-        _cloudwatch_fixed = True
-        _each_metric_listed_once()
+# Each fixed backend's models module, and its fixes (a function, since they are defined below).
+_FIXES: dict[str, Callable[[], list[Callable[[], None]]]] = {
+    "moto.rds.models": _rds_fixes,
+    "moto.secretsmanager.models": lambda: [_current_version_follows_awscurrent],
+    "moto.cloudwatch.models": lambda: [_each_metric_listed_once],
+}
+_fixed: set[str] = set()  # patched once per process
+_fix_lock = threading.RLock()  # a fix may import a module that loads another backend
 
 
 def _each_metric_listed_once() -> None:
@@ -102,18 +107,6 @@ def _each_metric_listed_once() -> None:
     CloudWatchBackend.get_filtered_metrics = get_filtered_metrics  # type: ignore[method-assign]
 
 
-_secretsmanager_fixed = False
-
-
-def _fix_secretsmanager() -> None:
-    global _secretsmanager_fixed  # noqa: PLW0603 - patch once per process
-    with _rds_lock:
-        if _secretsmanager_fixed:
-            return
-        _secretsmanager_fixed = True
-        _current_version_follows_awscurrent()
-
-
 def _current_version_follows_awscurrent() -> None:
     """moto's UpdateSecretVersionStage moves the AWSCURRENT label but not the version that
     GetSecretValue returns without a VersionId or VersionStage, so after a rotation such a read
@@ -133,23 +126,6 @@ def _current_version_follows_awscurrent() -> None:
         return moved
 
     SecretsManagerBackend.update_secret_version_stage = update_secret_version_stage  # type: ignore[method-assign]
-
-
-_rds_fixed = False
-_rds_lock = threading.Lock()
-
-
-def _fix_rds() -> None:
-    global _rds_fixed  # noqa: PLW0603 - patch once per process
-    with _rds_lock:
-        if _rds_fixed:
-            return
-        _rds_fixed = True
-        _unique_db_instance_resource_ids()
-        _keep_the_init_query()
-        _idle_share_within_the_pool()
-        _target_health_follows_the_proxy()
-        _proxy_endpoints()
 
 
 # The live state of each proxy target the twin runs, by DB instance identifier: is it available, and

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,14 +23,6 @@ from emulator.stack.moto import INSTALL_HINT, AwsEmulator
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def aws() -> Iterator[AwsEmulator]:
-    emulator = AwsEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 def _gone(pid: int, timeout: float) -> bool:

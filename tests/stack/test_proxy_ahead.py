@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from emulator.stack.rdsproxy import RdsProxyEmulator, emulator_config, start_ahe
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def aws() -> Iterator[AwsEmulator]:
-    emulator = AwsEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
 
 
 def test_a_proxy_whose_configuration_never_comes_gives_up(tmp_path: Path) -> None:
