@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from multiprocessing import reduction
+from multiprocessing import forkserver, reduction
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
@@ -72,6 +72,19 @@ def _die_with_parent() -> None:
     kill it when its parent goes (Linux's PR_SET_PDEATHSIG; elsewhere the parent's shutdown does)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _release_the_forkserver() -> None:
+    """multiprocessing hands every child of its forkserver a copy of the pipe whose end tells the
+    forkserver that the kit's process is gone. An environment holding it would keep the forkserver
+    alive after a SIGKILL of the kit, and the forkserver would keep the environment (its death
+    signal never comes): each waits for the other forever. No environment starts processes itself."""
+    server: Any = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive, int):
+        with contextlib.suppress(OSError):
+            os.close(alive)
+        server._forkserver_alive_fd = None
 
 
 def _capture_output() -> None:
@@ -153,6 +166,7 @@ def _initialize(spec: WorkerSpec) -> Callable[[Any, Any], Any]:
     # Ctrl+C reaches the whole process group; the parent ends environments, as Lambda's service does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    _release_the_forkserver()
     os.environ.clear()
     os.environ.update(spec.environment)
     _capture_output()

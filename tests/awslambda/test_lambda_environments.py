@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import typing
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from emulator.awslambda.function import FunctionConfig, InitMode, Invocation, LambdaFunction, Throttled
@@ -188,3 +191,46 @@ def test_an_init_that_outlasts_its_limit_is_an_error_and_leaves_no_process(
             "errorType": "Runtime.InitTimeout",
         }
         assert not slow.environments()
+
+
+_KIT_PROCESS = """
+import sys
+from pathlib import Path
+from emulator.awslambda.function import FunctionConfig, LambdaFunction
+
+if __name__ == "__main__":
+    code, init = Path(sys.argv[1]), sys.argv[2]
+    function = LambdaFunction(FunctionConfig(code_dir=code, init=init))
+    assert function.invoke({}).json() == 1
+    print("invoked", flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def test_a_kit_process_killed_with_sigkill_leaves_no_environment_or_forkserver(
+    tmp_path: Path, init: str
+) -> None:
+    (tmp_path / "index.py").write_text("def handler(event, context):\n    return 1\n")
+    script = tmp_path / "kit.py"
+    script.write_text(_KIT_PROCESS)
+    kit = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), init],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert kit.stdout is not None
+        assert "invoked\n" in iter(kit.stdout.readline, "")  # after the function's log lines
+        # The forkserver, the snapshot's template if any, the frozen environment.
+        left = psutil.Process(kit.pid).children(recursive=True)
+        assert left
+    finally:
+        kit.kill()
+        kit.wait(10)
+        kit.communicate()
+
+    def all_gone() -> bool:
+        return not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(all_gone, component="the killed kit's Lambda processes", timeout=20)
