@@ -178,7 +178,15 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
         )
     log = env.get("LOCAL_TWIN_PROXY_LOG")
     # The emulator's configuration sits beside its log (RdsProxyEmulator's workdir).
-    config = ProxyConfig.from_file(Path(log).with_name("proxy.json")) if log else None
+    try:
+        config = ProxyConfig.from_file(Path(log).with_name("proxy.json")) if log else None
+    except FileNotFoundError:
+        # The stack's directory goes when its `up` stops: the file describes a twin that is gone.
+        raise ComponentError(
+            COMPONENT,
+            f"{env_file} describes a twin that is no longer running (no {Path(str(log)).parent})",
+            "start it with `up --env-file FILE` and rotate while that `up` runs",
+        ) from None
     if config is not None and config.default_auth_scheme == "IAM_AUTH":
         raise ComponentError(COMPONENT, _NOTHING_TO_ROTATE_UNDER_END_TO_END_IAM, _IAM_ONLY)
     import boto3  # noqa: PLC0415 - `up` itself runs without the SDK

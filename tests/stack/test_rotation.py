@@ -249,3 +249,32 @@ def signal_handlers_kept() -> Iterator[None]:
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
+
+
+def test_rotate_secret_with_the_env_file_of_a_stopped_twin_says_so_in_one_line(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = tmp_path / "local-twin-gone" / "rdsproxy"
+    env_file = tmp_path / "stale.env"
+    write_env_file(
+        env_file,
+        {
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "secret",
+            "DB_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:x",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": "9",
+            "PGUSER": "app_user",
+            "PGPASSWORD": "pw",
+            "PGDATABASE": "app",
+            "LOCAL_TWIN_PROXY_LOG": str(gone / "proxy.log"),
+        },
+    )
+
+    assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 2
+
+    error = capsys.readouterr().err
+    assert f"{env_file} describes a twin that is no longer running" in error
+    assert "Traceback" not in error
