@@ -64,6 +64,9 @@ class Pool:
         self.idle_seconds = idle_seconds
         self._idle: dict[PoolKey, deque[DbConnection]] = {}
         self._waiters: deque[_Waiter] = deque()
+        # Borrows whose connection the database refused for now (full, or down) and is being opened
+        # again: a connection given back meanwhile serves them first, they were in line before.
+        self._retrying: deque[_Waiter] = deque()
         self._total = 0  # open or opening
         self.borrowed: set[DbConnection] = set()
         self.closed = False
@@ -185,6 +188,8 @@ class Pool:
 
     def _dispatch(self) -> None:
         """Serve the head of the line while a connection or a free slot exists."""
+        if self._retrying:
+            self._serve_retrying()
         while self._waiters and not self.closed:
             waiter = self._waiters[0]
             if waiter.future.done():
@@ -207,30 +212,50 @@ class Pool:
             self._close(victim)
         self._publish()
 
+    def _serve_retrying(self) -> None:
+        """Hand idle connections to borrows whose own connection the database refused for now (their
+        opening gives its slot back when it sees the borrow served)."""
+        for waiter in list(self._retrying):
+            if waiter.future.done():
+                continue
+            conn = self._take_idle(waiter.key)
+            if conn is not None:
+                self._retrying.remove(waiter)
+                waiter.future.set_result(conn)
+
     async def _open_for(self, waiter: _Waiter) -> None:
         delay = 0.05
-        while True:
-            try:
-                conn = await self._opener(waiter.key)
-                break
-            except DatabaseUnavailable as exc:
-                # Keep trying until the borrow's own deadline, as RDS Proxy queues during a failover.
-                remaining = waiter.deadline - time.monotonic()
-                if remaining <= 0 or waiter.future.done():
+        try:
+            while True:
+                try:
+                    conn = await self._opener(waiter.key)
+                    break
+                except DatabaseUnavailable as exc:
+                    # Keep trying until the borrow's own deadline, as RDS Proxy queues during a
+                    # failover; a connection given back meanwhile serves the borrow instead.
+                    remaining = waiter.deadline - time.monotonic()
+                    if remaining <= 0 or waiter.future.done():
+                        self._total -= 1
+                        if not waiter.future.done():
+                            waiter.future.set_exception(BorrowTimeout(str(exc)))
+                        self._dispatch()
+                        return
+                    if waiter not in self._retrying:
+                        self._retrying.append(waiter)
+                        self._serve_retrying()
+                    log.info("database unavailable, retrying in %.2f s: %s", delay, exc)
+                    # Woken early when the borrow is served or given up.
+                    await asyncio.wait((waiter.future,), timeout=min(delay, remaining))
+                    delay = min(delay * 2, 1.0)
+                except Exception as exc:  # noqa: BLE001 - DatabaseError and the rest: to the borrower
                     self._total -= 1
                     if not waiter.future.done():
-                        waiter.future.set_exception(BorrowTimeout(str(exc)))
+                        waiter.future.set_exception(exc)
                     self._dispatch()
                     return
-                log.info("database unavailable, retrying in %.2f s: %s", delay, exc)
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 1.0)
-            except Exception as exc:  # noqa: BLE001 - DatabaseError and the rest: handed to the borrower
-                self._total -= 1
-                if not waiter.future.done():
-                    waiter.future.set_exception(exc)
-                self._dispatch()
-                return
+        finally:
+            with contextlib.suppress(ValueError):
+                self._retrying.remove(waiter)
         self._publish()
         if waiter.future.done():  # the client gave up or timed out meanwhile: keep it for the next one
             self._park(conn)
@@ -329,6 +354,6 @@ class Pool:
         for idle in self._idle.values():
             while idle:
                 self._close(idle.popleft())
-        for waiter in self._waiters:
+        for waiter in [*self._waiters, *self._retrying]:
             if not waiter.future.done():
                 waiter.future.set_exception(PoolClosed())

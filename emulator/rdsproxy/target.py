@@ -65,6 +65,9 @@ class Target:
         # How the server spells a parameter value ("ISO" -> "ISO, MDY"), learned once per value on a
         # pooled connection: one kept aside would take the database one connection over the cap.
         self._spellings: dict[tuple[str, str], str] = {}
+        # Being asked: the logins that want the same spelling meanwhile wait for that one answer
+        # (a burst of first logins would otherwise take a database connection each).
+        self._spellings_asked: dict[tuple[str, str], asyncio.Task[str]] = {}
         # The instances, the one new connections go to, and what each was when last asked.
         self.instances = config.instances()
         self.replicated = bool(config.target_instances)
@@ -175,6 +178,21 @@ class Target:
         known = self._spellings.get((name, value))
         if known is not None:
             return known
+        asked = self._spellings_asked.get((name, value))
+        if asked is None:
+            # A task of its own: a login that gives up meanwhile does not take the answer away from
+            # the others waiting for it.
+            asked = asyncio.get_running_loop().create_task(self._ask_spelling(name, value, key))
+            self._spellings_asked[(name, value)] = asked
+            asked.add_done_callback(lambda done: self._spelling_answered(name, value, done))
+        return await asyncio.shield(asked)
+
+    def _spelling_answered(self, name: str, value: str, done: asyncio.Task[str]) -> None:
+        del self._spellings_asked[(name, value)]
+        if not done.cancelled():
+            done.exception()  # retrieved here: every login that waited has it raised already
+
+    async def _ask_spelling(self, name: str, value: str, key: PoolKey) -> str:
         conn = await self.lender.borrow(key, self.config.borrow_timeout)
         quoted = "'" + value.replace("'", "''") + "'"
         try:

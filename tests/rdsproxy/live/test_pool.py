@@ -178,3 +178,44 @@ def test_the_database_connection_is_encrypted_exactly_when_the_client_connection
     stats = proxy.stats()
     assert stats["database_connection_requests"] - stats["database_connection_requests_tls"] >= 1
     assert stats["database_connection_requests_tls"] >= 1
+
+
+def test_logins_asking_for_the_same_new_parameter_value_together_borrow_one_connection_for_it(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    # A login's startup parameters are spelled as PostgreSQL reports them, asked once per value on a
+    # borrowed connection. A burst of first logins (Lambda environments starting together) used to
+    # borrow one each, and a burst larger than the database's room left some waiting their whole
+    # borrow timeout while connections sat idle.
+    proxy = make_proxy(max_connections_percent=7)  # floor(30 x 7 / 100) = 2 connections
+    holders = [proxy.connect() for _ in range(2)]
+    for holder in holders:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")  # both connections borrowed: the spelling must wait
+    before = proxy.stats()
+    name = f"burst-{time.monotonic_ns()}"  # a value no login asked for before
+    results: list[str] = []
+
+    def log_in() -> None:
+        try:
+            with proxy.connect(application_name=name) as conn:
+                results.append(conn.execute("SHOW application_name").fetchone()[0])
+        except psycopg.Error as exc:
+            results.append(repr(exc))
+
+    logins = [threading.Thread(target=log_in) for _ in range(6)]
+    for login in logins:
+        login.start()
+    wait_until(
+        lambda: sum(s["application_name"] == "" and s["user"] != "" for s in proxy.emulator.sessions()) >= 6,
+        component="six logins past authentication",
+        timeout=10,
+    )
+    for holder in holders:
+        holder.execute("COMMIT")
+    for login in logins:
+        login.join(timeout=30)
+    for holder in holders:
+        holder.close()
+    assert results == [name] * 6
+    assert proxy.stats()["borrows"] - before["borrows"] <= 1 + 6  # one spelling, six SHOWs

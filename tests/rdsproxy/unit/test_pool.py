@@ -43,10 +43,14 @@ class Opener:
     def __init__(self) -> None:
         self.opened: list[DbConnection] = []
         self.unavailable = False
+        # Connections the database takes before it answers "too many clients" (None: no limit).
+        self.room: int | None = None
 
     async def __call__(self, key: PoolKey) -> DbConnection:
         if self.unavailable:
             raise DatabaseUnavailable("the database is down")
+        if self.room is not None and sum(not conn.broken for conn in self.opened) >= self.room:
+            raise DatabaseUnavailable("sorry, too many clients already", full=True)
         reader = asyncio.StreamReader()
         writer = cast(asyncio.StreamWriter, FakeWriter())
         conn = DbConnection(key, reader, writer, tls=True, protocol=_BackendProtocol(reader))
@@ -163,6 +167,22 @@ def test_while_the_database_is_down_a_borrow_keeps_trying_until_its_timeout() ->
         return await eventually(lambda: pool.total == 0)
 
     assert run(test)
+
+
+def test_a_borrow_the_full_database_refused_is_served_by_the_next_connection_given_back() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        # The pool's cap is above what the database lets this user open (reserved slots, other
+        # clients): the third borrow's connection is refused, and it keeps trying.
+        opener.room = 2
+        first, _ = await pool.borrow(APP, 1), await pool.borrow(APP, 1)
+        third = asyncio.create_task(pool.borrow(APP, 30))
+        assert await eventually(lambda: pool.stats.database_connections == 3)  # its slot, opening
+        pool.release(first, reusable=True)
+        served = await asyncio.wait_for(third, 1)  # not after its 30 s: at once
+        # Its attempt to open gives the slot back once it sees the borrow served.
+        return [served is first, await eventually(lambda: pool.total == 2), len(opener.opened)]
+
+    assert run(test, cap=3) == [True, True, 2]
 
 
 def test_a_closed_pool_fails_its_waiters_and_every_later_borrow_with_pool_closed() -> None:
