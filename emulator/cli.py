@@ -19,6 +19,7 @@ from typing import Any
 from emulator.awslambda.function import FunctionConfig, InitMode
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
+from emulator.stack import reaper
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import EmbeddedStack, StackConfig, env_key
 from emulator.stack.envfile import parse_env, write_env_file
@@ -712,6 +713,8 @@ def _up(args: argparse.Namespace) -> int:
         try:
             if args.env_file:
                 write_env_file(args.env_file, env)
+                # A stale env file would name ports of a stack that is gone: removed after a SIGKILL too.
+                reaper.remove_path(args.env_file.absolute())
                 print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
                 if twin.stack.cluster is not None:
                     print(f"Failover     python -m emulator failover --env-file {args.env_file}")
@@ -721,6 +724,7 @@ def _up(args: argparse.Namespace) -> int:
             control.stop()
             if args.env_file:
                 args.env_file.unlink(missing_ok=True)
+                reaper.forget_path(args.env_file.absolute())
             print("Stopping ...", flush=True)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from emulator.paths import REPO
@@ -255,6 +257,39 @@ def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> N
         _stop_and_check_nothing_is_left(running, signal.SIGTERM)
     finally:
         _stop(running)
+
+
+def _processes_of(workdir: Path) -> list[psutil.Process]:
+    """The running processes whose command line names the stack's directory (its servers)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and str(workdir) in " ".join(
+                process.info["cmdline"] or ()
+            ):
+                found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("options", [(), ("--cluster", "aurora")], ids=["single", "aurora"])
+def test_a_sigkill_of_up_leaves_no_server_and_no_file(tmp_path: Path, options: tuple[str, ...]) -> None:
+    """SIGKILL gives `up` no say: the reaper it started stops PostgreSQL and the proxy and removes the
+    stack's directory and the env file, as Ctrl+C does."""
+    running = _start_up(tmp_path, "emulator", *options)
+    try:
+        workdir = running.workdir()
+        servers = _processes_of(workdir)
+        names = " ".join(" ".join(process.cmdline()) for process in servers)
+        assert "postgres -D" in names
+        assert "emulator.rdsproxy" in names
+    finally:
+        running.process.kill()
+        running.process.wait(10)
+
+    def nothing_left() -> bool:
+        return not _processes_of(workdir) and not workdir.exists() and not running.env_file.exists()
+
+    wait_until(nothing_left, component="the killed up's servers and files", timeout=30)
 
 
 def test_help_documents_every_command() -> None:
