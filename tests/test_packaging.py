@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from emulator.paths import PACKAGE, REPO
+from emulator.stack.envfile import parse_env
 from emulator.wait import wait_until
+
+README = REPO / "README.md"
 
 pytestmark = pytest.mark.integration
 
@@ -165,6 +168,20 @@ def test_up_gets_ready_and_ctrl_c_stops_it(installed: Installed) -> None:
             timeout=120,
             alive=lambda: None if process.poll() is None else log.read_text(),
         )
+        # The README's line that runs the example handler from another shell, as a user of the wheel
+        # types it (no checkout around: the handler is the one the wheel ships).
+        (line,) = [line for line in README.read_text().splitlines() if "# the handler, via the proxy" in line]
+        handler = subprocess.run(
+            [str(installed.python), "-c", line.split("'")[1]],
+            cwd=installed.elsewhere,
+            env={**installed.env(), **parse_env(env_file.read_text())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert handler.returncode == 0, handler.stderr
+        assert "'ok': True" in handler.stdout, handler.stdout
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0, log.read_text()
         assert "Ready." in log.read_text()
