@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -473,15 +474,41 @@ def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_help_says_where_the_proxy_settings_are_listed_and_only_what_each_command_has(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens ("--print- config") otherwise
     up = _help("up", capsys)
-    assert "`python -m emulator proxy --print-config` lists every name" in up
+    assert "`python -m emulator proxy --print-config` lists every name with the standalone proxy's" in up
+    # The defaults --print-config does not show are named, as the stack sets them.
+    assert "here the defaults differ in require_tls=true, iam_auth=REQUIRED, max_connections_percent" in up
     assert "With --terraform, an applied aws_rds_cluster" in up
     demo = _help("failover-demo", capsys)
     assert "--terraform" not in demo
     assert "exhaustion" not in demo
     assert "(default: multi-az)" in demo
+    # It refuses a single instance and fails its cluster over itself.
+    assert "One PostgreSQL (single)" not in demo
+    assert "emulator failover` fails it over" not in demo
+    invoke = _help("invoke", capsys)
+    assert "as `up` does, with the same options" in invoke
+    assert "emulator failover` fails it over" not in invoke  # its twin is gone before any failover
+    exhaustion = _help("demo", capsys)
+    assert "through the RDS Proxy emulator and through PgBouncer" in exhaustion
+
+
+def test_invoke_has_every_option_of_up_but_the_env_file() -> None:
+    """invoke starts the twin "as `up` does": with the same options."""
+    from emulator.cli import _parser  # noqa: PLC0415
+
+    def options(command: str) -> set[str]:
+        (commands,) = [a for a in _parser(command)._actions if isinstance(a, argparse._SubParsersAction)]
+        return {flag for action in commands.choices[command]._actions for flag in action.option_strings}
+
+    assert options("up") - options("invoke") == {"--env-file"}
+    top = subprocess.run(
+        [sys.executable, "-m", "emulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert "the pooler" not in top
     # --print-config does list the settings up's --proxy-setting takes.
     printed = subprocess.run(
         [sys.executable, "-m", "emulator", "proxy", "--print-config"],
