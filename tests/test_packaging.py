@@ -147,6 +147,10 @@ def test_the_installed_kit_runs_from_any_directory(installed: Installed) -> None
         check=True,
     )
     assert "--handler" in script.stdout
+    # The stage needs a checkout's tests/aws: refused, even when confirmed, before anything is deployed.
+    stage = installed.run("stage", "--yes-create-billable-resources", check=False)
+    assert stage.returncode == 2, stage.stdout + stage.stderr
+    assert "run it from a checkout of the kit" in stage.stdout
 
 
 def test_up_gets_ready_and_ctrl_c_stops_it(installed: Installed) -> None:
