@@ -9,7 +9,8 @@ directly, so nothing is copied then.
 
 With LOCAL_TWIN_MYPYC=1 in the environment, the modules in COMPILED are compiled with mypyc (mypy
 joins the build requirements): the proxy then runs about twice as fast per message. Without it, or
-without a working C compiler (a warning says so), the package is pure Python, and behaves the same.
+without a working C compiler (a warning says so), the package is pure Python (a py3-none-any wheel),
+and behaves the same.
 An editable install is never compiled: a compiled module beside its source would hide every edit.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from setuptools import Distribution, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
@@ -78,15 +80,26 @@ def _warn(text: str) -> None:
 class CompiledWhenAsked(Distribution):
     # build_ext runs only for a distribution with extension modules; they are made there, lazily
     # (mypyc type-checks and generates C when called: not for an sdist or a requirements query).
+    # Once build_ext has compiled nothing, the distribution has none: install puts the modules in
+    # purelib and the wheel is py3-none-any (WheelPureWhenNothingCompiled).
+    nothing_compiled = False
+
     def has_ext_modules(self) -> bool:
-        return COMPILE
+        return COMPILE and not self.nothing_compiled
 
 
 class BuildCompiled(build_ext):
     def finalize_options(self) -> None:
         if COMPILE and not self.distribution.ext_modules:
             self.distribution.ext_modules = self._compiled()
+            if not self.distribution.ext_modules:
+                self._fall_back()
         super().finalize_options()
+
+    def _fall_back(self) -> None:
+        distribution = self.distribution
+        assert isinstance(distribution, CompiledWhenAsked)
+        distribution.nothing_compiled = True
 
     def _compiled(self) -> list[Any]:
         commands = set(self.distribution.commands)
@@ -127,12 +140,28 @@ class BuildCompiled(build_ext):
             # Half a build is worse than none: a module whose shared runtime is missing fails to import.
             for output in self.get_outputs():
                 Path(output).unlink(missing_ok=True)
+            self._fall_back()
             _warn(f"compiling with mypyc failed ({exc})")
+
+
+class WheelPureWhenNothingCompiled(bdist_wheel):
+    """bdist_wheel decides between a pure and a platform wheel before the build; whether mypyc
+    compiled anything is known only after it. A build that fell back to pure Python makes a pure
+    wheel (py3-none-any), which any platform can install, not one tagged for this one."""
+
+    def run_command(self, command: str) -> None:
+        super().run_command(command)
+        if command == "build":
+            self.root_is_pure = not self.distribution.has_ext_modules()
 
 
 setup(
     distclass=CompiledWhenAsked,
-    cmdclass={"build_py": BuildWithExample, "build_ext": BuildCompiled},
+    cmdclass={
+        "build_py": BuildWithExample,
+        "build_ext": BuildCompiled,
+        "bdist_wheel": WheelPureWhenNothingCompiled,
+    },
     # A compiled build needs mypy in its (isolated) build environment.
     setup_requires=["mypy>=1.11"] if COMPILE else [],
 )

@@ -19,8 +19,9 @@ from typing import Any
 from emulator.awslambda.function import FunctionConfig, InitMode
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
+from emulator.stack import reaper
 from emulator.stack.cluster import ClusterKind
-from emulator.stack.embedded import EmbeddedStack, StackConfig, env_key
+from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, env_key
 from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
@@ -104,21 +105,28 @@ def _add_up(commands: Commands) -> None:
 
 
 def _database_options(
-    parser: argparse.ArgumentParser, *, kind: ClusterKind | None = None, terraform: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    kind: ClusterKind | None = None,
+    terraform: bool = True,
+    failover_command: bool = True,
 ) -> None:
     """--cluster (default `kind`, else the stack's: single), --replicas, --dns-ttl; `terraform`:
-    whether the command has --terraform (the group's text says what it decides then)."""
+    whether the command has --terraform (the group's text says what it decides then);
+    `failover_command`: whether `failover` can reach the command's twin (`up`'s, not `invoke`'s)."""
     defaults = StackConfig()
-    text = (
-        "One PostgreSQL (single), or a cluster by real streaming replication that fails over (default: "
-        f"{(kind or defaults.database_kind).value})."
-    )
-    if terraform:
-        # failover-demo fails its cluster over itself and applies no Terraform.
-        text += (
-            " `python -m emulator failover` fails it over. With --terraform, an applied "
-            "aws_rds_cluster or multi_az = true decides instead."
+    if kind is None:
+        text = (
+            "One PostgreSQL (single), or a cluster by real streaming replication that fails over "
+            f"(default: {defaults.database_kind.value})."
         )
+    else:
+        # failover-demo: a single instance has nothing to fail over to (refused).
+        text = f"A cluster by real streaming replication that fails over (default: {kind.value})."
+    if failover_command:
+        text += " `python -m emulator failover` fails it over."
+    if terraform:
+        text += " With --terraform, an applied aws_rds_cluster or multi_az = true decides instead."
     group = parser.add_argument_group("the database", text)
     group.add_argument(
         "--cluster",
@@ -187,10 +195,10 @@ def _add_invoke(commands: Commands) -> None:
     invoke = commands.add_parser(
         "invoke",
         help="start the twin, invoke a function once, print its answer and log, stop",
-        description="Start the twin as `up` does (your schema, Terraform and functions), invoke one "
-        "function once with an event, print its payload on stdout and its log (Lambda's "
-        "START/END/REPORT lines) on stderr, and stop. Exits 1 when the invocation fails (a function "
-        "error, as Lambda reports it).",
+        description="Start the twin as `up` does, with the same options (your schema, Terraform, "
+        "functions and database), invoke one function once with an event, print its payload on stdout "
+        "and its log (Lambda's START/END/REPORT lines) on stderr, and stop. Exits 1 when the "
+        "invocation fails (a function error, as Lambda reports it).",
     )
     invoke.add_argument(
         "name",
@@ -205,6 +213,8 @@ def _add_invoke(commands: Commands) -> None:
     _terraform_options(invoke)
     _function_options(invoke, several=True)
     _stack_options(invoke)
+    _database_options(invoke, failover_command=False)
+    _iam_options(invoke)
 
 
 def _proxy_option(parser: argparse.ArgumentParser) -> None:
@@ -421,10 +431,12 @@ def _rotate_secret(args: argparse.Namespace) -> int:
 def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
-        help="the connection-exhaustion demonstration: one burst directly and through the pooler",
+        help="the connection-exhaustion demonstration: one burst directly, through the RDS Proxy "
+        "emulator and through PgBouncer",
         description="Run the same burst of concurrent Lambda invocations (of the kit's example handler, "
-        "or yours) directly against PostgreSQL and through the poolers, print a table and write a PNG "
-        "chart. Exits 1 when invocations fail other than by PostgreSQL refusing connections directly.",
+        "or yours) directly against PostgreSQL, through the RDS Proxy emulator and through PgBouncer "
+        "(when it is installed), print a table and write a PNG chart. Exits 1 when invocations fail "
+        "other than by PostgreSQL refusing connections directly.",
     )
     from emulator.tools.demo import DemoConfig  # noqa: PLC0415 - only for this command
 
@@ -519,7 +531,8 @@ def _add_failover_demo(commands: Commands) -> None:
     )
     _demo_outputs(demo, chart=defaults.chart, handler_log=defaults.handler_log)
     _demo_function_options(demo)
-    _database_options(demo, kind=ClusterKind.MULTI_AZ, terraform=False)  # the case of AWS's "up to 66%"
+    # The case of AWS's "up to 66%"; the demo fails its cluster over itself.
+    _database_options(demo, kind=ClusterKind.MULTI_AZ, terraform=False, failover_command=False)
     _stack_options(demo)
 
 
@@ -535,8 +548,9 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         "--pool-size",
         type=int,
         default=defaults.pool_size,
-        help="database connections the pooler may open; for the RDS Proxy emulator this sets "
-        "max_connections_percent unless a --proxy-setting does (default: %(default)s)",
+        help="database connections a pooler may open: PgBouncer's pool size, and for the RDS Proxy "
+        "emulator max_connections_percent to match, unless a --proxy-setting sets it (default: "
+        "%(default)s)",
     )
     parser.add_argument(
         "--proxy-setting",
@@ -545,8 +559,18 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="an RDS Proxy emulator setting by its Terraform name, e.g. connection_borrow_timeout=5 or "
-        "iam_auth=DISABLED (repeatable; `python -m emulator proxy --print-config` lists every name with "
-        "its default)",
+        "iam_auth=DISABLED (repeatable). `python -m emulator proxy --print-config` lists every name with "
+        f"the standalone proxy's default; here the defaults differ in {_stack_proxy_defaults()}, "
+        "max_connections_percent (from --pool-size) and the addresses, target, secret and TLS files "
+        "(the stack's)",
+    )
+
+
+def _stack_proxy_defaults() -> str:
+    """The stack's own defaults for the emulator, as NAME=VALUE (what --print-config does not show)."""
+    return ", ".join(
+        f"{name}={json.dumps(value) if isinstance(value, bool) else value}"
+        for name, value in DEFAULT_PROXY_SETTINGS.items()
     )
 
 
@@ -712,6 +736,8 @@ def _up(args: argparse.Namespace) -> int:
         try:
             if args.env_file:
                 write_env_file(args.env_file, env)
+                # A stale env file would name ports of a stack that is gone: removed after a SIGKILL too.
+                reaper.remove_path(args.env_file.absolute())
                 print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
                 if twin.stack.cluster is not None:
                     print(f"Failover     python -m emulator failover --env-file {args.env_file}")
@@ -721,6 +747,7 @@ def _up(args: argparse.Namespace) -> int:
             control.stop()
             if args.env_file:
                 args.env_file.unlink(missing_ok=True)
+                reaper.forget_path(args.env_file.absolute())
             print("Stopping ...", flush=True)
     return 0
 

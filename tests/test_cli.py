@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from emulator.paths import REPO
@@ -257,6 +260,39 @@ def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> N
         _stop(running)
 
 
+def _processes_of(workdir: Path) -> list[psutil.Process]:
+    """The running processes whose command line names the stack's directory (its servers)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and str(workdir) in " ".join(
+                process.info["cmdline"] or ()
+            ):
+                found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("options", [(), ("--cluster", "aurora")], ids=["single", "aurora"])
+def test_a_sigkill_of_up_leaves_no_server_and_no_file(tmp_path: Path, options: tuple[str, ...]) -> None:
+    """SIGKILL gives `up` no say: the reaper it started stops PostgreSQL and the proxy and removes the
+    stack's directory and the env file, as Ctrl+C does."""
+    running = _start_up(tmp_path, "emulator", *options)
+    try:
+        workdir = running.workdir()
+        servers = _processes_of(workdir)
+        names = " ".join(" ".join(process.cmdline()) for process in servers)
+        assert "postgres -D" in names
+        assert "emulator.rdsproxy" in names
+    finally:
+        running.process.kill()
+        running.process.wait(10)
+
+    def nothing_left() -> bool:
+        return not _processes_of(workdir) and not workdir.exists() and not running.env_file.exists()
+
+    wait_until(nothing_left, component="the killed up's servers and files", timeout=30)
+
+
 def test_help_documents_every_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "emulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
@@ -438,15 +474,41 @@ def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_help_says_where_the_proxy_settings_are_listed_and_only_what_each_command_has(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens ("--print- config") otherwise
     up = _help("up", capsys)
-    assert "`python -m emulator proxy --print-config` lists every name" in up
+    assert "`python -m emulator proxy --print-config` lists every name with the standalone proxy's" in up
+    # The defaults --print-config does not show are named, as the stack sets them.
+    assert "here the defaults differ in require_tls=true, iam_auth=REQUIRED, max_connections_percent" in up
     assert "With --terraform, an applied aws_rds_cluster" in up
     demo = _help("failover-demo", capsys)
     assert "--terraform" not in demo
     assert "exhaustion" not in demo
     assert "(default: multi-az)" in demo
+    # It refuses a single instance and fails its cluster over itself.
+    assert "One PostgreSQL (single)" not in demo
+    assert "emulator failover` fails it over" not in demo
+    invoke = _help("invoke", capsys)
+    assert "as `up` does, with the same options" in invoke
+    assert "emulator failover` fails it over" not in invoke  # its twin is gone before any failover
+    exhaustion = _help("demo", capsys)
+    assert "through the RDS Proxy emulator and through PgBouncer" in exhaustion
+
+
+def test_invoke_has_every_option_of_up_but_the_env_file() -> None:
+    """invoke starts the twin "as `up` does": with the same options."""
+    from emulator.cli import _parser  # noqa: PLC0415
+
+    def options(command: str) -> set[str]:
+        (commands,) = [a for a in _parser(command)._actions if isinstance(a, argparse._SubParsersAction)]
+        return {flag for action in commands.choices[command]._actions for flag in action.option_strings}
+
+    assert options("up") - options("invoke") == {"--env-file"}
+    top = subprocess.run(
+        [sys.executable, "-m", "emulator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert "the pooler" not in top
     # --print-config does list the settings up's --proxy-setting takes.
     printed = subprocess.run(
         [sys.executable, "-m", "emulator", "proxy", "--print-config"],

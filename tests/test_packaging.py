@@ -9,7 +9,9 @@ only come from the wheel: PYTHONPATH is cleared and the checkout is nowhere on t
 from __future__ import annotations
 
 import email
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,10 @@ from pathlib import Path
 import pytest
 
 from emulator.paths import PACKAGE, REPO
+from emulator.stack.envfile import parse_env
 from emulator.wait import wait_until
+
+README = REPO / "README.md"
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +116,48 @@ def test_the_wheel_holds_every_subpackage_and_the_example(wheel: Path) -> None:
         assert shipped in names
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mypyc") is None, reason="a compiled build needs mypy (mypyc)")
+def test_a_compiled_build_whose_compiler_fails_makes_a_pure_wheel(tmp_path: Path) -> None:
+    """LOCAL_TWIN_MYPYC=1 without a working C compiler falls back to pure Python: then the wheel is
+    py3-none-any, installable anywhere, not tagged for this platform and Python."""
+    # A copy of the sources: in the checkout, a build/ of an earlier compiled build would be up to date
+    # and no compiler would run.
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "*.so", ".terraform", "*.tfstate*")
+    for name in ("emulator", "lambda", "terraform", "compose"):
+        shutil.copytree(REPO / name, source / name, ignore=skip)
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "compose.yaml"):
+        shutil.copy2(REPO / name, source / name)
+    out = tmp_path / "wheel"
+    done = subprocess.run(
+        # This environment's setuptools and mypy, offline (an isolated build would download them).
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        env={**os.environ, "LOCAL_TWIN_MYPYC": "1", "CC": "/bin/false"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "compiling with mypyc failed" in done.stdout + done.stderr
+    (built,) = out.glob("*.whl")
+    assert built.name == "rds_proxy_local_twin-0.1.0-py3-none-any.whl"
+    archive = zipfile.ZipFile(built)
+    assert not [name for name in archive.namelist() if name.endswith(".so") or ".data/" in name]
+    (wheel_file,) = [name for name in archive.namelist() if name.endswith(".dist-info/WHEEL")]
+    assert "Root-Is-Purelib: true" in archive.read(wheel_file).decode()
+
+
 def test_the_wheel_declares_its_licence_and_lean_core(wheel: Path) -> None:
     archive = zipfile.ZipFile(wheel)
     (metadata_name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
@@ -144,6 +191,10 @@ def test_the_installed_kit_runs_from_any_directory(installed: Installed) -> None
         check=True,
     )
     assert "--handler" in script.stdout
+    # The stage needs a checkout's tests/aws: refused, even when confirmed, before anything is deployed.
+    stage = installed.run("stage", "--yes-create-billable-resources", check=False)
+    assert stage.returncode == 2, stage.stdout + stage.stderr
+    assert "run it from a checkout of the kit" in stage.stdout
 
 
 def test_up_gets_ready_and_ctrl_c_stops_it(installed: Installed) -> None:
@@ -165,6 +216,20 @@ def test_up_gets_ready_and_ctrl_c_stops_it(installed: Installed) -> None:
             timeout=120,
             alive=lambda: None if process.poll() is None else log.read_text(),
         )
+        # The README's line that runs the example handler from another shell, as a user of the wheel
+        # types it (no checkout around: the handler is the one the wheel ships).
+        (line,) = [line for line in README.read_text().splitlines() if "# the handler, via the proxy" in line]
+        handler = subprocess.run(
+            [str(installed.python), "-c", line.split("'")[1]],
+            cwd=installed.elsewhere,
+            env={**installed.env(), **parse_env(env_file.read_text())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert handler.returncode == 0, handler.stderr
+        assert "'ok': True" in handler.stdout, handler.stdout
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0, log.read_text()
         assert "Ready." in log.read_text()

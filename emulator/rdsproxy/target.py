@@ -220,6 +220,8 @@ class Target:
     async def discover(self) -> None:
         """Read max_connections and the server's session defaults, retrying while the target is down."""
         if self.replicated:
+            # Routine at start-up (found within milliseconds): INFO. WARN is for a lost writer, and
+            # for a start-up whose first round finds none (_find_writer).
             self._start_search(None, "The proxy is looking for the writer among its target's instances.")
         delay = 0.1
         monitor = PoolKey("postgres", self.credentials.monitor_user, tls=True)
@@ -275,7 +277,10 @@ class Target:
 
     def _start_search(self, lost: Instance | None, message: str) -> None:
         self._writer_known.clear()
-        self.log.warn(message)
+        if lost is None:
+            self.log.info(message)
+        else:
+            self.log.warn(message)
         self._search = asyncio.get_running_loop().create_task(self._find_writer(lost))
 
     async def _find_writer(self, lost: Instance | None) -> None:
@@ -292,7 +297,10 @@ class Target:
             if writer is not None:
                 break
             if rounds == 1:
-                self.log.info(f"No writer yet: {_describe(observations)}")
+                # After a lost writer this is expected (the WARN was that loss); at start-up it is the
+                # problem: every instance is down or in recovery, and connections wait.
+                log = self.log.info if lost is not None else self.log.warn
+                log(f"No writer yet: {_describe(observations)}")
             await asyncio.sleep(interval)
         old, self.writer = self.writer, writer
         self._search = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emulator.errors import ComponentError
+from emulator.stack import reaper
 from emulator.wait import wait_until
 
 # Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
@@ -78,6 +79,8 @@ class ManagedProcess:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self._popen: subprocess.Popen[bytes] | None = None
+        # Whether the reaper lists this process (forgotten once: its pid may be another's later).
+        self._watched = False
 
     @property
     def pid(self) -> int:
@@ -104,6 +107,9 @@ class ManagedProcess:
             raise ComponentError(self.component, f"could not start {self.argv[0]}: {exc}") from exc
         finally:
             log.close()
+        # Should the kit's process be killed (SIGKILL leaves it no say), the reaper stops this server.
+        reaper.watch_process(self._popen.pid, self.stop_signal)
+        self._watched = True
 
     def wait_ready(self, probe: Callable[[], bool], *, timeout: float, what: str = "") -> None:
         """Wait until probe() says yes; fail at once, with the log's end, if the process dies first."""
@@ -131,7 +137,17 @@ class ManagedProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """Send the stop signal to the whole process group, then SIGKILL at the deadline."""
         popen = self._popen
-        if popen is None or popen.poll() is not None:
+        if popen is None:
+            return
+        try:
+            self._stop(popen, timeout)
+        finally:
+            if self._watched:
+                reaper.forget_process(popen.pid)
+                self._watched = False
+
+    def _stop(self, popen: subprocess.Popen[bytes], timeout: float) -> None:
+        if popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(popen.pid, self.stop_signal)

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from emulator.awslambda.package import build_package
-from emulator.paths import LAMBDA_DIR
+from emulator.paths import LAMBDA_DIR, REPO
 from emulator.stage import compare
 from emulator.stage.guards import (
     CONFIRM_FLAG,
     StageRefused,
     aws_session,
+    check_checkout,
     check_confirmation,
     check_credentials,
 )
@@ -25,11 +26,12 @@ from emulator.terraform.workspace import find_terraform
 def add_parser(commands: Any) -> None:
     stage = commands.add_parser(
         "stage",
-        help="the real-AWS stage: deploy terraform/, run tests/aws on AWS and locally, compare, destroy",
+        help="the real-AWS stage (from a checkout of the kit): deploy terraform/, run tests/aws on AWS "
+        "and locally, compare, destroy",
         description="Deploy the kit's Terraform into the account of the environment's credentials (a "
         "unique name prefix, tagged), run tests/aws against it and against the local twin, write the "
         "comparison report, and destroy everything, also after failures, Ctrl+C and SIGTERM. Arguments "
-        "after -- go to pytest.",
+        "after -- go to pytest. It needs a checkout of the kit (tests/aws is not in the wheel).",
     )
     stage.add_argument(
         CONFIRM_FLAG,
@@ -54,6 +56,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     try:
+        check_checkout(REPO)
         check_confirmation(args.confirmed, env)
         identity = check_credentials(aws_session(env))
     except StageRefused as refusal:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -23,6 +24,16 @@ class Identity:
     account: str
     arn: str
     region: str
+
+
+def check_checkout(repo: Path) -> None:
+    """The stage runs the kit's tests/aws, which a checkout has and the wheel does not: refused before
+    anything is deployed, not after an apply."""
+    if not (repo / "tests" / "aws").is_dir():
+        raise StageRefused(
+            f"it runs the kit's tests/aws, which an installed kit does not have (none under {repo}): "
+            "run it from a checkout of the kit (git clone ...; nox -s aws)"
+        )
 
 
 def check_confirmation(confirmed_by_flag: bool, env: Mapping[str, str]) -> None:

@@ -22,6 +22,7 @@ from emulator.stage.guards import (
     CONFIRM_VALUE,
     StageRefused,
     aws_session,
+    check_checkout,
     check_confirmation,
     check_credentials,
 )
@@ -124,6 +125,13 @@ def test_the_command_refuses_before_creating_anything(no_aws_credentials: dict[s
     assert no_credentials.returncode == 2
     assert "no AWS credentials found" in no_credentials.stdout
     assert "Applying" not in unconfirmed.stdout + no_credentials.stdout
+
+
+def test_an_installed_kit_without_tests_aws_is_refused_before_anything(tmp_path: Path) -> None:
+    """A wheel has no tests/aws: the stage would deploy, find no tests, and destroy again."""
+    with pytest.raises(StageRefused, match="run it from a checkout of the kit"):
+        check_checkout(tmp_path)
+    check_checkout(REPO)
 
 
 # -- plan and cost ----------------------------------------------------------------------------

@@ -57,6 +57,31 @@ def pair(stack: EmbeddedStack) -> Iterator[tuple[PostgresServer, PostgresServer,
         yield started
 
 
+def _log(proxy: ProxyUnderTest) -> str:
+    return proxy.emulator.log_path.read_text()
+
+
+def test_a_start_up_that_finds_no_writer_warns_and_goes_on_when_one_comes(stack: EmbeddedStack) -> None:
+    first = start_instance(stack, "no-writer-a")
+    first.stop()
+    emulator = stack.make_emulator(
+        {"target_instances": [f"db-a={first.host}:{first.port}"]}, name="rdsproxy-no-writer"
+    )
+    try:
+        emulator.launch()
+        wait_until(
+            lambda: emulator.log_path.exists() and "[WARN] No writer yet: " in emulator.log_path.read_text(),
+            component="the proxy's warning",
+            timeout=30,
+        )
+        first.start()
+        emulator.wait_ready()
+        assert "The writer instance is db-a" in emulator.log_path.read_text()
+    finally:
+        emulator.stop()
+        first.stop()
+
+
 def _port(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT inet_server_port()").fetchone()
     assert row is not None
@@ -72,6 +97,10 @@ def test_the_first_instance_in_order_that_is_not_in_recovery_is_the_writer(
     assert stats["target_roles"] == {"db-a": "writer", "db-b": "writer"}
     with proxy.connect() as conn:
         assert _port(conn) == first.port
+    # Looking for the writer is routine at start-up: INFO, and no WARN at all.
+    log = _log(proxy)
+    assert "[INFO] The proxy is looking for the writer among its target's instances." in log
+    assert "[WARN]" not in log
 
 
 def test_a_failover_spares_idle_clients_and_cancels_those_in_a_transaction_or_a_statement(
@@ -114,6 +143,7 @@ def test_a_failover_spares_idle_clients_and_cancels_those_in_a_transaction_or_a_
     assert stats["target_writer"] == "db-b"
     assert stats["failovers"] == 1
     assert stats["target_available"]
+    assert "[WARN] The proxy lost the writer instance db-a (" in _log(proxy)
     for conn in [*idle, in_transaction, pinned, *busy]:
         conn.close()
 
