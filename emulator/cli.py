@@ -19,7 +19,6 @@ from typing import Any
 from emulator.awslambda.function import FunctionConfig, InitMode
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
-from emulator.stack import reaper
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, env_key
 from emulator.stack.envfile import parse_env, write_env_file
@@ -736,8 +735,6 @@ def _up(args: argparse.Namespace) -> int:
         try:
             if args.env_file:
                 write_env_file(args.env_file, env)
-                # A stale env file would name ports of a stack that is gone: removed after a SIGKILL too.
-                reaper.remove_path(args.env_file.absolute())
                 print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
                 if twin.stack.cluster is not None:
                     print(f"Failover     python -m emulator failover --env-file {args.env_file}")
@@ -747,7 +744,6 @@ def _up(args: argparse.Namespace) -> int:
             control.stop()
             if args.env_file:
                 args.env_file.unlink(missing_ok=True)
-                reaper.forget_path(args.env_file.absolute())
             print("Stopping ...", flush=True)
     return 0
 

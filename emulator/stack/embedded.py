@@ -26,7 +26,7 @@ from emulator.lifecycle import Started
 from emulator.net import LOOPBACK
 from emulator.paths import TERRAFORM_DIR
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.stack import reaper
+from emulator.stack import leftovers
 from emulator.stack.cluster import (
     TOPOLOGY_FILE,
     ClusterKind,
@@ -223,10 +223,10 @@ class EmbeddedStack(Started, StackEnvironment):
 
     def start(self) -> None:
         cfg = self.config
-        self.workdir = Path(tempfile.mkdtemp(prefix="local-twin-"))
-        # Removed by the reaper should this process be killed before its own cleanup runs.
-        reaper.remove_path(self.workdir)
-        self._cleanups.append(self._remove_workdir)
+        # What stacks killed with SIGKILL left (their servers stopped by themselves) goes first.
+        leftovers.sweep()
+        self.workdir = leftovers.make_workdir()
+        self._cleanups.append(lambda: shutil.rmtree(self.workdir, ignore_errors=True))
         self.user = service_user()
         hand_over(self.workdir, self.user)
         self.ca = LocalCA(self.workdir)
@@ -740,10 +740,6 @@ class EmbeddedStack(Started, StackEnvironment):
         return RdsProxyEmulator(
             self.workdir / name, config, environment=self.aws.environment(), started_ahead=started_ahead
         )
-
-    def _remove_workdir(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        reaper.forget_path(self.workdir)
 
     def stop(self) -> None:
         """Stop everything that was started, newest first; a component that fails to stop is reported and the

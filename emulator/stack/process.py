@@ -1,22 +1,37 @@
 """Child processes of the local stack: started in their own process group, logged to a file,
-run as an unprivileged user when the kit runs as root, and always stopped.
+run as an unprivileged user when the kit runs as root, and always stopped: by the kit, or, should
+the kit's process be killed (SIGKILL gives it no say), by the kernel.
+
+The kernel's part is Linux's parent-death signal (PR_SET_PDEATHSIG), set by util-linux's `setpriv
+--pdeathsig` in front of the server's own command: when the kit's process ends, each server gets its
+usual stop signal, as from the kit. It fires when the *thread* that started the server ends, so every
+server is started from one thread that lasts as long as the process. Without setpriv (not Linux) a
+killed kit leaves its servers running, as before. Costs nothing: no watcher process, no memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from emulator.errors import ComponentError
-from emulator.stack import reaper
 from emulator.wait import wait_until
+
+# Every server is started from this thread: it lasts as long as the process (its executor is joined
+# at interpreter exit), so a server's parent-death signal fires when the process ends, not before.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-twin-spawner")
+_SETPRIV = shutil.which("setpriv")
 
 # Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
 _SERVICE_USERS = ("postgres", "nobody")
@@ -79,8 +94,6 @@ class ManagedProcess:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self._popen: subprocess.Popen[bytes] | None = None
-        # Whether the reaper lists this process (forgotten once: its pid may be another's later).
-        self._watched = False
 
     @property
     def pid(self) -> int:
@@ -91,25 +104,28 @@ class ManagedProcess:
         log = self.log_path.open("ab")
         hand_over(self.log_path, self.user)
         try:
-            self._popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-                user=self.user.uid if self.user else None,
-                group=self.user.gid if self.user else None,
-                extra_groups=[] if self.user else None,
-            )
+            self._popen = _SPAWNER.submit(self._spawn, log).result()
         except OSError as exc:
             raise ComponentError(self.component, f"could not start {self.argv[0]}: {exc}") from exc
         finally:
             log.close()
-        # Should the kit's process be killed (SIGKILL leaves it no say), the reaper stops this server.
-        reaper.watch_process(self._popen.pid, self.stop_signal)
-        self._watched = True
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        # A missing program is Popen's FileNotFoundError as without setpriv, not setpriv's exit status.
+        if shutil.which(self.argv[0], path=os.pathsep.join(os.get_exec_path(self.env))) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.argv[0])
+        return subprocess.Popen(
+            with_death_signal(self.argv, self.stop_signal),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+            user=self.user.uid if self.user else None,
+            group=self.user.gid if self.user else None,
+            extra_groups=[] if self.user else None,
+        )
 
     def wait_ready(self, probe: Callable[[], bool], *, timeout: float, what: str = "") -> None:
         """Wait until probe() says yes; fail at once, with the log's end, if the process dies first."""
@@ -137,17 +153,7 @@ class ManagedProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """Send the stop signal to the whole process group, then SIGKILL at the deadline."""
         popen = self._popen
-        if popen is None:
-            return
-        try:
-            self._stop(popen, timeout)
-        finally:
-            if self._watched:
-                reaper.forget_process(popen.pid)
-                self._watched = False
-
-    def _stop(self, popen: subprocess.Popen[bytes], timeout: float) -> None:
-        if popen.poll() is not None:
+        if popen is None or popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(popen.pid, self.stop_signal)
@@ -168,6 +174,15 @@ class ManagedProcess:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(popen.pid, signal.SIGKILL)
+
+
+def with_death_signal(argv: Sequence[str], stop_signal: signal.Signals) -> list[str]:
+    """argv, run so that the kernel sends it stop_signal when the kit's process ends (setpriv sets
+    the signal after Popen has switched to the service user, which would clear it, then execs argv:
+    the server keeps the pid Popen knows)."""
+    if _SETPRIV is None:
+        return list(argv)
+    return [_SETPRIV, f"--pdeathsig={stop_signal.name.removeprefix('SIG')}", "--", *argv]
 
 
 def run_checked(
