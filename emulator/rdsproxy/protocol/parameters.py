@@ -30,6 +30,22 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_TOLD: dict[tuple[Key, Key], dict[str, str]] = {}
+_TOLD_MAX = 256
+
+
+def _told_at_login(baseline: Mapping[str, str], key: Key) -> dict[str, str]:
+    """The parameters a client is told at login (never changed in place: see SessionParameters.seen)."""
+    cache_key = (tuple(baseline.items()), key)
+    told = _TOLD.get(cache_key)
+    if told is None:
+        if len(_TOLD) >= _TOLD_MAX:
+            _TOLD.clear()
+        told = {**baseline, **{k: v for k, v in key if k != UNREPORTED}}
+        _TOLD[cache_key] = told
+    return told
+
+
 class SessionParameters:
     """What the client asked for (wanted) and what it has been told (seen)."""
 
@@ -53,10 +69,9 @@ class SessionParameters:
                 self.wanted[name] = canonical(name, value)
         self.key: Key = tuple(self.wanted.items())
         # What the client learns at login: the server's reported parameters, with its own choices.
-        self.seen: dict[str, str] = {
-            **baseline,
-            **{k: v for k, v in self.wanted.items() if k != UNREPORTED},
-        }
+        # Shared by the sessions that were told the same (most are), copied before it changes.
+        self.seen: dict[str, str] = _told_at_login(baseline, self.key)
+        self._seen_shared = True
 
     def alignment(self, reported: Mapping[str, str], unreported: Mapping[str, str]) -> str | None:
         """The SET statements that give a connection this client's parameters, or None."""
@@ -83,5 +98,8 @@ class SessionParameters:
         """The server reported a parameter: True when the client has not seen this value yet."""
         if self.seen.get(name) == value:
             return False
+        if self._seen_shared:
+            self.seen = dict(self.seen)
+            self._seen_shared = False
         self.seen[name] = value
         return True
