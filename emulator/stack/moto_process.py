@@ -11,12 +11,13 @@ import atexit
 import contextlib
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
 from typing import IO, Any
 
-from emulator.net import free_port
+from emulator.net import LOOPBACK
 
 COMPONENT = "AWS API emulator (moto server)"
 INSTALL_HINT = "pip install 'moto[server]'"
@@ -37,18 +38,25 @@ class MotoProcess:
 
     def __init__(self, region: str) -> None:
         self.region = region
-        # Chosen here, so the endpoint is known before moto answers (the stack hands it to processes
-        # it starts meanwhile).
-        self.endpoint_port = free_port()
-        # stdin is the child's lifeline: when this process ends, by any signal, the kernel closes the
-        # pipe and the child exits. Its own session keeps the terminal's Ctrl+C away from it.
-        self._popen = subprocess.Popen(
-            [sys.executable, "-m", "emulator.stack.moto_server", region, str(self.endpoint_port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-            text=True,
-        )
+        # The listening socket is made here and handed to the child, so the endpoint is known before
+        # moto answers (the stack hands it to processes it starts meanwhile) and no other program can
+        # take the port while moto imports (a free port chosen here and bound there could be taken
+        # in between). A client that connects early waits in the backlog until moto serves.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.bind((LOOPBACK, 0))
+            listener.listen(128)
+            self.endpoint_port: int = listener.getsockname()[1]
+            # stdin is the child's lifeline: when this process ends, by any signal, the kernel closes
+            # the pipe and the child exits. Its own session keeps the terminal's Ctrl+C away from it.
+            self._popen = subprocess.Popen(
+                [sys.executable, "-m", "emulator.stack.moto_server", region, str(listener.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+                text=True,
+                pass_fds=(listener.fileno(),),
+            )
+        # Closed here: only the child listens, so once it is gone a client is refused, not left waiting.
         assert self._popen.stdin is not None
         assert self._popen.stdout is not None
         self._requests: IO[str] = self._popen.stdin
@@ -104,9 +112,10 @@ class MotoProcess:
         return answer
 
     def stop(self, timeout: float = 5) -> None:
+        # Its end of input: it exits. Closed also when it has died already (the pipe is still ours).
+        with contextlib.suppress(BrokenPipeError):
+            self._requests.close()
         if self._popen.poll() is None:
-            with contextlib.suppress(BrokenPipeError):
-                self._requests.close()  # its end of input: it exits
             try:
                 self._popen.wait(timeout)
             except subprocess.TimeoutExpired:

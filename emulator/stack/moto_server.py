@@ -1,11 +1,12 @@
-"""moto's server in a process of its own: `python -m emulator.stack.moto_server REGION PORT`.
+"""moto's server in a process of its own: `python -m emulator.stack.moto_server REGION FD`.
 
 One per stack, so no two stacks share moto's state, and the stack's Python process does not pay for
 moto's imports and first requests under its own GIL. The kit's fixes (moto_quirks) are applied here,
-where moto runs. The parent talks to it over the child's stdin and stdout, one JSON object per line
-(emulator.stack.moto_process): the first line the child writes says where it listens, or why moto
-could not start; then each request line gets one answer line. When stdin ends (the parent stopped
-it, exited or was killed) the child exits: moto never outlives its stack.
+where moto runs. FD is the listening socket the parent made and passed on, so the port is known, and
+held, before moto starts. The parent talks to the child over its stdin and stdout, one JSON object
+per line (emulator.stack.moto_process): the first line the child writes says where it listens, or why
+moto could not start; then each request line gets one answer line. When stdin ends (the parent
+stopped it, exited or was killed) the child exits: moto never outlives its stack.
 
 Before it says it listens, the child answers a request of the API the stack calls while it starts
 (Secrets Manager), so that backend is loaded and the stack's first calls are fast.
@@ -41,7 +42,7 @@ WARM_UP_ACCESS_KEY_ID = "AKIALOCALTWINWARMUP0"
 
 
 def main(argv: list[str]) -> int:
-    region, port = argv[0], int(argv[1])
+    region, listener = argv[0], int(argv[1])
     # The protocol's channel is a copy of stdout; anything moto prints goes to stderr instead.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -68,12 +69,12 @@ def main(argv: list[str]) -> int:
     app = DomainDispatcherApplication(create_backend_app)
     _warm_up(app, region)
     try:
-        server = make_server(LOOPBACK, port, app, threaded=True, request_handler=MotoRequestHandler)
+        server = make_server(LOOPBACK, 0, app, threaded=True, request_handler=MotoRequestHandler, fd=listener)
     except OSError as exc:
-        _say(channel, {"error": f"cannot listen on {LOOPBACK}:{port}: {exc}"})
+        _say(channel, {"error": f"cannot listen on the socket its parent passed (fd {listener}): {exc}"})
         return 3
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
-    _say(channel, {"port": server.server_port})
+    _say(channel, {"port": server.port})
     for line in sys.stdin:
         _say(channel, _answer(json.loads(line)))
     # stdin ended: the stack is gone. Nothing here needs an orderly exit.

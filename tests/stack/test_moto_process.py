@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,9 @@ import psutil
 import pytest
 
 from emulator.errors import ComponentError
+from emulator.net import LOOPBACK
 from emulator.stack.moto import INSTALL_HINT, AwsEmulator
+from emulator.stack.moto_process import DEFAULT_REGION, MotoProcess
 
 pytestmark = pytest.mark.unit
 
@@ -209,3 +213,39 @@ def test_up_starts_moto_before_its_imports_and_its_stack_adopts_it() -> None:
         check=False,
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def _port(aws: AwsEmulator) -> int:
+    return int(aws.endpoint_url.rsplit(":", 1)[1])
+
+
+def test_the_announced_port_is_motos_while_it_starts() -> None:
+    """The endpoint is known before moto answers (the stack hands it to processes it starts
+    meanwhile): no other program can take its port while moto imports, and a client that connects
+    that early is answered once moto serves."""
+    aws = AwsEmulator()
+    aws.launch()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other, pytest.raises(OSError) as taken:  # noqa: PT011 - its errno is checked
+            other.bind((LOOPBACK, _port(aws)))
+        assert taken.value.errno == errno.EADDRINUSE
+        assert aws.client("sts").get_caller_identity()["Account"]
+        aws.wait_ready()
+    finally:
+        aws.stop()
+
+
+def test_a_moto_process_that_died_leaves_its_port_refusing_and_nothing_open() -> None:
+    """Only moto's process listens: a client of a moto that died is refused, not left waiting in a
+    backlog nobody serves. Stopping it closes this side's pipes too, also when it had died."""
+    this = psutil.Process()
+    files_before = this.num_fds()
+    moto = MotoProcess(DEFAULT_REGION)
+    port = moto.port()
+    os.kill(moto.pid, signal.SIGKILL)
+    assert _gone(moto.pid, timeout=10), "moto's process did not die"
+    # Reaped there: a killed process's threads may hold its files a moment after it is a zombie.
+    moto.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((LOOPBACK, port), timeout=5).close()
+    assert this.num_fds() == files_before
