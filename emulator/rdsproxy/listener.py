@@ -163,12 +163,8 @@ class ProxyListener:
     async def _open(self, key: PoolKey) -> DbConnection:
         return await self.target.open_connection(key)
 
-    async def _accept(
-        self, deps: SessionDeps, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        protocol = writer.transport.get_protocol()
-        assert isinstance(protocol, ClientProtocol)
-        session = ClientSession(deps, protocol, writer)
+    async def _accept(self, deps: SessionDeps, protocol: ClientProtocol) -> None:
+        session = ClientSession(deps, protocol)
         self.sessions.add(session)
         await session.run()
 

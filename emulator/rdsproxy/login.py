@@ -78,14 +78,14 @@ class Authority(Protocol):
 class ClientStream:
     """The client connection as login uses it: reads with a deadline, writes, and the TLS upgrade."""
 
-    def __init__(self, protocol: ClientProtocol, writer: asyncio.StreamWriter, *, timeout: float) -> None:
+    def __init__(self, protocol: ClientProtocol, *, timeout: float) -> None:
         self.protocol = protocol
-        self.writer = writer
+        self.writer = protocol
         self.timeout = timeout
         self.tls = False
         # The port of the listener (proxy endpoint) the client connected to: an IAM token is signed
         # for one endpoint's host and port.
-        sockname = writer.get_extra_info("sockname") or ("", 0)
+        sockname = protocol.get_extra_info("sockname") or ("", 0)
         self.local_port = int(sockname[1])
 
     async def read_more(self) -> bytes:

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.client import ClientProtocol
@@ -109,13 +109,14 @@ class SessionDeps:
 class ClientSession:
     """A client connection from login to close, and the database connection it has borrowed, if any."""
 
-    def __init__(self, deps: SessionDeps, protocol: ClientProtocol, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, deps: SessionDeps, protocol: ClientProtocol) -> None:
         self.deps = deps
         self.protocol = protocol
-        self.writer = writer
+        # The connection's writes go through its protocol (StreamWriter's methods, without one).
+        self.writer = protocol
         # RDS Proxy logs client connections with a 32-bit number.
         self.id = random.getrandbits(32)
-        host, port = (writer.get_extra_info("peername") or ("?", "?"))[:2]
+        host, port = (protocol.get_extra_info("peername") or ("?", "?"))[:2]
         self.peer = f"{host}:{port}"
         self.login = Login("", "", tls=False)
         self.parameters = SessionParameters({}, {})
@@ -184,7 +185,7 @@ class ClientSession:
     async def _start(self) -> bool:
         deps = self.deps
         config = deps.config
-        stream = ClientStream(self.protocol, self.writer, timeout=float(config.client_login_timeout))
+        stream = ClientStream(self.protocol, timeout=float(config.client_login_timeout))
         try:
             async with asyncio.timeout(config.client_login_timeout):
                 self.login = await login(stream, deps, self._debug)
@@ -275,8 +276,7 @@ class ClientSession:
         self._frames_handled()
 
     def _client_transport(self) -> asyncio.Transport:
-        # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs).
-        return cast(asyncio.Transport, self.writer.transport)
+        return self.writer.transport
 
     def _frames_handled(self) -> None:
         self._flush()
