@@ -6,18 +6,28 @@ buffer in between. The database side does the same (dbconn._BackendProtocol). Th
 the connection's writer (write, drain, start_tls, close: what the session and login use of asyncio's
 StreamWriter): no StreamReader, StreamWriter and their futures per client, about 2 kB of each idle
 client's memory.
+
+TLS is done here too, with an ssl.SSLObject between two memory BIOs, rather than by the event loop's
+start_tls: the loop's TLS protocol keeps its own objects and touched read buffer per connection
+(about 6 kB of each idle TLS client besides OpenSSL's own state), and its layer between transport and
+protocol costs a call per chunk each way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 Sink = Callable[[bytes], None]
 Lost = Callable[[BaseException | None], None]
 Connected = Callable[["ClientProtocol"], Coroutine[Any, Any, None]]
+
+# Decrypted bytes are read into this one buffer, then copied out at their size (the event loop runs
+# one callback at a time): no 64 kB allocation per read.
+_TLS_BUFFER = bytearray(1 << 16)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -32,6 +42,12 @@ class ClientProtocol(asyncio.Protocol):
         self._sink: Sink | None = None
         self._lost: Lost | None = None
         self._over_tls = False
+        # TLS, once the client asked for it (start_tls): OpenSSL's end of the connection, the
+        # ciphertext in and out, and the handshake login waits for.
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in: ssl.MemoryBIO | None = None
+        self._tls_out: ssl.MemoryBIO | None = None
+        self._handshake: asyncio.Future[None] | None = None
         # Flow control: the transport's buffer is full (pause_writing) until resume_writing.
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -59,6 +75,12 @@ class ClientProtocol(asyncio.Protocol):
     # -- from the event loop ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls_received(data)
+            return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
         sink = self._sink
         if sink is not None:
             sink(data)
@@ -95,6 +117,7 @@ class ClientProtocol(asyncio.Protocol):
     def _ended(self, exc: BaseException | None) -> None:
         self.at_eof = True
         self._wake()
+        self._handshake_done(exc or ConnectionResetError("the client closed the connection during TLS"))
         lost, self._lost = self._lost, None
         if lost is not None:
             lost(exc)
@@ -103,6 +126,57 @@ class ClientProtocol(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    # -- TLS -------------------------------------------------------------------------------------------
+
+    def _tls_received(self, data: bytes) -> None:
+        """Ciphertext from the client: the handshake's next step, then whatever it decrypts to."""
+        tls, incoming = self._tls, self._tls_in
+        assert tls is not None
+        assert incoming is not None
+        incoming.write(data)
+        plain: list[bytes] = []
+        ended = False
+        try:
+            if self._handshake is not None:
+                tls.do_handshake()
+                self._handshake_done(None)
+            buffer = _TLS_BUFFER
+            while True:
+                # Into a buffer, read returns the count (typeshed says bytes).
+                count = cast(int, tls.read(len(buffer), buffer))
+                if not count:
+                    break
+                plain.append(bytes(buffer[:count]))
+        except ssl.SSLWantReadError:
+            pass  # the rest of a record, or of the handshake, is still on its way
+        except ssl.SSLZeroReturnError:
+            ended = True  # the client's close_notify: as EOF
+        except ssl.SSLError as exc:
+            # A failed handshake, or bytes that are not TLS: the alert goes out and the connection ends.
+            self._tls_flush()
+            self._handshake_done(exc)
+            self.transport.close()
+            return
+        self._tls_flush()  # handshake messages, session tickets, alerts
+        if plain:
+            self._deliver(b"".join(plain))
+        if ended:
+            self._ended(None)
+
+    def _tls_flush(self) -> None:
+        outgoing = self._tls_out
+        assert outgoing is not None
+        if outgoing.pending and not self.transport.is_closing():
+            self.transport.write(outgoing.read())
+
+    def _handshake_done(self, exc: BaseException | None) -> None:
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.done():
+            if exc is None:
+                handshake.set_result(None)
+            else:
+                handshake.set_exception(exc)
 
     # -- login: awaited reads -----------------------------------------------------------------------
 
@@ -134,7 +208,12 @@ class ClientProtocol(asyncio.Protocol):
     # -- writing (StreamWriter's part) ----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        tls = self._tls
+        if tls is None:
+            self.transport.write(data)
+            return
+        tls.write(data)
+        self._tls_flush()
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
@@ -143,6 +222,12 @@ class ClientProtocol(asyncio.Protocol):
         return self.transport.get_extra_info(name, default)
 
     def close(self) -> None:
+        tls = self._tls
+        if tls is not None and self._handshake is None and not self.transport.is_closing():
+            # close_notify first, as the loop's TLS transport does (clients wait for it).
+            with contextlib.suppress(ssl.SSLError):
+                tls.unwrap()
+            self._tls_flush()
         self.transport.close()
 
     async def drain(self) -> None:
@@ -161,11 +246,17 @@ class ClientProtocol(asyncio.Protocol):
 
     async def start_tls(self, context: ssl.SSLContext) -> None:
         """Upgrade the connection to TLS as the server (after the client's SSLRequest was answered)."""
-        await self.drain()
-        upgraded = await self._loop.start_tls(self.transport, self, context, server_side=True)
-        assert upgraded is not None
-        self.transport = upgraded  # the TLS transport
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
         self._over_tls = True
+        handshake = self._handshake = self._loop.create_future()
+        await self.drain()
+        early = self.take_pending()  # a ClientHello that came while the "S" was being written
+        if early:
+            self._tls_received(early)
+        if self.at_eof:  # the client had closed its end already: no handshake will come
+            self._handshake_done(ConnectionResetError("the client closed the connection before TLS"))
+        await handshake
 
 
 def _ignore(data: bytes) -> None:

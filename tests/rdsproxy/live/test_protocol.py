@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,30 @@ def test_ssl_is_declined_when_the_proxy_has_no_certificate(make_proxy: Callable[
     client.send(m.ssl_request())
     assert client.sock.recv(1) == b"N"
     client.close()
+
+
+@pytest.mark.parametrize(
+    "after_yes",
+    [b"", b"\x16\x03\x01\x02\x00\x01", b"not a TLS record at all"],
+    ids=["nothing", "half a ClientHello", "not TLS"],
+)
+def test_a_client_that_closes_its_end_after_an_ssl_request_is_let_go_at_once(
+    md5_proxy: ProxyUnderTest, after_yes: bytes
+) -> None:
+    # Half-closed right after the SSLRequest (its EOF may arrive before the "S" is written), or after
+    # a broken handshake: no handshake can come, so the connection ends now, not at the login timeout.
+    client = RawClient(md5_proxy.host, md5_proxy.port)
+    client.send(m.ssl_request())
+    answered = b""
+    if after_yes:
+        answered = client.sock.recv(1)
+        client.send(after_yes)
+    client.sock.shutdown(socket.SHUT_WR)
+    client.sock.settimeout(3)  # TimeoutError: the proxy kept the connection
+    while data := client.sock.recv(1000):
+        answered += data
+    client.close()
+    assert answered.startswith(b"S")  # then, at most, TLS's alert
 
 
 def test_a_cancel_request_is_accepted_and_ignored(md5_proxy: ProxyUnderTest) -> None:
