@@ -15,14 +15,18 @@ nox.options.error_on_missing_interpreters = True
 # A user's project with its own test suite on the kit's pytest plugin (its pyproject.toml).
 EXAMPLE_PROJECT = "examples/orders-service"
 ROOT = Path(__file__).resolve().parent
-# What the proxy compiled with mypyc (setup.py, LOCAL_TWIN_MYPYC=1) must pass: its unit tests, and the
-# harnesses that compare its bytes with PostgreSQL's and keep clients apart (the whole suite runs on
-# the pure-Python build; twice would not fit CI's time).
+# What the proxy compiled with mypyc (setup.py, LOCAL_TWIN_MYPYC=1) must pass: its unit tests, the
+# harnesses that compare its bytes with PostgreSQL's and keep clients apart, and its logins (TLS,
+# IAM, every driver, hand-made protocol edge cases: a compiled build checks types at run time that
+# the pure one never does). The whole suite runs on the pure-Python build; twice would not fit CI.
 COMPILED_TESTS = [
     "tests/rdsproxy/unit",
     "tests/rdsproxy/live/test_protocol_differential.py",
     "tests/rdsproxy/live/test_differential.py",
     "tests/rdsproxy/live/test_isolation.py",
+    "tests/rdsproxy/live/test_auth.py",
+    "tests/rdsproxy/live/test_drivers.py",
+    "tests/rdsproxy/live/test_protocol.py",
 ]
 
 

@@ -142,9 +142,11 @@ class ClientProtocol(asyncio.Protocol):
                 tls.do_handshake()
                 self._handshake_done(None)
             buffer = _TLS_BUFFER
+            # Into a buffer, read returns the count; typeshed says bytes, which a compiled build
+            # would check: called untyped.
+            read: Any = tls.read
             while True:
-                # Into a buffer, read returns the count (typeshed says bytes).
-                count = cast(int, tls.read(len(buffer), buffer))
+                count = cast(int, read(len(buffer), buffer))
                 if not count:
                     break
                 plain.append(bytes(buffer[:count]))
