@@ -28,6 +28,7 @@ Connected = Callable[["ClientProtocol"], Coroutine[Any, Any, None]]
 # Decrypted bytes are read into this one buffer, then copied out at their size (the event loop runs
 # one callback at a time): no 64 kB allocation per read.
 _TLS_BUFFER = bytearray(1 << 16)
+_TLS_VIEW = memoryview(_TLS_BUFFER)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -141,7 +142,7 @@ class ClientProtocol(asyncio.Protocol):
             if self._handshake is not None:
                 tls.do_handshake()
                 self._handshake_done(None)
-            buffer = _TLS_BUFFER
+            buffer, view = _TLS_BUFFER, _TLS_VIEW
             # Into a buffer, read returns the count; typeshed says bytes, which a compiled build
             # would check: called untyped.
             read: Any = tls.read
@@ -149,7 +150,9 @@ class ClientProtocol(asyncio.Protocol):
                 count = cast(int, read(len(buffer), buffer))
                 if not count:
                     break
-                plain.append(bytes(buffer[:count]))
+                plain.append(bytes(view[:count]))
+                if not incoming.pending and not tls.pending():
+                    break  # all decrypted: no SSLWantReadError to raise and catch per chunk
         except ssl.SSLWantReadError:
             pass  # the rest of a record, or of the handshake, is still on its way
         except ssl.SSLZeroReturnError:
