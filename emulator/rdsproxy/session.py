@@ -66,6 +66,10 @@ def _runs_on_server(kind: int, frame: m.Frame) -> bool:
 
 # A client that reads slower than its database connection answers holds the connection back here.
 _WRITE_BUFFER_HIGH = 1 << 20
+# A client that keeps sending while one of its messages waits (for a borrow) is read until this much
+# is buffered, then paused: pausing at once would cost two system calls per waiting request, and a
+# client that waits for its answer sends nothing more anyway.
+_READ_BUFFER_HIGH = 1 << 18
 
 
 # What a READ_ONLY endpoint's client is told at login, where the writer's values differ: its
@@ -151,6 +155,7 @@ class ClientSession:
         # A message that must wait (for a borrow, for held messages) and those behind it are taken
         # by this task; the client is not read meanwhile.
         self._waiting: asyncio.Task[None] | None = None
+        self._reading_paused = False
         # A connection lent at once but not yet given the client's session parameters.
         self._unaligned: DbConnection | None = None
 
@@ -252,11 +257,13 @@ class ClientSession:
 
     def _received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        self._frames.feed(data)
+        frames = self._frames
+        frames.feed(data)
         if self._waiting is None:
             self._take_frames()
-        # Otherwise the waiting task takes them (the client is paused, but bytes already on their way
-        # arrive).
+        elif not self._reading_paused and frames.buffered() > _READ_BUFFER_HIGH:
+            # The waiting task takes them; meanwhile, a client that sends a lot is read no more.
+            self._pause_reading()
 
     def _take_frames(self) -> None:
         """Every complete message, in order, at once; from the first that must wait, a task."""
@@ -266,7 +273,6 @@ class ClientSession:
                 if not self._dispatch_now(frame):
                     frames.close()
                     self._flush()
-                    self._client_transport().pause_reading()
                     self._waiting = asyncio.get_running_loop().create_task(self._wait_then_go_on(frame))
                     return
         except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
@@ -275,8 +281,14 @@ class ClientSession:
             return
         self._frames_handled()
 
-    def _client_transport(self) -> asyncio.Transport:
-        return self.writer.transport
+    def _pause_reading(self) -> None:
+        self._reading_paused = True
+        self.writer.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.writer.transport.resume_reading()
 
     def _frames_handled(self) -> None:
         self._flush()
@@ -284,7 +296,7 @@ class ClientSession:
         self._release_if_done()
         if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
             # The client reads its answers slower than it sends requests: read no more until it catches up.
-            self._client_transport().pause_reading()
+            self._pause_reading()
             self._waiting = asyncio.get_running_loop().create_task(self._drain_then_go_on())
 
     async def _wait_then_go_on(self, first: m.Frame) -> None:
@@ -301,14 +313,14 @@ class ClientSession:
             self._stop_serving(exc)
             return
         self._waiting = None
-        self._client_transport().resume_reading()
+        self._resume_reading()
         self._frames_handled()
 
     async def _drain_then_go_on(self) -> None:
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
         self._waiting = None
-        self._client_transport().resume_reading()
+        self._resume_reading()
         self._take_frames()
 
     async def _dispatch_waiting(self, frame: m.Frame) -> None:

@@ -118,6 +118,10 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def buffered(self) -> int:
+        """Bytes received and not yet taken as messages."""
+        return len(self._buffer)
+
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
 
