@@ -23,7 +23,7 @@ import urllib.request
 from typing import Any, Protocol
 
 from emulator.errors import ComponentError
-from emulator.net import LOOPBACK
+from emulator.net import LOOPBACK, QuietHTTPServer
 from emulator.stack.cluster import FailoverReport
 
 CONTROL_URL = "LOCAL_TWIN_CONTROL_URL"
@@ -44,7 +44,7 @@ class ControlServer:
         self._twin = twin
         self._token = secrets.token_urlsafe(16)
         handler = _handler(twin, f"/{self._token}")
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+        self._server = QuietHTTPServer((LOOPBACK, 0), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="local-twin-control", daemon=True
         )
