@@ -925,8 +925,7 @@ def _failover_demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
-
+    from emulator.tools.consoles import console as output_console  # noqa: PLC0415
     from emulator.tools.report import RunReport, read_log, read_stats  # noqa: PLC0415
 
     source = f"--stats {args.stats}"
@@ -941,7 +940,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report.to_json(), indent=2))
         return 0
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = output_console()
     for part in report.parts():
         console.print(part)
     return 0
