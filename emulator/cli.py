@@ -129,7 +129,7 @@ def _database_options(
         # failover-demo: a single instance has nothing to fail over to (refused).
         text = f"A cluster by real streaming replication that fails over (default: {kind.value})."
     if failover_command:
-        text += " `python -m emulator failover` fails it over."
+        text += " `rds-proxy-twin failover` fails it over."
     if terraform:
         text += " With --terraform, an applied aws_rds_cluster or multi_az = true decides instead."
     group = parser.add_argument_group("the database", text)
@@ -752,7 +752,7 @@ def _up(args: argparse.Namespace) -> int:
                 write_env_file(args.env_file, env)
                 print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
                 if twin.stack.cluster is not None:
-                    print(f"Failover     python -m emulator failover --env-file {args.env_file}")
+                    print(f"Failover     rds-proxy-twin failover --env-file {args.env_file}")
             print("Ready. Press Ctrl+C to stop.", flush=True)
             threading.Event().wait()
         finally:
@@ -798,7 +798,7 @@ def _failover(args: argparse.Namespace) -> int:
             f"error: {where} names no running twin ({CONTROL_URL} is missing)",
             file=sys.stderr,
         )
-        print("  start one with: python -m emulator up --cluster aurora --env-file FILE", file=sys.stderr)
+        print("  start one with: rds-proxy-twin up --cluster aurora --env-file FILE", file=sys.stderr)
         return 2
     try:
         report = request_failover(url, args.to)

@@ -426,6 +426,8 @@ def test_failover_from_another_shell_promotes_a_replica_of_a_running_up(tmp_path
         env = running.env()
         assert env["LOCAL_TWIN_DATABASE_KIND"] == "aurora"
         assert "Database     aurora: database-1-instance-1 writer" in running.output()
+        # The console script the README tells users to run.
+        assert f"Failover     rds-proxy-twin failover --env-file {running.env_file}" in running.output()
 
         done = _failover(
             "--env-file", str(running.env_file), "--to", "database-1-instance-3", "--format", "json"
@@ -458,7 +460,7 @@ def test_failover_without_a_running_twin_says_how_to_start_one(tmp_path: Path) -
     done = _failover(env=env)
     assert done.returncode == 2
     assert "LOCAL_TWIN_CONTROL_URL is missing" in done.stderr
-    assert "up --cluster aurora" in done.stderr
+    assert "start one with: rds-proxy-twin up --cluster aurora" in done.stderr
     stale = tmp_path / "stack.env"
     stale.write_text("LOCAL_TWIN_CONTROL_URL=http://127.0.0.1:9/gone\n")
     done = _failover("--env-file", str(stale))
