@@ -25,7 +25,13 @@ from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.twin.config import TwinConfig
-from emulator.twin.control import CONTROL_URL, ControlError, ControlServer, request_failover
+from emulator.twin.control import (
+    CONTROL_URL,
+    ControlError,
+    ControlServer,
+    request_failover,
+    running_pid,
+)
 from emulator.twin.local import LocalTwin
 from emulator.twin.options import OptionError, TwinOptions, assignments, twin_config
 
@@ -123,7 +129,7 @@ def _database_options(
         # failover-demo: a single instance has nothing to fail over to (refused).
         text = f"A cluster by real streaming replication that fails over (default: {kind.value})."
     if failover_command:
-        text += " `python -m emulator failover` fails it over."
+        text += " `rds-proxy-twin failover` fails it over."
     if terraform:
         text += " With --terraform, an applied aws_rds_cluster or multi_az = true decides instead."
     group = parser.add_argument_group("the database", text)
@@ -725,6 +731,15 @@ def _print_iam(stack: EmbeddedStack, env: Mapping[str, str]) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.env_file and (owner := _running_owner(args.env_file)) is not None:
+        # Refused rather than replaced: the running stack would lose the file its shells, `failover`
+        # and `rotate` read, and a second stack on the same file is nearly always a forgotten one.
+        print(
+            f"error: --env-file {args.env_file} belongs to an `up` that is still running (pid {owner}); "
+            "stop it first (Ctrl+C in its terminal) or give this one another --env-file",
+            file=sys.stderr,
+        )
+        return 2
     twin = _local_twin(_twin_options(args))
     print(f"Starting the local stack (proxy: {twin.config.proxy}) ...", flush=True)
     with twin:
@@ -737,15 +752,35 @@ def _up(args: argparse.Namespace) -> int:
                 write_env_file(args.env_file, env)
                 print(f"Environment  {args.env_file}  (use: set -a; . {args.env_file}; set +a)")
                 if twin.stack.cluster is not None:
-                    print(f"Failover     python -m emulator failover --env-file {args.env_file}")
+                    print(f"Failover     rds-proxy-twin failover --env-file {args.env_file}")
             print("Ready. Press Ctrl+C to stop.", flush=True)
             threading.Event().wait()
         finally:
             control.stop()
             if args.env_file:
-                args.env_file.unlink(missing_ok=True)
+                _remove_own_env_file(args.env_file, control.url)
             print("Stopping ...", flush=True)
     return 0
+
+
+def _running_owner(env_file: Path) -> int | None:
+    """The pid of the running `up` that wrote env_file (None: no file, or its stack is gone)."""
+    try:
+        url = parse_env(env_file.read_text()).get(CONTROL_URL, "")
+    except (OSError, ValueError):
+        return None
+    return running_pid(url) if url else None
+
+
+def _remove_own_env_file(env_file: Path, control_url: str) -> None:
+    """Remove env_file if it still describes this stack: its control URL (a random token) is this
+    `up`'s. Not its whole content: `rotate` rewrites PGPASSWORD in it, and the file is still ours."""
+    try:
+        if parse_env(env_file.read_text()).get(CONTROL_URL) != control_url:
+            return
+    except (OSError, ValueError):
+        return
+    env_file.unlink(missing_ok=True)
 
 
 def _failover(args: argparse.Namespace) -> int:
@@ -763,7 +798,7 @@ def _failover(args: argparse.Namespace) -> int:
             f"error: {where} names no running twin ({CONTROL_URL} is missing)",
             file=sys.stderr,
         )
-        print("  start one with: python -m emulator up --cluster aurora --env-file FILE", file=sys.stderr)
+        print("  start one with: rds-proxy-twin up --cluster aurora --env-file FILE", file=sys.stderr)
         return 2
     try:
         report = request_failover(url, args.to)
@@ -890,8 +925,7 @@ def _failover_demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
-
+    from emulator.tools.consoles import console as output_console  # noqa: PLC0415
     from emulator.tools.report import RunReport, read_log, read_stats  # noqa: PLC0415
 
     source = f"--stats {args.stats}"
@@ -906,7 +940,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report.to_json(), indent=2))
         return 0
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = output_console()
     for part in report.parts():
         console.print(part)
     return 0

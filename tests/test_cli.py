@@ -18,7 +18,7 @@ import pytest
 
 from emulator.paths import REPO
 from emulator.stack import leftovers
-from emulator.stack.envfile import parse_env
+from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.pgbouncer import find_pgbouncer
 from emulator.wait import wait_until
 
@@ -261,6 +261,61 @@ def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> N
         _stop(running)
 
 
+def test_a_second_up_on_a_running_stack_s_env_file_is_refused_and_the_file_is_kept(
+    tmp_path: Path,
+) -> None:
+    """Two `up`s given one --env-file: the second would take the first's file (and the first's exit
+    would then remove the second's). It is refused before it starts anything; the file stays the
+    first's."""
+    first = _start_up(tmp_path, "direct")
+    try:
+        written = first.env_file.read_text()
+        second = subprocess.run(
+            [sys.executable, "-m", "emulator", "up", "--proxy", "direct", "--env-file", str(first.env_file)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"belongs to an `up` that is still running (pid {first.process.pid})" in second.stderr
+        assert "Starting" not in second.stdout
+        assert first.env_file.read_text() == written
+    finally:
+        _stop(first)
+    assert not first.env_file.exists()
+
+
+def test_up_removes_its_env_file_only_while_the_file_is_still_its_own(tmp_path: Path) -> None:
+    """The file another stack wrote over this one's is left at exit; a stale file is replaced; a
+    file `rotate-secret` rewrote (a new PGPASSWORD) is still this stack's, and removed."""
+    running = _start_up(tmp_path, "direct")
+    try:
+        env = running.env()
+        # What a second stack's `up` (started after this one's file went stale) would write.
+        write_env_file(running.env_file, {**env, "LOCAL_TWIN_CONTROL_URL": "http://127.0.0.1:9/other"})
+    finally:
+        _stop(running)
+    assert running.process.returncode == 0, running.output()
+    assert running.env_file.exists(), "up removed a file another stack wrote"
+
+    # That file names a stack nobody runs (as after a kill -9): the next `up` replaces it.
+    stale = running.env()["LOCAL_TWIN_CONTROL_URL"]
+    running = _start_up(tmp_path, "direct")
+    try:
+        wait_until(
+            lambda: running.env()["LOCAL_TWIN_CONTROL_URL"] != stale,
+            component="up over a stale env file",
+            timeout=120,
+            alive=running.died,
+        )
+        write_env_file(running.env_file, {**running.env(), "PGPASSWORD": "rotated"})
+    finally:
+        _stop(running)
+    assert not running.env_file.exists(), "up left its own (rotated) env file"
+
+
 def _processes_of(workdir: Path) -> list[psutil.Process]:
     """The running processes whose command line names the stack's directory (its servers)."""
     found = []
@@ -371,6 +426,8 @@ def test_failover_from_another_shell_promotes_a_replica_of_a_running_up(tmp_path
         env = running.env()
         assert env["LOCAL_TWIN_DATABASE_KIND"] == "aurora"
         assert "Database     aurora: database-1-instance-1 writer" in running.output()
+        # The console script the README tells users to run.
+        assert f"Failover     rds-proxy-twin failover --env-file {running.env_file}" in running.output()
 
         done = _failover(
             "--env-file", str(running.env_file), "--to", "database-1-instance-3", "--format", "json"
@@ -403,7 +460,7 @@ def test_failover_without_a_running_twin_says_how_to_start_one(tmp_path: Path) -
     done = _failover(env=env)
     assert done.returncode == 2
     assert "LOCAL_TWIN_CONTROL_URL is missing" in done.stderr
-    assert "up --cluster aurora" in done.stderr
+    assert "start one with: rds-proxy-twin up --cluster aurora" in done.stderr
     stale = tmp_path / "stack.env"
     stale.write_text("LOCAL_TWIN_CONTROL_URL=http://127.0.0.1:9/gone\n")
     done = _failover("--env-file", str(stale))

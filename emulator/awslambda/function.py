@@ -211,6 +211,19 @@ class _Launched:
     conn: Connection
     kill: Callable[[], None]
     alive: Callable[[], bool]
+    # The process's exit status once it has exited; None where it is not known (a snapshot's
+    # environments are the template's children, and it leaves their statuses to the kernel).
+    exit_status: Callable[[], int | None]
+
+
+def _exited(status: int | None) -> str:
+    """What Lambda says after "Runtime exited": "with error: exit status 3", "with error: signal:
+    killed", or nothing when the status is not known."""
+    if status is None:
+        return ""
+    if status < 0:
+        return f" with error: signal: {(signal.strsignal(-status) or str(-status)).lower()}"
+    return f" with error: exit status {status}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -244,7 +257,12 @@ class _FreshProcesses:
                 process.kill()
             process.join(timeout=10)
 
-        return _Launched(process.pid, conn, kill, process.is_alive)
+        def exit_status() -> int | None:
+            # The pipe closed as the process exited: its status follows at once.
+            process.join(timeout=5)
+            return process.exitcode
+
+        return _Launched(process.pid, conn, kill, process.is_alive, exit_status)
 
     def close(self) -> None:
         return
@@ -267,7 +285,14 @@ class _Snapshot:
         if not self._control.poll(limit):
             self.init_error = lambda_error(f"Init timed out after {limit:.2f} seconds", "Runtime.InitTimeout")
             return
-        kind, value, meta = self._control.recv()
+        try:
+            kind, value, meta = self._control.recv()
+        except (EOFError, OSError):
+            # The template exited during Init (sys.exit, os._exit, a signal): no snapshot.
+            self._template.join(timeout=5)
+            message = f"Runtime exited during Init{_exited(self._template.exitcode)}"
+            self.init_error = lambda_error(message, "Runtime.ExitError")
+            return
         self.init_log = meta["log"]
         self.init_ms = float(meta.get("init_ms", 0.0))
         if kind == "init_error":
@@ -285,7 +310,7 @@ class _Snapshot:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-        return _Launched(pid, conn, kill, lambda: _pid_alive(pid))
+        return _Launched(pid, conn, kill, lambda: _pid_alive(pid), lambda: None)
 
     def close(self) -> None:
         self._control.close()
@@ -332,10 +357,11 @@ class Environment:
                 "init_error",
                 lambda_error(f"Init timed out after {limit:.2f} seconds", "Runtime.InitTimeout"),
             )
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError):
+            status = self._launched.exit_status()
             kind, value = (
                 "init_error",
-                lambda_error(f"Runtime exited during Init ({exc})", "Runtime.ExitError"),
+                lambda_error(f"Runtime exited during Init{_exited(status)}", "Runtime.ExitError"),
             )
         if meta.get("log") or meta.get("init_ms"):
             self.init_log = (meta.get("log", b""), float(meta.get("init_ms", 0.0)))
@@ -379,9 +405,10 @@ class Environment:
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             message = f"{stamp} {request_id} Task timed out after {self.timeout:.2f} seconds"
             return Outcome("timeout", {"errorMessage": message}, duration_ms=self.timeout * 1000)
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError):
+            status = self._launched.exit_status()
             self.shutdown()
-            message = f"RequestId: {request_id} Error: Runtime exited ({exc})"
+            message = f"RequestId: {request_id} Error: Runtime exited{_exited(status)}"
             error = lambda_error(message, "Runtime.ExitError")
             return Outcome("error", error, duration_ms=(time.monotonic() - started) * 1000)
         finally:

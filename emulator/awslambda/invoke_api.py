@@ -27,13 +27,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from emulator.awslambda.function import LambdaFunction, Throttled
 from emulator.awslambda.logs import tail
-from emulator.net import LOOPBACK
+from emulator.net import LOOPBACK, QuietHTTPServer
 
 _INVOKE = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
 _FUNCTION = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)(?P<configuration>/configuration)?/?$")
@@ -50,7 +50,7 @@ class InvokeApi:
         self.functions = dict(functions)
         # The AWS emulator's URL, for every call that is not Invoke.
         self.forward_to = forward_to
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), _handler_class(self))
+        self._server = QuietHTTPServer((LOOPBACK, 0), _handler_class(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="lambda-invoke-api", daemon=True

@@ -74,7 +74,9 @@ def run_twin(
             twins.starting()
             twin.__enter__()  # stops what it started if it fails half-way
         except (ComponentError, OptionError) as exc:
-            pytest.fail(f"{name}: the local twin did not start.\n{exc}", pytrace=False)
+            # from None: pytest would print the error a second time, as the context of its Failed.
+            message = f"{name}: the local twin did not start.\n{exc}"
+            raise pytest.fail.Exception(message, pytrace=False) from None
         try:
             emulated = twin.config.proxy == "emulator"
             twins.started(TwinRun(name, twin, time.monotonic() - started, emulated))

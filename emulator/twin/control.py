@@ -6,6 +6,7 @@ long each step took, or why it could not be done. The proxy already answers on H
 is the same, for commands. Its URL carries a random token and goes only into `up`'s env file
 (LOCAL_TWIN_CONTROL_URL, readable by its owner only), so other local users cannot fail the stack over.
 
+    GET  <url>                                ->  200 {"pid": the `up` process's id}
     POST <url>/failover  {"to": "NAME" | null}  ->  200 the FailoverReport's JSON
                                                      409 {"error": "..."} when it cannot be done
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import secrets
 import threading
 import urllib.error
@@ -21,12 +23,14 @@ import urllib.request
 from typing import Any, Protocol
 
 from emulator.errors import ComponentError
-from emulator.net import LOOPBACK
+from emulator.net import LOOPBACK, QuietHTTPServer
 from emulator.stack.cluster import FailoverReport
 
 CONTROL_URL = "LOCAL_TWIN_CONTROL_URL"
 # A failover takes well under a second here; the deadline covers a slow machine's promotion.
 REQUEST_TIMEOUT = 120.0
+# A running `up` answers its ping at once; a dead one's port refuses at once.
+PING_TIMEOUT = 5.0
 
 
 class Controlled(Protocol):
@@ -40,7 +44,7 @@ class ControlServer:
         self._twin = twin
         self._token = secrets.token_urlsafe(16)
         handler = _handler(twin, f"/{self._token}")
-        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+        self._server = QuietHTTPServer((LOOPBACK, 0), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="local-twin-control", daemon=True
         )
@@ -64,6 +68,12 @@ def _handler(twin: Controlled, prefix: str) -> type[http.server.BaseHTTPRequestH
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != prefix:
+                self._answer(404, {"error": "no such command"})
+                return
+            self._answer(200, {"pid": os.getpid()})
+
         def do_POST(self) -> None:
             if self.path != f"{prefix}/failover":
                 self._answer(404, {"error": "no such command"})
@@ -105,6 +115,20 @@ def _target(body: Any) -> str | None:
 
 class ControlError(Exception):
     """The running twin refused the command, or could not be reached."""
+
+
+def running_pid(url: str) -> int | None:
+    """The pid of the `up` whose control URL this is, if it still runs (None: nothing answers)."""
+    if not url.startswith("http://"):
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=PING_TIMEOUT) as answer:  # noqa: S310 - http:// only
+            body = json.loads(answer.read())
+    except (OSError, ValueError):
+        # Refused, reset, timed out, or another server on a reused port (404, or not JSON).
+        return None
+    pid = body.get("pid") if isinstance(body, dict) else None
+    return pid if isinstance(pid, int) else None
 
 
 def request_failover(url: str, to: str | None = None) -> FailoverReport:

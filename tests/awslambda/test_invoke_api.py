@@ -12,6 +12,7 @@ import pytest
 
 from emulator.awslambda.function import FunctionConfig, LambdaFunction
 from emulator.awslambda.invoke_api import InvokeApi
+from tests.support.resets import reset_halfway, send_and_close
 
 from .clients import lambda_client
 
@@ -114,3 +115,20 @@ def test_the_tail_is_the_last_4_kb_and_a_function_error_is_in_it(client: Any) ->
 def test_without_log_type_there_is_no_log_result(client: Any) -> None:
     answer = client.invoke(FunctionName="greeter", Payload=b"{}")
     assert "LogResult" not in answer
+
+
+def test_a_client_that_resets_its_connection_is_not_reported_and_other_errors_are(
+    client: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """boto3 resets a kept-alive connection at interpreter exit: socketserver printed a traceback
+    ("ConnectionResetError: Connection reset by peer") into `up`'s output for it."""
+    host, port = client.meta.endpoint_url.removeprefix("http://").split(":")
+    invoke = b"POST /2015-03-31/functions/greeter/invocations HTTP/1.1\r\nHost: lambda\r\n"
+    capfd.readouterr()
+    reset_halfway(host, int(port), invoke, b"GET /2015-03-31/functions/ HTTP/1.1\r\nHost: lambda\r\n\r\n")
+    assert capfd.readouterr().err == ""
+    # A request the server cannot read is still reported.
+    send_and_close(host, int(port), invoke + b"Content-Length: many\r\n\r\n")
+    err = capfd.readouterr().err
+    assert "Exception occurred during processing of request" in err
+    assert "ValueError" in err

@@ -177,6 +177,38 @@ def test_an_init_error_is_reported_as_lambda_reports_it(tmp_path: Path, init: st
     assert answer.json()["errorMessage"] == "no config"
 
 
+def test_a_runtime_that_exits_during_init_is_reported_with_its_exit_status(tmp_path: Path, init: str) -> None:
+    """A module that exits as it is imported (a script's sys.exit without a __main__ guard) was
+    "Runtime exited during Init ()" on its own, and an EOFError out of the function with a snapshot."""
+    (tmp_path / "script.py").write_text(
+        "import sys\nsys.exit(3)\n\ndef handler(event, context):\n    return 1\n"
+    )
+    config = FunctionConfig(handler="script.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as script:
+        answer = script.invoke({})
+    assert answer.function_error == "Unhandled"
+    assert answer.json() == {
+        "errorMessage": "Runtime exited during Init with error: exit status 3",
+        "errorType": "Runtime.ExitError",
+    }
+
+
+def test_a_runtime_that_exits_during_an_invocation_is_reported_as_lambda_reports_it(
+    tmp_path: Path, init: str
+) -> None:
+    (tmp_path / "quits.py").write_text("import os\n\ndef handler(event, context):\n    os._exit(4)\n")
+    config = FunctionConfig(handler="quits.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as quits:
+        answer = quits.invoke({})
+    assert answer.json()["errorType"] == "Runtime.ExitError"
+    message = answer.json()["errorMessage"]
+    # A snapshot's environments are its template's children: their exit status is not known here.
+    ending = "Error: Runtime exited" + (" with error: exit status 4" if init == "per_environment" else "")
+    assert message.startswith("RequestId: "), message
+    assert message.endswith(ending), message
+    assert "()" not in message
+
+
 def test_an_init_that_outlasts_its_limit_is_an_error_and_leaves_no_process(
     tmp_path: Path, init: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

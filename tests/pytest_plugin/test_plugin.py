@@ -318,6 +318,20 @@ def test_a_twin_that_cannot_start_fails_the_tests_that_use_it_and_says_why(
     assert processes_of_run(mark) == []
 
 
+def test_a_schema_that_fails_is_reported_once_without_a_chained_traceback(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_project(pytester.path, suite=TWO_TESTS)
+    (pytester.path / "broken.sql").write_text("CREATE TABLE broken (id int;\n")
+    monkeypatch.setenv(RUN_MARK, uuid.uuid4().hex)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--twin-init-sql", "broken.sql")
+    result.assert_outcomes(errors=2)
+    output = result.stdout.str()
+    assert "During handling of the above exception" not in output
+    # Once in each of the two tests' reports (the twin is the session's: one start), not twice.
+    assert output.count("syntax error at or near") == 2, output
+
+
 WAITING_SUITE = """
 import os
 import signal

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ from rich.console import Console
 from emulator.stack.embedded import StackConfig
 from emulator.tools.activity import ConnectionSamples
 from emulator.tools.burst import BurstResult
-from emulator.tools.demo import DemoConfig, Way, results_table, run_demo
+from emulator.tools.consoles import console as output_console
+from emulator.tools.demo import DemoConfig, Way, print_results, progress_display, results_table, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -72,3 +75,32 @@ def test_the_table_fits_80_columns_with_one_row_per_way() -> None:
             (row,) = [line for line in lines if line.strip().startswith(way.name)]
             assert f" {way.burst.succeeded} " in row
         assert any("0.3/1235" in line for line in lines)
+
+
+@pytest.mark.unit
+def test_what_the_demo_prints_to_a_file_fits_80_columns() -> None:
+    """The table was 79 columns wide in a file, but its notes wrapped at 100 and the progress lines
+    were 88 wide."""
+    direct = _way("direct", 136, 364, cap=None, borrow=None)
+    direct.burst.errors = Counter(
+        {
+            "53300 FATAL: remaining connection slots are reserved for roles with the SUPERUSER "
+            "attribute": 300,
+            "53300 FATAL: sorry, too many clients already": 64,
+        }
+    )
+    ways = [direct, _way("RDS Proxy emulator", 500, 0, cap=5, borrow=(312, 1_234))]
+    out = io.StringIO()
+    console = output_console(out)
+    print_results(ways, console)
+    progress = progress_display(console)
+    with progress:
+        for way in ways:
+            progress.advance(progress.add_task(way.name, total=500), 500)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    words = " ".join(out.getvalue().split())
+    assert "wall: seconds for the burst." in words
+    assert "direct: 300 x 53300 FATAL: remaining connection slots are reserved for roles" in words
+    assert any(line.startswith("  direct: 300 x 53300") for line in lines)
+    assert sum("500/500" in line for line in lines) == 2

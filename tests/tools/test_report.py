@@ -148,3 +148,19 @@ def test_the_command_prints_json_and_exits_2_for_a_log_that_is_not_there(tmp_pat
     )
     assert (missing.returncode, missing.stdout) == (2, "")
     assert missing.stderr == "error: --log proxy.lgo: No such file or directory\n"
+
+
+def test_the_report_printed_to_a_file_fits_80_columns(tmp_path: Path) -> None:
+    """It was 140 wide in a file: the reasons and digests of the pins now wrap in their cells."""
+    (tmp_path / "proxy.log").write_text(LOG)
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "report", "--log", "proxy.log"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, done.stdout
+    assert "Pinned sessions by reason and digest" in done.stdout
+    assert "…" not in done.stdout
