@@ -109,11 +109,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _wake_drain(self, exc: Exception | None) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
+        _settle(waiter, exc)
 
     def _ended(self, exc: BaseException | None) -> None:
         self.at_eof = True
@@ -177,11 +173,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _handshake_done(self, exc: BaseException | None) -> None:
         handshake, self._handshake = self._handshake, None
-        if handshake is not None and not handshake.done():
-            if exc is None:
-                handshake.set_result(None)
-            else:
-                handshake.set_exception(exc)
+        _settle(handshake, exc)
 
     # -- login: awaited reads -----------------------------------------------------------------------
 
@@ -266,3 +258,13 @@ class ClientProtocol(asyncio.Protocol):
 
 def _ignore(data: bytes) -> None:
     pass
+
+
+def _settle(future: asyncio.Future[None] | None, exc: BaseException | None) -> None:
+    """Wake whoever awaits the future (if still waiting): with exc raised, or not."""
+    if future is None or future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)

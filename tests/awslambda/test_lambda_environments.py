@@ -165,13 +165,18 @@ def test_boto3_invokes_the_function_through_the_kit_endpoint(
         api.stop()
 
 
+def _invoke_once(code_dir: Path, handler: str, init: str) -> Invocation:
+    """One invocation of a fresh function whose code is in code_dir."""
+    config = FunctionConfig(handler=handler, code_dir=code_dir, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as function:
+        return function.invoke({})
+
+
 def test_an_init_error_is_reported_as_lambda_reports_it(tmp_path: Path, init: str) -> None:
     (tmp_path / "broken.py").write_text(
         "raise RuntimeError('no config')\n\ndef handler(event, context):\n    return 1\n"
     )
-    config = FunctionConfig(handler="broken.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
-    with LambdaFunction(config) as broken:
-        answer = broken.invoke({})
+    answer = _invoke_once(tmp_path, "broken.handler", init)
     assert answer.function_error == "Unhandled"
     assert answer.json()["errorType"] == "Runtime.ImportModuleError"
     assert answer.json()["errorMessage"] == "no config"
@@ -183,9 +188,7 @@ def test_a_runtime_that_exits_during_init_is_reported_with_its_exit_status(tmp_p
     (tmp_path / "script.py").write_text(
         "import sys\nsys.exit(3)\n\ndef handler(event, context):\n    return 1\n"
     )
-    config = FunctionConfig(handler="script.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
-    with LambdaFunction(config) as script:
-        answer = script.invoke({})
+    answer = _invoke_once(tmp_path, "script.handler", init)
     assert answer.function_error == "Unhandled"
     assert answer.json() == {
         "errorMessage": "Runtime exited during Init with error: exit status 3",
