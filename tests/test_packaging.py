@@ -261,8 +261,13 @@ def test_a_short_demo_accounts_for_every_invocation(installed: Installed) -> Non
 
 def _counts(table: str, way: str) -> tuple[int, int]:
     """A way's ok and failed invocations, from its row of the demo's table."""
-    (row,) = [line for line in table.splitlines() if line.strip().startswith(way + " ")]
-    ok, failed = row.strip().removeprefix(way).split()[:2]
+    # Its progress line starts with the way's name too: the row is the one with two counts after it.
+    rows = [
+        line.strip().removeprefix(way).split()[:2]
+        for line in table.splitlines()
+        if line.strip().startswith(way + " ")
+    ]
+    ((ok, failed),) = [row for row in rows if len(row) == 2 and row[0].isdigit() and row[1].isdigit()]
     return int(ok), int(failed)
 
 

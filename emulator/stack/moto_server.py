@@ -69,14 +69,18 @@ def main(argv: list[str]) -> int:
     app = DomainDispatcherApplication(create_backend_app)
     _warm_up(app, region)
     try:
-        server = make_server(LOOPBACK, 0, app, threaded=True, request_handler=MotoRequestHandler, fd=listener)
+        server = make_server(
+            LOOPBACK, 0, one_at_a_time(app), threaded=True, request_handler=MotoRequestHandler, fd=listener
+        )
     except OSError as exc:
         _say(channel, {"error": f"cannot listen on the socket its parent passed (fd {listener}): {exc}"})
         return 3
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
     _say(channel, {"port": server.port})
     for line in sys.stdin:
-        _say(channel, _answer(json.loads(line)))
+        with _BACKENDS:
+            answer = _answer(json.loads(line))
+        _say(channel, answer)
     # stdin ended: the stack is gone. Nothing here needs an orderly exit.
     os._exit(0)
 
@@ -141,6 +145,30 @@ def _warm_up(app: Any, region: str) -> None:
 
 
 # -- requests from the parent -------------------------------------------------------------------
+
+
+# moto's backends are not made for concurrent use: a request can change a dict another one iterates,
+# and fail with a 500 that an AWS SDK resends after the first attempt half-happened (seen as a proxy
+# target registered twice and a default egress rule revoked twice in Terraform applies under load).
+# Requests and the parent's questions are served one at a time (re-entrant: the parent's questions
+# call the application in-process).
+_BACKENDS = threading.RLock()
+
+
+def one_at_a_time(app: Any) -> Callable[[dict[str, Any], Any], list[bytes]]:
+    """The WSGI application, serving one request at a time (its whole body made under the lock)."""
+
+    def serve(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with _BACKENDS:
+            body = app(environ, start_response)
+            try:
+                return list(body)
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+
+    return serve
 
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
