@@ -42,7 +42,6 @@ class ClientProtocol(asyncio.Protocol):
         self.at_eof = False
         self._sink: Sink | None = None
         self._lost: Lost | None = None
-        self._over_tls = False
         # TLS, once the client asked for it (start_tls): OpenSSL's end of the connection, the
         # ciphertext in and out, and the handshake login waits for.
         self._tls: ssl.SSLObject | None = None
@@ -93,7 +92,7 @@ class ClientProtocol(asyncio.Protocol):
         # As asyncio's streams: a plain socket stays open for writing (the session's last words, a
         # FATAL or a login step already under way, still go out; the session closes it). TLS cannot.
         self._ended(None)
-        return not self._over_tls
+        return self._tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection_lost = True
@@ -245,7 +244,6 @@ class ClientProtocol(asyncio.Protocol):
         """Upgrade the connection to TLS as the server (after the client's SSLRequest was answered)."""
         self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
-        self._over_tls = True
         handshake = self._handshake = self._loop.create_future()
         await self.drain()
         early = self.take_pending()  # a ClientHello that came while the "S" was being written

@@ -244,8 +244,12 @@ class Pool:
                         self._retrying.append(waiter)
                         self._serve_retrying()
                     log.info("database unavailable, retrying in %.2f s: %s", delay, exc)
-                    # Woken early when the borrow is served or given up.
+                    # Woken early when the borrow is served or given up: then no open is tried again.
                     await asyncio.wait((waiter.future,), timeout=min(delay, remaining))
+                    if waiter.future.done():
+                        self._total -= 1
+                        self._dispatch()
+                        return
                     delay = min(delay * 2, 1.0)
                 except Exception as exc:  # noqa: BLE001 - DatabaseError and the rest: to the borrower
                     self._total -= 1
