@@ -15,7 +15,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.stats import Stats
@@ -36,16 +35,51 @@ class PoolClosed(PoolError):
     """The proxy is shutting down: nothing more is lent."""
 
 
-def _expire(future: asyncio.Future[DbConnection]) -> None:
-    if not future.done():
-        future.set_exception(BorrowTimeout())
+class Ticket:
+    """A borrow's place in line: the pool calls `served` with a connection lent to it, or `failed`
+    with why not, once, unless the ticket was cancelled first. Callbacks, not a future: a session
+    waiting in line then costs no task, no future and no timer of its own (the pool keeps one timer
+    for every deadline)."""
 
+    def __init__(
+        self,
+        key: PoolKey,
+        deadline: float,
+        served: Callable[[DbConnection], None],
+        failed: Callable[[BaseException], None],
+        started: float,
+    ) -> None:
+        self.key = key
+        self.deadline = deadline
+        self.started = started
+        self.served = served
+        self.failed = failed
+        self.done = False
+        # Only an opening that waits to retry (rare) waits for the ticket itself.
+        self._settled: asyncio.Future[None] | None = None
 
-@dataclass(eq=False)
-class _Waiter:
-    key: PoolKey
-    future: asyncio.Future[DbConnection]
-    deadline: float
+    def serve(self, conn: DbConnection) -> None:
+        self.end()
+        self.served(conn)
+
+    def fail(self, exc: BaseException) -> None:
+        self.end()
+        self.failed(exc)
+
+    def end(self) -> None:
+        """Nothing more comes to this ticket (served, failed, or given up)."""
+        self.done = True
+        settled = self._settled
+        if settled is not None and not settled.done():
+            settled.set_result(None)
+
+    def settled(self) -> asyncio.Future[None]:
+        """Done once the ticket is served, failed or cancelled."""
+        if self._settled is None:
+            self._settled = asyncio.get_running_loop().create_future()
+            if self.done:
+                self._settled.set_result(None)
+        return self._settled
 
 
 Opener = Callable[[PoolKey], Awaitable[DbConnection]]
@@ -63,10 +97,13 @@ class Pool:
         self.idle_keep = idle_keep
         self.idle_seconds = idle_seconds
         self._idle: dict[PoolKey, deque[DbConnection]] = {}
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Ticket] = deque()
         # Borrows whose connection the database refused for now (full, or down) and is being opened
         # again: a connection given back meanwhile serves them first, they were in line before.
-        self._retrying: deque[_Waiter] = deque()
+        self._retrying: deque[Ticket] = deque()
+        # One timer for the waiters' deadlines, due at the earliest it knows of.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
         self._total = 0  # open or opening
         self.borrowed: set[DbConnection] = set()
         self.closed = False
@@ -102,18 +139,87 @@ class Pool:
         conn = self.borrow_now(key)
         if conn is not None:
             return conn
-        started = time.monotonic()
-        deadline = started + timeout if timeout is not None else math.inf
-        while True:
-            conn = self._take_idle(key) if not self._waiters else None
-            if conn is None:
-                conn = await self._wait(key, deadline - time.monotonic())
-            if self._still_alive(conn):
-                break
-            self._dead(conn)
-            self._dispatch()
-        self._lend(conn, int((time.monotonic() - started) * 1e6))
-        return conn
+        future: asyncio.Future[DbConnection] = asyncio.get_running_loop().create_future()
+
+        def served(conn: DbConnection) -> None:
+            if future.done():  # the borrower gave up in the same instant: the connection goes back
+                self.release(conn, reusable=True)
+            else:
+                future.set_result(conn)
+
+        def failed(exc: BaseException) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        ticket = self.wait(key, timeout, served, failed)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result(), reusable=True)
+            raise
+        finally:
+            self.cancel(ticket)
+
+    def wait(
+        self,
+        key: PoolKey,
+        timeout: float | None,
+        served: Callable[[DbConnection], None],
+        failed: Callable[[BaseException], None],
+    ) -> Ticket:
+        """Wait in line for a connection for key, up to timeout seconds (None: as long as it takes):
+        `served` is called with it (already lent), or `failed` with BorrowTimeout, PoolClosed or why
+        the database refused; possibly before this returns."""
+        now = time.monotonic()
+        deadline = now + timeout if timeout is not None else math.inf
+        ticket = Ticket(key, deadline, served, failed, now)
+        if self.closed:
+            ticket.fail(PoolClosed())
+            return ticket
+        self._waiters.append(ticket)
+        self._time(deadline)
+        self._dispatch()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The borrower gives up its place in line (nothing is served to it after this)."""
+        if ticket.done:
+            return
+        ticket.end()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(ticket)
+        self._publish()
+
+    def _give(self, ticket: Ticket, conn: DbConnection) -> None:
+        self._lend(conn, int((time.monotonic() - ticket.started) * 1e6))
+        ticket.serve(conn)
+
+    def _time(self, deadline: float) -> None:
+        """The deadline timer is due no later than this deadline."""
+        if deadline >= self._timer_due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = deadline
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()), self._expire_due
+        )
+
+    def _expire_due(self) -> None:
+        """Waiters past their deadline fail with BorrowTimeout; the timer is due again at the next."""
+        self._timer, self._timer_due = None, math.inf
+        now = time.monotonic()
+        due = [ticket for ticket in self._waiters if not ticket.done and ticket.deadline <= now]
+        for ticket in due:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(ticket)
+        self._publish()
+        for ticket in due:
+            ticket.fail(BorrowTimeout())
+        later = [ticket.deadline for ticket in self._waiters if not ticket.done]
+        if later:
+            self._time(min(later))
 
     def _lend(self, conn: DbConnection, waited_us: int) -> None:
         if not conn.state.clean:
@@ -133,33 +239,6 @@ class Pool:
         stats.database_connections_borrowed = len(self.borrowed)
         stats.borrow_waiters = len(self._waiters)
         stats.note_peaks()
-
-    async def _wait(self, key: PoolKey, timeout: float) -> DbConnection:
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(key, loop.create_future(), time.monotonic() + timeout)
-        self._waiters.append(waiter)
-        self._dispatch()
-        # One timer per wait (asyncio.wait would add a task's worth of machinery per borrow).
-        timer = loop.call_later(max(0.0, timeout), _expire, waiter.future) if timeout != math.inf else None
-        future = waiter.future
-        try:
-            return await future
-        except BaseException:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                # Served in the same instant the borrower was cancelled: the connection goes back.
-                self._park(future.result())
-                self._dispatch()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not future.done():
-                future.cancel()
-            if future.cancelled() or future.exception() is not None:
-                # Timed out or given up: out of the line (a served waiter was taken off by _dispatch).
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            self._publish()
 
     def _take_idle(self, key: PoolKey) -> DbConnection | None:
         idle = self._idle.get(key)
@@ -191,19 +270,22 @@ class Pool:
         if self._retrying:
             self._serve_retrying()
         while self._waiters and not self.closed:
-            waiter = self._waiters[0]
-            if waiter.future.done():
+            ticket = self._waiters[0]
+            if ticket.done:
                 self._waiters.popleft()
                 continue
-            conn = self._take_idle(waiter.key)
+            conn = self._take_idle(ticket.key)
             if conn is not None:
+                if not self._still_alive(conn):
+                    self._dead(conn)
+                    continue
                 self._waiters.popleft()
-                waiter.future.set_result(conn)
+                self._give(ticket, conn)
                 continue
             if self._total < self.cap:
                 self._waiters.popleft()
                 self._total += 1
-                asyncio.get_running_loop().create_task(self._open_for(waiter))
+                asyncio.get_running_loop().create_task(self._open_for(ticket))
                 continue
             # Full: an idle connection for another database or user makes room.
             victim = self._any_idle()
@@ -215,56 +297,60 @@ class Pool:
     def _serve_retrying(self) -> None:
         """Hand idle connections to borrows whose own connection the database refused for now (their
         opening gives its slot back when it sees the borrow served)."""
-        for waiter in list(self._retrying):
-            if waiter.future.done():
+        for ticket in list(self._retrying):
+            if ticket.done:
                 continue
-            conn = self._take_idle(waiter.key)
+            conn = self._take_idle(ticket.key)
             if conn is not None:
-                self._retrying.remove(waiter)
-                waiter.future.set_result(conn)
+                if not self._still_alive(conn):
+                    self._dead(conn)
+                    continue
+                self._retrying.remove(ticket)
+                self._give(ticket, conn)
 
-    async def _open_for(self, waiter: _Waiter) -> None:
+    async def _open_for(self, ticket: Ticket) -> None:
         delay = 0.05
         try:
             while True:
                 try:
-                    conn = await self._opener(waiter.key)
+                    conn = await self._opener(ticket.key)
                     break
                 except DatabaseUnavailable as exc:
                     # Keep trying until the borrow's own deadline, as RDS Proxy queues during a
                     # failover; a connection given back meanwhile serves the borrow instead.
-                    remaining = waiter.deadline - time.monotonic()
-                    if remaining <= 0 or waiter.future.done():
+                    remaining = ticket.deadline - time.monotonic()
+                    if remaining <= 0 or ticket.done:
                         self._total -= 1
-                        if not waiter.future.done():
-                            waiter.future.set_exception(BorrowTimeout(str(exc)))
+                        if not ticket.done:
+                            ticket.fail(BorrowTimeout(str(exc)))
                         self._dispatch()
                         return
-                    if waiter not in self._retrying:
-                        self._retrying.append(waiter)
+                    if ticket not in self._retrying:
+                        self._retrying.append(ticket)
                         self._serve_retrying()
                     log.info("database unavailable, retrying in %.2f s: %s", delay, exc)
                     # Woken early when the borrow is served or given up: then no open is tried again.
-                    await asyncio.wait((waiter.future,), timeout=min(delay, remaining))
-                    if waiter.future.done():
+                    settled = ticket.settled()
+                    await asyncio.wait((settled,), timeout=min(delay, remaining))
+                    if settled.done():
                         self._total -= 1
                         self._dispatch()
                         return
                     delay = min(delay * 2, 1.0)
                 except Exception as exc:  # noqa: BLE001 - DatabaseError and the rest: to the borrower
                     self._total -= 1
-                    if not waiter.future.done():
-                        waiter.future.set_exception(exc)
+                    if not ticket.done:
+                        ticket.fail(exc)
                     self._dispatch()
                     return
         finally:
             with contextlib.suppress(ValueError):
-                self._retrying.remove(waiter)
+                self._retrying.remove(ticket)
         self._publish()
-        if waiter.future.done():  # the client gave up or timed out meanwhile: keep it for the next one
+        if ticket.done:  # the client gave up or timed out meanwhile: keep it for the next one
             self._park(conn)
         else:
-            waiter.future.set_result(conn)
+            self._give(ticket, conn)
 
     # -- returning -----------------------------------------------------------------------------
 
@@ -358,6 +444,11 @@ class Pool:
         for idle in self._idle.values():
             while idle:
                 self._close(idle.popleft())
-        for waiter in [*self._waiters, *self._retrying]:
-            if not waiter.future.done():
-                waiter.future.set_exception(PoolClosed())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_due = None, math.inf
+        waiting = [*self._waiters, *self._retrying]
+        self._waiters.clear()
+        for ticket in waiting:
+            if not ticket.done:
+                ticket.fail(PoolClosed())

@@ -23,7 +23,7 @@ from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
 from emulator.rdsproxy.lending import Lender, Pin, align, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
-from emulator.rdsproxy.pool import BorrowTimeout, PoolClosed
+from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed, Ticket
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
@@ -155,6 +155,10 @@ class ClientSession:
         # A message that must wait (for a borrow, for held messages) and those behind it are taken
         # by this task; the client is not read meanwhile.
         self._waiting: asyncio.Task[None] | None = None
+        # Or, for the commonest wait, the message's place in the pool's line (no task: the pool calls
+        # back), with the message.
+        self._ticket: Ticket | None = None
+        self._parked: m.Frame | None = None
         self._reading_paused = False
         # A connection lent at once but not yet given the client's session parameters.
         self._unaligned: DbConnection | None = None
@@ -248,6 +252,7 @@ class ClientSession:
     def _stop_serving(self, exc: BaseException | None) -> None:
         """No more of the client's messages: run() goes on with exc raised, or returns."""
         self.protocol.detach()
+        self._leave_line()
         over = self._over
         if over is not None and not over.done():
             if exc is None:
@@ -259,7 +264,7 @@ class ClientSession:
         self.last_activity = time.monotonic()
         frames = self._frames
         frames.feed(data)
-        if self._waiting is None:
+        if self._waiting is None and self._ticket is None:
             self._take_frames()
         elif not self._reading_paused and frames.buffered() > _READ_BUFFER_HIGH:
             # The waiting task takes them; meanwhile, a client that sends a lot is read no more.
@@ -273,13 +278,75 @@ class ClientSession:
                 if not self._dispatch_now(frame):
                     frames.close()
                     self._flush()
-                    self._waiting = asyncio.get_running_loop().create_task(self._wait_then_go_on(frame))
+                    self._wait_for(frame)
                     return
         except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
             self._flush()
             self._stop_serving(exc)
             return
         self._frames_handled()
+
+    def _wait_for(self, frame: m.Frame) -> None:
+        """The message, and those behind it, wait: in the pool's line when only a database connection
+        is missing (nearly every wait), else in a task that awaits what is missing."""
+        pool = self.deps.pool
+        # (A READ_ONLY endpoint's pools choose a replica first: their borrows wait in a task too.)
+        only_a_borrow = self._held is None and self.backend is None and self._unaligned is None
+        if not only_a_borrow or not isinstance(pool, Pool):
+            self._waiting = asyncio.get_running_loop().create_task(self._wait_then_go_on(frame))
+            return
+        self._parked = frame
+        timeout = self.deps.config.borrow_timeout
+        ticket = pool.wait(self._pool_key(), timeout, self._served, self._unserved)
+        if not ticket.done:  # (it may have been served at once)
+            self._ticket = ticket
+
+    def _served(self, conn: DbConnection) -> None:
+        """The pool lent the waiting message a connection: it and those behind it go on."""
+        frame = self._take_parked()
+        if conn.state.aligned != self.parameters.key:
+            # Another client's session parameters were left on it: aligning them takes a round trip.
+            self._unaligned = conn
+            self._waiting = asyncio.get_running_loop().create_task(self._wait_then_go_on(frame))
+            return
+        try:
+            self._attach(conn)
+            dispatched = self._dispatch_now(frame)
+            assert dispatched, "a borrowed connection was not kept"
+        except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
+            self._flush()
+            self._stop_serving(exc)
+            return
+        self._resume_reading()
+        self._take_frames()
+
+    def _unserved(self, exc: BaseException) -> None:
+        """The waiting message's borrow failed: as _dispatch_waiting handles it, then the next ones."""
+        frame = self._take_parked()
+        try:
+            try:
+                self._borrow_failed(exc)
+            except BorrowTimeout:
+                self._borrow_timed_out(frame.kind)
+        except Exception as error:  # noqa: BLE001 - it ends the session: run() reports it
+            self._flush()
+            self._stop_serving(error)
+            return
+        self._resume_reading()
+        self._take_frames()
+
+    def _take_parked(self) -> m.Frame:
+        frame, self._parked, self._ticket = self._parked, None, None
+        assert frame is not None, "served without a waiting message"
+        return frame
+
+    def _leave_line(self) -> None:
+        ticket = self._ticket
+        if ticket is not None:
+            self._ticket = self._parked = None
+            pool = self.deps.pool
+            if isinstance(pool, Pool):
+                pool.cancel(ticket)
 
     def _pause_reading(self) -> None:
         self._reading_paused = True
@@ -621,20 +688,28 @@ class ClientSession:
                 conn = await borrow(deps.pool, self._pool_key(), deps.config.borrow_timeout, self.parameters)
             else:
                 await align(deps.pool, conn, self.parameters)
-        except BorrowTimeout:
+        except (BorrowTimeout, PoolClosed, DatabaseError) as exc:
+            self._borrow_failed(exc)
+        return self._attach(conn)
+
+    def _borrow_failed(self, exc: BaseException) -> NoReturn:
+        """A borrow that failed: the client is told as RDS Proxy tells it; SessionEnd when the session
+        ends with it, BorrowTimeout when only the request fails (borrow_timeout_severity ERROR)."""
+        deps = self.deps
+        if isinstance(exc, BorrowTimeout):
             deps.stats.borrow_timeouts += 1
             if deps.config.borrow_timeout_severity == "FATAL":
                 self._fatal(texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)
                 self._closing_because(texts.BORROW_TIMEOUT_CLOSE)
                 raise SessionEnd from None
             self._to_client([m.error_response("ERROR", texts.CONNECTION_EXCEPTION, texts.BORROW_TIMEOUT)])
-            raise
-        except PoolClosed:
+            raise exc
+        if isinstance(exc, PoolClosed):
             raise SessionEnd from None
-        except DatabaseError as exc:
+        if isinstance(exc, DatabaseError):
             self._fatal(exc.sqlstate, texts.DATABASE_ERROR.format(error=exc))
             raise SessionEnd from None
-        return self._attach(conn)
+        raise exc
 
     def _attach(self, conn: DbConnection) -> DbConnection:
         self.deps.stats.borrow_latency.add(conn.waited_us)
@@ -807,6 +882,7 @@ class ClientSession:
             self._held.cancel()
         if self._waiting is not None and self._waiting is not asyncio.current_task():
             self._waiting.cancel()
+        self._leave_line()
         self.protocol.detach()
         if self._unaligned is not None:
             # Lent at once, then never used: nothing of the client's is on it.
