@@ -231,3 +231,91 @@ def test_a_borrow_waiting_for_room_is_served_when_the_pool_grows() -> None:
         return opener.number(await asyncio.wait_for(waiting, 2))
 
     assert run(test, cap=0) == 1
+
+
+class Line:
+    """What a session's callbacks saw of its ticket (the way the proxy's sessions wait in line)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.conns: list[DbConnection] = []
+
+    def served(self, name: str) -> Callable[[DbConnection], None]:
+        def served(conn: DbConnection) -> None:
+            self.seen.append(f"{name}: served")
+            self.conns.append(conn)
+
+        return served
+
+    def failed(self, name: str) -> Callable[[BaseException], None]:
+        return lambda exc: self.seen.append(f"{name}: {type(exc).__name__}")
+
+
+def test_a_ticket_is_served_by_callback_in_the_call_that_gives_a_connection_back() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        held = await pool.borrow(APP, 1)
+        line = Line()
+        pool.wait(APP, 5, line.served("a"), line.failed("a"))
+        assert pool.stats.borrow_waiters == 1
+        pool.release(held, reusable=True)
+        # No event loop turn between: the connection is lent and counted when the callback runs.
+        return [*line.seen, line.conns == [held], held in pool.borrowed, pool.stats.borrow_waiters]
+
+    assert run(test, cap=1) == ["a: served", True, True, 0]
+
+
+def test_one_timer_fails_each_ticket_at_its_own_deadline_whatever_the_order_they_came_in() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[str]:
+        await pool.borrow(APP, 1)
+        line = Line()
+        # The pool's one timer is set for the first deadline, then moved earlier for the second.
+        pool.wait(APP, 0.6, line.served("long"), line.failed("long"))
+        pool.wait(APP, 0.1, line.served("short"), line.failed("short"))
+        pool.wait(APP, None, line.served("forever"), line.failed("forever"))
+        assert await eventually(lambda: len(line.seen) == 1, timeout=0.4)
+        assert await eventually(lambda: len(line.seen) == 2, timeout=2)
+        assert pool.stats.borrow_waiters == 1  # the one without a deadline waits on
+        return line.seen
+
+    assert run(test, cap=1) == ["short: BorrowTimeout", "long: BorrowTimeout"]
+
+
+def test_a_cancelled_ticket_leaves_the_line_and_is_never_served() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        held = await pool.borrow(APP, 1)
+        line = Line()
+        gone = pool.wait(APP, 5, line.served("gone"), line.failed("gone"))
+        pool.wait(APP, 5, line.served("next"), line.failed("next"))
+        pool.cancel(gone)
+        assert pool.stats.borrow_waiters == 1
+        pool.release(held, reusable=True)
+        return line.seen
+
+    assert run(test, cap=1) == ["next: served"]
+
+
+def test_a_ticket_is_served_at_once_when_a_connection_can_be_opened_and_failed_when_the_pool_closes() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[str]:
+        line = Line()
+        pool.wait(APP, 5, line.served("room"), line.failed("room"))  # a connection is opened for it
+        assert await eventually(lambda: len(line.seen) == 1)
+        pool.wait(APP, 5, line.served("full"), line.failed("full"))
+        pool.close_all()
+        pool.wait(APP, 5, line.served("late"), line.failed("late"))
+        return line.seen
+
+    assert run(test, cap=1) == ["room: served", "full: PoolClosed", "late: PoolClosed"]
+
+
+def test_a_borrower_cancelled_as_it_was_served_gives_the_connection_back() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        held = await pool.borrow(APP, 1)
+        waiting = asyncio.create_task(pool.borrow(APP, 5))
+        await asyncio.sleep(0)
+        pool.release(held, reusable=True)  # served: its task has not run yet
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return [held in pool.borrowed, pool.idle_count(), pool.stats.borrow_waiters]
+
+    assert run(test, cap=1) == [False, 1, 0]
