@@ -162,6 +162,7 @@ class ClientSession:
         self._reading_paused = False
         # A connection lent at once but not yet given the client's session parameters.
         self._unaligned: DbConnection | None = None
+        self._key: PoolKey | None = None
 
     @property
     def tls(self) -> bool:
@@ -658,7 +659,10 @@ class ClientSession:
         return conn
 
     def _pool_key(self) -> PoolKey:
-        return PoolKey(self.login.database, self.login.user, self.tls)
+        key = self._key
+        if key is None:  # known once logged in, and fixed from then on: made once
+            key = self._key = PoolKey(self.login.database, self.login.user, self.tls)
+        return key
 
     def _borrow_now(self) -> DbConnection | None:
         """A database connection at once, when one is idle with the client's session parameters

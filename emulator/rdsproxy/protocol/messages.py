@@ -99,7 +99,8 @@ class Frame:
 
 def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
     """Where the message starting at offset ends (its header checked), whether or not it is all there."""
-    _, length = _HEADER.unpack_from(buf, offset)
+    # The big-endian length by hand: a Struct call and its tuple cost more than these four bytes.
+    length = (buf[offset + 1] << 24) | (buf[offset + 2] << 16) | (buf[offset + 3] << 8) | buf[offset + 4]
     if length < 4:
         raise ProtocolViolation(f"invalid message length {length}")
     if length > limit:
@@ -132,11 +133,15 @@ class FrameReader:
             end = _message_end(buf, 0, limit)
             if len(buf) < end:
                 break
-            raw = bytes(buf[:end])
             # Consumed before it is yielded, with no `finally` needed: a consumer that stops after this
             # frame must not see it again, even if the generator is never closed (mypyc's are not on
             # garbage collection). Deleting from a bytearray's front only moves its start.
-            del buf[:end]
+            if end == len(buf):  # the last one (often the only one): one copy, not a slice's two
+                raw = bytes(buf)
+                buf.clear()
+            else:
+                raw = bytes(buf[:end])
+                del buf[:end]
             yield Frame(raw)
 
     def take_complete(self) -> tuple[bytes, list[int]]:

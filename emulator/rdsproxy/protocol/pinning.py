@@ -434,10 +434,25 @@ FIXES = {
 }
 
 
+# Applications send the same few texts again and again: plain()'s answers for short ones, kept
+# (at most _KNOWN_MAX of them, up to _KNOWN_TEXT characters each: well under a megabyte).
+_known_plain: dict[str, bool] = {}
+_KNOWN_MAX = 2048
+_KNOWN_TEXT = 256
+
+
 def plain(sql: str) -> bool:
     """Nothing in the text can pin, act on prepared statements or reset parameters: no keyword that
     any of those needs, and short enough (the common case, decided without the lexer)."""
-    return len(sql) * 4 <= MAX_UNPINNED_BYTES and not _may_pin(sql.lower())
+    known = _known_plain.get(sql)
+    if known is not None:
+        return known
+    answer = len(sql) * 4 <= MAX_UNPINNED_BYTES and not _may_pin(sql.lower())
+    if len(sql) <= _KNOWN_TEXT:
+        if len(_known_plain) >= _KNOWN_MAX:
+            _known_plain.clear()
+        _known_plain[sql] = answer
+    return answer
 
 
 def pin_rule(sql: str, rule: PinRule = PinRule()) -> str | None:

@@ -63,14 +63,19 @@ class Query:
     error: Callable[[bytes], bytes | None] | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Unnamed:
-    """The client's unnamed statement (each Parse makes a new one: identity tells them apart)."""
+    """The client's unnamed statement (each Parse makes a new one: identity tells them apart). A
+    plain class: mypyc compiles its constructor, where a dataclass's runs interpreted."""
 
-    query: str
-    types: bytes
-    # What running it does to prepared statements, or None.
-    commands: tuple[SqlCommand | None, ...] | None = None
+    __slots__ = ("commands", "query", "types")
+
+    def __init__(
+        self, query: str, types: bytes, commands: tuple[SqlCommand | None, ...] | None = None
+    ) -> None:
+        self.query = query
+        self.types = types
+        # What running it does to prepared statements, or None.
+        self.commands = commands
 
 
 class PreparedStatements:

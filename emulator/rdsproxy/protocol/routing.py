@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, final
 
 from emulator.rdsproxy.protocol.messages import Backend
@@ -72,26 +71,57 @@ class Expect:
 _ASYNC = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
 
 
-@dataclass(slots=True)
 class Expected:
-    kind: ExpectKind
-    forward: bool = True
-    synthetic: bytes = b""
-    # Undoes what the proxy did for this message, when the server skips it.
-    undo: Callable[[], None] | None = None
-    # What the proxy does when this very message fails (by default the same as undo).
-    failed: Callable[[], None] | None = None
-    # The server's ErrorResponse for this message as the client must see it (names made the
-    # client's), or None to hide it (an error of the proxy's own that the client's message reports).
-    error: Callable[[bytes], bytes | None] | None = None
-    # Called with each CommandComplete this message's answer holds (a simple query's statements).
-    on_complete: Callable[[bytes], None] | None = None
-    # Whether its ReadyForQuery reaches the client (None: as the rest of its answer does).
-    ready: bool | None = None
-    # Decides at its ReadyForQuery what the client gets instead of it (the proxy may first do more).
-    on_ready: Callable[[bytes], list[bytes]] | None = None
-    # The server's ParameterStatus messages during this answer are not the client's to see yet.
-    holds_parameters: bool = False
+    """One message's answer due from the server, and what the proxy does with it.
+
+    A plain class, not a dataclass: mypyc compiles its constructor (a dataclass's __init__ is made
+    at import and runs interpreted), and every request makes one or more."""
+
+    __slots__ = (
+        "error",
+        "failed",
+        "forward",
+        "holds_parameters",
+        "kind",
+        "on_complete",
+        "on_ready",
+        "ready",
+        "synthetic",
+        "undo",
+    )
+
+    def __init__(
+        self,
+        kind: ExpectKind,
+        forward: bool = True,
+        synthetic: bytes = b"",
+        *,
+        undo: Callable[[], None] | None = None,
+        failed: Callable[[], None] | None = None,
+        error: Callable[[bytes], bytes | None] | None = None,
+        on_complete: Callable[[bytes], None] | None = None,
+        ready: bool | None = None,
+        on_ready: Callable[[bytes], list[bytes]] | None = None,
+        holds_parameters: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.forward = forward
+        self.synthetic = synthetic
+        # Undoes what the proxy did for this message, when the server skips it.
+        self.undo = undo
+        # What the proxy does when this very message fails (by default the same as undo).
+        self.failed = failed
+        # The server's ErrorResponse for this message as the client must see it (names made the
+        # client's), or None to hide it (an error of the proxy's own that the client's message reports).
+        self.error = error
+        # Called with each CommandComplete this message's answer holds (a simple query's statements).
+        self.on_complete = on_complete
+        # Whether its ReadyForQuery reaches the client (None: as the rest of its answer does).
+        self.ready = ready
+        # Decides at its ReadyForQuery what the client gets instead of it (the proxy may first do more).
+        self.on_ready = on_ready
+        # The server's ParameterStatus messages during this answer are not the client's to see yet.
+        self.holds_parameters = holds_parameters
 
 
 class ResponseRouter:
@@ -189,6 +219,30 @@ class ResponseRouter:
         while self._queue and self._queue[0].kind is Expect.SYNTHETIC:
             out.append(self._queue.popleft().synthetic)
         return out
+
+    def passes(self, kind: int, data: bytes, start: int, end: int) -> list[bytes] | None:
+        """route() for the message at data[start:end], without a copy of it where it can: None when
+        it goes to the client as it is and nothing else goes with it (nearly always), else what
+        route() gives."""
+        queue = self._queue
+        if kind in _ASYNC or not queue:
+            return None
+        head = queue[0]
+        if kind == Backend.READY_FOR_QUERY:
+            shown = head.forward if head.ready is None else head.ready
+            if head.on_ready is None and shown and (len(queue) == 1 or queue[1].kind is not Expect.SYNTHETIC):
+                queue.popleft()
+                return None
+            return self.route(kind, data[start:end])
+        if kind == Backend.ERROR_RESPONSE or not head.forward:
+            return self.route(kind, data[start:end])
+        if kind == Backend.COMMAND_COMPLETE and head.on_complete is not None:
+            return self.route(kind, data[start:end])
+        if kind in head.kind.completes:
+            queue.popleft()
+            if queue and queue[0].kind is Expect.SYNTHETIC:
+                return [data[start:end], *self._drain()]
+        return None
 
     def route(self, kind: int, raw: bytes) -> list[bytes]:
         """The frames to pass to the client for one server message (raw is the whole frame)."""
