@@ -133,6 +133,9 @@ class DbConnection:
         self.key = key
         self.reader = reader
         self.writer = writer
+        # Made after any TLS upgrade: the transport a session's requests go through, for the life of
+        # the connection (what StreamWriter.write calls, without its Python frame per write).
+        self._wire = writer.transport
         self.tls = tls
         self._protocol = protocol
         self._paused = False
@@ -286,6 +289,10 @@ class DbConnection:
         `on_lost`, until detach()."""
         self._protocol.sink = sink
         self._protocol.on_lost = on_lost
+
+    def send(self, data: bytes) -> None:
+        """A borrower's requests, as they are."""
+        self._wire.write(data)
 
     def detach(self) -> None:
         """Back to stream reads (the proxy's own exchanges, and silence while pooled)."""

@@ -141,7 +141,8 @@ class ClientSession:
         # Why the connection ends (the log line's reason), once known.
         self.close_reason: str | None = None
         self.latency = RequestLatency(deps.stats)
-        self._out = bytearray()
+        # The client's messages for the server, sent together (one write) when a chunk is handled.
+        self._out: list[bytes] = []
         self._drain_task: asyncio.Task[None] | None = None
         # The client's next messages wait for the server's answer to what was sent (set when it came):
         # after COPY FROM STDIN they are COPY data or messages as the answer tells; after a RESET the
@@ -466,11 +467,12 @@ class ClientSession:
         raise SessionEnd
 
     def _send(self, raw: bytes) -> None:
-        self._out += raw
+        self._out.append(raw)
 
     def _flush(self) -> None:
-        if self._out and self.backend is not None:
-            self.backend.writer.write(bytes(self._out))
+        out = self._out
+        if out and self.backend is not None:
+            self.backend.send(out[0] if len(out) == 1 else b"".join(out))
             self.latency.request_forwarded()
         self._out.clear()
 

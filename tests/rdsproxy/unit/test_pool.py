@@ -26,6 +26,7 @@ class FakeWriter:
 
     def __init__(self) -> None:
         self.closing = False
+        self.transport = self  # what a connection's borrower sends through
 
     def is_closing(self) -> bool:
         return self.closing
