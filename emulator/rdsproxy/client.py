@@ -214,6 +214,11 @@ class ClientProtocol(asyncio.Protocol):
     def is_closing(self) -> bool:
         return self.transport.is_closing()
 
+    def backed_up(self, limit: int) -> bool:
+        """More than limit bytes wait to be sent to the client. The transport is asked only once it
+        has paused this protocol's writing (its high-water mark, 64 kB, is below every limit used)."""
+        return self._writing_paused and self.transport.get_write_buffer_size() > limit
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)
 

@@ -118,6 +118,12 @@ async def _open_stream(
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
 
 
+def _transport_of(writer: asyncio.StreamWriter) -> asyncio.Transport:
+    # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs, so
+    # isinstance checks cannot tell).
+    return cast(asyncio.Transport, writer.transport)
+
+
 class DbConnection:
     """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
 
@@ -135,7 +141,7 @@ class DbConnection:
         self.writer = writer
         # Made after any TLS upgrade: the transport a session's requests go through, for the life of
         # the connection (what StreamWriter.write calls, without its Python frame per write).
-        self._wire = writer.transport
+        self._wire = _transport_of(writer)
         self.tls = tls
         self._protocol = protocol
         self._paused = False
@@ -301,9 +307,7 @@ class DbConnection:
         self.resume_reading()
 
     def _transport(self) -> asyncio.Transport:
-        # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs,
-        # so isinstance checks cannot tell).
-        return cast(asyncio.Transport, self.writer.transport)
+        return self._wire
 
     def pause_reading(self) -> None:
         """The borrowing client reads slower than the server answers: stop reading the server."""
@@ -317,10 +321,11 @@ class DbConnection:
         return self._paused
 
     def resume_reading(self) -> None:
-        transport = self._transport()
-        if self._paused and not transport.is_closing():
-            transport.resume_reading()
-        self._paused = False
+        if self._paused:
+            self._paused = False
+            transport = self._wire
+            if not transport.is_closing():
+                transport.resume_reading()
 
     def silent_since_idle(self) -> bool:
         """Nothing arrived since the last response was read, not even EOF.

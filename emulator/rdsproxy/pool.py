@@ -366,7 +366,10 @@ class Pool:
 
     def _park(self, conn: DbConnection) -> None:
         conn.last_used = time.monotonic()
-        self._idle.setdefault(conn.key, deque()).append(conn)
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = deque()
+        idle.append(conn)
 
     def _close(self, conn: DbConnection) -> None:
         conn.close()

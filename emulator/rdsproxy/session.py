@@ -274,11 +274,10 @@ class ClientSession:
 
     def _take_frames(self) -> None:
         """Every complete message, in order, at once; from the first that must wait, a task."""
-        frames = self._frames.frames()
+        reader = self._frames
         try:
-            for frame in frames:
+            while (frame := reader.next_frame()) is not None:
                 if not self._dispatch_now(frame):
-                    frames.close()
                     self._flush()
                     self._wait_for(frame)
                     return
@@ -306,7 +305,7 @@ class ClientSession:
     def _served(self, conn: DbConnection) -> None:
         """The pool lent the waiting message a connection: it and those behind it go on."""
         frame = self._take_parked()
-        if conn.state.aligned != self.parameters.key:
+        if not self._fits(conn):
             # Another client's session parameters were left on it: aligning them takes a round trip.
             self._unaligned = conn
             self._waiting = asyncio.get_running_loop().create_task(self._wait_then_go_on(frame))
@@ -363,7 +362,7 @@ class ClientSession:
         self._flush()
         # Requests the proxy answered itself may leave nothing for the server to answer.
         self._release_if_done()
-        if self.writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+        if self.protocol.backed_up(_WRITE_BUFFER_HIGH):
             # The client reads its answers slower than it sends requests: read no more until it catches up.
             self._pause_reading()
             self._waiting = asyncio.get_running_loop().create_task(self._drain_then_go_on())
@@ -372,7 +371,8 @@ class ClientSession:
         try:
             await self._dispatch_waiting(first)
             # Messages that came meanwhile are read as they are reached (the buffer grows in place).
-            for frame in self._frames.frames():
+            reader = self._frames
+            while (frame := reader.next_frame()) is not None:
                 if not self._dispatch_now(frame):
                     await self._dispatch_waiting(frame)
         except asyncio.CancelledError:
@@ -677,10 +677,15 @@ class ClientSession:
             raise SessionEnd from None
         if conn is None:
             return None
-        if conn.state.aligned != self.parameters.key:
+        if not self._fits(conn):
             self._unaligned = conn
             return None
         return self._attach(conn)
+
+    def _fits(self, conn: DbConnection) -> bool:
+        """The connection has this client's session parameters (keys are shared: identity first)."""
+        aligned, key = conn.state.aligned, self.parameters.key
+        return aligned is key or aligned == key
 
     async def _ensure_backend(self) -> DbConnection:
         if self.backend is not None:
@@ -754,7 +759,7 @@ class ClientSession:
             return
         if self._held is not None:
             self._release_held(conn)
-        if not self._release_if_done() and writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+        if not self._release_if_done() and self.protocol.backed_up(_WRITE_BUFFER_HIGH):
             # The client reads slower than the server answers: hold the server until it catches up.
             conn.pause_reading()
             self._drain_task = asyncio.get_running_loop().create_task(self._resume_when_drained(conn))

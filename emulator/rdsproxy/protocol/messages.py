@@ -7,10 +7,10 @@ letters are decoded once, at the edge, into the two enums below: the rest of the
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103
@@ -26,53 +26,61 @@ _INT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!H")
 
 
-class Frontend(enum.IntEnum):
-    """What a client sends after the startup packet (the message's first byte)."""
+class Frontend:
+    """What a client sends after the startup packet (the message's first byte).
 
-    QUERY = ord("Q")
-    PARSE = ord("P")
-    BIND = ord("B")
-    DESCRIBE = ord("D")
-    EXECUTE = ord("E")
-    CLOSE = ord("C")
-    SYNC = ord("S")
-    FLUSH = ord("H")
-    FUNCTION_CALL = ord("F")
-    COPY_DATA = ord("d")
-    COPY_DONE = ord("c")
-    COPY_FAIL = ord("f")
-    TERMINATE = ord("X")
+    Plain int constants, not an IntEnum: mypyc compiles a comparison with one of these to one machine
+    comparison, where an enum member is looked up on its class at every use (see kinds())."""
+
+    QUERY: Final = 81  # Q
+    PARSE: Final = 80  # P
+    BIND: Final = 66  # B
+    DESCRIBE: Final = 68  # D
+    EXECUTE: Final = 69  # E
+    CLOSE: Final = 67  # C
+    SYNC: Final = 83  # S
+    FLUSH: Final = 72  # H
+    FUNCTION_CALL: Final = 70  # F
+    COPY_DATA: Final = 100  # d
+    COPY_DONE: Final = 99  # c
+    COPY_FAIL: Final = 102  # f
+    TERMINATE: Final = 88  # X
     # PasswordMessage, and the SASL initial and continuing responses.
-    PASSWORD = ord("p")
+    PASSWORD: Final = 112  # p
 
 
-class Backend(enum.IntEnum):
-    """What a server sends (the message's first byte)."""
+class Backend:
+    """What a server sends (the message's first byte); plain ints, as Frontend's."""
 
-    AUTHENTICATION = ord("R")
-    PARAMETER_STATUS = ord("S")
-    BACKEND_KEY_DATA = ord("K")
-    READY_FOR_QUERY = ord("Z")
-    ERROR_RESPONSE = ord("E")
-    NOTICE_RESPONSE = ord("N")
-    NOTIFICATION_RESPONSE = ord("A")
-    PARSE_COMPLETE = ord("1")
-    BIND_COMPLETE = ord("2")
-    CLOSE_COMPLETE = ord("3")
-    COMMAND_COMPLETE = ord("C")
-    DATA_ROW = ord("D")
-    ROW_DESCRIPTION = ord("T")
-    NO_DATA = ord("n")
-    PARAMETER_DESCRIPTION = ord("t")
-    EMPTY_QUERY_RESPONSE = ord("I")
-    PORTAL_SUSPENDED = ord("s")
-    COPY_IN_RESPONSE = ord("G")
-    COPY_OUT_RESPONSE = ord("H")
-    COPY_BOTH_RESPONSE = ord("W")
-    COPY_DATA = ord("d")
-    COPY_DONE = ord("c")
-    FUNCTION_CALL_RESPONSE = ord("V")
-    NEGOTIATE_PROTOCOL_VERSION = ord("v")
+    AUTHENTICATION: Final = 82  # R
+    PARAMETER_STATUS: Final = 83  # S
+    BACKEND_KEY_DATA: Final = 75  # K
+    READY_FOR_QUERY: Final = 90  # Z
+    ERROR_RESPONSE: Final = 69  # E
+    NOTICE_RESPONSE: Final = 78  # N
+    NOTIFICATION_RESPONSE: Final = 65  # A
+    PARSE_COMPLETE: Final = 49  # 1
+    BIND_COMPLETE: Final = 50  # 2
+    CLOSE_COMPLETE: Final = 51  # 3
+    COMMAND_COMPLETE: Final = 67  # C
+    DATA_ROW: Final = 68  # D
+    ROW_DESCRIPTION: Final = 84  # T
+    NO_DATA: Final = 110  # n
+    PARAMETER_DESCRIPTION: Final = 116  # t
+    EMPTY_QUERY_RESPONSE: Final = 73  # I
+    PORTAL_SUSPENDED: Final = 115  # s
+    COPY_IN_RESPONSE: Final = 71  # G
+    COPY_OUT_RESPONSE: Final = 72  # H
+    COPY_BOTH_RESPONSE: Final = 87  # W
+    COPY_DATA: Final = 100  # d
+    COPY_DONE: Final = 99  # c
+    FUNCTION_CALL_RESPONSE: Final = 86  # V
+    NEGOTIATE_PROTOCOL_VERSION: Final = 118  # v
+
+
+def kinds(of: type) -> dict[str, int]:
+    """Frontend's or Backend's message kinds by name."""
+    return {name: value for name, value in vars(of).items() if name.isupper() and isinstance(value, int)}
 
 
 class ProtocolViolation(Exception):
@@ -110,68 +118,106 @@ def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
 
 
 class FrameReader:
-    """Typed messages from a byte stream split or coalesced arbitrarily by TCP."""
+    """Typed messages from a byte stream split or coalesced arbitrarily by TCP.
+
+    A chunk that arrives with nothing buffered is kept as it came, not copied into the buffer: when
+    it holds whole messages (nearly always) they are taken from it without a copy."""
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self._buffer = bytearray()
+        self._chunk: bytes | None = None  # only while the buffer is empty
         self._max = max_message
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        if self._buffer or self._chunk is not None:
+            self._fold()
+            self._buffer += data
+        elif data:
+            self._chunk = data
+
+    def _fold(self) -> None:
+        chunk = self._chunk
+        if chunk is not None:
+            self._chunk = None
+            self._buffer += chunk
 
     def buffered(self) -> int:
         """Bytes received and not yet taken as messages."""
-        return len(self._buffer)
+        chunk = self._chunk
+        return len(self._buffer) + (len(chunk) if chunk is not None else 0)
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
 
     def frames(self) -> Generator[Frame, None, None]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def next_frame(self) -> Frame | None:
+        """The next complete message, taken (a consumer that stops after it never sees it again);
+        None while none is complete."""
+        chunk = self._chunk
+        if chunk is not None:
+            if len(chunk) >= 5 and _message_end(chunk, 0, self._max) == len(chunk):
+                self._chunk = None
+                return Frame(chunk)  # the whole chunk is this one message
+            self._fold()
         buf = self._buffer
-        limit = self._max
-        while len(buf) >= 5:
-            end = _message_end(buf, 0, limit)
-            if len(buf) < end:
-                break
-            # Consumed before it is yielded, with no `finally` needed: a consumer that stops after this
-            # frame must not see it again, even if the generator is never closed (mypyc's are not on
-            # garbage collection). Deleting from a bytearray's front only moves its start.
-            if end == len(buf):  # the last one (often the only one): one copy, not a slice's two
-                raw = bytes(buf)
-                buf.clear()
-            else:
-                raw = bytes(buf[:end])
-                del buf[:end]
-            yield Frame(raw)
+        if len(buf) < 5:
+            return None
+        end = _message_end(buf, 0, self._max)
+        if len(buf) < end:
+            return None
+        if end == len(buf):  # the last one: one copy, not a slice's two
+            raw = bytes(buf)
+            buf.clear()
+        else:
+            raw = bytes(buf[:end])
+            del buf[:end]  # deleting from a bytearray's front only moves its start
+        return Frame(raw)
 
     def take_complete(self) -> tuple[bytes, list[int]]:
         """Every complete message buffered, as one chunk, and where each one starts in it.
 
-        For forwarding in bulk: one copy and no object per message, and the caller looks only at the
-        messages it must.
+        For forwarding in bulk: no object per message, and the caller looks only at the messages it
+        must; no copy at all when they came in one read with nothing before them.
         """
+        chunk = self._chunk
+        if chunk is not None:
+            self._chunk = None
+            starts, offset = self._starts(chunk)
+            if offset == len(chunk):
+                return chunk, starts
+            self._buffer += chunk[offset:]  # part of a message still coming
+            return (chunk[:offset] if starts else b""), starts
         buf = self._buffer
-        size = len(buf)
+        starts, offset = self._starts(buf)
+        if not starts:
+            return b"", starts
+        whole = bytes(buf) if offset == len(buf) else bytes(buf[:offset])
+        del buf[:offset]
+        return whole, starts
+
+    def _starts(self, data: bytes | bytearray) -> tuple[list[int], int]:
+        """Where each complete message in data starts, and where the complete ones end."""
+        size = len(data)
         starts = []
         offset = 0
         limit = self._max
         while size - offset >= 5:
-            end = _message_end(buf, offset, limit)
+            end = _message_end(data, offset, limit)
             if size < end:
                 break
             starts.append(offset)
             offset = end
-        if not starts:
-            return b"", starts
-        chunk = bytes(buf) if offset == size else bytes(buf[:offset])
-        del buf[:offset]
-        return chunk, starts
+        return starts, offset
 
     def pending_bytes(self) -> int:
-        return len(self._buffer)
+        return self.buffered()
 
     def take_raw(self) -> bytes:
         """Whatever is buffered, undecoded (used when a stream switches to TLS)."""
+        self._fold()
         data = bytes(self._buffer)
         self._buffer.clear()
         return data

@@ -32,6 +32,18 @@ def _quote(value: str) -> str:
 
 _TOLD: dict[tuple[Key, Key], dict[str, str]] = {}
 _TOLD_MAX = 256
+_KEYS: dict[Key, Key] = {}
+
+
+def _shared(key: Key) -> Key:
+    """One key object for equal keys (most sessions have the same parameters): a borrow compares
+    its connection's key with the client's by identity first, and idle clients share the tuple."""
+    shared = _KEYS.get(key)
+    if shared is None:
+        if len(_KEYS) >= _TOLD_MAX:
+            _KEYS.clear()
+        shared = _KEYS[key] = key
+    return shared
 
 
 def _told_at_login(baseline: Mapping[str, str], key: Key) -> dict[str, str]:
@@ -67,7 +79,7 @@ class SessionParameters:
                 value = defaults.get(name)
             if value is not None:
                 self.wanted[name] = canonical(name, value)
-        self.key: Key = tuple(self.wanted.items())
+        self.key: Key = _shared(tuple(self.wanted.items()))
         # What the client learns at login: the server's reported parameters, with its own choices.
         # Shared by the sessions that were told the same (most are), copied before it changes.
         self.seen: dict[str, str] = _told_at_login(baseline, self.key)
@@ -88,7 +100,7 @@ class SessionParameters:
         for name in self.wanted:
             if name != UNREPORTED and name in reported:
                 self.wanted[name] = reported[name]
-        self.key = tuple(self.wanted.items())
+        self.key = _shared(tuple(self.wanted.items()))
 
     def restoration(self) -> str:
         """The SET statements that put back every parameter the client has (after a RESET)."""

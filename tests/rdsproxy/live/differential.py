@@ -34,7 +34,7 @@ from scramp import ScramClient
 from emulator.errors import ReadinessTimeout
 from emulator.rdsproxy.auth import md5_password
 from emulator.rdsproxy.protocol import messages as m
-from emulator.rdsproxy.protocol.messages import Backend, Frontend
+from emulator.rdsproxy.protocol.messages import Backend, Frontend, kinds
 from emulator.wait import wait_until
 
 from .helpers import ProxyUnderTest, wait_quiescent
@@ -344,7 +344,7 @@ class Closed(Exception):
 
 
 _EXTENDED = frozenset({Frontend.PARSE, Frontend.BIND, Frontend.DESCRIBE, Frontend.EXECUTE, Frontend.CLOSE})
-_KNOWN = frozenset(Frontend) - {Frontend.PASSWORD}
+_KNOWN = frozenset(kinds(Frontend).values()) - {Frontend.PASSWORD}
 _ERROR = Backend.ERROR_RESPONSE
 # What completes the answer to each extended-protocol message (an ErrorResponse completes any of them).
 _COMPLETES: dict[int, frozenset[int]] = {
@@ -772,7 +772,7 @@ class Runner:
 
 # -- comparing and reporting -------------------------------------------------------------------
 
-_NAMES = {member.value: member.name for member in Backend}
+_NAMES = {value: name for name, value in kinds(Backend).items()}
 
 
 def describe(raw: bytes) -> str:

@@ -53,6 +53,43 @@ def test_bulk_taking_yields_the_same_messages_as_framing_one_by_one(
     assert reader.pending_bytes() == 0
 
 
+@given(frames=frames_strategy, cuts=cuts_strategy, ways=st.lists(st.booleans(), min_size=1))
+def test_taking_one_by_one_and_in_bulk_from_the_same_reader_loses_and_repeats_nothing(
+    frames: list[tuple[int, bytes]], cuts: list[int], ways: list[bool]
+) -> None:
+    # A database connection's reader is read both ways: one by one for the proxy's own exchanges,
+    # in bulk for its borrowers' answers.
+    reader = m.FrameReader()
+    seen = []
+    for piece, one_by_one in zip(_pieces(frames, cuts), itertools.cycle(ways), strict=False):
+        reader.feed(piece)
+        if one_by_one:
+            while (frame := reader.next_frame()) is not None:
+                seen.append((frame.kind, frame.body))
+        else:
+            chunk, starts = reader.take_complete()
+            ends = [*starts[1:], len(chunk)] if starts else []
+            seen += [(chunk[a], chunk[a + 5 : b]) for a, b in zip(starts, ends, strict=True)]
+    seen += [(frame.kind, frame.body) for frame in reader.frames()]
+    assert seen == [(kind, body) for kind, body in frames]
+    assert reader.pending_bytes() == 0
+
+
+def test_messages_that_came_in_one_read_with_nothing_before_them_are_not_copied() -> None:
+    reader = m.FrameReader()
+    alone = m.simple_query("SELECT 1")
+    reader.feed(alone)
+    frame = reader.next_frame()
+    assert frame is not None
+    assert frame.raw is alone
+    several = m.simple_query("SELECT 1") + m.SYNC
+    reader.feed(several)
+    chunk, starts = reader.take_complete()
+    assert chunk is several
+    assert starts == [0, len(several) - 5]
+    assert reader.pending_bytes() == 0
+
+
 def test_bulk_taking_refuses_an_impossible_length() -> None:
     reader = m.FrameReader(max_message=100)
     reader.feed(b"D" + (1000).to_bytes(4, "big"))
