@@ -120,12 +120,15 @@ def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
 class FrameReader:
     """Typed messages from a byte stream split or coalesced arbitrarily by TCP.
 
-    A chunk that arrives with nothing buffered is kept as it came, not copied into the buffer: when
-    it holds whole messages (nearly always) they are taken from it without a copy."""
+    A chunk that arrives with nothing buffered is read where it is, not copied into the buffer: its
+    whole messages (nearly always all of it) are taken from it with one copy each, or none when a
+    message came alone; only an incomplete tail is buffered."""
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self._buffer = bytearray()
-        self._chunk: bytes | None = None  # only while the buffer is empty
+        # Only while the buffer is empty: a chunk as it came, and where its untaken part starts.
+        self._chunk: bytes | None = None
+        self._at = 0
         self._max = max_message
 
     def feed(self, data: bytes) -> None:
@@ -134,17 +137,19 @@ class FrameReader:
             self._buffer += data
         elif data:
             self._chunk = data
+            self._at = 0
 
     def _fold(self) -> None:
+        """The chunk's untaken part into the buffer."""
         chunk = self._chunk
         if chunk is not None:
             self._chunk = None
-            self._buffer += chunk
+            self._buffer += chunk[self._at :] if self._at else chunk
 
     def buffered(self) -> int:
         """Bytes received and not yet taken as messages."""
         chunk = self._chunk
-        return len(self._buffer) + (len(chunk) if chunk is not None else 0)
+        return len(self._buffer) + (len(chunk) - self._at if chunk is not None else 0)
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
@@ -158,10 +163,18 @@ class FrameReader:
         None while none is complete."""
         chunk = self._chunk
         if chunk is not None:
-            if len(chunk) >= 5 and _message_end(chunk, 0, self._max) == len(chunk):
-                self._chunk = None
-                return Frame(chunk)  # the whole chunk is this one message
-            self._fold()
+            at = self._at
+            size = len(chunk)
+            if size - at >= 5:
+                end = _message_end(chunk, at, self._max)
+                if end <= size:
+                    if end == size:
+                        self._chunk = None
+                    else:
+                        self._at = end
+                    return Frame(chunk if at == 0 and end == size else chunk[at:end])
+            self._fold()  # the start of a message still coming
+            return None
         buf = self._buffer
         if len(buf) < 5:
             return None
@@ -182,6 +195,8 @@ class FrameReader:
         For forwarding in bulk: no object per message, and the caller looks only at the messages it
         must; no copy at all when they came in one read with nothing before them.
         """
+        if self._chunk is not None and self._at:
+            self._fold()
         chunk = self._chunk
         if chunk is not None:
             self._chunk = None
@@ -284,10 +299,12 @@ def _parse_startup_params(data: bytes) -> dict[str, str]:
 
 
 def read_cstring(body: bytes, offset: int = 0) -> tuple[str, int]:
+    if offset < len(body) and body[offset] == 0:
+        return "", offset + 1  # the unnamed statement or portal, as most names in the protocol are
     end = body.find(b"\0", offset)
     if end < 0:
         raise ProtocolViolation("unterminated string")
-    return body[offset:end].decode("utf-8", errors="replace"), end + 1
+    return body[offset:end].decode("utf-8", "replace"), end + 1
 
 
 def read_parameter_status(data: bytes, start: int = 0) -> tuple[str, str]:
