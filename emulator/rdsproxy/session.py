@@ -154,7 +154,7 @@ class ClientSession:
         # Set when the client's messages stop (its end, or why the session ends): run() awaits it.
         self._over: asyncio.Future[None] | None = None
         # A message that must wait (for a borrow, for held messages) and those behind it are taken
-        # by this task; the client is not read meanwhile.
+        # by this task; the client is read meanwhile only up to _READ_BUFFER_HIGH.
         self._waiting: asyncio.Task[None] | None = None
         # Or, for the commonest wait, the message's place in the pool's line (no task: the pool calls
         # back), with the message.
@@ -273,7 +273,7 @@ class ClientSession:
             self._pause_reading()
 
     def _take_frames(self) -> None:
-        """Every complete message, in order, at once; from the first that must wait, a task."""
+        """Every complete message, in order, at once; from the first that must wait, _wait_for."""
         reader = self._frames
         try:
             while (frame := reader.next_frame()) is not None:
@@ -282,8 +282,7 @@ class ClientSession:
                     self._wait_for(frame)
                     return
         except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
-            self._flush()
-            self._stop_serving(exc)
+            self._end_with(exc)
             return
         self._frames_handled()
 
@@ -315,11 +314,9 @@ class ClientSession:
             dispatched = self._dispatch_now(frame)
             assert dispatched, "a borrowed connection was not kept"
         except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
-            self._flush()
-            self._stop_serving(exc)
+            self._end_with(exc)
             return
-        self._resume_reading()
-        self._take_frames()
+        self._go_on()
 
     def _unserved(self, exc: BaseException) -> None:
         """The waiting message's borrow failed: as _dispatch_waiting handles it, then the next ones."""
@@ -330,11 +327,19 @@ class ClientSession:
             except BorrowTimeout:
                 self._borrow_timed_out(frame.kind)
         except Exception as error:  # noqa: BLE001 - it ends the session: run() reports it
-            self._flush()
-            self._stop_serving(error)
+            self._end_with(error)
             return
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """The waiting is over: the client is read again, and its next messages handled."""
         self._resume_reading()
         self._take_frames()
+
+    def _end_with(self, exc: Exception) -> None:
+        """What the client sent so far goes out; the session ends with exc (run() reports it)."""
+        self._flush()
+        self._stop_serving(exc)
 
     def _take_parked(self) -> m.Frame:
         frame, self._parked, self._ticket = self._parked, None, None
@@ -378,8 +383,7 @@ class ClientSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - it ends the session: run() reports it
-            self._flush()
-            self._stop_serving(exc)
+            self._end_with(exc)
             return
         self._waiting = None
         self._resume_reading()
@@ -389,8 +393,7 @@ class ClientSession:
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
         self._waiting = None
-        self._resume_reading()
-        self._take_frames()
+        self._go_on()
 
     async def _dispatch_waiting(self, frame: m.Frame) -> None:
         """A message that could not be handled at once: wait for what it needs, then handle it."""
