@@ -216,7 +216,8 @@ class Pool:
                 self._waiters.remove(ticket)
         self._publish()
         for ticket in due:
-            ticket.fail(BorrowTimeout())
+            if not ticket.done:  # (a callback before it may have ended it)
+                ticket.fail(BorrowTimeout())
         later = [ticket.deadline for ticket in self._waiters if not ticket.done]
         if later:
             self._time(min(later))

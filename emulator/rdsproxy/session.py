@@ -304,6 +304,10 @@ class ClientSession:
     def _served(self, conn: DbConnection) -> None:
         """The pool lent the waiting message a connection: it and those behind it go on."""
         frame = self._take_parked()
+        if frame is None:
+            # Nothing waits for it any more (the session is ending): back to the pool, unused.
+            self.deps.pool.release(conn, reusable=True)
+            return
         if not self._fits(conn):
             # Another client's session parameters were left on it: aligning them takes a round trip.
             self._unaligned = conn
@@ -321,6 +325,8 @@ class ClientSession:
     def _unserved(self, exc: BaseException) -> None:
         """The waiting message's borrow failed: as _dispatch_waiting handles it, then the next ones."""
         frame = self._take_parked()
+        if frame is None:
+            return
         try:
             try:
                 self._borrow_failed(exc)
@@ -341,9 +347,13 @@ class ClientSession:
         self._flush()
         self._stop_serving(exc)
 
-    def _take_parked(self) -> m.Frame:
+    def _take_parked(self) -> m.Frame | None:
+        """The message that waited, or None when the session has stopped serving its client: a
+        callback that comes after that must not attach a connection to a session being cleaned up
+        (it would stay borrowed for good)."""
         frame, self._parked, self._ticket = self._parked, None, None
-        assert frame is not None, "served without a waiting message"
+        if self._closing or (self._over is not None and self._over.done()):
+            return None
         return frame
 
     def _leave_line(self) -> None:
