@@ -714,6 +714,12 @@ class ClientSession:
                 await align(deps.pool, conn, self.parameters)
         except (BorrowTimeout, PoolClosed, DatabaseError) as exc:
             self._borrow_failed(exc)
+        if self._closing:
+            # The session was cleaned up while this wait finished: Python 3.11's asyncio.wait_for
+            # (align's) returns a result that arrived with the cancellation instead of raising it.
+            # Attached now, the connection would stay borrowed by a session that is gone.
+            deps.pool.release(conn, reusable=True)
+            raise asyncio.CancelledError
         return self._attach(conn)
 
     def _borrow_failed(self, exc: BaseException) -> NoReturn:
