@@ -14,7 +14,7 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 from scramp import ScramClient
 
@@ -24,9 +24,9 @@ from emulator.rdsproxy.protocol.messages import Backend, Frontend
 from emulator.rdsproxy.protocol.routing import Expect
 from emulator.rdsproxy.protocol.server import IDLE, ServerState
 
-_ids = itertools.count(1)
+_ids: Final = itertools.count(1)
 # What ends a departed client's unsynced request without committing it (see DbConnection.settle).
-_ABORT_UNSYNCED = m.frame(Frontend.BIND, b"\0rdsproxy_abort\0\0\0\0\0\0\0") + m.SYNC
+_ABORT_UNSYNCED: Final = m.frame(Frontend.BIND, b"\0rdsproxy_abort\0\0\0\0\0\0\0") + m.SYNC
 # A read-only endpoint's connections start with read-only transactions as their session default:
 # should the replica be promoted under them, a write still fails as on a replica (25006 "cannot
 # execute INSERT in a read-only transaction"). A startup option is the default RESET ALL and
@@ -118,12 +118,6 @@ async def _open_stream(
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
 
 
-def _transport_of(writer: asyncio.StreamWriter) -> asyncio.Transport:
-    # A stream's transport reads as well as writes (uvloop's do not subclass asyncio's ABCs, so
-    # isinstance checks cannot tell).
-    return cast(asyncio.Transport, writer.transport)
-
-
 class DbConnection:
     """A PostgreSQL connection owned by the pool; borrowed by one client session at a time."""
 
@@ -140,8 +134,9 @@ class DbConnection:
         self.reader = reader
         self.writer = writer
         # Made after any TLS upgrade: the transport a session's requests go through, for the life of
-        # the connection (what StreamWriter.write calls, without its Python frame per write).
-        self._wire = _transport_of(writer)
+        # the connection (what StreamWriter.write calls, without its Python frame per write). It
+        # reads as well as writes (uvloop's transports do not subclass asyncio's ABCs: a cast).
+        self._wire = cast(asyncio.Transport, writer.transport)
         self.tls = tls
         self._protocol = protocol
         self._paused = False
@@ -306,12 +301,9 @@ class DbConnection:
         self._protocol.on_lost = None
         self.resume_reading()
 
-    def _transport(self) -> asyncio.Transport:
-        return self._wire
-
     def pause_reading(self) -> None:
         """The borrowing client reads slower than the server answers: stop reading the server."""
-        transport = self._transport()
+        transport = self._wire
         if not transport.is_closing():
             transport.pause_reading()
             self._paused = True
@@ -327,14 +319,21 @@ class DbConnection:
             if not transport.is_closing():
                 transport.resume_reading()
 
+    def closing(self) -> bool:
+        """Known to be unusable: broken, or its transport closing or closed."""
+        return self.broken or self._wire.is_closing()
+
     def silent_since_idle(self) -> bool:
         """Nothing arrived since the last response was read, not even EOF.
 
         StreamReader buffers what the socket delivers even when nobody reads, but has no public way
-        to ask how much: its buffer attribute is read directly, for want of a better API.
+        to ask how much: its buffer attribute is read directly, for want of a better API; with it
+        empty, at_eof() is its `_eof` flag, read the same way (no Python frame on every borrow).
         """
-        buffered = getattr(self.reader, "_buffer", b"")
-        return not buffered and not self.reader.at_eof() and not self.frames.pending_bytes()
+        reader = self.reader
+        if getattr(reader, "_buffer", b"") or getattr(reader, "_eof", False):
+            return False
+        return not self.frames.pending_bytes()
 
     async def fetch_rows(self, sql: str) -> list[list[str | None]]:
         """The rows of a query of the proxy's own, as text."""

@@ -15,12 +15,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
 from emulator.rdsproxy.stats import Stats
 
 log = logging.getLogger("emulator.rdsproxy.pool")
-MAX_LIFETIME_SECONDS = 24 * 3600  # RDS Proxy recycles database connections after about a day
+MAX_LIFETIME_SECONDS: Final = 24 * 3600  # RDS Proxy recycles database connections after about a day
 
 
 class PoolError(Exception):
@@ -96,7 +97,8 @@ class Pool:
         self.cap = 0
         self.idle_keep = idle_keep
         self.idle_seconds = idle_seconds
-        self._idle: dict[PoolKey, deque[DbConnection]] = {}
+        # Oldest first, most recently used last (lists: mypyc calls their pop and append natively).
+        self._idle: dict[PoolKey, list[DbConnection]] = {}
         self._waiters: deque[Ticket] = deque()
         # Borrows whose connection the database refused for now (full, or down) and is being opened
         # again: a connection given back meanwhile serves them first, they were in line before.
@@ -127,7 +129,7 @@ class Pool:
         if self._waiters:
             return None
         while (conn := self._take_idle(key)) is not None:
-            if self._still_alive(conn):
+            if conn.silent_since_idle():
                 self._lend(conn, 0)
                 return conn
             # It died while idle (database restart): never hand it out, try the next one.
@@ -242,10 +244,12 @@ class Pool:
         stats.note_peaks()
 
     def _take_idle(self, key: PoolKey) -> DbConnection | None:
+        """The most recently used idle connection for key not known to be closed (still to be
+        checked for silence: see _still_alive)."""
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()  # most recently used first: its cache is warm
-            if not conn.broken and not conn.writer.is_closing():
+            if not conn.closing():
                 return conn
             self._close(conn)
         return None
@@ -255,7 +259,7 @@ class Pool:
         """An idle connection must have stayed silent: anything it said (the FATAL a database sends
         when it shuts down, or EOF) means it is dead. This is how idle clients survive a restart:
         the dead connection is dropped at the borrow, before anyone uses it."""
-        return not conn.broken and not conn.writer.is_closing() and conn.silent_since_idle()
+        return not conn.closing() and conn.silent_since_idle()
 
     def _any_idle(self) -> DbConnection | None:
         oldest: DbConnection | None = None
@@ -263,7 +267,7 @@ class Pool:
             if idle and (oldest is None or idle[0].last_used < oldest.last_used):
                 oldest = idle[0]
         if oldest is not None:
-            self._idle[oldest.key].popleft()
+            self._idle[oldest.key].pop(0)
         return oldest
 
     def _dispatch(self) -> None:
@@ -277,7 +281,7 @@ class Pool:
                 continue
             conn = self._take_idle(ticket.key)
             if conn is not None:
-                if not self._still_alive(conn):
+                if not conn.silent_since_idle():
                     self._dead(conn)
                     continue
                 self._waiters.popleft()
@@ -303,7 +307,7 @@ class Pool:
                 continue
             conn = self._take_idle(ticket.key)
             if conn is not None:
-                if not self._still_alive(conn):
+                if not conn.silent_since_idle():
                     self._dead(conn)
                     continue
                 self._retrying.remove(ticket)
@@ -369,7 +373,7 @@ class Pool:
         conn.last_used = time.monotonic()
         idle = self._idle.get(conn.key)
         if idle is None:
-            idle = self._idle[conn.key] = deque()
+            idle = self._idle[conn.key] = []
         idle.append(conn)
 
     def _close(self, conn: DbConnection) -> None:
@@ -386,7 +390,7 @@ class Pool:
         once, borrowed ones under their clients, who are told as when a connection is lost; how many."""
         count = 0
         for key, idle in self._idle.items():
-            keep = deque([conn for conn in idle if conn.instance != instance])
+            keep = [conn for conn in idle if conn.instance != instance]
             for conn in idle:
                 if conn.instance == instance:
                     self._close(conn)
@@ -423,7 +427,7 @@ class Pool:
         """Close the idle connections the database has ended (a restart, a failover); how many."""
         dead = 0
         for key, idle in self._idle.items():
-            alive = deque([conn for conn in idle if self._still_alive(conn)])
+            alive = [conn for conn in idle if self._still_alive(conn)]
             for conn in idle:
                 if conn not in alive:
                     self._dead(conn)
@@ -438,7 +442,7 @@ class Pool:
         closed = 0
         for idle in list(self._idle.values()):
             while excess > 0 and idle and now - idle[0].last_used >= self.idle_seconds:
-                self._close(idle.popleft())
+                self._close(idle.pop(0))
                 excess -= 1
                 closed += 1
         return closed
@@ -447,7 +451,7 @@ class Pool:
         self.closed = True
         for idle in self._idle.values():
             while idle:
-                self._close(idle.popleft())
+                self._close(idle.pop())
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_due = None, math.inf

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.client import ClientProtocol
@@ -44,9 +44,9 @@ from emulator.rdsproxy.stats import RequestLatency, Stats
 from emulator.rdsproxy.target import Target
 
 # Requests that end at ReadyForQuery: the latency metrics measure each one.
-_REQUESTS = frozenset({Frontend.QUERY, Frontend.FUNCTION_CALL, Frontend.SYNC})
+_REQUESTS: Final = frozenset({Frontend.QUERY, Frontend.FUNCTION_CALL, Frontend.SYNC})
 # Messages that would start work on a database connection.
-_STARTS_WORK = frozenset(
+_STARTS_WORK: Final = frozenset(
     {
         Frontend.QUERY,
         Frontend.PARSE,
@@ -56,7 +56,7 @@ _STARTS_WORK = frozenset(
         Frontend.FUNCTION_CALL,
     }
 )
-_COPY_ENDS = frozenset({Frontend.COPY_DONE, Frontend.COPY_FAIL})
+_COPY_ENDS: Final = frozenset({Frontend.COPY_DONE, Frontend.COPY_FAIL})
 
 
 def _runs_on_server(kind: int, frame: m.Frame) -> bool:
@@ -65,16 +65,16 @@ def _runs_on_server(kind: int, frame: m.Frame) -> bool:
 
 
 # A client that reads slower than its database connection answers holds the connection back here.
-_WRITE_BUFFER_HIGH = 1 << 20
+_WRITE_BUFFER_HIGH: Final = 1 << 20
 # A client that keeps sending while one of its messages waits (for a borrow) is read until this much
 # is buffered, then paused: pausing at once would cost two system calls per waiting request, and a
 # client that waits for its answer sends nothing more anyway.
-_READ_BUFFER_HIGH = 1 << 18
+_READ_BUFFER_HIGH: Final = 1 << 18
 
 
 # What a READ_ONLY endpoint's client is told at login, where the writer's values differ: its
 # connections are to hot standbys, opened with read-only transactions as their default.
-_READ_ONLY_REPORTED = {"default_transaction_read_only": "on", "in_hot_standby": "on"}
+_READ_ONLY_REPORTED: Final = {"default_transaction_read_only": "on", "in_hot_standby": "on"}
 
 
 def _hidden(raw: bytes) -> bytes | None:
@@ -502,10 +502,8 @@ class ClientSession:
         if plain(text):
             # Nearly every query: nothing to pin, no statement to rename, nothing to restore.
             state = conn.state
-            entry = state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
+            state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
             self._send(frame.raw)
-            if copies_from_client(text):
-                self._hold_for(entry)
             return
         reason = pin_reason(text, self.rule)
         if reason is not None:
@@ -936,7 +934,7 @@ class ClientSession:
 
 # The handler of each client message kind (one table for every session: a dict of bound methods per
 # session cost 600 bytes of each idle client).
-_HANDLERS: dict[int, Callable[[ClientSession, m.Frame], None]] = {
+_HANDLERS: Final[dict[int, Callable[[ClientSession, m.Frame], None]]] = {
     Frontend.QUERY: ClientSession._query,
     Frontend.PARSE: ClientSession._parse,
     Frontend.BIND: ClientSession._bind,

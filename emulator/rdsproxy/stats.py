@@ -6,11 +6,11 @@ import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 # Percentiles are over this many of the most recent samples: memory stays bounded however long the
 # proxy runs, while count, sum and max cover every sample since it started.
-RECENT_SAMPLES = 65536
+RECENT_SAMPLES: Final = 65536
 
 
 @dataclass

@@ -19,9 +19,10 @@ CANCEL_REQUEST = 80877102
 # PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
 # PostgreSQL's limit for any message (PQ_LARGE_MESSAGE_LIMIT is 1 GB - 1).
-DEFAULT_MAX_MESSAGE = 0x3FFFFFFF
+DEFAULT_MAX_MESSAGE: Final = 0x3FFFFFFF
 
-_HEADER = struct.Struct("!BI")
+_HEADER: Final = struct.Struct("!BI")
+_LENGTH: Final = struct.Struct("!I")
 _INT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!H")
 
@@ -107,8 +108,12 @@ class Frame:
 
 def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
     """Where the message starting at offset ends (its header checked), whether or not it is all there."""
-    # The big-endian length by hand: a Struct call and its tuple cost more than these four bytes.
-    length = (buf[offset + 1] << 24) | (buf[offset + 2] << 16) | (buf[offset + 3] << 8) | buf[offset + 4]
+    if isinstance(buf, bytes):
+        # The big-endian length by hand: compiled, four byte reads cost less than a Struct call and
+        # its tuple (indexing a bytearray is a generic call there, hence the split).
+        length = (buf[offset + 1] << 24) | (buf[offset + 2] << 16) | (buf[offset + 3] << 8) | buf[offset + 4]
+    else:
+        length = _LENGTH.unpack_from(buf, offset + 1)[0]
     if length < 4:
         raise ProtocolViolation(f"invalid message length {length}")
     if length > limit:
@@ -493,9 +498,9 @@ def target_message(kind: int, target: str, name: str) -> bytes:
     return frame(kind, target.encode() + _cstr(name))
 
 
-TERMINATE = frame(Frontend.TERMINATE)
-SYNC = frame(Frontend.SYNC)
-FLUSH = frame(Frontend.FLUSH)
+TERMINATE: Final = frame(Frontend.TERMINATE)
+SYNC: Final = frame(Frontend.SYNC)
+FLUSH: Final = frame(Frontend.FLUSH)
 
 
 def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:

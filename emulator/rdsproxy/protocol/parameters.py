@@ -8,6 +8,7 @@ passes a ParameterStatus on to the client only when the client's view changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 # The session parameters RDS Proxy lets clients choose at startup.
 CLIENT_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits")
@@ -30,9 +31,9 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-_TOLD: dict[tuple[Key, Key], dict[str, str]] = {}
-_TOLD_MAX = 256
-_KEYS: dict[Key, Key] = {}
+_TOLD: Final[dict[tuple[Key, Key], dict[str, str]]] = {}
+_TOLD_MAX: Final = 256
+_KEYS: Final[dict[Key, Key]] = {}
 
 
 def _shared(key: Key) -> Key:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-MAX_UNPINNED_BYTES = 16384
+MAX_UNPINNED_BYTES: Final = 16384
 
 REASON_SETTINGS = (
     "SQL changed session settings that the proxy doesn't track. Consider moving session configuration to "
@@ -40,9 +40,11 @@ _PREFILTER: Final = (
     "nextval",
     "advisory",
     "u&",
+    # Not a pin: COPY ... FROM STDIN, which the session must watch for (see plain()).
+    "stdin",
 )
 # DO blocks, looked for only when "do" appears at all.
-_DO = re.compile(r"\bdo\b")
+_DO: Final = re.compile(r"\bdo\b")
 
 
 def _may_pin(lowered: str) -> bool:
@@ -436,14 +438,15 @@ FIXES = {
 
 # Applications send the same few texts again and again: plain()'s answers for short ones, kept
 # (at most _KNOWN_MAX of them, up to _KNOWN_TEXT characters each: well under a megabyte).
-_known_plain: dict[str, bool] = {}
-_KNOWN_MAX = 2048
-_KNOWN_TEXT = 256
+_known_plain: Final[dict[str, bool]] = {}
+_KNOWN_MAX: Final = 2048
+_KNOWN_TEXT: Final = 256
 
 
 def plain(sql: str) -> bool:
-    """Nothing in the text can pin, act on prepared statements or reset parameters: no keyword that
-    any of those needs, and short enough (the common case, decided without the lexer)."""
+    """Nothing in the text can pin, act on prepared statements, reset parameters or copy from the
+    client: no keyword that any of those needs, and short enough (the common case, decided without
+    the lexer)."""
     known = _known_plain.get(sql)
     if known is not None:
         return known

@@ -20,9 +20,11 @@ from typing import Final, final
 
 from emulator.rdsproxy.protocol.messages import Backend
 
-_EXECUTED = frozenset({Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED})
-_DESCRIBED = frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA})
-_NOTHING: frozenset[int] = frozenset()
+_EXECUTED: Final = frozenset(
+    {Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED}
+)
+_DESCRIBED: Final = frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA})
+_NOTHING: Final[frozenset[int]] = frozenset()
 
 
 @final
@@ -68,7 +70,7 @@ class Expect:
 
 
 # Notice, Notification, ParameterStatus: at any time.
-_ASYNC = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
+_ASYNC: Final = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
 
 
 class Expected:

@@ -11,14 +11,16 @@ messages it has already seen left out.
 
 from __future__ import annotations
 
+from typing import Final
+
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Backend
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, Key, SessionParameters
 from emulator.rdsproxy.protocol.routing import ResponseRouter
 
-IDLE = b"I"
+IDLE: Final = b"I"
 # ReadyForQuery's status inside a transaction that failed: commands are refused until its end.
-FAILED = b"E"
+FAILED: Final = b"E"
 
 
 class ServerState:
@@ -156,12 +158,12 @@ def _pass_through(
     out.append(chunk[kept:] if kept else chunk)
 
 
-_COPY_IN = frozenset({Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE})
+_COPY_IN: Final = frozenset({Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE})
 # COPY FROM STDIN ends with the client's CopyDone or CopyFail (see the session), or a server error.
-_WATCHED = _COPY_IN | {Backend.ERROR_RESPONSE}
+_WATCHED: Final = _COPY_IN | {Backend.ERROR_RESPONSE}
 # The client's own protocol violation, which ends its session: PostgreSQL's FATAL 08P01.
-_CLIENTS_FATAL = (b"VFATAL\0", b"C08P01\0")
-_FATAL = _CLIENTS_FATAL[0]
+_CLIENTS_FATAL: Final = (b"VFATAL\0", b"C08P01\0")
+_FATAL: Final = _CLIENTS_FATAL[0]
 
 
 def _watch(kind: int, data: bytes, start: int, server: ServerState) -> bool:

@@ -10,7 +10,9 @@ from emulator.rdsproxy.protocol.pinning import (
     PinRule,
     digest,
     pin_reason,
+    plain,
 )
+from emulator.rdsproxy.protocol.statements import copies_from_client, resets_parameters, sql_commands
 
 pytestmark = pytest.mark.unit
 
@@ -157,6 +159,20 @@ def test_pins(sql: str) -> None:
 @pytest.mark.parametrize("sql", DOES_NOT_PIN)
 def test_does_not_pin(sql: str) -> None:
     assert pin_reason(sql) is None
+
+
+@pytest.mark.parametrize("sql", [*PINS, *DOES_NOT_PIN, "copy t from stdin with (format csv)", "RESET ALL"])
+def test_only_texts_with_nothing_to_watch_take_the_plain_fast_path(sql: str) -> None:
+    # The session skips every check below for a plain text: plain() must never admit one of them.
+    watched = (
+        pin_reason(sql) is not None
+        or copies_from_client(sql)
+        or resets_parameters(sql)
+        or bool(sql_commands(sql))
+    )
+    if watched:
+        assert not plain(sql)
+        assert not plain(sql)  # its answer kept, too
 
 
 def test_there_are_at_least_sixty_verdicts() -> None:
