@@ -144,6 +144,9 @@ class ClientProtocol(asyncio.Protocol):
             while True:
                 count = cast(int, read(len(buffer), buffer))
                 if not count:
+                    # The client's close_notify: into a buffer, read returns 0 for it rather than
+                    # raise SSLZeroReturnError.
+                    ended = True
                     break
                 plain.append(bytes(view[:count]))
                 if not incoming.pending and not tls.pending():
@@ -208,7 +211,12 @@ class ClientProtocol(asyncio.Protocol):
         if tls is None:
             self.transport.write(data)
             return
-        tls.write(data)
+        try:
+            tls.write(data)
+        except ssl.SSLError:
+            # The TLS session is over (the proxy's close_notify went out): what is written now is
+            # lost, as it is on a closed transport, and never an error in the writer's path.
+            return
         self._tls_flush()
 
     def is_closing(self) -> bool:

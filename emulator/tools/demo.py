@@ -294,7 +294,9 @@ def write_chart(ways: list[Way], config: DemoConfig) -> None:
             )
         ax.axhline(config.stack.max_connections, color="black", linestyle="--", label="max_connections")
         if way.pool_cap is not None:
-            ax.axhline(way.pool_cap, color="green", linestyle=":", label="pool cap")
+            # A wide pale band under the lines: a full pool's database connections run along it
+            # and stay visible (a thin line there hid them).
+            ax.axhline(way.pool_cap, color="tab:green", linewidth=7, alpha=0.3, zorder=1, label="pool cap")
         ax.set_title(f"{way.name}: {way.burst.succeeded} ok, {way.burst.failed} failed")
         ax.set_xlabel("seconds since the burst started")
         # Hundreds of clients and a handful of database connections on one readable axis.
