@@ -22,8 +22,7 @@ MAX_STARTUP_PACKET = 10000
 DEFAULT_MAX_MESSAGE: Final = 0x3FFFFFFF
 
 _HEADER: Final = struct.Struct("!BI")
-_LENGTH: Final = struct.Struct("!I")
-_INT32 = struct.Struct("!I")
+_INT32: Final = struct.Struct("!I")
 _INT16 = struct.Struct("!H")
 
 
@@ -113,7 +112,7 @@ def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
         # its tuple (indexing a bytearray is a generic call there, hence the split).
         length = (buf[offset + 1] << 24) | (buf[offset + 2] << 16) | (buf[offset + 3] << 8) | buf[offset + 4]
     else:
-        length = _LENGTH.unpack_from(buf, offset + 1)[0]
+        length = _INT32.unpack_from(buf, offset + 1)[0]
     if length < 4:
         raise ProtocolViolation(f"invalid message length {length}")
     if length > limit:
