@@ -536,7 +536,7 @@ class ClientSession:
         router = conn.state.router
         if router.idle:
             return False
-        name, query, types = m.parse_parse(frame.body)
+        name, query, types = m.parse_fields(frame)
         if not self.prepared.answered_here(conn.state, name, query, types):
             return False
         if router.unsynced:
@@ -604,7 +604,7 @@ class ClientSession:
             self._send(frame.raw)
 
     def _parse(self, frame: m.Frame) -> None:
-        name, query, types = m.parse_parse(frame.body)
+        name, query, types = m.parse_fields(frame)
         if self.deps.log.debug_enabled:
             self._debug(f"The client prepared a statement{f' {name!r}' if name else ''}: {query}")
         conn = self._borrowed()

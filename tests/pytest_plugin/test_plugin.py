@@ -336,14 +336,25 @@ def test_a_schema_that_fails_is_reported_once_without_a_chained_traceback(
 
 WAITING_SUITE = """
 import os
-import signal
+import time
 from pathlib import Path
 
 
 def test_waits_for_a_signal(twin):
     Path(os.environ["TWIN_STARTED_FILE"]).write_text(twin.environment()["DB_PORT"])
-    signal.pause()
+    # Not signal.pause(): a signal handled between the write and the pause would leave it waiting
+    # for another one. Python runs a pending handler at the loop's next turn.
+    while True:
+        time.sleep(0.1)
 """
+
+
+def _described(processes: list[psutil.Process]) -> str:
+    lines = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            lines.append(f"{process.pid} {process.status()} {' '.join(process.cmdline())[:160]}")
+    return "\n".join(lines) or "(none)"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -381,7 +392,18 @@ def test_ctrl_c_or_sigterm_during_a_test_stops_the_twin_and_leaves_nothing_runni
             os.killpg(run.pid, signal.SIGINT)
         else:
             run.send_signal(signal.SIGTERM)
-        run.wait(timeout=120)
+        try:
+            run.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            left = processes_of_run(mark)
+            described = _described(left)
+            for process in left:  # nothing left running for the tests after this one
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            pytest.fail(
+                f"pytest still ran 120 s after the signal; its output:\n{output.read_text()}\n"
+                f"the processes it started:\n{described}"
+            )
     finally:
         if run.poll() is None:
             run.kill()

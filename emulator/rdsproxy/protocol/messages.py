@@ -335,6 +335,28 @@ def parse_parse(body: bytes) -> tuple[str, str, bytes]:
     return name, query, body[offset:]
 
 
+# Drivers send the same Parse messages again and again (the extended protocol parses its unnamed
+# statement before every execution): their fields, kept for short ones (at most _PARSED_MAX of them,
+# up to _PARSED_BYTES each: about a megabyte at most).
+_PARSED: Final[dict[bytes, tuple[str, str, bytes]]] = {}
+_PARSED_MAX: Final = 2048
+_PARSED_BYTES: Final = 256
+
+
+def parse_fields(frame: Frame) -> tuple[str, str, bytes]:
+    """parse_parse() of a Parse message, without decoding again a message seen before."""
+    raw = frame.raw
+    known = _PARSED.get(raw)
+    if known is not None:
+        return known
+    fields = parse_parse(raw[5:])
+    if len(raw) <= _PARSED_BYTES:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = fields
+    return fields
+
+
 def bind_statement(body: bytes) -> tuple[str, str, int]:
     """Bind: (portal, statement name, offset where the rest begins)."""
     portal, offset = read_cstring(body)

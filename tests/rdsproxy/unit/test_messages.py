@@ -154,3 +154,19 @@ def test_a_bind_is_renamed_without_touching_its_parameters() -> None:
     renamed = m.rename_bind(body, "rdsproxy_7")
     assert m.bind_statement(renamed[5:])[:2] == ("portal", "rdsproxy_7")
     assert renamed.endswith(body[len(b"portal\0client_name\0") :])
+
+
+def test_a_parse_message_seen_before_gives_the_same_fields_without_being_decoded_again() -> None:
+    body = b"s1\0SELECT $1::text\0\0\x01\0\0\0\x19"
+    first = m.parse_fields(m.Frame(m.frame(m.Frontend.PARSE, body)))
+    assert first == m.parse_parse(body) == ("s1", "SELECT $1::text", b"\0\x01\0\0\0\x19")
+    again = m.parse_fields(m.Frame(m.frame(m.Frontend.PARSE, body)))  # equal bytes, another object
+    assert again == first
+    assert again[1] is first[1]  # the very text decoded the first time (compiled, the tuple is new)
+
+
+def test_a_malformed_parse_message_is_refused_every_time() -> None:
+    unterminated = m.Frame(m.frame(m.Frontend.PARSE, b"s1\0SELECT 1"))
+    for _ in range(2):
+        with pytest.raises(m.ProtocolViolation):
+            m.parse_fields(unterminated)
