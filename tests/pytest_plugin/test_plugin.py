@@ -349,6 +349,10 @@ def test_waits_for_a_signal(twin):
 """
 
 
+def _sigint_by_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _described(processes: list[psutil.Process]) -> str:
     lines = []
     for process in processes:
@@ -380,6 +384,9 @@ def test_ctrl_c_or_sigterm_during_a_test_stops_the_twin_and_leaves_nothing_runni
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A terminal's Ctrl+C: SIGINT at its default, whatever this run inherited (started in
+            # the background, as by `nohup ... &`, a process ignores SIGINT, and so would pytest).
+            preexec_fn=_sigint_by_default,
         )
     try:
         wait_until(
