@@ -58,6 +58,15 @@ _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload([WORKER_MODULE])
 
 
+def start_zygote() -> None:
+    """Start the environments' zygote, the process-wide forkserver, now rather than at the first
+    cold start, and return at once: it imports what every environment needs (boto3, botocore's
+    models, both drivers: most of a second) while the caller does other work. For a process that
+    will certainly invoke, such as the demo; the stack itself leaves it to the first invoke (an
+    idle twin then holds no zygote's memory)."""
+    multiprocessing.forkserver.ensure_running()
+
+
 def stop_zygote() -> None:
     """Stop the environments' zygote, the process-wide forkserver, and wait until it has exited (the
     next cold start starts another). Without this it outlives its process by a moment: it exits once

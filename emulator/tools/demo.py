@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emulator.awslambda.function import FunctionConfig, InitMode, LambdaFunction
+from emulator.awslambda.function import FunctionConfig, InitMode, LambdaFunction, start_zygote
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import find_pgbouncer
 from emulator.stack.proxies import ProxyComponent, ProxyKind
@@ -100,6 +100,7 @@ def _burst_through(
             user=stack.config.db_user,
             exclude=others,
             client_port=None if proxy is stack.direct else proxy.port,
+            client_host=proxy.host,
         ) as sampler,
     ):
         burst = invoke_burst(
@@ -132,6 +133,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
     logging.getLogger().addHandler(handler_log)
     pgbouncer = (ProxyKind.PGBOUNCER,) if find_pgbouncer() is not None else ()
     stack_config = replace(config.stack, proxy=ProxyKind.EMULATOR, extra_proxies=pgbouncer)
+    # The environments' zygote imports its libraries while the stack starts (most of a second).
+    start_zygote()
     try:
         with contextlib.ExitStack() as running:
             with console.status("Starting PostgreSQL, the AWS API emulator and the proxies..."):
@@ -269,7 +272,7 @@ def write_chart(ways: list[Way], config: DemoConfig) -> None:
         samples = way.samples
         if samples.clients:
             ax.step(
-                samples.times[: len(samples.clients)],
+                samples.client_times,
                 samples.clients,
                 where="post",
                 color="tab:orange",

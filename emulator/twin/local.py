@@ -188,7 +188,8 @@ class LocalTwin(Started):
         if ended and isinstance(emulator, RdsProxyEmulator):
             wait_until(
                 lambda: (
-                    emulator.stats()["client_connections"] <= (established_connections(emulator.port) or 0)
+                    emulator.stats()["client_connections"]
+                    <= (established_connections(emulator.port, emulator.host) or 0)
                 ),
                 component="RDS Proxy emulator (seeing recycled environments' clients close)",
                 timeout=RECYCLE_SETTLE_SECONDS,
@@ -243,7 +244,7 @@ class LocalTwin(Started):
         """Client connections to the proxy and the database's connections now, counted outside the
         proxy (the kernel's socket table, pg_stat_activity), so every proxy is counted alike."""
         stack = self.stack
-        clients = established_connections(stack.proxy.port)
+        clients = established_connections(stack.proxy.port, stack.proxy.host)
         if clients is None:
             raise ComponentError("connection counts", "no /proc/net/tcp to count connections in", "use Linux")
         with stack.postgres.admin_connection() as conn:

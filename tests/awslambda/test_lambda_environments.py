@@ -269,3 +269,45 @@ def test_a_kit_process_killed_with_sigkill_leaves_no_environment_or_forkserver(
         return not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     wait_until(all_gone, component="the killed kit's Lambda processes", timeout=20)
+
+
+_STARTS_ZYGOTE = """
+import sys
+from pathlib import Path
+
+import psutil
+
+from emulator.awslambda.function import FunctionConfig, LambdaFunction, start_zygote
+
+if __name__ == "__main__":
+    start_zygote()
+    # Already running before any function exists (beside multiprocessing's resource tracker).
+    (zygote,) = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    print("zygote", zygote.pid, " ".join(zygote.cmdline()), flush=True)
+    with LambdaFunction(FunctionConfig(code_dir=Path(sys.argv[1]), init=sys.argv[2])) as function:
+        function.invoke({})
+        (environment,) = function.environments()
+        ancestors = [p.pid for p in psutil.Process(environment.pid).parents()]
+        print("environment's ancestors", *ancestors, flush=True)
+"""
+
+
+def test_the_zygote_started_ahead_is_the_one_environments_are_forked_from(tmp_path: Path, init: str) -> None:
+    """The demo starts the zygote before its stack, so its imports overlap the stack's start: the
+    first cold start must then use that zygote, not start another."""
+    (tmp_path / "index.py").write_text("def handler(event, context):\n    return 1\n")
+    script = tmp_path / "kit.py"
+    script.write_text(_STARTS_ZYGOTE)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), init],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.startswith(("zygote", "env")))
+    zygote_pid, command = lines["zygote"].split(" ", 1)
+    assert "multiprocessing.forkserver" in command
+    assert "emulator.awslambda.worker" in command  # its preload
+    assert zygote_pid in lines["environment's"].split()

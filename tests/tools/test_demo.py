@@ -53,7 +53,7 @@ def test_a_burst_exhausts_postgres_directly_and_not_through_the_proxy(tmp_path: 
 
 def _way(name: str, ok: int, failed: int, *, cap: int | None, borrow: tuple[int, int] | None) -> Way:
     burst = BurstResult(invocations=ok + failed, succeeded=ok, wall_seconds=13.04)
-    samples = ConnectionSamples(times=[0.0, 1.0], counts=[3, 17], clients=[3, 500])
+    samples = ConnectionSamples(times=[0.0, 1.0], counts=[3, 17], clients=[3, 500], client_times=[0.0, 1.0])
     p50, p99 = borrow or (None, None)
     return Way(name, burst, samples, cap, p50, p99, None if borrow is None else 0)
 
