@@ -46,7 +46,22 @@ def cluster(lab: Lab) -> Iterator[ReplicatedCluster]:
         superuser_password=secrets.token_urlsafe(12),
     ) as running:
         running.writer.server.create_app_database(database=APP_DATABASE, user=APP_USER, password=APP_PASSWORD)
+        # The replicas were copied before the application's database existed: it reaches them by
+        # replication, a moment later (a test that read them at once failed with "database does not
+        # exist" once).
+        for replica in running.instances[1:]:
+            wait_until(
+                lambda name=replica.name: _has_app_database(running, name),
+                component=f"database {APP_DATABASE} on {replica.name}",
+                timeout=LAG_DEADLINE,
+            )
         yield running
+
+
+def _has_app_database(cluster: ReplicatedCluster, name: str) -> bool:
+    with cluster.connect(name) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (APP_DATABASE,)).fetchone()
+    return row is not None
 
 
 @pytest.fixture
