@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import struct
 import threading
 import time
 import uuid
@@ -33,7 +34,7 @@ from typing import Any, Literal, Self
 import psutil
 
 from emulator.awslambda.logs import FunctionLog, invocation_log
-from emulator.awslambda.spec import WORKER_MODULE, Meta, WorkerSpec, serve, serve_snapshot
+from emulator.awslambda.spec import EXIT_RECORD, WORKER_MODULE, Meta, WorkerSpec, serve, serve_snapshot
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR
 from emulator.terraform.applied import AppliedFunction
@@ -42,6 +43,12 @@ from emulator.terraform.applied import AppliedFunction
 ACCOUNT_CONCURRENCY = 1000
 # Lambda gives the Init phase 10 s (or the function's timeout, when longer) before it gives up.
 INIT_TIMEOUT = 10.0
+# How long an ended environment's exit code may take to come from its snapshot template; how many
+# reports are read at once and kept unasked.
+EXIT_REPORT_SECONDS = 5.0
+EXIT_RECORDS_READ = 512
+EXITS_KEPT = 4096
+_EXIT_SIZE = struct.calcsize(EXIT_RECORD)
 
 # "per_environment": every cold start runs Init (Lambda's default). "snapshot": Init runs once and
 # environments are forked from it, as Lambda SnapStart restores them: much cheaper cold starts, the
@@ -220,8 +227,7 @@ class _Launched:
     conn: Connection
     kill: Callable[[], None]
     alive: Callable[[], bool]
-    # The process's exit status once it has exited; None where it is not known (a snapshot's
-    # environments are the template's children, and it leaves their statuses to the kernel).
+    # The process's exit status once it has exited; None where it is not known.
     exit_status: Callable[[], int | None]
 
 
@@ -282,10 +288,20 @@ class _Snapshot:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self._control, child = _context.Pipe()
-        self._template = _context.Process(target=serve_snapshot, args=(child, spec), name="lambda-snapshot")
+        # The template reaps its environments and reports each one's exit code here (a plain pipe:
+        # its small writes are never torn).
+        self._statuses, statuses = _context.Pipe(duplex=False)
+        self._template = _context.Process(
+            target=serve_snapshot, args=(child, statuses, spec), name="lambda-snapshot"
+        )
         self._template.start()
         child.close()
+        statuses.close()
         self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        # Exit codes reported and not yet asked for, the newest last (bounded: those of the
+        # environments the kit killed itself are never asked for).
+        self._exited: dict[int, int] = {}
         self.init_error: dict[str, Any] | None = None
         # The one Init's output and duration, reported with every environment's first invocation.
         self.init_log = b""
@@ -314,14 +330,49 @@ class _Snapshot:
             reduction.send_handle(self._control, child.fileno(), self._template.pid)
             pid: int = self._control.recv()
         child.close()
+        # Take the reports waiting, so the template never finds the pipe full (unless a caller of
+        # _exit_status is reading it already: a cold start never waits for that).
+        if self._status_lock.acquire(blocking=False):
+            try:
+                self._read_statuses(0)
+            finally:
+                self._status_lock.release()
 
         def kill() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-        return _Launched(pid, conn, kill, lambda: _pid_alive(pid), lambda: None)
+        return _Launched(pid, conn, kill, lambda: _pid_alive(pid), lambda: self._exit_status(pid))
+
+    def _exit_status(self, pid: int) -> int | None:
+        """The exit code of an environment that has just ended (its pipe closed), as the template
+        reports it once it has reaped it; None when no report comes within a few seconds."""
+        deadline = time.monotonic() + EXIT_REPORT_SECONDS
+        with self._status_lock:
+            while pid not in self._exited:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._read_statuses(left):
+                    return None
+            return self._exited.pop(pid)
+
+    def _read_statuses(self, timeout: float) -> bool:
+        """Take the reports waiting in the pipe, waiting up to `timeout` for one; False when none
+        came (or the template is gone)."""
+        if self._statuses.closed or not self._statuses.poll(timeout):
+            return False
+        try:
+            data = os.read(self._statuses.fileno(), EXIT_RECORDS_READ * _EXIT_SIZE)
+        except OSError:
+            return False
+        # Whole records only: each was written at once, and reads take a multiple of their size.
+        for pid, code in struct.iter_unpack(EXIT_RECORD, data):
+            self._exited[pid] = code
+        while len(self._exited) > EXITS_KEPT:
+            del self._exited[next(iter(self._exited))]
+        return bool(data)
 
     def close(self) -> None:
+        self._statuses.close()
         self._control.close()
         if self._template.is_alive():
             self._template.kill()

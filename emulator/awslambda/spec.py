@@ -40,8 +40,13 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
     worker.serve(conn, spec)
 
 
-def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
+def serve_snapshot(control: Connection, statuses: Connection, spec: WorkerSpec) -> None:
     """The snapshot template (emulator.awslambda.worker.serve_snapshot)."""
     from emulator.awslambda import worker  # noqa: PLC0415 - preloaded in the zygote
 
-    worker.serve_snapshot(control, spec)
+    worker.serve_snapshot(control, statuses, spec)
+
+
+# The template's report of one environment's end: its pid and its exit code (negative: the signal
+# that ended it), 8 bytes, fewer than a pipe writes at once (PIPE_BUF), so never torn.
+EXIT_RECORD = "<ii"

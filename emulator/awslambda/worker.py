@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -34,7 +35,7 @@ import psycopg  # noqa: F401 - both drivers loaded once in the zygote, for every
 import psycopg2  # noqa: F401
 
 from emulator.awslambda.context import LambdaContext
-from emulator.awslambda.spec import WorkerSpec
+from emulator.awslambda.spec import EXIT_RECORD, WorkerSpec
 
 _PR_SET_PDEATHSIG = 1
 _shared_loader = botocore.loaders.create_loader()
@@ -206,7 +207,28 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
     _answer(conn, handler, spec)
 
 
-def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
+def _report_exits(statuses: Connection) -> None:
+    """Reap the environments (this template's children) as they end and write each one's exit code
+    to `statuses` (spec.EXIT_RECORD): what the kit says after "Runtime exited" comes from here. The
+    pipe never blocks the template: should nobody read it, later reports are dropped."""
+    fd = statuses.fileno()
+    os.set_blocking(fd, False)
+
+    def reap(signum: int, frame: Any) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            with contextlib.suppress(OSError):  # full (nobody reads) or closed: dropped
+                os.write(fd, struct.pack(EXIT_RECORD, pid, os.waitstatus_to_exitcode(status)))
+
+    signal.signal(signal.SIGCHLD, reap)
+
+
+def serve_snapshot(control: Connection, statuses: Connection, spec: WorkerSpec) -> None:
     """The template of a function's environments, as Lambda SnapStart snapshots one after Init:
     Init runs here once, then each environment is forked from this process (copy-on-write) and
     starts with Init done. Each environment still opens its own connection on its first invocation,
@@ -221,8 +243,7 @@ def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
         control.send(("init_error", error, {"log": _take_output()}))
         return
     control.send(("ready", None, {"log": _take_output(), "init_ms": (time.monotonic() - started) * 1000}))
-    # Environments are this process's children; let the kernel reap them.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    _report_exits(statuses)
     while True:
         try:
             fd = reduction.recv_handle(control)
@@ -232,6 +253,7 @@ def serve_snapshot(control: Connection, spec: WorkerSpec) -> None:
         if pid == 0:
             control.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            statuses.close()  # the template's; its reader sees the template's end by its EOF
             _die_with_parent()  # the template's children: the death signal is not inherited
             _capture_output()  # an output file of its own, not the template's shared one
             conn = Connection(fd)

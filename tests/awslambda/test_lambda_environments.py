@@ -205,11 +205,23 @@ def test_a_runtime_that_exits_during_an_invocation_is_reported_as_lambda_reports
         answer = quits.invoke({})
     assert answer.json()["errorType"] == "Runtime.ExitError"
     message = answer.json()["errorMessage"]
-    # A snapshot's environments are its template's children: their exit status is not known here.
-    ending = "Error: Runtime exited" + (" with error: exit status 4" if init == "per_environment" else "")
+    # A snapshot's environments are its template's children: the template reports their statuses.
     assert message.startswith("RequestId: "), message
-    assert message.endswith(ending), message
-    assert "()" not in message
+    assert message.endswith("Error: Runtime exited with error: exit status 4"), message
+
+
+def test_a_runtime_killed_by_a_signal_is_reported_with_the_signal(tmp_path: Path, init: str) -> None:
+    (tmp_path / "killed.py").write_text(
+        "import os, signal\n\ndef handler(event, context):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    config = FunctionConfig(handler="killed.handler", code_dir=tmp_path, init=init)  # type: ignore[arg-type]
+    with LambdaFunction(config) as killed:
+        answers = [killed.invoke({}) for _ in range(3)]
+        assert not killed.environments()
+    for answer in answers:
+        assert answer.json()["errorType"] == "Runtime.ExitError"
+        assert answer.json()["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
+        assert answer.cold_start
 
 
 def test_an_init_that_outlasts_its_limit_is_an_error_and_leaves_no_process(
@@ -311,3 +323,25 @@ def test_the_zygote_started_ahead_is_the_one_environments_are_forked_from(tmp_pa
     assert "multiprocessing.forkserver" in command
     assert "emulator.awslambda.worker" in command  # its preload
     assert zygote_pid in lines["environment's"].split()
+
+
+def test_the_exit_codes_nobody_asks_for_are_not_kept_without_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot's template reports every environment's end, also those the kit killed itself
+    (recycled, reaped, shut down), whose codes nobody asks for: they are read at each cold start
+    and only the newest EXITS_KEPT kept, so the template never finds its pipe full."""
+    monkeypatch.setattr("emulator.awslambda.function.EXITS_KEPT", 3)
+    (tmp_path / "index.py").write_text("def handler(event, context):\n    return 1\n")
+    with LambdaFunction(FunctionConfig(code_dir=tmp_path, init="snapshot")) as function:
+        for _ in range(6):
+            assert function.invoke({}).succeeded
+            assert function.recycle() == 1  # killed by the kit: an exit nobody asks about
+
+        def all_reported() -> bool:
+            function.invoke({})  # a cold start reads the reports waiting
+            function.recycle()
+            launcher: Any = function._launcher
+            return len(launcher._exited) == 3 and all(code == -9 for code in launcher._exited.values())
+
+        wait_until(all_reported, component="the template's exit reports", timeout=20)
