@@ -358,11 +358,11 @@ class _Snapshot:
     def _read_statuses(self, timeout: float) -> bool:
         """Take the reports waiting in the pipe, waiting up to `timeout` for one; False when none
         came (or the template is gone)."""
-        if self._statuses.closed or not self._statuses.poll(timeout):
-            return False
         try:
+            if not self._statuses.poll(timeout):
+                return False
             data = os.read(self._statuses.fileno(), EXIT_RECORDS_READ * _EXIT_SIZE)
-        except OSError:
+        except OSError:  # closed: the function is shutting down
             return False
         # Whole records only: each was written at once, and reads take a multiple of their size.
         for pid, code in struct.iter_unpack(EXIT_RECORD, data):
