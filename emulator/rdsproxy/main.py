@@ -169,7 +169,7 @@ async def serve(config: ProxyConfig, ready_file: str | None = None) -> None:
             json.dump(proxy.ready_file(), handle)
         os.replace(partial, ready_file)
     proxy.log.info(
-        f"RDS Proxy emulator {config.name} listening on {config.listen_host}:{config.listen_port}"
+        f"RDS Proxy emulator {config.name} listening on {config.listen_host}:{proxy.endpoints[0].port}"
         f" (stats on port {proxy.admin.port}; {how_it_runs()})."
     )
     for runtime in proxy.endpoints[1:]:

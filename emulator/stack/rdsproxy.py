@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from emulator.net import LOOPBACK, free_port
+from emulator.net import LOOPBACK
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.stack.process import ManagedProcess
 
@@ -85,6 +85,7 @@ class RdsProxyEmulator:
         assert self._process is not None
         self._process.wait_ready(ready_file.exists, timeout=timeout)
         self._ready = json.loads(ready_file.read_text())
+        self.port = int(self._ready["port"])
         self.stats_port = int(self._ready["stats_port"])
         self._process.wait_ready(
             lambda: bool(self.stats()["target_ready"]), timeout=timeout, what=" (reaching its target)"
@@ -198,8 +199,11 @@ def emulator_config(
     """The stack's emulator configuration: its own addresses, then the user's Terraform-named settings."""
     base: dict[str, Any] = {
         "listen_host": LOOPBACK,
-        "listen_port": free_port(),
-        "stats_port": free_port(),
+        # 0: the proxy binds free ports itself and names them in its ready file. A port picked here
+        # and bound by the proxy's process a moment later can be taken in between (it was, once, by
+        # another connection's source port).
+        "listen_port": 0,
+        "stats_port": 0,
         "target_host": target_host,
         "target_port": target_port,
         "secret_arn": secret_arn,
