@@ -290,11 +290,19 @@ from pathlib import Path
 import psutil
 
 from emulator.awslambda.function import FunctionConfig, LambdaFunction, start_zygote
+from emulator.wait import wait_until
+
+
+def zygotes():
+    # Until its exec, a child spawned a moment ago still shows this script's command line.
+    return [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+
 
 if __name__ == "__main__":
     start_zygote()
-    # Already running before any function exists (beside multiprocessing's resource tracker).
-    (zygote,) = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    # Running before any function exists (beside multiprocessing's resource tracker).
+    wait_until(lambda: bool(zygotes()), component="the zygote", timeout=30)
+    (zygote,) = zygotes()
     print("zygote", zygote.pid, " ".join(zygote.cmdline()), flush=True)
     with LambdaFunction(FunctionConfig(code_dir=Path(sys.argv[1]), init=sys.argv[2])) as function:
         function.invoke({})
