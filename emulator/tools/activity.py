@@ -141,8 +141,15 @@ class BackendSampler:
         if self._error is not None and exc is None:
             raise self._error
 
+    def _read_clients(self, port: int, at: float) -> None:
+        """One sample of the proxy's clients from the kernel's socket table (none if unreadable)."""
+        clients = established_connections(port, self.client_host)
+        if clients is not None:
+            self.samples.client_times.append(at)
+            self.samples.clients.append(clients)
+
     def _run(self) -> None:
-        samples = self.samples
+        samples, port = self.samples, self.client_port
         try:
             with self.postgres.admin_connection() as conn:
                 started = samples.origin = time.monotonic()
@@ -155,27 +162,21 @@ class BackendSampler:
                     now = time.monotonic()
                     samples.times.append(now - started)
                     samples.counts.append(count)
-                    if self.client_port is None:
+                    if port is None:
                         samples.client_times.append(now - started)
                         samples.clients.append(count)
                     elif now >= read_clients_at:
                         # Its cost in this thread's CPU time: on a busy machine a read also waits
                         # for a CPU, which would space the reads out for nothing.
                         cpu = time.thread_time()
-                        clients = established_connections(self.client_port, self.client_host)
+                        self._read_clients(port, now - started)
                         took = time.thread_time() - cpu
-                        if clients is not None:
-                            samples.client_times.append(now - started)
-                            samples.clients.append(clients)
                         read_clients_at = now + max(self.period, took / CLIENT_TABLE_SHARE)
                     if self._stop.wait(self.period):
                         break
-                if self.client_port is not None:
+                if port is not None:
                     # The burst's last clients may have come after the last read: one more.
-                    clients = established_connections(self.client_port, self.client_host)
-                    if clients is not None:
-                        samples.client_times.append(time.monotonic() - started)
-                        samples.clients.append(clients)
+                    self._read_clients(port, time.monotonic() - started)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self._error = exc
             self._ready.set()

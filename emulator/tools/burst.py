@@ -17,6 +17,9 @@ from emulator.awslambda.function import Invocation, LambdaFunction, Throttled
 # connect as text only, so a handler's error may carry the text without the code.
 _TOO_MANY = ("too many clients already", "remaining connection slots are reserved")
 _SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
+# Lambda's own errors (Runtime.ExitError, Sandbox.Timedout) start with the invocation's id, which
+# would make every such failure a group of its own.
+_REQUEST_ID = re.compile(r"^RequestId: \S+\s+")
 
 
 @dataclass
@@ -45,8 +48,9 @@ class BurstResult:
 
 
 def describe_failure(error: Mapping[str, Any]) -> str:
-    """ "SQLSTATE message" for a failed invocation's error ({"errorType", "errorMessage"})."""
-    message = str(error.get("errorMessage", ""))
+    """ "SQLSTATE message" for a failed invocation's error ({"errorType", "errorMessage"}); the
+    same failure gives the same text in every invocation, so that they can be counted together."""
+    message = _REQUEST_ID.sub("", str(error.get("errorMessage", "")))
     found = _SQLSTATE.search(message)
     sqlstate = found.group(1) if found else None
     if sqlstate is None and any(text in message for text in _TOO_MANY):
