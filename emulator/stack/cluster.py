@@ -39,10 +39,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
+from emulator.stack import libpq
 from emulator.stack.postgres import (
     COMPONENT,
     PostgresBinaries,
@@ -304,8 +304,7 @@ class ReplicatedCluster(Started):
         hand_over(path, self.user)
 
     def _primary_conninfo(self, instance: Instance, writer: Instance) -> str:
-        return make_conninfo(
-            "",
+        return libpq.conninfo(
             host=writer.server.host,
             port=writer.server.port,
             user=REPLICATION_USER,
@@ -328,7 +327,7 @@ class ReplicatedCluster(Started):
         datadir = replica.server.datadir
         if datadir.exists():
             shutil.rmtree(datadir)
-        env = {**os.environ, "PGPASSWORD": self._replication_password, "PGSSLMODE": "prefer"}
+        env = libpq.program_environment({"PGPASSWORD": self._replication_password, "PGSSLMODE": "prefer"})
         run_checked(
             COMPONENT,
             [

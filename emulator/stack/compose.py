@@ -14,6 +14,7 @@ from emulator.errors import ComponentError
 from emulator.lifecycle import Started
 from emulator.net import LOOPBACK, free_port
 from emulator.paths import COMPOSE_FILE
+from emulator.stack import libpq
 from emulator.stack.embedded import StackConfig, StackEnvironment
 from emulator.stack.moto import ACCESS_KEY_ID
 from emulator.stack.postgres import PostgresEndpoint
@@ -92,11 +93,13 @@ class ComposeStack(Started, StackEnvironment):
 
     def _pgbouncer_ready(self) -> bool:
         with psycopg.connect(
-            host=self.proxy.host,
-            port=self.proxy.port,
-            dbname=self.config.database,
-            user=self.config.db_user,
-            connect_timeout=2,
+            **libpq.connect_kwargs(
+                host=self.proxy.host,
+                port=self.proxy.port,
+                dbname=self.config.database,
+                user=self.config.db_user,
+                connect_timeout=2,
+            )
         ) as conn:
             conn.execute("SELECT 1")
         return True

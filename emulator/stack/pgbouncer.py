@@ -11,6 +11,7 @@ import psycopg
 
 from emulator.errors import ComponentError
 from emulator.net import LOOPBACK, free_port
+from emulator.stack import libpq
 from emulator.stack.process import ManagedProcess, ServiceUser, hand_over
 from emulator.stack.tls import ServerCertificate
 
@@ -130,7 +131,9 @@ class PgBouncer:
     def _ready(self) -> bool:
         t = self.target
         with psycopg.connect(
-            host=self.host, port=self.port, dbname=t.database, user=t.user, connect_timeout=2
+            **libpq.connect_kwargs(
+                host=self.host, port=self.port, dbname=t.database, user=t.user, connect_timeout=2
+            )
         ) as conn:
             conn.execute("SELECT 1")
         return True
@@ -139,11 +142,9 @@ class PgBouncer:
         """From PgBouncer's admin console: SHOW SERVERS lists each server connection's remote_pid."""
         t = self.target
         with psycopg.connect(
-            host=self.host,
-            port=self.port,
-            dbname="pgbouncer",
-            user=t.user,
-            connect_timeout=5,
+            **libpq.connect_kwargs(
+                host=self.host, port=self.port, dbname="pgbouncer", user=t.user, connect_timeout=5
+            ),
             autocommit=True,
         ) as admin:
             cur = admin.cursor()

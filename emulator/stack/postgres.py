@@ -18,10 +18,10 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from emulator.errors import ComponentError, ReadinessTimeout
 from emulator.net import LOOPBACK, free_port
+from emulator.stack import libpq
 from emulator.stack.pgtemplate import DataDirectoryTemplates, cache_root
 from emulator.stack.process import ManagedProcess, ServiceUser, hand_over, run_checked
 from emulator.stack.tls import ServerCertificate
@@ -153,8 +153,8 @@ class PostgresEndpoint:
         return self._tls
 
     def conninfo(self, *, user: str, password: str, dbname: str, **extra: str | int) -> str:
-        return make_conninfo(
-            "", host=self.host, port=self.port, user=user, password=password, dbname=dbname, **extra
+        return libpq.conninfo(
+            host=self.host, port=self.port, user=user, password=password, dbname=dbname, **extra
         )
 
     @contextmanager
@@ -338,6 +338,8 @@ class PostgresServer(PostgresEndpoint):
             [self.binaries.tool("postgres"), "-D", str(self.datadir)],
             log_path=self.workdir / "postgres.log",
             user=self.user,
+            # Its replication connections are libpq's too.
+            env=libpq.program_environment(),
             # SIGINT is PostgreSQL's fast shutdown: roll back and disconnect clients.
             stop_signal=signal.SIGINT,
         )
@@ -384,7 +386,10 @@ class PostgresServer(PostgresEndpoint):
     def pg_ctl(self, *args: str) -> str:
         """pg_ctl on this server's data directory, as the server's user."""
         return run_checked(
-            COMPONENT, [self.binaries.tool("pg_ctl"), "-D", str(self.datadir), *args], user=self.user
+            COMPONENT,
+            [self.binaries.tool("pg_ctl"), "-D", str(self.datadir), *args],
+            user=self.user,
+            env=libpq.program_environment(),
         )
 
     @property

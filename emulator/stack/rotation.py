@@ -27,6 +27,7 @@ from psycopg import sql
 
 from emulator.errors import ComponentError
 from emulator.rdsproxy.config import ProxyConfig
+from emulator.stack import libpq
 from emulator.stack.envfile import parse_env, write_env_file
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
@@ -99,14 +100,16 @@ def rotate_secret(
 def _connect(database: DatabaseAddress, user: str, password: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(
-            host=database.host,
-            port=database.port,
-            dbname=database.dbname,
-            user=user,
-            password=password,
-            sslmode=database.sslmode,
-            connect_timeout=10,
-            application_name="local-twin-rotation",
+            **libpq.connect_kwargs(
+                host=database.host,
+                port=database.port,
+                dbname=database.dbname,
+                user=user,
+                password=password,
+                sslmode=database.sslmode,
+                connect_timeout=10,
+                application_name="local-twin-rotation",
+            ),
             autocommit=True,
         )
     except psycopg.OperationalError as exc:

@@ -7,12 +7,12 @@ transaction and stops at its first error, which names the file and line as psql 
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from emulator.errors import ComponentError
+from emulator.stack import libpq
 
 COMPONENT = "Init SQL"
 
@@ -50,7 +50,7 @@ def run_sql_files(
             f"no psql beside the PostgreSQL server ({psql})",
             "install the PostgreSQL client (Debian/Ubuntu: apt-get install postgresql-client)",
         )
-    env = {**os.environ, **connection, "PGAPPNAME": "local-twin-init-sql"}
+    env = libpq.program_environment({**connection, "PGAPPNAME": "local-twin-init-sql"})
     for file in files:
         done = subprocess.run(
             [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", str(file)],

@@ -166,3 +166,30 @@ def test_the_wheel_server_starts_and_serves_even_as_root() -> None:
     finally:
         server.stop()
         shutil.rmtree(workdir)
+
+
+def test_a_stack_starts_in_a_shell_that_sourced_another_stack_s_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq reads these for whatever a connection leaves out; the kit's own connections and
+    # PostgreSQL's programs (the server, psql for the init SQL) must not take them.
+    other_ca = LocalCA(tmp_path)
+    for name, value in {
+        "PGHOST": "127.0.0.1",
+        "PGHOSTADDR": "127.0.0.2",
+        "PGPORT": "1",
+        "PGPASSWORD": "another stack's",
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": str(other_ca.ca_path),
+        "PGOPTIONS": "-c default_transaction_read_only=on",
+    }.items():
+        monkeypatch.setenv(name, value)
+    schema = tmp_path / "schema.sql"
+    schema.write_text("CREATE TABLE items (id int);\n")
+
+    with EmbeddedStack(StackConfig(proxy=ProxyKind.PGBOUNCER, init_sql=(schema,))) as stack:
+        with stack.postgres.admin_connection(stack.config.database) as conn:
+            tables = conn.execute("SELECT relname FROM pg_class WHERE relname = 'items'").fetchall()
+        stack.proxy.backend_pids()  # PgBouncer's admin console: a libpq connection of the kit's too
+
+    assert tables == [("items",)]
