@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from emulator.rdsproxy.admin import AdminEndpoint
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import Endpoint, Instance, ProxyConfig
@@ -26,6 +28,23 @@ from emulator.rdsproxy.target import Target
 # What the instances are is asked again this often while reader endpoints depend on it (RDS Proxy
 # monitors its targets); a lost reader connection asks at once.
 ROLE_REFRESH_SECONDS = 5.0
+
+
+class StartFailed(Exception):
+    """What the proxy needs before it serves cannot be had: a port it was told to listen on (in use,
+    not this machine's address), or its secret."""
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(problem)
+        self.hint = hint
+
+
+def _listen_failed(what: str, host: str, port: int, cause: OSError) -> StartFailed:
+    return StartFailed(
+        f"the {what} cannot listen on {host}:{port}: {cause.strerror or cause}",
+        "choose another port (listen_port, stats_port, an endpoint's port; 0 takes a free one) or "
+        "stop what listens there",
+    )
 
 
 @dataclass
@@ -114,18 +133,33 @@ class ProxyListener:
         return any(runtime.role == "READ_ONLY" for runtime in self.endpoints)
 
     async def start(self) -> None:
-        await self.target.load_secret()
+        try:
+            await self.target.load_secret()
+        except (BotoCoreError, ClientError, ValueError, KeyError, TypeError) as exc:
+            secret = self.config.secret_arn
+            raise StartFailed(
+                f"cannot read the secret {secret}: {exc}" if secret else "secret_arn is not set",
+                "set secret_arn to the Secrets Manager secret ({username, password}) the proxy logs in "
+                "with, reachable at aws_endpoint_url with the AWS credentials of this environment",
+            ) from exc
         loop = asyncio.get_running_loop()
+        host = self.config.listen_host
         for runtime in self.endpoints:
-            runtime.server = await loop.create_server(
-                functools.partial(ClientProtocol, functools.partial(self._accept, runtime.deps), loop),
-                self.config.listen_host,
-                runtime.endpoint.port,
-                backlog=4096,
-            )
+            try:
+                runtime.server = await loop.create_server(
+                    functools.partial(ClientProtocol, functools.partial(self._accept, runtime.deps), loop),
+                    host,
+                    runtime.endpoint.port,
+                    backlog=4096,
+                )
+            except OSError as exc:
+                raise _listen_failed(f"endpoint {runtime.name}", host, runtime.endpoint.port, exc) from exc
             runtime.port = runtime.server.sockets[0].getsockname()[1]
         if self.config.stats_port >= 0:
-            await self.admin.start(self.config.listen_host, self.config.stats_port)
+            try:
+                await self.admin.start(host, self.config.stats_port)
+            except OSError as exc:
+                raise _listen_failed("stats endpoint", host, self.config.stats_port, exc) from exc
         self._tasks = [loop.create_task(self._reach_target()), loop.create_task(self._sweep())]
         if self.config.publish_to_cloudwatch:
             self.log.sinks.append(self.metrics.log_sink)

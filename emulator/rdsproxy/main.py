@@ -82,7 +82,13 @@ def command(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    run(config, str(args.ready_file) if args.ready_file else None)
+    from emulator.rdsproxy.listener import StartFailed  # noqa: PLC0415 - not for --print-config
+
+    try:
+        run(config, str(args.ready_file) if args.ready_file else None)
+    except StartFailed as exc:
+        print(f"error: {exc}\n  how to fix: {exc.hint}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from emulator.rdsproxy.main import COMPILABLE, compiled_modules, how_it_runs, open_files_message
 
@@ -58,3 +61,35 @@ def test_the_proxy_says_whether_it_runs_compiled_and_is_never_half_compiled() ->
     assert how_it_runs() == ("compiled with mypyc" if compiled else "pure Python")
     if os.environ.get("LOCAL_TWIN_EXPECT_COMPILED") == "1":
         assert compiled == list(COMPILABLE)
+
+
+def _proxy_alone(*settings: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "emulator", "proxy"]
+    for setting in settings:
+        argv += ["--set", setting]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("setting", "what"), [("listen_port", "endpoint default"), ("stats_port", "stats endpoint")]
+)
+def test_a_port_in_use_is_named_with_how_to_fix_it_not_a_traceback(setting: str, what: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # End-to-end IAM needs no secret, so the proxy gets as far as its ports.
+        done = _proxy_alone("default_auth_scheme=IAM_AUTH", "listen_port=0", f"{setting}={port}")
+
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: the {what} cannot listen on 127.0.0.1:{port}: "), done.stderr
+    assert "how to fix: choose another port" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_proxy_without_its_secret_says_so() -> None:
+    done = _proxy_alone("listen_port=0")
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: secret_arn is not set\n  how to fix: set secret_arn"), done.stderr
+    assert "Traceback" not in done.stderr
