@@ -367,7 +367,7 @@ class EmbeddedStack(Started, StackEnvironment):
                 aws_endpoint_url=self.aws.endpoint_url,
                 iam_database_authentication=self.iam_database_authentication,
             ),
-            environment=self.aws.environment(),
+            environment=self.aws_environment(),
         )
         self._cleanups.append(endpoint.stop)
         endpoint.start()
@@ -738,7 +738,7 @@ class EmbeddedStack(Started, StackEnvironment):
             settings=settings,
         )
         return RdsProxyEmulator(
-            self.workdir / name, config, environment=self.aws.environment(), started_ahead=started_ahead
+            self.workdir / name, config, environment=self.aws_environment(), started_ahead=started_ahead
         )
 
     def stop(self) -> None:
@@ -756,7 +756,8 @@ class EmbeddedStack(Started, StackEnvironment):
         return self.ca.ca_path
 
     def aws_environment(self) -> dict[str, str]:
-        return self.aws.environment()
+        # After an apply, the stack's region is the applied proxy's (its provider's).
+        return self.aws.environment(self.config.region)
 
     def handler_environment(self, via: ProxyComponent | None = None) -> dict[str, str]:
         env = super().handler_environment(via)
@@ -786,7 +787,13 @@ class EmbeddedStack(Started, StackEnvironment):
                 else None
             ),
         )
-        return {**self.handler_environment(), **map_endpoints(function.environment, addresses)}
+        return {
+            **self.handler_environment(),
+            **map_endpoints(function.environment, addresses),
+            # Lambda's own (reserved) variables: the function's region, where its tokens are signed for.
+            "AWS_REGION": function.region,
+            "AWS_DEFAULT_REGION": function.region,
+        }
 
     def environment(self) -> dict[str, str]:
         env = super().environment()

@@ -118,12 +118,14 @@ class AwsEmulator:
         )
         return str(answer["arn"])
 
-    def environment(self) -> dict[str, str]:
-        """What a client process needs to reach this emulator with boto3 or the AWS CLI."""
+    def environment(self, region: str | None = None) -> dict[str, str]:
+        """What a client process needs to reach this emulator with boto3 or the AWS CLI, in region
+        (by default the one it was started for: moto serves every region)."""
+        region = region or self.credentials.region
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_REGION": self.credentials.region,
-            "AWS_DEFAULT_REGION": self.credentials.region,
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
             "AWS_ACCESS_KEY_ID": self.credentials.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.credentials.secret_access_key,
         }

@@ -32,9 +32,11 @@ TEST_STACK = StackConfig(max_connections=20, pool_size=5)
 
 
 STACKS: dict[str, dict[str, str]] = {
-    # The kit's Terraform as it deploys to AWS, with the pool at 25 % (5 of 20 connections).
+    # The kit's Terraform as it deploys to AWS, with the pool at 25 % (5 of 20 connections), in
+    # another region than the kit's default: its functions sign their IAM tokens for it.
     "kit_defaults": {
         "name_prefix": "twin-a",
+        "region": "eu-west-1",
         "proxy_max_connections_percent": "25",
         "proxy_max_idle_connections_percent": "10",
     },
@@ -100,7 +102,7 @@ class ProxyUnderTest:
         aws = self.stack.aws.credentials
         rds = boto3.session.Session().client(
             "rds",
-            region_name=aws.region,
+            region_name=self.stack.config.region,  # the proxy's: tokens for another are refused
             aws_access_key_id=aws.access_key_id,
             aws_secret_access_key=aws.secret_access_key,
         )
@@ -134,7 +136,7 @@ def test_the_emulator_takes_its_settings_from_the_applied_proxy(kit_defaults: Em
     assert kit_defaults.applied is not None
     outputs = kit_defaults.applied.outputs
     # The same queries a user runs against AWS.
-    rds = kit_defaults.aws.client("rds")
+    rds = kit_defaults.aws.client("rds", kit_defaults.config.region)
     proxy = rds.describe_db_proxies(DBProxyName=outputs["proxy_name"])["DBProxies"][0]
     pool = rds.describe_db_proxy_target_groups(DBProxyName=outputs["proxy_name"])["TargetGroups"][0]
     config = _emulator(kit_defaults).emulator.config
@@ -199,7 +201,9 @@ def test_a_plain_connection_is_refused_when_the_proxy_requires_tls(kit_defaults:
 def test_the_handler_runs_with_the_applied_function_environment(kit_defaults: EmbeddedStack) -> None:
     assert kit_defaults.applied is not None
     name = kit_defaults.applied.outputs["lambda_function_name"]
-    applied = kit_defaults.aws.client("lambda").get_function_configuration(FunctionName=name)
+    applied = kit_defaults.aws.client("lambda", kit_defaults.config.region).get_function_configuration(
+        FunctionName=name
+    )
     declared = applied["Environment"]["Variables"]
     env = kit_defaults.applied_environment(kit_defaults.applied.function)
     # Everything the function declares, except that its proxy endpoint is the local emulator's.
@@ -212,6 +216,9 @@ def test_the_handler_runs_with_the_applied_function_environment(kit_defaults: Em
         str(kit_defaults.proxy.port),
     )
     assert env["DB_AUTH"] == "iam"
+    # Lambda's variables name the function's region, and so does the env file another shell reads.
+    assert (env["AWS_REGION"], env["AWS_DEFAULT_REGION"]) == ("eu-west-1", "eu-west-1")
+    assert kit_defaults.environment()["AWS_REGION"] == "eu-west-1"
 
     with function_environment(env):
         environment = InProcessEnvironment(function_name=name, timeout_seconds=applied["Timeout"])
@@ -255,9 +262,13 @@ def test_destroy_removes_what_apply_created(applied: dict[str, EmbeddedStack]) -
         outputs = stack.applied.outputs
         stack.terraform.destroy()
         with pytest.raises(botocore.exceptions.ClientError, match="DBProxyNotFound"):
-            stack.aws.client("rds").describe_db_proxies(DBProxyName=outputs["proxy_name"])
+            stack.aws.client("rds", stack.config.region).describe_db_proxies(
+                DBProxyName=outputs["proxy_name"]
+            )
         with pytest.raises(botocore.exceptions.ClientError, match="ResourceNotFound"):
-            stack.aws.client("lambda").get_function(FunctionName=outputs["lambda_function_name"])
+            stack.aws.client("lambda", stack.config.region).get_function(
+                FunctionName=outputs["lambda_function_name"]
+            )
         assert stack.terraform.outputs() == {}
 
     with ThreadPoolExecutor(len(applied)) as pool:
