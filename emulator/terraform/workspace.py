@@ -29,10 +29,13 @@ from emulator.paths import TERRAFORM_DIR
 
 COMPONENT = "Terraform"
 AWS_PROVIDER = Path("registry.terraform.io") / "hashicorp" / "aws"
+PROVIDER_HINT = (
+    "make the hashicorp/aws provider available: network access to the registry, a CLI configuration "
+    "with a filesystem_mirror, or TF_PLUGIN_DIR=<a directory laid out as "
+    "registry.terraform.io/hashicorp/aws/...>"
+)
 INSTALL_HINT = (
-    "install Terraform >= 1.11 (https://developer.hashicorp.com/terraform/install) and make the "
-    "hashicorp/aws provider available: network access to the registry, a CLI configuration with a "
-    "filesystem_mirror, or TF_PLUGIN_DIR=<a directory laid out as registry.terraform.io/hashicorp/aws/...>"
+    f"install Terraform >= 1.11 (https://developer.hashicorp.com/terraform/install) and {PROVIDER_HINT}"
 )
 # terraform init may wait on an unreachable registry for a long time; past this it is unavailable.
 INIT_TIMEOUT = 180
@@ -243,7 +246,7 @@ class TerraformWorkspace:
             if self.tools.needs_registry:
                 # Nothing local to install from and the registry did not answer: not a kit failure.
                 problem = f"the hashicorp/aws provider could not be installed from the registry ({exc})"
-                raise TerraformUnavailable(f"{problem}; {INSTALL_HINT}") from exc
+                raise TerraformUnavailable(f"{problem}; {PROVIDER_HINT}") from exc
             raise
 
     def validate(self) -> None:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from emulator.terraform.workspace import AWS_PROVIDER, TerraformUnavailable, find_terraform
+from emulator.terraform.workspace import (
+    AWS_PROVIDER,
+    TerraformUnavailable,
+    TerraformWorkspace,
+    find_terraform,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +71,24 @@ def test_with_no_local_source_the_registry_is_needed(home: Path) -> None:
     assert tools.needs_registry
     # A CLI configuration that does not exist is dropped rather than warned about on every command.
     assert "TF_CLI_CONFIG_FILE" not in tools.environment({"TF_CLI_CONFIG_FILE": str(home / "missing")})
+
+
+def test_a_provider_the_registry_cannot_give_is_named_without_asking_to_install_terraform(
+    home: Path, tmp_path: Path
+) -> None:
+    # A terraform that is there but whose init fails, as without the registry and any mirror.
+    terraform = tmp_path / "terraform"
+    terraform.write_text("#!/bin/sh\necho 'Failed to query available provider packages' >&2\nexit 1\n")
+    terraform.chmod(0o755)
+    tools = find_terraform({"TERRAFORM": str(terraform), "TF_CLI_CONFIG_FILE": str(home / "missing")})
+    source = tmp_path / "infra"
+    source.mkdir()
+    workspace = TerraformWorkspace(tools, tmp_path / "work", source=source)
+
+    with pytest.raises(TerraformUnavailable) as raised:
+        workspace.init()
+
+    message = str(raised.value)
+    assert "the hashicorp/aws provider could not be installed from the registry" in message
+    assert "TF_PLUGIN_DIR" in message
+    assert "install Terraform" not in message
