@@ -635,6 +635,15 @@ def _twin_config(args: argparse.Namespace) -> TwinConfig:
         _usage_error(str(exc))
 
 
+def _starting(twin: LocalTwin, args: argparse.Namespace) -> str:
+    """The line a command prints while its stack starts; an apply is long and says so."""
+    line = f"Starting the local stack (proxy: {twin.config.proxy})"
+    if getattr(args, "terraform", None) is not None:
+        # Most of it is the AWS provider polling each resource until it is ready.
+        line += f" and applying {args.terraform} with Terraform: this takes a minute or two"
+    return line + " ..."
+
+
 def _local_twin(options: TwinOptions) -> LocalTwin:
     """The twin, checked before anything starts (a usage error exits 2)."""
     try:
@@ -741,7 +750,7 @@ def _up(args: argparse.Namespace) -> int:
         )
         return 2
     twin = _local_twin(_twin_options(args))
-    print(f"Starting the local stack (proxy: {twin.config.proxy}) ...", flush=True)
+    print(_starting(twin, args), flush=True)
     with twin:
         control = ControlServer(twin)
         control.start()
@@ -827,7 +836,7 @@ def _invoke(args: argparse.Namespace) -> int:
         _usage_error(f"the event is not JSON: {exc}")
     # The function's log goes to stderr after the invocation, with Lambda's lines around it.
     twin = _local_twin({**_twin_options(args), "function_log": os.devnull})
-    print(f"Starting the local stack (proxy: {twin.config.proxy}) ...", file=sys.stderr, flush=True)
+    print(_starting(twin, args), file=sys.stderr, flush=True)
     with twin:
         invocation = twin.invoke(args.name or twin.function_configs[0].name, event)
     sys.stderr.write(invocation.log.decode(errors="replace"))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -579,3 +580,19 @@ def test_invoke_has_every_option_of_up_but_the_env_file() -> None:
     )
     listed = json.loads(printed.stdout)
     assert {"proxy_endpoints", "default_auth_scheme", "connection_borrow_timeout"} <= set(listed)
+
+
+def test_a_start_that_applies_terraform_says_it_takes_a_while() -> None:
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from emulator import cli  # noqa: PLC0415
+
+    twin: Any = SimpleNamespace(config=SimpleNamespace(proxy="emulator"))
+    plain = cli._starting(twin, argparse.Namespace())
+    applying = cli._starting(twin, argparse.Namespace(terraform=Path("infra")))
+
+    assert plain == "Starting the local stack (proxy: emulator) ..."
+    assert applying == (
+        "Starting the local stack (proxy: emulator) and applying infra with Terraform: "
+        "this takes a minute or two ..."
+    )
