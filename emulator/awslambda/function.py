@@ -145,21 +145,23 @@ class FunctionConfig:
             raise ComponentError(
                 f"Lambda function {self.name}",
                 f"handler {self.handler!r} is not module.function",
-                "name it as Lambda's Handler setting, e.g. --handler index.handler or app.main.handler",
+                "name it as Lambda's Handler setting, e.g. index.handler or app.main.handler "
+                "(--handler; twin_handler under pytest)",
             )
         if not self.code_dir.is_dir():
             raise ComponentError(
                 f"Lambda function {self.name}",
                 f"its code directory {self.code_dir} does not exist",
-                "pass the directory that holds the handler's module with --code DIR",
+                "pass the directory that holds the handler's module (--code DIR; twin_code under pytest)",
             )
         path = self.code_dir.joinpath(*module.split("."))
         if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
             raise ComponentError(
                 f"Lambda function {self.name}",
                 f"no module {module!r} in {self.code_dir} (looked for {path.with_suffix('.py')})",
-                "the code directory (--code, or the package a Terraform apply uploaded) must hold the "
-                "handler's module; --handler (or the function's Handler) names module.function",
+                "the code directory (--code or twin_code, or the package a Terraform apply uploaded) must "
+                "hold the handler's module; --handler or twin_handler (or the function's Handler) names "
+                "module.function",
             )
 
     def worker_spec(self) -> WorkerSpec:
