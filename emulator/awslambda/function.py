@@ -20,6 +20,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from typing import Any, Literal, Self
 import psutil
 
 from emulator.awslambda.logs import FunctionLog, invocation_log
+from emulator.awslambda.package import KIT_RUNTIME
 from emulator.awslambda.spec import EXIT_RECORD, WORKER_MODULE, Meta, WorkerSpec, serve, serve_snapshot
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR
@@ -94,7 +96,8 @@ class FunctionConfig:
     # The function's code (what its deployment package holds): Lambda's task root, first on sys.path.
     code_dir: Path = LAMBDA_DIR
     environment: Mapping[str, str] = field(default_factory=dict)
-    runtime: str = "python3.12"
+    # What the function reports (Lambda's Runtime setting); it runs on the kit's own interpreter.
+    runtime: str = KIT_RUNTIME
     timeout_seconds: float = 30
     memory_mb: int = 256
     # None: the account's unreserved concurrency (ACCOUNT_CONCURRENCY).
@@ -140,6 +143,13 @@ class FunctionConfig:
 
     def check(self) -> None:
         """Fail before any environment starts when the code directory or handler cannot be right."""
+        if not self.runtime.startswith("python"):
+            raise ComponentError(
+                f"Lambda function {self.name}",
+                f"its runtime is {self.runtime}: the twin runs Python handlers only",
+                "leave this function out of the local stack (a count on a variable you pass with "
+                "--tf-var), or give it a Python runtime",
+            )
         module, _, function = self.handler.rpartition(".")
         if not module or not function:
             raise ComponentError(
@@ -163,6 +173,16 @@ class FunctionConfig:
                 "hold the handler's module; --handler or twin_handler (or the function's Handler) names "
                 "module.function",
             )
+
+    def runtime_warning(self) -> str | None:
+        """What to tell the user when the function declares another Python than the kit's own."""
+        if self.runtime == KIT_RUNTIME:
+            return None
+        return (
+            f"warning: Lambda function {self.name} declares {self.runtime}; the twin runs it on Python "
+            f"{KIT_RUNTIME.removeprefix('python')}, the kit's own interpreter (install the kit into a "
+            f"virtual environment of {self.runtime.replace('python', 'Python ')} to match)"
+        )
 
     def worker_spec(self) -> WorkerSpec:
         return WorkerSpec(
@@ -496,6 +516,9 @@ class LambdaFunction:
 
     def __init__(self, config: FunctionConfig) -> None:
         config.check()
+        warning = config.runtime_warning()
+        if warning is not None:
+            print(warning, file=sys.stderr)
         self.config = config
         spec = config.worker_spec()
         self.log = FunctionLog(config.log_path)

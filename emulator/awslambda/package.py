@@ -19,6 +19,8 @@ from emulator.paths import LAMBDA_DIR
 
 # The runtime terraform/lambda.tf declares (lambda_runtime) and its architecture.
 RUNTIME_PYTHON = "3.12"
+# The Lambda runtime the kit's interpreter is: every handler runs on it, whatever its function declares.
+KIT_RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 RUNTIME_PLATFORM = "manylinux2014_x86_64"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 

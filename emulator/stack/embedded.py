@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from emulator.awslambda.package import build_package, foreign_extensions
+from emulator.awslambda.package import KIT_RUNTIME, build_package, foreign_extensions
 from emulator.dbendpoint.settings import DEFAULT_DNS_TTL_SECONDS, EndpointSettings
 from emulator.errors import ComponentError
 from emulator.lifecycle import Started
@@ -525,6 +525,9 @@ class EmbeddedStack(Started, StackEnvironment):
         if is_the_kit_s_example and "lambda_package" in declared and "lambda_package" not in variables:
             package = build_package(self.workdir / "lambda-package.zip", with_dependencies=False)
             variables["lambda_package"] = str(package)
+        if is_the_kit_s_example and "lambda_runtime" in declared and "lambda_runtime" not in variables:
+            # Its package is the handler alone, which runs on the kit's interpreter: say which.
+            variables["lambda_runtime"] = KIT_RUNTIME
         return variables
 
     def _read_applied(self, workspace: TerraformWorkspace) -> AppliedStack:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def test_get_function_configuration_describes_the_function_the_twin_runs(client:
     assert (config["Handler"], config["Timeout"], config["MemorySize"]) == ("app.handler", 7, 512)
     assert config["Environment"]["Variables"]["GREETING"] == "hello"
     assert config["State"] == "Active"
+    # The Python it runs on (the kit's own), unless its function declares another.
+    assert config["Runtime"] == f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def test_get_function_gives_its_configuration_code_and_reserved_concurrency(client: Any) -> None:
