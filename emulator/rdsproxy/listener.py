@@ -216,8 +216,9 @@ class ProxyListener:
             await self.target.probe()
             self.pool.trim_idle()
             if self.target.replicated:
-                if self.has_readers:
-                    self.target.refresh_due(ROLE_REFRESH_SECONDS)
+                # Also without reader endpoints: a failover while the proxy holds no connection to
+                # the writer is seen only this way, before the old writer rejoins as a replica.
+                self.target.refresh_due(ROLE_REFRESH_SECONDS)
                 self.readers.sweep(self.pool.cap, self.pool.idle_keep)
 
     async def stop(self) -> None:
