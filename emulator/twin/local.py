@@ -207,9 +207,21 @@ class LocalTwin(Started):
         return self.stack.failover(to)
 
     def wait_rejoined(self, timeout: float | None = None) -> None:
-        """Wait until the instances the last failover fenced are replicas again."""
-        if self.stack.cluster is not None:
-            self.stack.cluster.wait_rejoined(timeout)
+        """Wait until the instances the last failover fenced are replicas again, and the RDS Proxy
+        emulator follows the new writer (a proxy that held no connection to the old one finds out by
+        asking the instances, every 5 s)."""
+        cluster = self.stack.cluster
+        if cluster is None:
+            return
+        cluster.wait_rejoined(timeout)
+        proxy = self.stack.proxy
+        if isinstance(proxy, RdsProxyEmulator):
+            writer = cluster.writer.name
+            wait_until(
+                lambda: proxy.stats()["target_writer"] == writer,
+                component=f"RDS Proxy emulator (following the writer {writer})",
+                timeout=30 if timeout is None else timeout,
+            )
 
     def topology(self) -> dict[str, Any]:
         """The database's instances and their roles now (what the topology file says)."""

@@ -181,3 +181,15 @@ def test_a_script_that_starts_a_twin_without_a_main_guard_is_told_why_its_functi
     # The environment's import of the script fails before it runs anything, and says why.
     assert "LocalTwin: a Lambda execution environment is importing your script" in run.stderr
     assert 'how to fix: start the twin under `if __name__ == "__main__":`' in run.stderr
+
+
+def test_after_a_failover_and_its_rejoin_writes_through_the_proxy_reach_the_new_writer() -> None:
+    # No client has used the proxy: only its own monitoring can tell it the writer moved.
+    with LocalTwin(cluster="aurora", replicas=1) as twin:
+        report = twin.failover()
+        twin.wait_rejoined()
+
+        with psycopg.connect(**twin.proxy_params().kwargs(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE after_failover (i int)")
+            writer = conn.execute("SELECT inet_server_port()").fetchone()
+        assert writer == (twin.stack.cluster.instance(report.new_writer).server.port,)  # type: ignore[union-attr]
