@@ -75,10 +75,12 @@ class ProxyListener:
         self.log = log or ProxyLog(debug=config.debug_logging)
         self.pool = Pool(self._open, self.stats, idle_seconds=config.idle_connection_seconds)
         self.target = Target(config, self.stats, self.log, self.pool)
-        # A replicated target: a connection found dead may mean the writer is gone, and once another
-        # instance is the writer, the old one's connections are let go.
+        # A replicated target: a connection found dead may mean the writer is gone; while the writer
+        # is looked for the pool lends nothing, and once another instance is the writer, the old
+        # one's connections are let go.
         self.pool.on_dead = lambda conn: self.target.connection_lost(conn, "an idle connection was closed")
         self.target.writer_changed.append(self._writer_changed)
+        self.target.writer_searched.append(self._writer_searched)
         self.readers = ReaderPools(config, self.target, self._reader_pool)
         self.sessions: set[ClientSession] = set()
         tls_context: ssl.SSLContext | None = None
@@ -186,6 +188,12 @@ class ProxyListener:
             f"Target {self.target.writer.address} is available: max_connections="
             f"{self.target.max_connections}, MaxDatabaseConnectionsAllowed={self.pool.cap}."
         )
+
+    def _writer_searched(self, searching: bool) -> None:
+        if searching:
+            self.pool.hold()
+        else:
+            self.pool.resume()
 
     def _writer_changed(self, old: Instance, new: Instance) -> None:
         closed = self.pool.let_go(old.name)

@@ -109,6 +109,9 @@ class Pool:
         self._total = 0  # open or opening
         self.borrowed: set[DbConnection] = set()
         self.closed = False
+        # While held (a replicated target's writer is being looked for), nothing is lent: an idle
+        # connection may be to the writer just lost, its FATAL not read yet. Borrows wait in line.
+        self.held = False
         # Told of every connection found dead while pooled (the target watches for its writer's loss).
         self.on_dead: Callable[[DbConnection], None] | None = None
 
@@ -126,9 +129,10 @@ class Pool:
         """An idle connection at once, when nobody is waiting in line; None when the borrow must wait."""
         if self.closed:
             raise PoolClosed
-        if self._waiters:
+        if self._waiters or self.held:
             return None
-        while (conn := self._take_idle(key)) is not None:
+        # (A dead one found here may be the writer's loss: the pool is then held, see _dead.)
+        while not self.held and (conn := self._take_idle(key)) is not None:
             if conn.silent_since_idle():
                 self._lend(conn, 0)
                 return conn
@@ -183,6 +187,15 @@ class Pool:
         self._time(deadline)
         self._dispatch()
         return ticket
+
+    def hold(self) -> None:
+        """Lend nothing until resume(): borrows wait in line (up to their timeout) meanwhile."""
+        self.held = True
+
+    def resume(self) -> None:
+        """Lend again: the line is served at once."""
+        self.held = False
+        self._dispatch()
 
     def cancel(self, ticket: Ticket) -> None:
         """The borrower gives up its place in line (nothing is served to it after this)."""
@@ -271,10 +284,10 @@ class Pool:
         return oldest
 
     def _dispatch(self) -> None:
-        """Serve the head of the line while a connection or a free slot exists."""
+        """Serve the head of the line while a connection or a free slot exists (and nothing holds it)."""
         if self._retrying:
             self._serve_retrying()
-        while self._waiters and not self.closed:
+        while self._waiters and not self.closed and not self.held:
             ticket = self._waiters[0]
             if ticket.done:
                 self._waiters.popleft()
@@ -303,7 +316,7 @@ class Pool:
         """Hand idle connections to borrows whose own connection the database refused for now (their
         opening gives its slot back when it sees the borrow served)."""
         for ticket in list(self._retrying):
-            if ticket.done:
+            if ticket.done or self.held:
                 continue
             conn = self._take_idle(ticket.key)
             if conn is not None:
@@ -354,6 +367,13 @@ class Pool:
         self._publish()
         if ticket.done:  # the client gave up or timed out meanwhile: keep it for the next one
             self._park(conn)
+        elif self.held:
+            # Opened before the writer was lost, it may be to the lost one: parked (a failover lets
+            # it go), and the borrow waits at the head of the line, where it was.
+            self._park(conn)
+            self._waiters.appendleft(ticket)
+            self._time(ticket.deadline)
+            self._publish()
         else:
             self._give(ticket, conn)
 

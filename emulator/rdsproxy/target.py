@@ -3,8 +3,9 @@
 
 A replicated target (target_instances) has several instances: the proxy opens its pooled
 connections to the writer, which it finds by asking each instance (monitor.py) when it starts and
-whenever it loses the writer; until it has found one, new database connections wait (borrows queue,
-up to connection_borrow_timeout, as RDS Proxy queues them during a failover)."""
+whenever it loses the writer; until it has found one, the pool lends nothing, not even an idle
+connection (borrows queue, up to connection_borrow_timeout, as RDS Proxy queues them during a
+failover)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ class Target:
         self._search: asyncio.Task[None] | None = None
         # Called with (old, new) when the writer changes (the pool lets go of the old one's connections).
         self.writer_changed: list[Callable[[Instance, Instance], None]] = []
+        # Called with True when a search for the writer starts and False once it has found one (after
+        # writer_changed): the pool lends nothing meanwhile, new transactions wait for the writer.
+        self.writer_searched: list[Callable[[bool], None]] = []
         self.failovers = 0
         # Called whenever what the instances are (self.roles) changes: reader pools follow.
         self.roles_changed: list[Callable[[], None]] = []
@@ -282,6 +286,8 @@ class Target:
         else:
             self.log.warn(message)
         self._search = asyncio.get_running_loop().create_task(self._find_writer(lost))
+        for searched in self.writer_searched:
+            searched(True)
 
     async def _find_writer(self, lost: Instance | None) -> None:
         """Ask every instance, every failover_probe_interval_ms, until one is the writer; the first
@@ -316,6 +322,8 @@ class Target:
             self.failovers += 1
             for changed in self.writer_changed:
                 changed(old, writer)
+        for searched in self.writer_searched:
+            searched(False)
 
     def _learn(self, observations: list[Observation]) -> None:
         roles = {seen.instance.name: seen.role for seen in observations}

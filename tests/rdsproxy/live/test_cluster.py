@@ -6,12 +6,14 @@ The failover tests run last in this module: they change the cluster's writer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import psutil
 import psycopg
 import psycopg2
 import pytest
@@ -211,65 +213,102 @@ async def _asyncpg_connect(proxy: ProxyUnderTest) -> asyncpg.Connection:
     )
 
 
+def _idle_pooled_backends(proxy: ProxyUnderTest, instance: str) -> list[psutil.Process]:
+    """The instance's backends of the proxy's idle pooled connections (the application user's)."""
+    cluster = proxy.stack.cluster
+    assert cluster is not None
+    with cluster.connect(instance) as direct:
+        rows = direct.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND state = 'idle'", (proxy.user,)
+        ).fetchall()
+    return [psutil.Process(pid) for (pid,) in rows]
+
+
+def _resume(backends: list[psutil.Process]) -> None:
+    for backend in backends:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            backend.resume()
+
+
 def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_flight(
     proxy: ProxyUnderTest,
 ) -> None:
     stack = proxy.stack
     cluster = stack.cluster
     assert cluster is not None
-    idle3 = [proxy.connect() for _ in range(3)]
-    idle2 = psycopg2.connect(**proxy.conninfo())
-    idle2.autocommit = True
-    loop = asyncio.new_event_loop()
-    idle_async = loop.run_until_complete(_asyncpg_connect(proxy))
-    readers_idle = _reader(proxy)
-    for conn in idle3:
-        assert _one(conn, "SELECT pg_is_in_recovery()") is False
-    with idle2.cursor() as cur:
-        cur.execute("SELECT 1")
-    assert loop.run_until_complete(idle_async.fetchval("SELECT 1")) == 1
-    busy = [proxy.connect() for _ in range(3)]
-    statements = LongStatements(busy)
-    wait_until(lambda: proxy.stats()["pool"]["borrowed"] == 3, component="the statements", timeout=10)
-    old_writer = cluster.writer.name
-    waiting = proxy.connect()
-    assert _one(waiting, "SELECT 1") == 1
-    reports: list[Any] = []
-    failing_over = threading.Thread(target=lambda: reports.append(stack.failover()))
-    failing_over.start()
-    # While the proxy has no writer (the old one fenced, the new one not yet promoted), a new
-    # transaction waits for it, and then runs on it.
-    wait_until(lambda: not proxy.stats()["target_available"], component="the writer's loss", timeout=20)
-    waited_port = _one(waiting, "SELECT inet_server_port()")
-    failing_over.join(60)
-    assert not failing_over.is_alive()
-    report = reports[0]
-    assert waited_port == cluster.instance(report.new_writer).server.port
+    with contextlib.ExitStack() as cleanup:
+        idle3 = [cleanup.enter_context(proxy.connect()) for _ in range(3)]
+        idle2 = psycopg2.connect(**proxy.conninfo())
+        cleanup.callback(idle2.close)
+        idle2.autocommit = True
+        loop = asyncio.new_event_loop()
+        cleanup.callback(loop.close)
+        idle_async = loop.run_until_complete(_asyncpg_connect(proxy))
+        cleanup.callback(lambda: loop.run_until_complete(idle_async.close()))
+        readers_idle = cleanup.enter_context(_reader(proxy))
+        for conn in idle3:
+            assert _one(conn, "SELECT pg_is_in_recovery()") is False
+        with idle2.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert loop.run_until_complete(idle_async.fetchval("SELECT 1")) == 1
+        busy = [cleanup.enter_context(proxy.connect()) for _ in range(3)]
+        statements = LongStatements(busy)
+        wait_until(lambda: proxy.stats()["pool"]["borrowed"] == 3, component="the statements", timeout=10)
+        old_writer = cluster.writer.name
+        waiting = cleanup.enter_context(proxy.connect())
+        assert _one(waiting, "SELECT 1") == 1
+        # The idle pooled connections' backends are stopped: the fence's FATAL reaches the in-flight
+        # ones, not them, as when the proxy reads one socket before another. An idle connection to
+        # the writer being lost must not be lent meanwhile.
+        frozen = _idle_pooled_backends(proxy, old_writer)
+        assert frozen, "the pool keeps idle connections to the writer"
+        cleanup.callback(_resume, frozen)
+        for backend in frozen:
+            backend.suspend()
+        reports: list[Any] = []
+        failing_over = threading.Thread(target=lambda: reports.append(stack.failover()))
+        failing_over.start()
+        cleanup.callback(lambda: failing_over.join(60))
+        # While the proxy has no writer (the old one fenced, the new one not yet promoted), a new
+        # transaction waits for it, and then runs on it.
+        wait_until(lambda: not proxy.stats()["target_available"], component="the writer's loss", timeout=20)
+        waited: list[Any] = []
+        transaction = threading.Thread(
+            target=lambda: waited.append(_one(waiting, "SELECT inet_server_port()"))
+        )
+        transaction.start()
+        wait_until(
+            lambda: proxy.stats()["borrow_waiters"] == 1, component="the transaction's wait", timeout=10
+        )
+        _resume(frozen)
+        failing_over.join(60)
+        assert not failing_over.is_alive()
+        transaction.join(30)
+        report = reports[0]
+        assert waited == [cluster.instance(report.new_writer).server.port]
 
-    for error in statements.outcomes():
-        assert isinstance(error, psycopg.OperationalError), error
-        # A fast shutdown fences the writer: its own FATAL is held back, the proxy's 08006 tells it.
-        assert error.sqlstate == "08006", error
-    new_writer = cluster.instance(report.new_writer)
-    assert report.new_writer != old_writer
-    # Idle clients of every driver: their next transaction runs on the new writer.
-    for conn in [*idle3, *busy]:
-        assert _one(conn, "SELECT inet_server_port()") == new_writer.server.port
-        assert _one(conn, "SELECT pg_is_in_recovery()") is False
-    with idle2.cursor() as cur:
-        cur.execute("SELECT inet_server_port()")
-        assert cur.fetchone() == (new_writer.server.port,)
-    assert loop.run_until_complete(idle_async.fetchval("SELECT inet_server_port()")) == new_writer.server.port
-    # The read-only endpoint's idle client reads from a replica again.
-    assert _one(readers_idle, "SELECT pg_is_in_recovery()") is True
-    stats = proxy.stats()
-    assert stats["target_writer"] == report.new_writer
-    assert stats["failovers"] == 1
-    loop.run_until_complete(idle_async.close())
-    loop.close()
-    idle2.close()
-    for conn in [*idle3, *busy, readers_idle, waiting]:
-        conn.close()
+        for error in statements.outcomes():
+            assert isinstance(error, psycopg.OperationalError), error
+            # A fast shutdown fences the writer: its own FATAL is held back, the proxy's 08006 tells it.
+            assert error.sqlstate == "08006", error
+        new_writer = cluster.instance(report.new_writer)
+        assert report.new_writer != old_writer
+        # Idle clients of every driver: their next transaction runs on the new writer.
+        for conn in [*idle3, *busy]:
+            assert _one(conn, "SELECT inet_server_port()") == new_writer.server.port
+            assert _one(conn, "SELECT pg_is_in_recovery()") is False
+        with idle2.cursor() as cur:
+            cur.execute("SELECT inet_server_port()")
+            assert cur.fetchone() == (new_writer.server.port,)
+        assert (
+            loop.run_until_complete(idle_async.fetchval("SELECT inet_server_port()"))
+            == new_writer.server.port
+        )
+        # The read-only endpoint's idle client reads from a replica again.
+        assert _one(readers_idle, "SELECT pg_is_in_recovery()") is True
+        stats = proxy.stats()
+        assert stats["target_writer"] == report.new_writer
+        assert stats["failovers"] == 1
     cluster.wait_rejoined()
 
 

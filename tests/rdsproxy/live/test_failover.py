@@ -167,7 +167,7 @@ def test_a_borrow_waits_while_no_instance_is_the_writer_and_succeeds_once_one_is
     thread = threading.Thread(target=query)
     thread.start()
     wait_until(lambda: not proxy.stats()["target_available"], component="the writer's loss", timeout=10)
-    wait_until(lambda: proxy.stats()["pool"]["opening"] == 1, component="the waiting borrow", timeout=10)
+    wait_until(lambda: proxy.stats()["borrow_waiters"] == 1, component="the waiting borrow", timeout=10)
     assert proxy.stats()["target_writer"] is None
     second.start()
     thread.join(30)

@@ -46,8 +46,12 @@ class Opener:
         self.unavailable = False
         # Connections the database takes before it answers "too many clients" (None: no limit).
         self.room: int | None = None
+        # Set: each opening waits for it (a connection being opened while something happens).
+        self.gate: asyncio.Event | None = None
 
     async def __call__(self, key: PoolKey) -> DbConnection:
+        if self.gate is not None:
+            await self.gate.wait()
         if self.unavailable:
             raise DatabaseUnavailable("the database is down")
         if self.room is not None and sum(not conn.broken for conn in self.opened) >= self.room:
@@ -320,3 +324,84 @@ def test_a_borrower_cancelled_as_it_was_served_gives_the_connection_back() -> No
         return [held in pool.borrowed, pool.idle_count(), pool.stats.borrow_waiters]
 
     assert run(test, cap=1) == [False, 1, 0]
+
+
+def test_a_held_pool_lends_nothing_not_even_an_idle_connection_until_resumed() -> None:
+    # While a replicated target's writer is looked for, an idle connection may be to the writer
+    # just lost (its FATAL not read yet): borrows wait in line, then are served in order.
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        idle = await pool.borrow(APP, 1)
+        pool.release(idle, reusable=True)
+        pool.hold()
+        assert pool.borrow_now(APP) is None
+        line = Line()
+        pool.wait(APP, 5, line.served("a"), line.failed("a"))
+        pool.wait(APP, 5, line.served("b"), line.failed("b"))
+        await asyncio.sleep(0.05)
+        seen_while_held = list(line.seen)
+        pool.resume()
+        assert await eventually(lambda: len(line.seen) == 2)
+        return [seen_while_held, line.seen, line.conns[0] is idle, len(opener.opened)]
+
+    assert run(test) == [[], ["a: served", "b: served"], True, 2]
+
+
+def test_a_borrow_held_past_its_timeout_fails_with_borrow_timeout() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        pool.hold()
+        with pytest.raises(BorrowTimeout):
+            await pool.borrow(APP, 0.05)
+        return [len(opener.opened), pool.stats.borrow_waiters]
+
+    assert run(test) == [0, 0]
+
+
+def test_a_connection_opened_as_the_pool_was_held_is_parked_and_its_borrow_waits_at_the_head() -> None:
+    # It was being opened before the writer was lost: it may be to the lost one.
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        opener.gate = asyncio.Event()
+        line = Line()
+        pool.wait(APP, 5, line.served("first"), line.failed("first"))  # its connection is opening
+        await asyncio.sleep(0)
+        pool.hold()
+        pool.wait(APP, 5, line.served("second"), line.failed("second"))
+        opener.gate.set()
+        await asyncio.sleep(0.05)
+        seen_while_held = [list(line.seen), pool.idle_count(), pool.stats.borrow_waiters]
+        pool.resume()
+        assert await eventually(lambda: len(line.seen) == 2)
+        return [seen_while_held, line.seen, line.conns[0] is opener.opened[0]]
+
+    assert run(test) == [[[], 1, 2], ["first: served", "second: served"], True]
+
+
+def test_a_dead_connection_that_holds_the_pool_stops_the_borrow_before_the_next_idle_one() -> None:
+    # The proxy holds the pool when a dead connection was the writer's (its loss): the idle ones
+    # behind it are to the same writer.
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        first, second = await pool.borrow(APP, 1), await pool.borrow(APP, 1)
+        pool.release(first, reusable=True)
+        pool.release(second, reusable=True)
+        second.reader.feed_data(b"E")  # the most recently used one is lent first: it is dead
+        pool.on_dead = lambda conn: pool.hold()
+        lent_at_once = pool.borrow_now(APP)
+        line = Line()
+        pool.wait(APP, 5, line.served("waits"), line.failed("waits"))
+        await asyncio.sleep(0.05)
+        return [lent_at_once, line.seen, pool.idle_count(), len(opener.opened)]
+
+    assert run(test) == [None, [], 1, 2]
+
+
+def test_a_dead_connection_that_holds_the_pool_stops_the_line_before_anything_is_opened() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        conn = await pool.borrow(APP, 1)
+        pool.release(conn, reusable=True)
+        conn.reader.feed_data(b"E")
+        pool.on_dead = lambda conn: pool.hold()
+        line = Line()
+        pool.wait(APP, 5, line.served("waits"), line.failed("waits"))
+        await asyncio.sleep(0.05)
+        return [line.seen, pool.total, pool.stats.borrow_waiters, len(opener.opened)]
+
+    assert run(test) == [[], 0, 1, 1]
