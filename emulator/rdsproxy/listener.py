@@ -12,6 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from emulator.errors import ComponentError
 from emulator.rdsproxy.admin import AdminEndpoint
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import Endpoint, Instance, ProxyConfig
@@ -30,13 +31,12 @@ from emulator.rdsproxy.target import Target
 ROLE_REFRESH_SECONDS = 5.0
 
 
-class StartFailed(Exception):
+class StartFailed(ComponentError):
     """What the proxy needs before it serves cannot be had: a port it was told to listen on (in use,
     not this machine's address), or its secret."""
 
     def __init__(self, problem: str, hint: str) -> None:
-        super().__init__(problem)
-        self.hint = hint
+        super().__init__("RDS Proxy emulator", problem, hint)
 
 
 def _listen_failed(what: str, host: str, port: int, cause: OSError) -> StartFailed:

@@ -87,7 +87,8 @@ def command(args: argparse.Namespace) -> int:
     try:
         run(config, str(args.ready_file) if args.ready_file else None)
     except StartFailed as exc:
-        print(f"error: {exc}\n  how to fix: {exc.hint}", file=sys.stderr)
+        # The process is the component: its name would only repeat the command's.
+        print(f"error: {exc.problem}\n  how to fix: {exc.hint}", file=sys.stderr)
         return 1
     return 0
 
