@@ -412,7 +412,8 @@ def _add_rotate_secret(commands: Commands) -> None:
         "password as the secret's AWSPENDING version, ALTER ROLE on the database as the secret's user, a "
         "test login, then AWSCURRENT moved to the new version. Connections already open keep working; the "
         "proxy reads the new version within its secret_refresh_seconds (the command waits for it), or at "
-        "once when the database refuses the old password. FILE's PGPASSWORD becomes the new password.",
+        "once when the database refuses the old password. FILE's PGPASSWORD becomes the new password once "
+        "the proxy has read it (until then the proxy checks clients against the old one).",
     )
     rotate.add_argument(
         "--env-file", type=Path, required=True, metavar="FILE", help="the env file of the running `up`"

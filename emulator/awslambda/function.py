@@ -45,9 +45,11 @@ from emulator.terraform.applied import AppliedFunction
 ACCOUNT_CONCURRENCY = 1000
 # Lambda gives the Init phase 10 s (or the function's timeout, when longer) before it gives up.
 INIT_TIMEOUT = 10.0
-# How long an ended environment's exit code may take to come from its snapshot template; how many
-# reports are read at once and kept unasked.
+# How long an ended environment's exit code may take to come from its snapshot template; how long
+# one waiter reads the report pipe before letting another have a turn; how many reports are read
+# at once and kept unasked.
 EXIT_REPORT_SECONDS = 5.0
+EXIT_REPORT_TURN = 0.05
 EXIT_RECORDS_READ = 512
 EXITS_KEPT = 4096
 _EXIT_SIZE = struct.calcsize(EXIT_RECORD)
@@ -370,19 +372,25 @@ class _Snapshot:
         """The exit code of an environment that has just ended (its pipe closed), as the template
         reports it once it has reaped it; None when no report comes within a few seconds."""
         deadline = time.monotonic() + EXIT_REPORT_SECONDS
-        with self._status_lock:
-            while pid not in self._exited:
+        while True:
+            # Short turns at the pipe: a thread waiting for another environment's report never
+            # waits behind this one's whole deadline (whoever reads a report files it for all).
+            with self._status_lock:
+                if pid in self._exited:
+                    return self._exited.pop(pid)
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._read_statuses(left):
+                open_ = self._read_statuses(max(0.0, min(left, EXIT_REPORT_TURN)))
+                if pid in self._exited:
+                    return self._exited.pop(pid)
+                if left <= 0 or not open_:
                     return None
-            return self._exited.pop(pid)
 
     def _read_statuses(self, timeout: float) -> bool:
-        """Take the reports waiting in the pipe, waiting up to `timeout` for one; False when none
-        came (or the template is gone)."""
+        """Take the reports waiting in the pipe, waiting up to `timeout` for one; False once the
+        pipe is closed (the template is gone, or the function is shutting down)."""
         try:
             if not self._statuses.poll(timeout):
-                return False
+                return True
             data = os.read(self._statuses.fileno(), EXIT_RECORDS_READ * _EXIT_SIZE)
         except OSError:  # closed: the function is shutting down
             return False

@@ -238,7 +238,7 @@ class ProxyListener:
                 runtime.server.close()
         self.admin.stop()
         for session in list(self.sessions):
-            session.writer.close()
+            session.protocol.close()
         self.pool.close_all()
         self.readers.close_all()
 

@@ -115,9 +115,8 @@ class ClientSession:
 
     def __init__(self, deps: SessionDeps, protocol: ClientProtocol) -> None:
         self.deps = deps
+        # The client's connection: its writes too go through it (StreamWriter's methods, without one).
         self.protocol = protocol
-        # The connection's writes go through its protocol (StreamWriter's methods, without one).
-        self.writer = protocol
         # RDS Proxy logs client connections with a 32-bit number.
         self.id = random.getrandbits(32)
         host, port = (protocol.get_extra_info("peername") or ("?", "?"))[:2]
@@ -230,8 +229,8 @@ class ClientSession:
         self.deps.log.debug(f"[clientConnection={self.id}] {text}")
 
     def _fatal(self, code: str, message: str, **extra: str) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(m.error_response("FATAL", code, message, **extra))
+        if not self.protocol.is_closing():
+            self.protocol.write(m.error_response("FATAL", code, message, **extra))
 
     # -- the client's messages ------------------------------------------------------------------
 
@@ -366,12 +365,12 @@ class ClientSession:
 
     def _pause_reading(self) -> None:
         self._reading_paused = True
-        self.writer.transport.pause_reading()
+        self.protocol.transport.pause_reading()
 
     def _resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            self.writer.transport.resume_reading()
+            self.protocol.transport.resume_reading()
 
     def _frames_handled(self) -> None:
         self._flush()
@@ -401,7 +400,7 @@ class ClientSession:
 
     async def _drain_then_go_on(self) -> None:
         with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
+            await self.protocol.drain()
         self._waiting = None
         self._go_on()
 
@@ -471,9 +470,9 @@ class ClientSession:
         """PostgreSQL ends the session of a client that sends a message type it does not know."""
         message = f"invalid frontend message type {kind}"
         template = self.deps.target.invalid_message_fields
-        if template and not self.writer.is_closing():
+        if template and not self.protocol.is_closing():
             # PostgreSQL's own FATAL, file, line and routine included.
-            self.writer.write(m.error_from_fields({**template, "M": message}))
+            self.protocol.write(m.error_from_fields({**template, "M": message}))
         else:
             self._fatal(texts.PROTOCOL_VIOLATION, message)
         self._closing_because(f"The client sent an invalid message: {message}.")
@@ -491,7 +490,7 @@ class ClientSession:
 
     def _to_client(self, frames: list[bytes]) -> None:
         if frames:
-            self.writer.write(b"".join(frames))
+            self.protocol.write(b"".join(frames))
 
     def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
@@ -756,7 +755,7 @@ class ClientSession:
         conn = self.backend
         if conn is None:
             return
-        writer = self.writer
+        writer = self.protocol
         conn.frames.feed(data)
         self.last_activity = time.monotonic()
         self.latency.first_answer()
@@ -783,7 +782,7 @@ class ClientSession:
 
     async def _resume_when_drained(self, conn: DbConnection) -> None:
         with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
+            await self.protocol.drain()
         conn.resume_reading()
 
     def _release_if_done(self) -> bool:
@@ -815,7 +814,7 @@ class ClientSession:
             # The server ended the session for what the client sent (its FATAL reached the client):
             # the client's session ends with it, as on a direct connection.
             self._closing_because(texts.TCP_CLOSED)
-            self.writer.close()
+            self.protocol.close()
             return
         # Not the client's doing: the database (or the writer of a replicated target) may be gone.
         self.deps.target.connection_lost(conn, str(exc))
@@ -828,7 +827,7 @@ class ClientSession:
             # A pinned session's state lived on that connection and is gone: end the session.
             self._fatal(texts.CONNECTION_FAILURE, texts.PINNED_CONNECTION_LOST, **detail)
             self._closing_because(texts.PINNED_CONNECTION_LOST)
-            self.writer.close()
+            self.protocol.close()
             return
         if not in_flight and not in_transaction:
             return  # between requests (a pinned session's only): nothing of the client's was lost
@@ -836,7 +835,7 @@ class ClientSession:
         if self.deps.config.failover_error_severity == "FATAL":
             self._fatal(texts.CONNECTION_FAILURE, message, **detail)
             self._closing_because(message)
-            self.writer.close()
+            self.protocol.close()
             return
         error = m.error_response("ERROR", texts.CONNECTION_FAILURE, message, **detail)
         if in_flight:
@@ -891,7 +890,7 @@ class ClientSession:
         """The proxy ends the connection, without an error message, at once: a TLS client that is
         frozen (a Lambda environment) would never answer a TLS close, so the socket is just cut."""
         self._closing_because(reason)
-        self.writer.transport.abort()
+        self.protocol.transport.abort()
 
     def _closing_because(self, reason: str) -> None:
         if self.close_reason is None:
@@ -917,8 +916,8 @@ class ClientSession:
             deps.pool.release(self._unaligned, reusable=True)
             self._unaligned = None
         # The client is gone now, whatever the database connection still takes to be given back.
-        if not self.writer.is_closing():
-            self.writer.close()
+        if not self.protocol.is_closing():
+            self.protocol.close()
         if self.established:
             deps.stats.client_closed(tls=self.tls)
             if self.pinned is not None:

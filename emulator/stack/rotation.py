@@ -205,10 +205,15 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
         env["PGHOST"], int(env["PGPORT"]), env["PGDATABASE"], env.get("PGSSLMODE") or "prefer"
     )
     rotation = rotate_secret(client, env["DB_SECRET_ARN"], database)
-    write_env_file(env_file, {**env, "PGPASSWORD": rotation.password})
     waited = None
-    if log and config is not None:
-        waited = wait_for_proxy(Path(log), rotation, config.secret_refresh_seconds)
+    try:
+        if log and config is not None:
+            waited = wait_for_proxy(Path(log), rotation, config.secret_refresh_seconds)
+    finally:
+        # Once the proxy takes the new password: a client through the proxy that reads the file
+        # meanwhile still has the password the proxy checks it against. (Written even when the wait
+        # fails: the database has the new password by now.)
+        write_env_file(env_file, {**env, "PGPASSWORD": rotation.password})
     return Rotated(rotation, waited)
 
 

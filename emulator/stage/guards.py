@@ -58,6 +58,12 @@ def check_credentials(session: Any) -> Identity:
         raise StageRefused("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)")
     try:
         identity = session.client("sts", region_name=region).get_caller_identity()
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+        # No answer at all is not a refusal: the credentials were never judged.
+        raise StageRefused(
+            f"AWS could not be reached to check the credentials (sts:GetCallerIdentity in {region}): "
+            f"{exc}; check the network, a proxy (HTTPS_PROXY) or AWS_ENDPOINT_URL"
+        ) from exc
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
         raise StageRefused(f"AWS did not accept the credentials (sts:GetCallerIdentity): {exc}") from exc
     return Identity(account=str(identity["Account"]), arn=str(identity["Arn"]), region=region)

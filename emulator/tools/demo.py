@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections import Counter
@@ -46,6 +47,14 @@ class DemoConfig:
     function: FunctionConfig | None = None
     # The event every invocation gets; None: {"sleep_ms": work_ms}, what the example handler takes.
     payload: Mapping[str, Any] | None = None
+
+
+def _each_invocation(config: DemoConfig) -> str:
+    """What each invocation does, as the header says it: the example's work, or the event given."""
+    if config.payload is None:
+        return f"each {config.work_ms} ms of work"
+    event = json.dumps(config.payload, separators=(",", ":"))
+    return f"each with the event {event if len(event) <= 40 else event[:37] + '...'}"
 
 
 @dataclass
@@ -142,7 +151,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> list[Way]:
             header = (
                 f"PostgreSQL {stack.postgres.binaries.version} with max_connections="
                 f"{stack_config.max_connections}; pool size {stack_config.pool_size}; "
-                f"{config.invocations} concurrent invocations, each {config.work_ms} ms of work; "
+                f"{config.invocations} concurrent invocations, {_each_invocation(config)}; "
                 f"execution environments: {config.init.replace('_', ' ')} Init."
             )
             console.print(note(header, console), markup=False, highlight=False)

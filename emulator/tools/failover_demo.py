@@ -136,7 +136,7 @@ def run_failover_demo(config: FailoverDemoConfig, console: Console | None = None
         assert way.outcome is not None
         for error, count in way.outcome.errors.most_common():
             console.print(f"  {way.name}: {count} x {error}", markup=False, highlight=False)
-    console.print(verdict(ways, ttl), markup=False)
+    console.print(verdict(ways, moments), markup=False)
     try:
         write_chart(ways, moments, origin, config)
     except ImportError:
@@ -212,7 +212,7 @@ def results_table(ways: list[WayLoad]) -> Table:
     return table
 
 
-def verdict(ways: list[WayLoad], ttl: float) -> str:
+def verdict(ways: list[WayLoad], moments: FailoverMoments) -> str:
     by_name = {way.name: way.outcome for way in ways}
     direct, proxied = by_name.get(DIRECT), by_name.get(PROXIED)
     if direct is None or proxied is None:
@@ -220,11 +220,23 @@ def verdict(ways: list[WayLoad], ttl: float) -> str:
     shorter = shorter_by(proxied, direct)
     if shorter is None:
         return "The direct path saw no interruption: nothing to compare."
-    return (
+    compared = (
         f"Through the proxy the longest interruption was {proxied.longest_gap:.2f} s against "
         f"{direct.longest_gap:.2f} s directly: {shorter:.0%} shorter (AWS: 'up to 66%' for Multi-AZ). "
-        f"The direct path waits for the endpoint's name to reach the new writer ({ttl:g} s here); "
-        "the proxy waits only for the promotion."
+    )
+    switched = moments.endpoint_switched - moments.started
+    if direct.recovered_after is not None and direct.recovered_after < switched:
+        # Aurora: the old writer rejoins as a reader, and the name still leads to it.
+        return compared + (
+            f"The direct path was back after {direct.recovered_after:.1f} s, before the endpoint's "
+            f"name reached the new writer ({switched:.1f} s): the name still led to the old writer, "
+            "which answered again once it rejoined as a reader (reads work there; writes fail as "
+            "read-only until the name moves). The proxy waits only for the promotion."
+        )
+    ttl = moments.endpoint_switched - moments.writer_ready
+    return compared + (
+        f"The direct path waits for the endpoint's name to reach the new writer ({ttl:g} s after "
+        "the promotion here); the proxy waits only for the promotion."
     )
 
 

@@ -14,6 +14,7 @@ import psycopg
 import psycopg2
 import pytest
 
+import emulator.stack.rotation as rotation_module
 from emulator.cli import main as cli_main
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.envfile import parse_env, write_env_file
@@ -188,14 +189,25 @@ def test_a_proxy_that_does_not_poll_reads_the_secret_when_the_database_refuses_i
 
 @pytest.mark.usefixtures("signal_handlers_kept")
 def test_rotate_secret_command_rotates_a_running_stack_through_its_env_file(
-    stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+    stack: EmbeddedStack, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env_file = tmp_path / "twin.env"
     write_env_file(env_file, stack.environment())
     old = stack.db_password
+    # While the proxy has not read the new version, it checks clients against the old password:
+    # the file keeps that one until then.
+    in_file_while_waiting: list[str] = []
+
+    def wait_for_proxy(*args: Any, **kwargs: Any) -> float:
+        in_file_while_waiting.append(parse_env(env_file.read_text())["PGPASSWORD"])
+        return real_wait(*args, **kwargs)
+
+    real_wait = rotation_module.wait_for_proxy
+    monkeypatch.setattr(rotation_module, "wait_for_proxy", wait_for_proxy)
 
     assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 0
 
+    assert in_file_while_waiting == [old]
     new = parse_env(env_file.read_text())["PGPASSWORD"]
     assert new != old
     stack.db_password = new

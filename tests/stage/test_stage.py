@@ -106,6 +106,15 @@ def test_credentials_aws_refuses_stop_the_stage_with_aws_words() -> None:
     assert (identity.account, identity.region) == ("123456789012", "eu-west-1")
 
 
+def test_no_answer_from_aws_is_told_as_a_network_failure_not_as_refused_credentials() -> None:
+    error = botocore.exceptions.EndpointConnectionError(endpoint_url="https://sts.eu-west-1.amazonaws.com/")
+    with pytest.raises(StageRefused) as refused:
+        check_credentials(_Session(region="eu-west-1", error=error))
+    assert "could not be reached" in str(refused.value)
+    assert "sts.eu-west-1.amazonaws.com" in str(refused.value)
+    assert "did not accept" not in str(refused.value)
+
+
 def test_the_command_refuses_before_creating_anything(no_aws_credentials: dict[str, str]) -> None:
     def stage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

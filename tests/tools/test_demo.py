@@ -13,7 +13,15 @@ from emulator.stack.embedded import StackConfig
 from emulator.tools.activity import ConnectionSamples
 from emulator.tools.burst import BurstResult
 from emulator.tools.consoles import console as output_console
-from emulator.tools.demo import DemoConfig, Way, print_results, progress_display, results_table, run_demo
+from emulator.tools.demo import (
+    DemoConfig,
+    Way,
+    _each_invocation,
+    print_results,
+    progress_display,
+    results_table,
+    run_demo,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,3 +112,12 @@ def test_what_the_demo_prints_to_a_file_fits_80_columns() -> None:
     assert "direct: 300 x 53300 FATAL: remaining connection slots are reserved for roles" in words
     assert any(line.startswith("  direct: 300 x 53300") for line in lines)
     assert sum("500/500" in line for line in lines) == 2
+
+
+@pytest.mark.unit
+def test_the_header_says_what_each_invocation_does_the_example_work_or_the_event_given() -> None:
+    assert _each_invocation(DemoConfig(work_ms=80)) == "each 80 ms of work"
+    assert _each_invocation(DemoConfig(payload={"sleep": 0.2})) == 'each with the event {"sleep":0.2}'
+    long = _each_invocation(DemoConfig(payload={"rows": list(range(50))}))
+    assert long.endswith("...")
+    assert len(long) == len("each with the event ") + 40

@@ -23,8 +23,9 @@ from emulator.tools.failover_demo import (
     function_for_way,
     results_table,
     run_failover_demo,
+    verdict,
 )
-from emulator.tools.interruption import Interruption
+from emulator.tools.interruption import FailoverMoments, Interruption
 from emulator.tools.steady import SteadyLoad
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -149,3 +150,18 @@ def test_a_function_that_fails_before_any_failover_stops_the_demo_and_says_why(t
     with pytest.raises(ComponentError, match='fails before any failover: RuntimeError relation "orders"'):
         run_failover_demo(config, Console(record=True, width=80))
     assert not config.chart.exists()
+
+
+@pytest.mark.unit
+def test_the_verdict_says_why_when_the_direct_path_was_back_before_its_endpoint_moved() -> None:
+    # Aurora: the endpoint's name still leads to the old writer, back as a reader, and reads work.
+    moments = FailoverMoments(started=10.0, writer_ready=11.0, endpoint_switched=16.0)
+    early = " ".join(verdict(_loads(1.0, 0), moments).split())
+    assert (
+        "The direct path was back after 1.0 s, before the endpoint's name reached the new writer (6.0 s)"
+        in early
+    )
+    assert "rejoined as a reader" in early
+    late = " ".join(verdict(_loads(6.2, 0), moments).split())
+    assert "waits for the endpoint's name to reach the new writer (5 s after the promotion here)" in late
+    assert "back after" not in late
