@@ -421,13 +421,23 @@ def _add_rotate_secret(commands: Commands) -> None:
 
 
 def _rotate_secret(args: argparse.Namespace) -> int:
-    from emulator.stack.rotation import rotate_from_env_file  # noqa: PLC0415
+    from emulator.stack.rotation import Rotation, rotate_from_env_file  # noqa: PLC0415
 
     if not args.env_file.is_file():
         _usage_error(f"--env-file {args.env_file}: no such file (is `up --env-file` running?)")
-    rotated = rotate_from_env_file(args.env_file)
-    rotation = rotated.rotation
-    print(f"Rotated {rotation.secret_arn} (user {rotation.user}): version {rotation.version} is AWSCURRENT")
+
+    def told(rotation: Rotation, refresh: float) -> None:
+        print(
+            f"Rotated {rotation.secret_arn} (user {rotation.user}): version {rotation.version} is AWSCURRENT"
+        )
+        print("Database     the new password works now, and the old one no longer does", flush=True)
+        if refresh > 0:
+            print(
+                f"RDS Proxy    waiting for the proxy to read the new version (up to {refresh} s)...",
+                flush=True,
+            )
+
+    rotated = rotate_from_env_file(args.env_file, told)
     if rotated.proxy_seconds is not None:
         print(f"RDS Proxy    the proxy reads the new version after {rotated.proxy_seconds:.1f} s")
     print(f"Environment  {args.env_file}: PGPASSWORD is the new password")
@@ -456,8 +466,8 @@ def _add_demo(commands: Commands) -> None:
     demo.add_argument(
         "--work-ms",
         type=int,
-        default=defaults.work_ms,
-        help="how long each invocation holds its transaction (default: %(default)s)",
+        default=argparse.SUPPRESS,  # absent unless given: --payload replaces what it sets
+        help=f"how long each invocation holds its transaction (default: {defaults.work_ms})",
     )
     demo.add_argument(
         "--init",
@@ -521,7 +531,10 @@ def _add_failover_demo(commands: Commands) -> None:
         help="each worker invokes this often (default: %(default)s)",
     )
     demo.add_argument(
-        "--work-ms", type=int, default=defaults.work_ms, help="each invocation's work (default: %(default)s)"
+        "--work-ms",
+        type=int,
+        default=argparse.SUPPRESS,  # absent unless given: --payload replaces what it sets
+        help=f"each invocation's work (default: {defaults.work_ms})",
     )
     demo.add_argument(
         "--before",
@@ -865,6 +878,11 @@ def _demo_function(args: argparse.Namespace) -> tuple[TwinConfig, FunctionConfig
         payload = None if args.payload is None else json.loads(args.payload)
     except ValueError as exc:
         _usage_error(f"--payload is not JSON: {exc}")
+    if payload is not None and hasattr(args, "work_ms"):
+        _usage_error(
+            '--work-ms makes the example\'s event ({"sleep_ms": N}) and --payload gives the whole '
+            "event: use one or the other"
+        )
     twin = _twin_config(args)
     environment = twin.environment
     function = twin.functions[0] if twin.functions else None
@@ -882,7 +900,7 @@ def _demo(args: argparse.Namespace) -> int:
     ways = run_demo(
         DemoConfig(
             invocations=args.invocations,
-            work_ms=args.work_ms,
+            work_ms=getattr(args, "work_ms", DemoConfig.work_ms),
             init=args.init,
             chart=args.chart,
             handler_log=args.handler_log,
@@ -905,18 +923,18 @@ def _failover_demo(args: argparse.Namespace) -> int:
         FailoverDemoConfig,
         run_failover_demo,
     )
-    from emulator.tools.failover_demo import exit_code as failover_exit_code  # noqa: PLC0415
+    from emulator.tools.failover_demo import failure as failover_failure  # noqa: PLC0415
 
     if args.cluster == ClusterKind.SINGLE.value:
         _usage_error("a failover needs a cluster: --cluster multi-az or aurora")
     for name in ("workers", "period_ms", "work_ms"):
-        if getattr(args, name) < 1:
+        if getattr(args, name, 1) < 1:
             _usage_error(f"--{name.replace('_', '-')} must be at least 1")
     twin, function, payload = _demo_function(args)
     config = FailoverDemoConfig(
         workers=args.workers,
         period=args.period_ms / 1000,
-        work_ms=args.work_ms,
+        work_ms=getattr(args, "work_ms", FailoverDemoConfig.work_ms),
         before_seconds=args.before,
         after_seconds=args.after,
         chart=args.chart,
@@ -926,12 +944,11 @@ def _failover_demo(args: argparse.Namespace) -> int:
         payload=payload,
     )
     ways = run_failover_demo(config)
-    code = failover_exit_code(ways, config)
-    if code:
-        print(
-            f"error: see the table above; the function's log: {args.handler_log.resolve()}", file=sys.stderr
-        )
-    return code
+    failed = failover_failure(ways, config)
+    if failed is not None:
+        print(f"error: {failed}; the function's log: {args.handler_log.resolve()}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -596,3 +596,16 @@ def test_a_start_that_applies_terraform_says_it_takes_a_while() -> None:
         "Starting the local stack (proxy: emulator) and applying infra with Terraform: "
         "this takes a minute or two ..."
     )
+
+
+@pytest.mark.parametrize("command", ["demo", "failover-demo"])
+def test_a_demos_work_ms_and_payload_together_are_refused_before_anything_starts(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --payload replaces the event that --work-ms would make: one of them would be ignored.
+    from emulator.cli import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--work-ms", "10", "--payload", '{"sleep_ms": 20}'])
+    assert exited.value.code == 2
+    assert "--work-ms makes the example's event" in capsys.readouterr().err

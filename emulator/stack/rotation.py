@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,9 +169,10 @@ def rotate_stack_secret(stack: EmbeddedStack) -> Rotated:
     return Rotated(rotation, waited)
 
 
-def rotate_from_env_file(env_file: Path) -> Rotated:
+def rotate_from_env_file(env_file: Path, rotated: Callable[[Rotation, float], None] | None = None) -> Rotated:
     """Rotate the secret of the stack a running `up --env-file FILE` describes; FILE's PGPASSWORD
-    becomes the new password."""
+    becomes the new password. `rotated` is told as soon as the database has the new password, with
+    the longest the proxy may take to read it (0: no wait)."""
     env = parse_env(env_file.read_text())
     missing = [name for name in _ENV_NEEDED if not env.get(name)]
     if missing:
@@ -205,15 +207,23 @@ def rotate_from_env_file(env_file: Path) -> Rotated:
         env["PGHOST"], int(env["PGPORT"]), env["PGDATABASE"], env.get("PGSSLMODE") or "prefer"
     )
     rotation = rotate_secret(client, env["DB_SECRET_ARN"], database)
+    refresh = config.secret_refresh_seconds if log and config is not None else 0
+    new_env = {**env, "PGPASSWORD": rotation.password}
+    # With passwords through the proxy, the file changes once the proxy takes the new one: a client
+    # that reads it meanwhile still has the password the proxy checks it against. With IAM required
+    # there, the password is only psql's, straight to the database: it changes at once.
+    through_proxy = config is None or config.iam_auth != "REQUIRED"
+    if not through_proxy or refresh <= 0:
+        write_env_file(env_file, new_env)
+    if rotated is not None:
+        rotated(rotation, max(refresh, 0))
     waited = None
     try:
         if log and config is not None:
             waited = wait_for_proxy(Path(log), rotation, config.secret_refresh_seconds)
     finally:
-        # Once the proxy takes the new password: a client through the proxy that reads the file
-        # meanwhile still has the password the proxy checks it against. (Written even when the wait
-        # fails: the database has the new password by now.)
-        write_env_file(env_file, {**env, "PGPASSWORD": rotation.password})
+        # (Written even when the wait fails: the database has the new password by now.)
+        write_env_file(env_file, new_env)
     return Rotated(rotation, waited)
 
 

@@ -26,14 +26,23 @@ class Identity:
     region: str
 
 
-def check_checkout(repo: Path) -> None:
+def check_checkout(repo: Path, cwd: Path | None = None) -> None:
     """The stage runs the kit's tests/aws, which a checkout has and the wheel does not: refused before
     anything is deployed, not after an apply."""
-    if not (repo / "tests" / "aws").is_dir():
+    if (repo / "tests" / "aws").is_dir():
+        return
+    here = cwd or Path.cwd()
+    if (here / "tests" / "aws").is_dir() and (here / "noxfile.py").is_file():
+        # In a checkout, but the kit running is an installed copy (a wheel) without its tests.
         raise StageRefused(
-            f"it runs the kit's tests/aws, which an installed kit does not have (none under {repo}): "
-            "run it from a checkout of the kit (git clone ...; nox -s aws)"
+            f"the kit running is the one installed under {repo}, which has no tests/aws, though this "
+            "directory is a checkout of the kit: run `nox -s aws` here (it installs this checkout), "
+            "or `pip install -e .` first"
         )
+    raise StageRefused(
+        f"it runs the kit's tests/aws, which an installed kit does not have (none under {repo}): "
+        "run it from a checkout of the kit (git clone ...; nox -s aws)"
+    )
 
 
 def check_confirmation(confirmed_by_flag: bool, env: Mapping[str, str]) -> None:

@@ -220,9 +220,14 @@ def verdict(ways: list[WayLoad], moments: FailoverMoments) -> str:
     shorter = shorter_by(proxied, direct)
     if shorter is None:
         return "The direct path saw no interruption: nothing to compare."
+    for name, outcome in ((DIRECT, direct), (PROXIED, proxied)):
+        if outcome.recovered_after is None:
+            return f"No comparison: {_never_recovered(name, outcome)}."
     compared = (
         f"Through the proxy the longest interruption was {proxied.longest_gap:.2f} s against "
-        f"{direct.longest_gap:.2f} s directly: {shorter:.0%} shorter (AWS: 'up to 66%' for Multi-AZ). "
+        f"{direct.longest_gap:.2f} s directly: "
+        f"{f'{shorter:.0%} shorter' if shorter >= 0 else f'{-shorter:.0%} longer'} "
+        "(AWS: 'up to 66%' for Multi-AZ). "
     )
     switched = moments.endpoint_switched - moments.started
     if direct.recovered_after is not None and direct.recovered_after < switched:
@@ -231,7 +236,8 @@ def verdict(ways: list[WayLoad], moments: FailoverMoments) -> str:
             f"The direct path was back after {direct.recovered_after:.1f} s, before the endpoint's "
             f"name reached the new writer ({switched:.1f} s): the name still led to the old writer, "
             "which answered again once it rejoined as a reader (reads work there; writes fail as "
-            "read-only until the name moves). The proxy waits only for the promotion."
+            "read-only, and keep failing on a connection kept to it). The proxy waits only for the "
+            "promotion."
         )
     ttl = moments.endpoint_switched - moments.writer_ready
     return compared + (
@@ -290,12 +296,32 @@ def _per_bin(calls: list[Call], origin: float, width: float, bins: int) -> tuple
 
 
 def exit_code(ways: list[WayLoad], config: FailoverDemoConfig) -> int:
-    """1 when a way never recovered, or when more proxied invocations failed than were in flight
-    at the failover (one per worker at most: the rest should wait, not fail); 0 otherwise."""
+    """1 when the demo failed (see failure), 0 otherwise."""
+    return 0 if failure(ways, config) is None else 1
+
+
+def failure(ways: list[WayLoad], config: FailoverDemoConfig) -> str | None:
+    """Why the demo failed: a way never recovered, or more proxied invocations failed than were in
+    flight at the failover (one per worker at most: the rest should wait, not fail); None if not."""
     outcomes = {way.name: way.outcome for way in ways}
-    direct, proxied = outcomes.get(DIRECT), outcomes.get(PROXIED)
-    if direct is None or proxied is None:
-        return 1
-    if direct.recovered_after is None or proxied.recovered_after is None:
-        return 1
-    return 1 if proxied.failed > config.workers else 0
+    for name in (DIRECT, PROXIED):
+        outcome = outcomes.get(name)
+        if outcome is None:
+            return f"the {name} way did not run"
+        if outcome.recovered_after is None:
+            return _never_recovered(name, outcome)
+    proxied = outcomes[PROXIED]
+    assert proxied is not None
+    if proxied.failed > config.workers:
+        return (
+            f"through the proxy {proxied.failed} invocations failed, more than the {config.workers} "
+            f"that can be in flight at the failover (one per worker)"
+        )
+    return None
+
+
+def _never_recovered(name: str, outcome: Interruption) -> str:
+    way = "the direct path" if name == DIRECT else "the way through the proxy"
+    common = outcome.errors.most_common(1)
+    errors = f" ({common[0][1]} x {common[0][0]})" if common else ""
+    return f"{way} never recovered within the run{errors}"

@@ -49,7 +49,9 @@ def interruption(calls: Sequence[Call], moments: FailoverMoments, origin: float)
     ok_ends = sorted(call.ended for call in calls if call.ok)
     longest, began = 0.0, origin
     previous = origin
-    for end in ok_ends:
+    # A way that never recovers is down from its last success to the end of its last call, too.
+    ends = [*ok_ends, max(call.ended for call in calls)] if ok_ends else []
+    for end in ends:
         if end - previous > longest:
             longest, began = end - previous, previous
         previous = end

@@ -290,3 +290,34 @@ def test_rotate_secret_with_the_env_file_of_a_stopped_twin_says_so_in_one_line(
     error = capsys.readouterr().err
     assert f"{env_file} describes a twin that is no longer running" in error
     assert "Traceback" not in error
+
+
+@pytest.mark.usefixtures("signal_handlers_kept")
+def test_with_iam_required_at_the_proxy_rotate_secret_rewrites_the_env_file_at_once(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Clients of the proxy log in with IAM tokens: the file's password is only psql's, straight to
+    # the database, which takes the new one at once.
+    settings = {"require_tls": True, "iam_auth": "REQUIRED", "secret_refresh_seconds": 2}
+    with EmbeddedStack(StackConfig(proxy_settings=settings)) as iam_stack:
+        env_file = tmp_path / "twin.env"
+        write_env_file(env_file, iam_stack.environment())
+        old = iam_stack.db_password
+        in_file_while_waiting: list[str] = []
+
+        def wait_for_proxy(*args: Any, **kwargs: Any) -> float:
+            in_file_while_waiting.append(parse_env(env_file.read_text())["PGPASSWORD"])
+            return real_wait(*args, **kwargs)
+
+        real_wait = rotation_module.wait_for_proxy
+        monkeypatch.setattr(rotation_module, "wait_for_proxy", wait_for_proxy)
+
+        assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 0
+
+        new = parse_env(env_file.read_text())["PGPASSWORD"]
+        assert new != old
+        assert in_file_while_waiting == [new]
+        out = capsys.readouterr().out
+        # Said before the wait: the database has the new password already.
+        assert out.index("the new password works now") < out.index("waiting for the proxy to read")
+        assert out.index("waiting for the proxy to read") < out.index("the proxy reads the new version after")

@@ -138,9 +138,16 @@ def test_the_command_refuses_before_creating_anything(no_aws_credentials: dict[s
 
 def test_an_installed_kit_without_tests_aws_is_refused_before_anything(tmp_path: Path) -> None:
     """A wheel has no tests/aws: the stage would deploy, find no tests, and destroy again."""
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
     with pytest.raises(StageRefused, match="run it from a checkout of the kit"):
-        check_checkout(tmp_path)
+        check_checkout(tmp_path, cwd=elsewhere)
     check_checkout(REPO)
+
+
+def test_an_installed_kit_run_inside_a_checkout_is_told_to_use_the_checkout(tmp_path: Path) -> None:
+    with pytest.raises(StageRefused, match=r"this directory is a checkout of the kit: run `nox -s aws` here"):
+        check_checkout(tmp_path, cwd=REPO)
 
 
 # -- plan and cost ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from emulator.tools.failover_demo import (
     FailoverDemoConfig,
     WayLoad,
     exit_code,
+    failure,
     function_for_way,
     results_table,
     run_failover_demo,
@@ -89,14 +90,21 @@ def _loads(direct_recovered: float | None, proxied_failed: int) -> list[WayLoad]
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("direct_recovered", "proxied_failed", "code"),
-    [(5.0, 3, 0), (None, 0, 1), (5.0, 4, 1)],
+    ("direct_recovered", "proxied_failed", "code", "why"),
+    [
+        (5.0, 3, 0, None),
+        (None, 0, 1, "the direct path never recovered within the run (5 x 57P01 terminating connection)"),
+        (5.0, 4, 1, "through the proxy 4 invocations failed, more than the 3 that can be in flight"),
+    ],
     ids=["recovered-with-in-flight-failures", "direct-never-recovered", "more-proxied-failures-than-workers"],
 )
 def test_the_demo_fails_when_a_way_never_recovers_or_the_proxy_fails_more_than_was_in_flight(
-    direct_recovered: float | None, proxied_failed: int, code: int
+    direct_recovered: float | None, proxied_failed: int, code: int, why: str | None
 ) -> None:
-    assert exit_code(_loads(direct_recovered, proxied_failed), FailoverDemoConfig(workers=3)) == code
+    loads, config = _loads(direct_recovered, proxied_failed), FailoverDemoConfig(workers=3)
+    assert exit_code(loads, config) == code
+    said = failure(loads, config)
+    assert said == why if why is None else said is not None and said.startswith(why)
 
 
 @pytest.mark.unit
@@ -165,3 +173,12 @@ def test_the_verdict_says_why_when_the_direct_path_was_back_before_its_endpoint_
     late = " ".join(verdict(_loads(6.2, 0), moments).split())
     assert "waits for the endpoint's name to reach the new writer (5 s after the promotion here)" in late
     assert "back after" not in late
+
+
+@pytest.mark.unit
+def test_the_verdict_compares_nothing_when_a_way_never_recovered() -> None:
+    # A handler that writes, directly on Aurora: its connection stays on the old writer, read-only.
+    moments = FailoverMoments(started=10.0, writer_ready=11.0, endpoint_switched=16.0)
+    said = " ".join(verdict(_loads(None, 0), moments).split())
+    assert said.startswith("No comparison: the direct path never recovered within the run (5 x 57P01")
+    assert "shorter" not in said

@@ -56,3 +56,10 @@ def test_shorter_by_compares_the_longest_gaps_as_aws_states_its_66_percent() -> 
     proxied = interruption(steady(0.0, 10.0) + steady(11.0, 20.0), MOMENTS, origin=0.0)
     assert shorter_by(proxied, direct) == pytest.approx(1 - 1.1 / 6.1, abs=1e-3)
     assert shorter_by(proxied, interruption([], MOMENTS, origin=0.0)) is None
+
+
+def test_a_way_that_never_recovers_is_down_from_its_last_success_to_its_last_call() -> None:
+    calls = steady(0.0, 10.0) + steady(10.0, 20.0, error="25006 read-only")
+    outcome = interruption(calls, MOMENTS, origin=0.0)
+    assert outcome.longest_gap == pytest.approx(19.92 - 9.92, abs=1e-6)
+    assert outcome.gap_started == pytest.approx(9.92, abs=1e-6)
