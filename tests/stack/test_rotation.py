@@ -196,14 +196,7 @@ def test_rotate_secret_command_rotates_a_running_stack_through_its_env_file(
     old = stack.db_password
     # While the proxy has not read the new version, it checks clients against the old password:
     # the file keeps that one until then.
-    in_file_while_waiting: list[str] = []
-
-    def wait_for_proxy(*args: Any, **kwargs: Any) -> float:
-        in_file_while_waiting.append(parse_env(env_file.read_text())["PGPASSWORD"])
-        return real_wait(*args, **kwargs)
-
-    real_wait = rotation_module.wait_for_proxy
-    monkeypatch.setattr(rotation_module, "wait_for_proxy", wait_for_proxy)
+    in_file_while_waiting = _passwords_in_file_while_waiting(env_file, monkeypatch)
 
     assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 0
 
@@ -303,14 +296,7 @@ def test_with_iam_required_at_the_proxy_rotate_secret_rewrites_the_env_file_at_o
         env_file = tmp_path / "twin.env"
         write_env_file(env_file, iam_stack.environment())
         old = iam_stack.db_password
-        in_file_while_waiting: list[str] = []
-
-        def wait_for_proxy(*args: Any, **kwargs: Any) -> float:
-            in_file_while_waiting.append(parse_env(env_file.read_text())["PGPASSWORD"])
-            return real_wait(*args, **kwargs)
-
-        real_wait = rotation_module.wait_for_proxy
-        monkeypatch.setattr(rotation_module, "wait_for_proxy", wait_for_proxy)
+        in_file_while_waiting = _passwords_in_file_while_waiting(env_file, monkeypatch)
 
         assert cli_main(["rotate-secret", "--env-file", str(env_file)]) == 0
 
@@ -321,3 +307,16 @@ def test_with_iam_required_at_the_proxy_rotate_secret_rewrites_the_env_file_at_o
         # Said before the wait: the database has the new password already.
         assert out.index("the new password works now") < out.index("waiting for the proxy to read")
         assert out.index("waiting for the proxy to read") < out.index("the proxy reads the new version after")
+
+
+def _passwords_in_file_while_waiting(env_file: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The env file's PGPASSWORD each time rotate-secret starts waiting for the proxy."""
+    seen: list[str] = []
+    real_wait = rotation_module.wait_for_proxy
+
+    def wait_for_proxy(*args: Any, **kwargs: Any) -> float:
+        seen.append(parse_env(env_file.read_text())["PGPASSWORD"])
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(rotation_module, "wait_for_proxy", wait_for_proxy)
+    return seen
