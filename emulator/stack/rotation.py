@@ -207,23 +207,23 @@ def rotate_from_env_file(env_file: Path, rotated: Callable[[Rotation, float], No
         env["PGHOST"], int(env["PGPORT"]), env["PGDATABASE"], env.get("PGSSLMODE") or "prefer"
     )
     rotation = rotate_secret(client, env["DB_SECRET_ARN"], database)
-    refresh = config.secret_refresh_seconds if log and config is not None else 0
+    refresh = max(config.secret_refresh_seconds, 0) if log and config is not None else 0
     new_env = {**env, "PGPASSWORD": rotation.password}
     # With passwords through the proxy, the file changes once the proxy takes the new one: a client
     # that reads it meanwhile still has the password the proxy checks it against. With IAM required
     # there, the password is only psql's, straight to the database: it changes at once.
-    through_proxy = config is None or config.iam_auth != "REQUIRED"
-    if not through_proxy or refresh <= 0:
+    file_waits = config is not None and refresh > 0 and config.iam_auth != "REQUIRED"
+    if not file_waits:
         write_env_file(env_file, new_env)
     if rotated is not None:
-        rotated(rotation, max(refresh, 0))
+        rotated(rotation, refresh)
     waited = None
     try:
         if log and config is not None:
             waited = wait_for_proxy(Path(log), rotation, config.secret_refresh_seconds)
     finally:
-        # (Written even when the wait fails: the database has the new password by now.)
-        write_env_file(env_file, new_env)
+        if file_waits:  # (even when the wait fails: the database has the new password by now)
+            write_env_file(env_file, new_env)
     return Rotated(rotation, waited)
 
 
