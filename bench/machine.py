@@ -98,9 +98,6 @@ def describe() -> list[tuple[str, str]]:
     except ComponentError as exc:
         postgres = f"not found ({exc})"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    commit = _command_output(["git", "-C", str(REPO), "log", "-1", "--format=%h (%cs)"])
-    if _command_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]):
-        commit += " with uncommitted changes"
     return [
         ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("CPU", f"{os.cpu_count()} cores, {_cpu_model()}"),
@@ -113,6 +110,31 @@ def describe() -> list[tuple[str, str]]:
         ("libraries", ", ".join(f"{name} {_package(name)}" for name in LIBRARIES)),
         ("RDS Proxy emulator", f"{how_it_runs()} ({Path(emulator.__file__).parent})"),
         ("open files", f"soft {soft}, hard {hard} (RLIMIT_NOFILE of this process)"),
-        ("commit", commit),
+        ("commit", _commit()),
         ("load average at start", load_average()),
     ]
+
+
+def emulator_build(log_path: Path) -> str:
+    """How a running emulator's per-message path runs, from its start-up line in its log: what was
+    measured, whatever this process imports."""
+    try:
+        found = re.search(r" listening on \S+ \(stats on port \d+; (?P<build>[^)]+)\)", log_path.read_text())
+    except OSError as exc:
+        return f"unknown ({exc})"
+    return found["build"] if found else f"unknown (no start-up line in {log_path})"
+
+
+def _commit() -> str:
+    """The checkout's commit; a copy of the files (no .git) says so rather than git's error."""
+    argv = ["git", "-C", str(REPO), "log", "-1", "--format=%h (%cs)"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    if done.returncode != 0 or not done.stdout.strip():
+        return f"unknown ({REPO} is not a git checkout)"
+    commit = done.stdout.strip()
+    if _command_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]):
+        commit += " with uncommitted changes"
+    return commit

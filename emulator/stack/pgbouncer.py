@@ -138,6 +138,12 @@ class PgBouncer:
             conn.execute("SELECT 1")
         return True
 
+    @property
+    def pid(self) -> int:
+        """PgBouncer's process id (for its CPU time in benchmarks)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def backend_pids(self) -> set[int]:
         """From PgBouncer's admin console: SHOW SERVERS lists each server connection's remote_pid."""
         t = self.target
