@@ -33,6 +33,7 @@ def test_a_port_in_use_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
         probe.bind((LOOPBACK, 0))
         free = probe.getsockname()[1]
         probe.close()
-        monkeypatch.setattr(net, "_good_ports", lambda: frozenset({busy.getsockname()[1], free}))
+        taken = busy.getsockname()[1]
+        monkeypatch.setattr(net, "_good_ranges", lambda: ((taken, taken), (free, free)))
 
         assert {free_port() for _ in range(20)} == {free}
