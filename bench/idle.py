@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from bench.machine import emulator_build
 from bench.procs import REPO, Child, bench_environment, memory_kb, open_files_limit, raise_open_files_limit
 from bench.report import Area, Figure, Table, at_most, progress, unjudged
 from emulator.errors import ReadinessTimeout
@@ -82,6 +83,7 @@ class Held:
     fds_held: int = 0
     fd_limit: int = 0
     logged_out: str = ""
+    build: str = ""  # the emulator's, from its start-up line
 
     @property
     def per_client_kb(self) -> float:
@@ -212,6 +214,7 @@ def hold_idle(stack: EmbeddedStack, kind: Kind, count: int) -> Held:
         cpu = _cpu_seconds(emulator.pid)
         children = _log_in(stack, emulator, kind, hold.clients, hold=hold)
         hold.proxy_cpu_seconds = _cpu_seconds(emulator.pid) - cpu
+        hold.build = emulator_build(emulator.log_path)
         try:
             hold.rss_held_kb, hold.pss_held_kb = memory_kb(emulator.pid)
             hold.fds_held = len(os.listdir(f"/proc/{emulator.pid}/fd"))
@@ -279,6 +282,9 @@ def run(count: int) -> Area:
         if "tls_iam" in held:
             _tls_floor(area, stack, min(count, 2000))
     area.tables.append(_table(held))
+    builds = sorted({hold.build for hold in held.values()})
+    if builds:
+        area.notes.append(f"the emulator under test: {' / '.join(builds)} (its start-up line)")
     area.notes.append(
         "kB/client: (the proxy's resident memory with the clients held - after a warm-up of "
         f"{WARM_UP_CLIENTS} logins) / clients held. Clients log in from up to {CLIENTS_PER_PROCESS:,} per "
