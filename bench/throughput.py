@@ -352,8 +352,9 @@ def _report(
 
 
 def _cpu_table(rows: list[Row], results: dict[tuple[Row, str], Measured]) -> Table:
-    """Each pooler's CPU time per transaction: what the emulator costs beside PgBouncer, steadier
-    than the rates on a shared machine, and which part (its own code, or the kernel's) differs."""
+    """Each pooler's CPU time per transaction: what the emulator costs beside PgBouncer, and which
+    part (its own code, or the kernel's) differs. It depends less than the rates on how the pooler,
+    pgbench and PostgreSQL share the cores; the machine's speed of the hour moves it too."""
     table = Table(["CPU µs/txn", "clients", "PgB user", "PgB sys", "emu user", "emu sys", "emu/PgB"])
     for row in rows:
         bouncer, emulated = (
