@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import port_for
 import pytest
 
 from emulator import net
@@ -37,3 +38,10 @@ def test_a_port_in_use_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(net, "_good_ranges", lambda: ((taken, taken), (free, free)))
 
         assert {free_port() for _ in range(20)} == {free}
+
+
+def test_no_good_port_range_is_port_fors_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(net, "_good_ranges", tuple)
+
+    with pytest.raises(port_for.PortForException, match="Can't select a port"):
+        free_port()
