@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -609,3 +610,26 @@ def test_a_demos_work_ms_and_payload_together_are_refused_before_anything_starts
         main([command, "--work-ms", "10", "--payload", '{"sleep_ms": 20}'])
     assert exited.value.code == 2
     assert "--work-ms makes the example's event" in capsys.readouterr().err
+
+
+def _compiled_modules() -> set[str]:
+    """The modules setup.py compiles with mypyc (its COMPILED list), by module name."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "COMPILED" for t in node.targets):
+            paths = ast.literal_eval(node.value)
+            return {path.removesuffix(".py").replace("/", ".") for path in paths}
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def test_the_cli_and_the_twin_load_none_of_the_proxys_compiled_modules() -> None:
+    # `up` stays up beside the stack: a compiled build's modules (one shared library of a few MB)
+    # loaded there would only add to the idle stack's memory (issue 16's footprint).
+    compiled = _compiled_modules()
+    code = "import sys, emulator.cli, emulator.twin, emulator.pytest_plugin; print(*sorted(sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, timeout=60
+    )
+
+    assert compiled, "no module listed"
+    assert not compiled & set(done.stdout.split())

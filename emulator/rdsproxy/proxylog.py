@@ -21,6 +21,9 @@ PINNED = (
 )
 # A pin line as the report reads it back (from this log or from CloudWatch).
 PINNED_PATTERN = re.compile(r"\[WARN\].*The client session was pinned.*Reason: (?P<reason>.*)$")
+# A pin reason's head and digest (pinning.REASON_SETTINGS). Here, not beside the reason, so that
+# readers of the log (the twin in `up`) do not load the proxy's per-message modules, compiled or not.
+DIGEST_PATTERN = re.compile(r'^(?P<head>.*?) Digest: "(?P<digest>.*)"\.$')
 WOULD_PIN = (
     "[{endpoint}] [clientConnection={client}] If this prepared statement runs, the client session will be "
     "pinned. Reason: {reason}"

@@ -13,8 +13,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from emulator.rdsproxy.protocol.pinning import DIGEST_PATTERN
-from emulator.rdsproxy.proxylog import PINNED_PATTERN
+from emulator.rdsproxy.proxylog import DIGEST_PATTERN, PINNED_PATTERN
 
 
 @dataclass

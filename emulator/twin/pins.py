@@ -11,8 +11,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from emulator.rdsproxy.protocol.pinning import DIGEST_PATTERN
-from emulator.rdsproxy.proxylog import PINNED
+from emulator.rdsproxy.proxylog import DIGEST_PATTERN, PINNED
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,11 @@ from typing import Final
 
 MAX_UNPINNED_BYTES: Final = 16384
 
+# Its head and digest are read back from the log by proxylog.DIGEST_PATTERN.
 REASON_SETTINGS = (
     "SQL changed session settings that the proxy doesn't track. Consider moving session configuration to "
     'the proxy\'s initialization query. Digest: "{digest}".'
 )
-# The reason's head and digest, as a report reads them back from a log line.
-DIGEST_PATTERN = re.compile(r'^(?P<head>.*?) Digest: "(?P<digest>.*)"\.$')
 REASON_TOO_LONG = "The connection ran a SQL query which exceeded the 16384 byte limit."
 REASON_PARSE = "A parse message was detected."
 
