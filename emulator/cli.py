@@ -21,7 +21,7 @@ from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR, TERRAFORM_DIR
 from emulator.stack.cluster import ClusterKind
 from emulator.stack.embedded import DEFAULT_PROXY_SETTINGS, EmbeddedStack, StackConfig, env_key
-from emulator.stack.envfile import parse_env, write_env_file
+from emulator.stack.envfile import PROXY_LOG_ENV, PROXY_STATS_ENV, parse_env, write_env_file
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.twin.config import TwinConfig
@@ -37,6 +37,10 @@ from emulator.twin.options import OptionError, TwinOptions, assignments, twin_co
 
 # The subcommands' container: argparse._SubParsersAction, a private class.
 Commands = Any
+_SOURCE_THE_ENV_FILE = (
+    f"source the file `up --env-file FILE` writes (set -a; . FILE; set +a): it sets {PROXY_LOG_ENV} "
+    f"and {PROXY_STATS_ENV}"
+)
 
 
 class Shutdown(BaseException):
@@ -386,15 +390,13 @@ def _add_report(commands: Commands) -> None:
     )
     report.add_argument(
         "--log",
-        type=Path,
-        required=True,
         metavar="FILE",
-        help="the emulator's log (LOCAL_TWIN_PROXY_LOG in the env file of `up`)",
+        help=f"the emulator's log; default: ${PROXY_LOG_ENV}, which the env file of `up` sets",
     )
     report.add_argument(
         "--stats",
         metavar="URL_OR_FILE",
-        help="its /stats URL (LOCAL_TWIN_PROXY_STATS_URL) or a saved copy of it",
+        help=f"its /stats URL or a saved copy of it; default, when --log is left out too: ${PROXY_STATS_ENV}",
     )
     report.add_argument(
         "--format",
@@ -955,11 +957,22 @@ def _report(args: argparse.Namespace) -> int:
     from emulator.tools.consoles import console as output_console  # noqa: PLC0415
     from emulator.tools.report import RunReport, read_log, read_stats  # noqa: PLC0415
 
-    source = f"--stats {args.stats}"
+    log, stats_at = args.log, args.stats
+    if log is None:
+        # The env file of `up`, sourced: its run's log, and its counters unless others are named.
+        log, stats_at = os.environ.get(PROXY_LOG_ENV), stats_at or os.environ.get(PROXY_STATS_ENV)
+        if not log:
+            print(f"error: no log to read: give --log FILE, or {_SOURCE_THE_ENV_FILE}", file=sys.stderr)
+            return 2
+    elif not log:
+        # --log "$LOCAL_TWIN_PROXY_LOG" in a shell that never sourced the file.
+        print(f"error: --log is empty: {_SOURCE_THE_ENV_FILE}", file=sys.stderr)
+        return 2
+    source = f"--stats {stats_at}"
     try:
-        stats = read_stats(args.stats) if args.stats else {}
-        source = f"--log {args.log}"
-        report = read_log(args.log, RunReport(stats=stats))
+        stats = read_stats(stats_at) if stats_at else {}
+        source = f"--log {log}"
+        report = read_log(Path(log), RunReport(stats=stats))
     except (OSError, ValueError) as exc:  # a missing file, an unreachable URL, a file that is not JSON
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"error: {source}: {detail}", file=sys.stderr)

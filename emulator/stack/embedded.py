@@ -37,6 +37,7 @@ from emulator.stack.cluster import (
     single_topology,
     write_topology,
 )
+from emulator.stack.envfile import PROXY_LOG_ENV, PROXY_STATS_ENV
 from emulator.stack.moto import AwsEmulator
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
 from emulator.stack.postgres import PostgresEndpoint, PostgresServer, PostgresSettings, find_postgres_binaries
@@ -838,8 +839,8 @@ class EmbeddedStack(Started, StackEnvironment):
         if not isinstance(self.proxy, RdsProxyEmulator):
             return {}
         return {
-            "LOCAL_TWIN_PROXY_LOG": str(self.proxy.log_path),
-            "LOCAL_TWIN_PROXY_STATS_URL": f"http://{LOOPBACK}:{self.proxy.stats_port}/stats",
+            PROXY_LOG_ENV: str(self.proxy.log_path),
+            PROXY_STATS_ENV: f"http://{LOOPBACK}:{self.proxy.stats_port}/stats",
         }
 
 

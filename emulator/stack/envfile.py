@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 _KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
+# The RDS Proxy emulator's log and counters, as the env file of `up` names them (report reads them).
+PROXY_LOG_ENV, PROXY_STATS_ENV = "LOCAL_TWIN_PROXY_LOG", "LOCAL_TWIN_PROXY_STATS_URL"
 
 
 def format_env(values: Mapping[str, str]) -> str:

@@ -29,7 +29,7 @@ from psycopg import sql
 from emulator.errors import ComponentError
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.stack import libpq
-from emulator.stack.envfile import parse_env, write_env_file
+from emulator.stack.envfile import PROXY_LOG_ENV, parse_env, write_env_file
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
 
@@ -181,7 +181,7 @@ def rotate_from_env_file(env_file: Path, rotated: Callable[[Rotation, float], No
             f"{env_file} lacks {', '.join(missing)}",
             "give the file `up --env-file FILE` writes, while that `up` runs",
         )
-    log = env.get("LOCAL_TWIN_PROXY_LOG")
+    log = env.get(PROXY_LOG_ENV)
     # The emulator's configuration sits beside its log (RdsProxyEmulator's workdir).
     try:
         config = ProxyConfig.from_file(Path(log).with_name("proxy.json")) if log else None

@@ -4,6 +4,7 @@ people or JSON for scripts."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from emulator.stack.envfile import PROXY_LOG_ENV, PROXY_STATS_ENV
 from emulator.tools.report import RunReport, read_log, read_stats
 
 pytestmark = pytest.mark.unit
@@ -164,3 +166,38 @@ def test_the_report_printed_to_a_file_fits_80_columns(tmp_path: Path) -> None:
     assert max(len(line) for line in lines) <= 80, done.stdout
     assert "Pinned sessions by reason and digest" in done.stdout
     assert "…" not in done.stdout
+
+
+def _report_command(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in (PROXY_LOG_ENV, PROXY_STATS_ENV)}
+    return subprocess.run(
+        [sys.executable, "-m", "emulator", "report", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_with_the_env_file_sourced_the_command_reads_its_log_and_counters(tmp_path: Path) -> None:
+    (tmp_path / "proxy.log").write_text(LOG)
+    (tmp_path / "stats.json").write_text(json.dumps({"peak_database_connections": 7}))
+    env = {PROXY_LOG_ENV: str(tmp_path / "proxy.log"), PROXY_STATS_ENV: str(tmp_path / "stats.json")}
+
+    done = _report_command("--format", "json", cwd=tmp_path, env=env)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["sessions_pinned"], report["stats"]["peak_database_connections"]) == (4, 7)
+
+
+def test_without_a_log_the_command_says_to_give_one_or_source_the_env_file(tmp_path: Path) -> None:
+    unsourced = _report_command(cwd=tmp_path, env={})
+    # --log "$LOCAL_TWIN_PROXY_LOG" in a shell that never sourced the file: not "'.' is a directory".
+    empty = _report_command("--log", "", cwd=tmp_path, env={})
+
+    assert (unsourced.returncode, empty.returncode) == (2, 2)
+    assert unsourced.stderr.startswith("error: no log to read: give --log FILE, or source the file")
+    assert empty.stderr.startswith("error: --log is empty: source the file `up --env-file FILE` writes")
+    assert PROXY_LOG_ENV in empty.stderr
