@@ -361,12 +361,9 @@ def _cpu_table(rows: list[Row], results: dict[tuple[Row, str], Measured]) -> Tab
             results.get((row, target), Measured()).cpu_median for target in (PGBOUNCER, EMULATOR)
         )
         cells = [row.kind, str(row.clients)]
-        for figures in (bouncer, emulated):
-            cells += (
-                [f"{value:.1f}" for value in figures]
-                if figures
-                else ["n/a" if row.protocol == "prepared" else "-"] * 2
-            )
+        for target, figures in ((PGBOUNCER, bouncer), (EMULATOR, emulated)):
+            missing = "n/a" if row.protocol == "prepared" and target == PGBOUNCER else "-"
+            cells += [f"{value:.1f}" for value in figures] if figures else [missing] * 2
         cells.append(f"{sum(emulated) / sum(bouncer):.2f}" if emulated and bouncer and sum(bouncer) else "-")
         table.rows.append(cells)
     table.title = "the poolers' own CPU time per transaction (lower is better)"
