@@ -6,6 +6,11 @@ A process killed with SIGKILL cannot do that; its servers stop by themselves (pr
 parent-death signal), its directory stays. Each directory names its owner (pid and start time, so a
 reused pid is not mistaken for it), and every stack that starts removes the directories whose owner
 is gone, as pytest removes old base temporary directories.
+
+The start time is counted from the machine's boot. psutil's create_time() is that plus the boot time,
+which the kernel derives from the wall clock in whole seconds: it moves by a second when NTP nudges
+the clock across one, and a stack starting then took a running stack's owner for gone and removed
+its directory (PostgreSQL's data included) under it.
 """
 
 from __future__ import annotations
@@ -20,13 +25,22 @@ import psutil
 
 PREFIX = "local-twin-"
 OWNER_FILE = "owner.json"
+# Two readings of one process's start differ by at most the second the boot time may move between
+# the two reads of /proc/stat that each takes; a reused pid started that close is not a real case.
+_SAME_START = 1.5
+
+
+def _since_boot(process: psutil.Process) -> float:
+    """When the process started, in seconds since the machine booted: not moved by clock changes."""
+    return process.create_time() - psutil.boot_time()
 
 
 def make_workdir() -> Path:
     """A new stack directory, claimed by this process."""
     workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
     me = psutil.Process()
-    (workdir / OWNER_FILE).write_text(json.dumps({"pid": me.pid, "started": me.create_time()}))
+    owner = {"pid": me.pid, "started": me.create_time(), "since_boot": _since_boot(me)}
+    (workdir / OWNER_FILE).write_text(json.dumps(owner))
     return workdir
 
 
@@ -36,7 +50,10 @@ def _owner_alive(workdir: Path) -> bool:
     try:
         owner = json.loads((workdir / OWNER_FILE).read_text())
         process = psutil.Process(int(owner["pid"]))
-        return bool(abs(process.create_time() - float(owner["started"])) < 0.01)
+        if "since_boot" in owner:
+            return abs(_since_boot(process) - float(owner["since_boot"])) < _SAME_START
+        # Claimed by an older kit: only its wall-clock start, read with the same tolerance.
+        return bool(abs(process.create_time() - float(owner["started"])) < _SAME_START)
     except psutil.NoSuchProcess:
         return False
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):

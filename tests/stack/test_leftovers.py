@@ -39,12 +39,31 @@ def test_the_directory_of_a_running_stack_is_kept(tmp_path: Path, monkeypatch: p
     assert mine.exists()
 
 
-def test_a_reused_pid_does_not_keep_an_abandoned_directory(tmp_path: Path) -> None:
+def test_the_directory_of_a_running_stack_is_kept_when_the_clock_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NTP nudged the wall clock across a second: the kernel's boot time (whole seconds, derived from
+    # the wall clock) moved by one, and every create_time() with it. A CI run lost its session's
+    # stack to a sweep that compared create_time() to 0.01 s.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    mine = leftovers.make_workdir()
+    boot_time, create_time = psutil.boot_time, psutil.Process.create_time
+    monkeypatch.setattr(psutil, "boot_time", lambda: boot_time() + 1.0)
+    monkeypatch.setattr(psutil.Process, "create_time", lambda process: create_time(process) + 1.0)
+
+    assert leftovers.sweep(tmp_path) == []
+    assert mine.exists()
+
+
+@pytest.mark.parametrize("written_by", ["this kit", "an older kit"])
+def test_a_reused_pid_does_not_keep_an_abandoned_directory(tmp_path: Path, written_by: str) -> None:
     # The owner's pid now names another process (this one): its start time tells them apart.
     abandoned = tmp_path / f"{leftovers.PREFIX}reused"
     abandoned.mkdir()
     me = psutil.Process()
     owner = {"pid": me.pid, "started": me.create_time() - 60}
+    if written_by == "this kit":
+        owner["since_boot"] = me.create_time() - psutil.boot_time() - 60
     (abandoned / leftovers.OWNER_FILE).write_text(json.dumps(owner))
     assert leftovers.sweep(tmp_path) == [abandoned]
 
