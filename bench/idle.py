@@ -20,10 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
-from bench.machine import emulator_build
-from bench.procs import REPO, Child, bench_environment, memory_kb, open_files_limit, raise_open_files_limit
+from bench.machine import builds_note, emulator_build
+from bench.procs import (
+    REPO,
+    Child,
+    bench_environment,
+    cpu_seconds,
+    memory_kb,
+    open_files_limit,
+    raise_open_files_limit,
+)
 from bench.report import Area, Figure, Table, at_most, progress, unjudged
 from emulator.errors import ReadinessTimeout
 from emulator.stack.embedded import EmbeddedStack, StackConfig
@@ -192,11 +198,6 @@ def _log_out(emulator: RdsProxyEmulator, children: list[Child], timeout: float) 
     return f"yes, in {seconds:.1f} s"
 
 
-def _cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 def hold_idle(stack: EmbeddedStack, kind: Kind, count: int) -> Held:
     hold = Held(wanted=count)
     with contextlib.ExitStack() as running:
@@ -211,9 +212,9 @@ def hold_idle(stack: EmbeddedStack, kind: Kind, count: int) -> Held:
         _log_out(emulator, warm, timeout=30)
         hold.rss_before_kb = memory_kb(emulator.pid)[0]
         progress("idle", f"{kind.short}: logging {hold.clients:,} clients in")
-        cpu = _cpu_seconds(emulator.pid)
+        cpu = sum(cpu_seconds(emulator.pid))
         children = _log_in(stack, emulator, kind, hold.clients, hold=hold)
-        hold.proxy_cpu_seconds = _cpu_seconds(emulator.pid) - cpu
+        hold.proxy_cpu_seconds = sum(cpu_seconds(emulator.pid)) - cpu
         hold.build = emulator_build(emulator.log_path)
         try:
             hold.rss_held_kb, hold.pss_held_kb = memory_kb(emulator.pid)
@@ -282,9 +283,8 @@ def run(count: int) -> Area:
         if "tls_iam" in held:
             _tls_floor(area, stack, min(count, 2000))
     area.tables.append(_table(held))
-    builds = sorted({hold.build for hold in held.values()})
-    if builds:
-        area.notes.append(f"the emulator under test: {' / '.join(builds)} (its start-up line)")
+    if held:
+        area.notes.append(builds_note(hold.build for hold in held.values()))
     area.notes.append(
         "kB/client: (the proxy's resident memory with the clients held - after a warm-up of "
         f"{WARM_UP_CLIENTS} logins) / clients held. Clients log in from up to {CLIENTS_PER_PROCESS:,} per "

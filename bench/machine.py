@@ -9,6 +9,7 @@ import platform
 import re
 import resource
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import emulator
@@ -40,12 +41,17 @@ def under_load() -> str | None:
     )
 
 
-def _command_output(argv: list[str]) -> str:
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | str:
+    """The finished command, or "unknown (why)" when it could not run."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
-    return (done.stdout or done.stderr).strip()
+
+
+def _command_output(argv: list[str]) -> str:
+    done = _run(argv)
+    return done if isinstance(done, str) else (done.stdout or done.stderr).strip()
 
 
 def pgbench_binary() -> str:
@@ -125,13 +131,16 @@ def emulator_build(log_path: Path) -> str:
     return found["build"] if found else f"unknown (no start-up line in {log_path})"
 
 
+def builds_note(builds: Iterable[str]) -> str:
+    """The note naming the builds the emulators under test reported (emulator_build), each once."""
+    return f"the emulator under test: {' / '.join(sorted(set(builds)))} (its start-up line)"
+
+
 def _commit() -> str:
     """The checkout's commit; a copy of the files (no .git) says so rather than git's error."""
-    argv = ["git", "-C", str(REPO), "log", "-1", "--format=%h (%cs)"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
+    done = _run(["git", "-C", str(REPO), "log", "-1", "--format=%h (%cs)"])
+    if isinstance(done, str):
+        return done
     if done.returncode != 0 or not done.stdout.strip():
         return f"unknown ({REPO} is not a git checkout)"
     commit = done.stdout.strip()

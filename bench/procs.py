@@ -41,6 +41,12 @@ def memory_kb(pid: int) -> tuple[int, int | None]:
     return full.rss // 1024, getattr(full, "pss", 0) // 1024 or None
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's (user, system) CPU time so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user, times.system
+
+
 def open_files_limit(pid: int) -> tuple[int, int] | None:
     """The process's RLIMIT_NOFILE (soft, hard), from /proc."""
     try:

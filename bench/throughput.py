@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from bench.machine import emulator_build, pgbench_binary, pgbouncer_version
+from bench.machine import builds_note, emulator_build, pgbench_binary, pgbouncer_version
+from bench.procs import cpu_seconds
 from bench.report import Area, Figure, Table, at_least, progress, unjudged
 from emulator.net import LOOPBACK
 from emulator.rdsproxy.main import PROFILE_ENV
@@ -133,12 +132,6 @@ def pgbench(stack: EmbeddedStack, endpoint: Endpoint, row: Row, seconds: int) ->
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
         raise RuntimeError(f"pgbench exited {done.returncode}: {' / '.join(last)}")
     return Run(float(found[1]), int(processed[1]))
-
-
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """A process's (user, system) CPU time so far."""
-    times = psutil.Process(pid).cpu_times()
-    return times.user, times.system
 
 
 def _pooler_pids(
@@ -253,7 +246,7 @@ def run(options: Options) -> Area:
                     if measured.error:
                         continue
                     pid = pids.get((row.tls, target))
-                    before = _cpu_seconds(pid) if pid is not None else None
+                    before = cpu_seconds(pid) if pid is not None else None
                     try:
                         done = pgbench(stack, endpoints[(row.tls, target)], row, options.seconds)
                     except RuntimeError as exc:
@@ -262,12 +255,11 @@ def run(options: Options) -> Area:
                         continue
                     measured.tps.append(done.tps)
                     if pid is not None and before is not None and done.transactions:
-                        (user, system), per = _cpu_seconds(pid), 1e6 / done.transactions
+                        (user, system), per = cpu_seconds(pid), 1e6 / done.transactions
                         measured.cpu_us.append(((user - before[0]) * per, (system - before[1]) * per))
                     progress("throughput", f"{row.label}: {target} {done.tps:,.0f} tps")
         emulators = [proxy for proxy in (stack.proxy, tls_emulator) if isinstance(proxy, RdsProxyEmulator)]
-        builds = sorted({emulator_build(proxy.log_path) for proxy in emulators})
-        area.notes.append(f"the emulator under test: {' / '.join(builds)} (its start-up line)")
+        area.notes.append(builds_note(emulator_build(proxy.log_path) for proxy in emulators))
     _report(area, rows, results, options, bouncer_version)
     if options.profile:
         _report_profile(area, options.profile)
