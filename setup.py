@@ -65,6 +65,7 @@ COMPILED = [
     "emulator/rdsproxy/client.py",
     "emulator/rdsproxy/dbconn.py",
     "emulator/rdsproxy/lending.py",
+    "emulator/rdsproxy/memorytls.py",
     "emulator/rdsproxy/pool.py",
     "emulator/rdsproxy/session.py",
     "emulator/rdsproxy/stats.py",

@@ -7,28 +7,20 @@ the connection's writer (write, drain, start_tls, close: what the session and lo
 StreamWriter): no StreamReader, StreamWriter and their futures per client, about 2 kB of each idle
 client's memory.
 
-TLS is done here too, with an ssl.SSLObject between two memory BIOs, rather than by the event loop's
-start_tls: the loop's TLS protocol keeps its own objects and touched read buffer per connection
-(about 6 kB of each idle TLS client besides OpenSSL's own state), and its layer between transport and
-protocol costs a call per chunk each way.
-"""
+TLS is done here too, in memory (memorytls), rather than by the event loop's start_tls."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
+
+from emulator.rdsproxy.memorytls import MemoryTls
 
 Sink = Callable[[bytes], None]
 Lost = Callable[[BaseException | None], None]
 Connected = Callable[["ClientProtocol"], Coroutine[Any, Any, None]]
-
-# Decrypted bytes are read into this one buffer, then copied out at their size (the event loop runs
-# one callback at a time): no 64 kB allocation per read.
-_TLS_BUFFER = bytearray(1 << 16)
-_TLS_VIEW = memoryview(_TLS_BUFFER)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -42,12 +34,8 @@ class ClientProtocol(asyncio.Protocol):
         self.at_eof = False
         self._sink: Sink | None = None
         self._lost: Lost | None = None
-        # TLS, once the client asked for it (start_tls): OpenSSL's end of the connection, the
-        # ciphertext in and out, and the handshake login waits for.
-        self._tls: ssl.SSLObject | None = None
-        self._tls_in: ssl.MemoryBIO | None = None
-        self._tls_out: ssl.MemoryBIO | None = None
-        self._handshake: asyncio.Future[None] | None = None
+        # TLS, once the client asked for it (start_tls).
+        self._tls: MemoryTls | None = None
         # Flow control: the transport's buffer is full (pause_writing) until resume_writing.
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -108,12 +96,18 @@ class ClientProtocol(asyncio.Protocol):
 
     def _wake_drain(self, exc: Exception | None) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
-        _settle(waiter, exc)
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc)
 
     def _ended(self, exc: BaseException | None) -> None:
         self.at_eof = True
         self._wake()
-        self._handshake_done(exc or ConnectionResetError("the client closed the connection during TLS"))
+        if self._tls is not None:
+            self._tls.abandon(exc or ConnectionResetError("the client closed the connection during TLS"))
         lost, self._lost = self._lost, None
         if lost is not None:
             lost(exc)
@@ -127,55 +121,29 @@ class ClientProtocol(asyncio.Protocol):
 
     def _tls_received(self, data: bytes) -> None:
         """Ciphertext from the client: the handshake's next step, then whatever it decrypts to."""
-        tls, incoming = self._tls, self._tls_in
+        tls = self._tls
         assert tls is not None
-        assert incoming is not None
-        incoming.write(data)
-        plain: list[bytes] = []
-        ended = False
         try:
-            if self._handshake is not None:
-                tls.do_handshake()
-                self._handshake_done(None)
-            buffer, view = _TLS_BUFFER, _TLS_VIEW
-            # Into a buffer, read returns the count; typeshed says bytes, which a compiled build
-            # would check: called untyped.
-            read: Any = tls.read
-            while True:
-                count = cast(int, read(len(buffer), buffer))
-                if not count:
-                    # The client's close_notify: into a buffer, read returns 0 for it rather than
-                    # raise SSLZeroReturnError.
-                    ended = True
-                    break
-                plain.append(bytes(view[:count]))
-                if not incoming.pending and not tls.pending():
-                    break  # all decrypted: no SSLWantReadError to raise and catch per chunk
-        except ssl.SSLWantReadError:
-            pass  # the rest of a record, or of the handshake, is still on its way
-        except ssl.SSLZeroReturnError:
-            ended = True  # the client's close_notify: as EOF
-        except ssl.SSLError as exc:
-            # A failed handshake, or bytes that are not TLS: the alert goes out and the connection ends.
+            plain = tls.receive(data)
+        except ssl.SSLError:
+            # A failed handshake (start_tls raises it), or bytes that are not TLS: the alert goes out
+            # and the connection ends.
             self._tls_flush()
-            self._handshake_done(exc)
             self.transport.close()
             return
         self._tls_flush()  # handshake messages, session tickets, alerts
         if plain:
-            self._deliver(b"".join(plain))
-        if ended:
+            self._deliver(plain)
+        if tls.closed:
             self._ended(None)
 
     def _tls_flush(self) -> None:
-        outgoing = self._tls_out
-        assert outgoing is not None
-        if outgoing.pending and not self.transport.is_closing():
-            self.transport.write(outgoing.read())
-
-    def _handshake_done(self, exc: BaseException | None) -> None:
-        handshake, self._handshake = self._handshake, None
-        _settle(handshake, exc)
+        tls = self._tls
+        assert tls is not None
+        if not self.transport.is_closing():
+            outgoing = tls.outgoing()
+            if outgoing:
+                self.transport.write(outgoing)
 
     # -- login: awaited reads -----------------------------------------------------------------------
 
@@ -212,12 +180,13 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.write(data)
             return
         try:
-            tls.write(data)
+            records = tls.encrypt(data)
         except ssl.SSLError:
             # The TLS session is over (the proxy's close_notify went out): what is written now is
             # lost, as it is on a closed transport, and never an error in the writer's path.
             return
-        self._tls_flush()
+        if not self.transport.is_closing():
+            self.transport.write(records)
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
@@ -232,11 +201,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         tls = self._tls
-        if tls is not None and self._handshake is None and not self.transport.is_closing():
+        if tls is not None and tls.handshake is None and not self.transport.is_closing():
             # close_notify first, as the loop's TLS transport does (clients wait for it).
-            with contextlib.suppress(ssl.SSLError):
-                tls.unwrap()
-            self._tls_flush()
+            last = tls.close_notify()
+            if last:
+                self.transport.write(last)
         self.transport.close()
 
     async def drain(self) -> None:
@@ -255,27 +224,17 @@ class ClientProtocol(asyncio.Protocol):
 
     async def start_tls(self, context: ssl.SSLContext) -> None:
         """Upgrade the connection to TLS as the server (after the client's SSLRequest was answered)."""
-        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
-        handshake = self._handshake = self._loop.create_future()
+        tls = self._tls = MemoryTls(context, server_side=True)
+        handshake = tls.handshake
+        assert handshake is not None
         await self.drain()
         early = self.take_pending()  # a ClientHello that came while the "S" was being written
         if early:
             self._tls_received(early)
         if self.at_eof:  # the client had closed its end already: no handshake will come
-            self._handshake_done(ConnectionResetError("the client closed the connection before TLS"))
+            tls.abandon(ConnectionResetError("the client closed the connection before TLS"))
         await handshake
 
 
 def _ignore(data: bytes) -> None:
     pass
-
-
-def _settle(future: asyncio.Future[None] | None, exc: BaseException | None) -> None:
-    """Wake whoever awaits the future (if still waiting): with exc raised, or not."""
-    if future is None or future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)

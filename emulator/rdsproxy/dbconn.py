@@ -14,11 +14,12 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple
 
 from scramp import ScramClient
 
 from emulator.rdsproxy.auth import md5_password
+from emulator.rdsproxy.memorytls import MemoryTls, TlsTransport
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Backend, Frontend
 from emulator.rdsproxy.protocol.routing import Expect
@@ -81,12 +82,23 @@ class Credentials:
 class _BackendProtocol(asyncio.StreamReaderProtocol):
     """Stream reads for the proxy's own exchanges (startup, init_query, alignment, checks while
     pooled); while a session has the connection, every chunk goes straight to that session from the
-    event loop's callback: no task per borrow, no buffer and no wake-up in between."""
+    event loop's callback: no task per borrow, no buffer and no wake-up in between. Over TLS, the
+    chunks are decrypted here first (memorytls)."""
 
     sink: Callable[[bytes], None] | None = None
     on_lost: Callable[[BaseException], None] | None = None
+    _tls: MemoryTls | None = None
+    _raw: asyncio.Transport | None = None  # the TCP transport under TLS
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            data = self._decrypt(tls, data)
+            if not data:
+                return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
         sink = self.sink
         if sink is not None:
             sink(data)
@@ -98,24 +110,68 @@ class _BackendProtocol(asyncio.StreamReaderProtocol):
         keep_open = super().eof_received()
         if lost is not None:
             lost(ConnectionResetError("database connection closed"))
-        return keep_open
+        # TLS has no half-close: the transport closes (as the loop's own TLS transport does).
+        return keep_open and self._tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         lost = self.on_lost if self.sink is not None else None
         super().connection_lost(exc)
+        if self._tls is not None:
+            self._tls.abandon(exc or ConnectionResetError("database connection closed during TLS"))
         if lost is not None:
             lost(exc or ConnectionResetError("database connection closed"))
+
+    async def start_tls(
+        self, transport: asyncio.Transport, context: ssl.SSLContext, hostname: str
+    ) -> TlsTransport:
+        """TLS as the client (after the server's "S"): the transport to write through once it is up."""
+        tls = self._tls = MemoryTls(context, server_side=False, server_hostname=hostname)
+        self._raw = transport
+        handshake = tls.handshake
+        assert handshake is not None
+        transport.write(tls.start())
+        await handshake
+        return TlsTransport(transport, tls)
+
+    def _decrypt(self, tls: MemoryTls, data: bytes) -> bytes:
+        """The server's ciphertext: the plaintext it completes. A failed handshake fails start_tls;
+        TLS broken later closes the connection (connection_lost tells its borrower)."""
+        transport = self._raw
+        assert transport is not None
+        try:
+            plain = tls.receive(data)
+        except ssl.SSLError:
+            self._flush(tls, transport)  # the alert
+            transport.close()
+            return b""
+        self._flush(tls, transport)  # the handshake's next flight, or a KeyUpdate's answer
+        if tls.closed:
+            # The server's close_notify (after its FATAL, say): as its EOF, and the transport closes.
+            if plain:
+                self._deliver(plain)
+            self.eof_received()
+            transport.close()
+            return b""
+        return plain
+
+    @staticmethod
+    def _flush(tls: MemoryTls, transport: asyncio.Transport) -> None:
+        outgoing = tls.outgoing()
+        if outgoing and not transport.is_closing():
+            transport.write(outgoing)
 
 
 async def _open_stream(
     host: str, port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, _BackendProtocol]:
-    """asyncio.open_connection, with the protocol that can hand data to a session directly."""
+) -> tuple[asyncio.StreamReader, asyncio.Transport, _BackendProtocol]:
+    """asyncio.open_connection, with the protocol that can hand data to a session directly, and the
+    transport itself to write to: a StreamWriter would add a Python frame per write, and its
+    __del__ closes the transport it was made for (TLS replaces that one, see start_tls)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     protocol = _BackendProtocol(reader, loop=loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
+    return reader, transport, protocol
 
 
 class DbConnection:
@@ -125,18 +181,15 @@ class DbConnection:
         self,
         key: PoolKey,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: asyncio.Transport,
         tls: bool,
         protocol: _BackendProtocol,
     ) -> None:
         self.id = next(_ids)
         self.key = key
         self.reader = reader
+        # The transport everything for the server is written to (TLS's, after an upgrade).
         self.writer = writer
-        # Made after any TLS upgrade: the transport a session's requests go through, for the life of
-        # the connection (what StreamWriter.write calls, without its Python frame per write). It
-        # reads as well as writes (uvloop's transports do not subclass asyncio's ABCs: a cast).
-        self._wire = cast(asyncio.Transport, writer.transport)
         self.tls = tls
         self._protocol = protocol
         self._paused = False
@@ -178,10 +231,11 @@ class DbConnection:
             if key.tls:
                 # For a TLS client the proxy asks the database for TLS, and uses it when offered.
                 writer.write(m.ssl_request())
-                await writer.drain()
                 answer = await asyncio.wait_for(reader.readexactly(1), timeout)
                 if answer == b"S":
-                    await asyncio.wait_for(writer.start_tls(_database_tls(), server_hostname=host), timeout)
+                    writer = await asyncio.wait_for(
+                        protocol.start_tls(writer, _database_tls(), host), timeout
+                    )
                     tls = True
             conn = cls(key, reader, writer, tls, protocol)
             await asyncio.wait_for(conn._startup(credentials, application_name, options), timeout)
@@ -293,7 +347,7 @@ class DbConnection:
 
     def send(self, data: bytes) -> None:
         """A borrower's requests, as they are."""
-        self._wire.write(data)
+        self.writer.write(data)
 
     def detach(self) -> None:
         """Back to stream reads (the proxy's own exchanges, and silence while pooled)."""
@@ -303,7 +357,7 @@ class DbConnection:
 
     def pause_reading(self) -> None:
         """The borrowing client reads slower than the server answers: stop reading the server."""
-        transport = self._wire
+        transport = self.writer
         if not transport.is_closing():
             transport.pause_reading()
             self._paused = True
@@ -315,13 +369,13 @@ class DbConnection:
     def resume_reading(self) -> None:
         if self._paused:
             self._paused = False
-            transport = self._wire
+            transport = self.writer
             if not transport.is_closing():
                 transport.resume_reading()
 
     def closing(self) -> bool:
         """Known to be unusable: broken, or its transport closing or closed."""
-        return self.broken or self._wire.is_closing()
+        return self.broken or self.writer.is_closing()
 
     def silent_since_idle(self) -> bool:
         """Nothing arrived since the last response was read, not even EOF.

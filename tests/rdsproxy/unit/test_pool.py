@@ -22,11 +22,10 @@ T = TypeVar("T")
 
 
 class FakeWriter:
-    """The end of a database connection the pool and DbConnection.close() look at."""
+    """The transport of a database connection, as the pool and DbConnection look at it."""
 
     def __init__(self) -> None:
         self.closing = False
-        self.transport = self  # what a connection's borrower sends through
 
     def is_closing(self) -> bool:
         return self.closing
@@ -57,7 +56,7 @@ class Opener:
         if self.room is not None and sum(not conn.broken for conn in self.opened) >= self.room:
             raise DatabaseUnavailable("sorry, too many clients already", full=True)
         reader = asyncio.StreamReader()
-        writer = cast(asyncio.StreamWriter, FakeWriter())
+        writer = cast(asyncio.Transport, FakeWriter())
         conn = DbConnection(key, reader, writer, tls=True, protocol=_BackendProtocol(reader))
         self.opened.append(conn)
         return conn
