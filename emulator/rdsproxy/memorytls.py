@@ -4,9 +4,8 @@ proxy is the server (client.py), and the database's, where it is the client (dbc
 
 The event loop's own TLS (start_tls) puts a protocol of its own between the transport and the
 application: per connection, its objects and a touched read buffer (about 6 kB of each idle TLS
-client); per chunk, a call each way and an SSLWantReadError raised and caught; in all, about twice
-the proxy's own CPU time per transaction over TLS. Here a chunk is decrypted in one call, into one
-shared buffer.
+client); per chunk, a call each way, ssl.py's Python frames, and an SSLWantReadError raised and
+caught. Here a chunk is decrypted in one call, into one shared buffer, by OpenSSL's C object.
 """
 
 from __future__ import annotations
