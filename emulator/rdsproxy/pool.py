@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import Final
 
 from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey
@@ -177,7 +177,7 @@ class Pool:
         """Wait in line for a connection for key, up to timeout seconds (None: as long as it takes):
         `served` is called with it (already lent), or `failed` with BorrowTimeout, PoolClosed or why
         the database refused; possibly before this returns."""
-        now = time.monotonic()
+        now = monotonic()
         deadline = now + timeout if timeout is not None else math.inf
         ticket = Ticket(key, deadline, served, failed, now)
         if self.closed:
@@ -207,7 +207,7 @@ class Pool:
         self._publish()
 
     def _give(self, ticket: Ticket, conn: DbConnection) -> None:
-        self._lend(conn, int((time.monotonic() - ticket.started) * 1e6))
+        self._lend(conn, int((monotonic() - ticket.started) * 1e6))
         ticket.serve(conn)
 
     def _time(self, deadline: float) -> None:
@@ -218,13 +218,13 @@ class Pool:
             self._timer.cancel()
         self._timer_due = deadline
         self._timer = asyncio.get_running_loop().call_later(
-            max(0.0, deadline - time.monotonic()), self._expire_due
+            max(0.0, deadline - monotonic()), self._expire_due
         )
 
     def _expire_due(self) -> None:
         """Waiters past their deadline fail with BorrowTimeout; the timer is due again at the next."""
         self._timer, self._timer_due = None, math.inf
-        now = time.monotonic()
+        now = monotonic()
         due = [ticket for ticket in self._waiters if not ticket.done and ticket.deadline <= now]
         for ticket in due:
             with contextlib.suppress(ValueError):
@@ -336,7 +336,7 @@ class Pool:
                 except DatabaseUnavailable as exc:
                     # Keep trying until the borrow's own deadline, as RDS Proxy queues during a
                     # failover; a connection given back meanwhile serves the borrow instead.
-                    remaining = ticket.deadline - time.monotonic()
+                    remaining = ticket.deadline - monotonic()
                     if remaining <= 0 or ticket.done:
                         self._total -= 1
                         if not ticket.done:
@@ -366,11 +366,11 @@ class Pool:
                 self._retrying.remove(ticket)
         self._publish()
         if ticket.done:  # the client gave up or timed out meanwhile: keep it for the next one
-            self._park(conn)
+            self._park(conn, monotonic())
         elif self.held:
             # Opened before the writer was lost, it may be to the lost one: parked (a failover lets
             # it go), and the borrow waits at the head of the line, where it was.
-            self._park(conn)
+            self._park(conn, monotonic())
             self._waiters.appendleft(ticket)
             self._time(ticket.deadline)
             self._publish()
@@ -383,14 +383,15 @@ class Pool:
         """Back from its borrower: parked for the next one only when it is in a known-clean state."""
         self.borrowed.discard(conn)
         reusable = reusable and conn.state.clean
-        if not reusable or conn.broken or time.monotonic() - conn.created > MAX_LIFETIME_SECONDS:
+        now = monotonic()
+        if not reusable or conn.broken or now - conn.created > MAX_LIFETIME_SECONDS:
             self._close(conn)
         else:
-            self._park(conn)
+            self._park(conn, now)
         self._dispatch()
 
-    def _park(self, conn: DbConnection) -> None:
-        conn.last_used = time.monotonic()
+    def _park(self, conn: DbConnection, now: float) -> None:
+        conn.last_used = now
         idle = self._idle.get(conn.key)
         if idle is None:
             idle = self._idle[conn.key] = []
@@ -457,7 +458,7 @@ class Pool:
 
     def trim_idle(self) -> int:
         """Close idle connections beyond idle_keep that have been idle for idle_seconds; return how many."""
-        now = time.monotonic()
+        now = monotonic()
         excess = self.idle_count() - self.idle_keep
         closed = 0
         for idle in list(self._idle.values()):

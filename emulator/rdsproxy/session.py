@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import random
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Final, NoReturn
 
 from emulator.rdsproxy import texts
@@ -135,7 +135,7 @@ class ClientSession:
         # The session LOADed a library into its server session: no reset can undo that.
         self.loaded_library = False
         self.established = False
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.last_activity = self.started
         # Why the connection ends (the log line's reason), once known.
         self.close_reason: str | None = None
@@ -262,7 +262,7 @@ class ClientSession:
                 over.set_exception(exc)
 
     def _received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = monotonic()
         frames = self._frames
         frames.feed(data)
         if self._waiting is None and self._ticket is None:
@@ -453,7 +453,7 @@ class ClientSession:
         if kind == Frontend.PARSE and self._answers_first(frame):
             return False
         if kind in _REQUESTS:
-            self.latency.request_arrived()
+            self.latency.request_arrived(self.last_activity)  # when its bytes came
         handler(self, frame)
         return True
 
@@ -757,8 +757,8 @@ class ClientSession:
             return
         writer = self.protocol
         conn.frames.feed(data)
-        self.last_activity = time.monotonic()
-        self.latency.first_answer()
+        self.last_activity = now = monotonic()
+        self.latency.first_answer(now)
         try:
             out = relay(conn.frames, self.router, conn.state, self.parameters)
         except m.ProtocolViolation as exc:
@@ -855,7 +855,7 @@ class ClientSession:
             "application_name": self.parameters.wanted.get("application_name", ""),
             "tls": self.tls,
             "established": self.established,
-            "idle_seconds": round(time.monotonic() - self.last_activity, 3),
+            "idle_seconds": round(monotonic() - self.last_activity, 3),
             "db_connection": backend.id if backend else None,
             "backend_pid": backend.process_id if backend else None,
             "transaction_status": backend.txn_status.decode() if backend else None,

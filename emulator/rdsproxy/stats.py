@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import deque
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any, Final
 
 # Percentiles are over this many of the most recent samples: memory stays bounded however long the
@@ -164,19 +164,18 @@ class RequestLatency:
         self._received: float | None = None
         self._forwarded: float | None = None
 
-    def request_arrived(self) -> None:
+    def request_arrived(self, now: float) -> None:
         if self._received is None:
-            self._received = time.monotonic()
+            self._received = now
 
     def request_forwarded(self) -> None:
         if self._received is not None and self._forwarded is None:
-            self._forwarded = time.monotonic()
+            self._forwarded = monotonic()
 
-    def first_answer(self) -> None:
+    def first_answer(self, now: float) -> None:
         forwarded = self._forwarded
         if forwarded is None:
             return
-        now = time.monotonic()
         self._stats.query_database_latency.add(int((now - forwarded) * 1e6))
         if self._received is not None:
             self._stats.query_response_latency.add(int((now - self._received) * 1e6))
