@@ -26,11 +26,11 @@ from typing import TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import demo_time, footprint, idle, invoke, machine, startup, throughput
+from bench import demo_time, footprint, idle, instructions, invoke, machine, startup, throughput
 from bench.procs import bench_environment
 from bench.report import WIDTH, Area, render_markdown, render_summary, render_text
 
-AREAS = ("throughput", "idle", "startup", "footprint", "invoke", "demo")
+AREAS = ("throughput", "idle", "startup", "footprint", "invoke", "demo", "instructions")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Settings:
     invokes: int
     cold_starts: int
     demo_invocations: int
+    transactions: int
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -62,6 +63,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         invokes=args.invokes or (50 if quick else 200),
         cold_starts=2 if quick else 5,
         demo_invocations=args.demo_invocations or (100 if quick else 500),
+        transactions=args.transactions or (200 if quick else instructions.COUNT),
     )
 
 
@@ -104,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--demo-invocations", type=int, help="6. the demo's invocations (default 500; quick 100)"
     )
+    group.add_argument(
+        "--transactions",
+        type=int,
+        help="7. transactions counted per pooler and row under callgrind (default 1000; quick 200)",
+    )
     return parser
 
 
@@ -124,6 +131,7 @@ def _areas(settings: Settings) -> dict[str, Callable[[], Area]]:
         "footprint": footprint.run,
         "invoke": lambda: invoke.run(settings.invokes, settings.cold_starts),
         "demo": lambda: demo_time.run(settings.demo_invocations),
+        "instructions": lambda: instructions.run(settings.transactions),
     }
 
 
