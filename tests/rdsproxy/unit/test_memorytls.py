@@ -43,6 +43,14 @@ def _handshake(server: MemoryTls, client: MemoryTls) -> None:
     raise AssertionError("the handshake did not settle")
 
 
+def _connected(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[MemoryTls, MemoryTls]:
+    """The proxy's end and a client's, handshaken (in a running event loop: the handshake's futures)."""
+    server = MemoryTls(contexts[0], server_side=True)
+    client = MemoryTls(contexts[1], server_side=False, server_hostname="localhost")
+    _handshake(server, client)
+    return server, client
+
+
 def test_two_ends_complete_a_handshake_and_carry_data_both_ways(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
@@ -70,9 +78,7 @@ def test_a_record_split_anywhere_is_decrypted_once_it_is_whole(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     async def scenario() -> None:
-        server = MemoryTls(contexts[0], server_side=True)
-        client = MemoryTls(contexts[1], server_side=False, server_hostname="localhost")
-        _handshake(server, client)
+        server, client = _connected(contexts)
         records = client.encrypt(b"first") + client.encrypt(b"second")
         received = [server.receive(records[i : i + 7]) for i in range(0, len(records), 7)]
         assert b"".join(received) == b"firstsecond"
@@ -84,9 +90,7 @@ def test_the_peers_close_notify_comes_after_the_data_before_it(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     async def scenario() -> None:
-        server = MemoryTls(contexts[0], server_side=True)
-        client = MemoryTls(contexts[1], server_side=False, server_hostname="localhost")
-        _handshake(server, client)
+        server, client = _connected(contexts)
         last = server.encrypt(b"E...FATAL") + server.close_notify()
         assert client.receive(last) == b"E...FATAL"
         assert client.closed
@@ -174,9 +178,7 @@ def test_the_transport_encrypts_writes_and_ends_with_a_close_notify(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     async def scenario() -> None:
-        server = MemoryTls(contexts[0], server_side=True)
-        client = MemoryTls(contexts[1], server_side=False, server_hostname="localhost")
-        _handshake(server, client)
+        server, client = _connected(contexts)
         raw = RawTransport()
         transport = TlsTransport(raw, client)  # type: ignore[arg-type]
         transport.write(b"Q\x00\x00\x00\x0dSELECT 1\x00")
