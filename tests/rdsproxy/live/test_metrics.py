@@ -4,6 +4,8 @@ user runs against AWS; and the proxy's log group."""
 from __future__ import annotations
 
 import datetime
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -124,3 +126,32 @@ def test_query_latencies_measure_the_database_and_the_whole_answer(
             component=f"{metric} in CloudWatch",
             timeout=20,
         )
+
+
+def test_query_response_latency_counts_a_requests_wait_for_a_database_connection(
+    make_proxy: Callable[..., ProxyUnderTest],
+) -> None:
+    # "Between getting a query request and the proxy responding": a request that waits in line for
+    # the only database connection waits in it; the database's own latency does not.
+    proxy = make_proxy(name="latency-wait-proxy", max_connections_percent=4)  # 1 of 30: one connection
+    with proxy.connect() as holder, proxy.connect() as waiting:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")  # the transaction keeps the only connection
+        answered: list[Any] = []
+        request = threading.Thread(target=lambda: answered.append(waiting.execute("SELECT 2").fetchone()))
+        request.start()
+        try:
+            wait_until(
+                lambda: proxy.stats()["borrow_waiters"] == 1, component="the waiting request", timeout=10
+            )
+            started = time.monotonic()
+            # The holder's think time inside its transaction: what the waiting request waits for.
+            time.sleep(0.3)
+            holder.execute("COMMIT")
+        finally:
+            request.join(10)
+        held = time.monotonic() - started
+    assert answered == [(2,)]
+    stats = proxy.stats()
+    assert stats["query_response_latency"]["max"] >= held * 1e6 * 0.9
+    assert stats["query_database_latency"]["max"] < 0.3e6
