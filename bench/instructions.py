@@ -7,8 +7,8 @@ area's figures move by a third within an hour here); an instruction count does n
 libraries and inputs give nearly the same count whatever else runs. It is the figure to compare two
 commits by. One client, so that no batching of messages changes the work per transaction. Under
 `valgrind --tool=callgrind`, pgbench runs WARM and then WARM + COUNT transactions, each run with its
-login: the difference over COUNT is one transaction's work. The kernel's part (the socket reads and writes, the same for both poolers: see the
-throughput area's CPU table) is not counted.
+login: the difference over COUNT is one transaction's work. The kernel's part (the socket reads and
+writes, the same for both poolers: see the throughput area's CPU table) is not counted.
 """
 
 from __future__ import annotations

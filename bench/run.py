@@ -1,6 +1,6 @@
 """The benchmark suite of issue 16: each goal beside the figure measured for it, in one run.
 
-    python bench/run.py                   # every area (13 minutes on a busy 2-core machine)
+    python bench/run.py                   # every area (about 10 minutes on a 2-core machine)
     python bench/run.py --quick           # every area, short (about 3 minutes)
     python bench/run.py --only throughput,idle --idle-clients 5000
     python bench/run.py --markdown > perf.md   # the README's performance section on stdout
