@@ -118,9 +118,9 @@ class MemoryTls:
 
 
 class TlsTransport(asyncio.Transport):
-    """A TCP transport with TLS in memory between it and its writers: what start_tls would return,
-    for StreamWriter and the connection's own writes. Reads are the protocol's: it feeds the
-    ciphertext to tls and passes on the plaintext."""
+    """A TCP transport with TLS in memory between it and its writers: what start_tls would return
+    (a database connection writes to it as to its TCP transport). Reads are the protocol's: it feeds
+    the ciphertext to tls and passes on the plaintext."""
 
     def __init__(self, raw: asyncio.Transport, tls: MemoryTls) -> None:
         super().__init__()
