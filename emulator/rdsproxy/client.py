@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from emulator.rdsproxy.memorytls import MemoryTls
+from emulator.rdsproxy.memorytls import MemoryTls, settle
 
 Sink = Callable[[bytes], None]
 Lost = Callable[[BaseException | None], None]
@@ -96,12 +96,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _wake_drain(self, exc: Exception | None) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is None or waiter.done():
-            return
-        if exc is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(exc)
+        settle(waiter, exc)
 
     def _ended(self, exc: BaseException | None) -> None:
         self.at_eof = True

@@ -21,6 +21,17 @@ _BUFFER = bytearray(1 << 16)
 _VIEW = memoryview(_BUFFER)
 
 
+def settle(future: asyncio.Future[None] | None, exc: BaseException | None) -> None:
+    """Wake whoever awaits the future (if still waiting): with exc raised, or not. (The handshake's
+    here; the client protocol's drain waiter too.)"""
+    if future is None or future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
 class MemoryTls:
     """One end of a TLS session: ciphertext in (receive), plaintext out; plaintext in (encrypt),
     ciphertext out. What the peer must get next (handshake messages, alerts, tickets, records) waits
@@ -92,12 +103,7 @@ class MemoryTls:
     def abandon(self, exc: BaseException | None) -> None:
         """The handshake is over: done (None), or failed with exc (the connection ended first)."""
         future, self.handshake = self.handshake, None
-        if future is None or future.done():
-            return
-        if exc is None:
-            future.set_result(None)
-        else:
-            future.set_exception(exc)
+        settle(future, exc)
 
     def outgoing(self) -> bytes:
         """Ciphertext waiting to go to the peer (b"" for none)."""
