@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +61,32 @@ def test_an_ipv6_port_is_counted_in_the_ipv6_table() -> None:
         assert established_connections(port) == 4
         # The IPv4 table alone does not hold them: the address picks the table.
         assert established_connections(port, "127.0.0.1") == 0
+
+
+@pytest.mark.unit
+def test_a_connection_a_read_lists_twice_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel lists its table a page at a time; a connection that moves while it is read can be
+    listed twice (two entries, the same two addresses). Listening sockets and other ports do not count."""
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt  uid  timeout inode"
+    rest = "00000000:00000000 00:00000000 00000000  1000        0 {inode} 1"
+    entries = [
+        ("0100007F:1538", "00000000:0000", "0A"),  # the listener on port 5432
+        ("0100007F:1538", "0100007F:D5E8", "01"),
+        ("0100007F:1538", "0100007F:CE8E", "01"),
+        ("0100007F:1538", "0100007F:D5E8", "01"),  # listed again by a read that raced a change
+        ("0100007F:D5E8", "0100007F:1538", "01"),  # the client's end: not the port's
+        ("0100007F:1539", "0100007F:AAAA", "01"),
+    ]
+    lines = [header] + [
+        f"{n:4}: {local} {remote} {state} {rest.format(inode=1000 + n)}"
+        for n, (local, remote, state) in enumerate(entries)
+    ]
+    table = tmp_path / "tcp"
+    table.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(activity, "_TCP4", table)
+    assert established_connections(5432, "127.0.0.1") == 2
 
 
 class _Postgres:
