@@ -10,7 +10,8 @@ Environment:
     AWS_REGION         set by Lambda itself in AWS
     DB_AUTH            "iam" (default): the password is an IAM auth token for the proxy endpoint;
                        "secret": the password from the Secrets Manager secret DB_SECRET_ARN
-    DB_SECRET_ARN      the secret {"username": ..., "password": ...} (DB_AUTH=secret)
+    DB_SECRET_ARN      the secret {"username": ..., "password": ...} (DB_AUTH=secret), read once
+                       per environment, in Init, and again when the database refuses the password
     DB_SSLMODE         default "require"; DB_SSLROOTCERT optionally names a CA file
     DB_CONNECT_TIMEOUT seconds, default 5
 
@@ -57,6 +58,8 @@ _secrets = (
     _session.client("secretsmanager", region_name=_region) if os.environ.get("DB_AUTH") == "secret" else None
 )
 _connection: psycopg2.extensions.connection | None = None
+# DB_AUTH=secret: secret ARN -> its password (see _secret_password)
+_secret_passwords: dict[str, str] = {}
 _environment = {"invocations": 0, "connections_opened": 0, "cold_start": time.time()}
 
 
@@ -74,11 +77,19 @@ class _Settings:
         self.connect_timeout = int(env.get("DB_CONNECT_TIMEOUT", "5"))
 
 
+def _secret_password(arn: str) -> str:
+    """The secret's password, read once per environment and kept: Init reads it (the end of this
+    module), and _connect forgets it when the database refuses it, as after a rotation."""
+    if arn not in _secret_passwords:
+        secrets = _secrets or _session.client("secretsmanager", region_name=_region)
+        secret = secrets.get_secret_value(SecretId=arn)
+        _secret_passwords[arn] = str(json.loads(secret["SecretString"])["password"])
+    return _secret_passwords[arn]
+
+
 def _password(settings: _Settings) -> str:
     if settings.auth == "secret":
-        secrets = _secrets or _session.client("secretsmanager", region_name=_region)
-        secret = secrets.get_secret_value(SecretId=settings.secret_arn)
-        return str(json.loads(secret["SecretString"])["password"])
+        return _secret_password(settings.secret_arn)
     if settings.auth != "iam":
         raise ValueError(f"DB_AUTH must be 'iam' or 'secret', not {settings.auth!r}")
     # A fresh token on every connect: tokens live 15 minutes, connections may live longer.
@@ -89,8 +100,7 @@ def _password(settings: _Settings) -> str:
     )
 
 
-def _connect() -> psycopg2.extensions.connection:
-    settings = _Settings()
+def _open(settings: _Settings) -> psycopg2.extensions.connection:
     extra = {"sslrootcert": settings.sslrootcert} if settings.sslrootcert else {}
     conn = psycopg2.connect(
         host=settings.host,
@@ -105,6 +115,19 @@ def _connect() -> psycopg2.extensions.connection:
     )
     _environment["connections_opened"] += 1
     return conn
+
+
+def _connect() -> psycopg2.extensions.connection:
+    settings = _Settings()
+    kept = settings.auth == "secret" and settings.secret_arn in _secret_passwords
+    try:
+        return _open(settings)
+    except psycopg2.OperationalError as error:
+        if not (kept and _AUTH_REFUSED.search(str(error))):
+            raise
+    # The password kept since it was read is refused: the secret was rotated since. Read it again.
+    del _secret_passwords[settings.secret_arn]
+    return _open(settings)
 
 
 def _discard_connection() -> None:
@@ -136,12 +159,14 @@ def _work(conn: psycopg2.extensions.connection, event: dict[str, Any]) -> dict[s
 
 
 def _retryable(error: psycopg2.Error, opened_now: bool) -> bool:
-    """A broken connection, or credentials refused at connect (an expired token): reconnect once."""
+    """A broken connection, or a token refused at connect (expired): reconnect once. (A kept
+    secret the database refuses is read again by _connect itself.)"""
     if isinstance(error, psycopg2.InterfaceError):
         return True
     if isinstance(error, psycopg2.OperationalError):
         if opened_now:
-            return bool(_AUTH_REFUSED.search(str(error)))
+            iam = os.environ.get("DB_AUTH", "iam").lower() == "iam"
+            return iam and bool(_AUTH_REFUSED.search(str(error)))
         return _connection is None or _connection.closed != 0
     return False
 
@@ -207,3 +232,10 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
             "environment": dict(_environment),
         }
     raise AssertionError("unreachable: the second attempt always returns")
+
+
+# Init: what every invocation of this environment reuses is read here, as AWS advises (SnapStart's
+# snapshot keeps it too). A failure is left to the first invocation, which reports it as its own.
+if os.environ.get("DB_AUTH", "").lower() == "secret" and os.environ.get("DB_SECRET_ARN"):
+    with contextlib.suppress(Exception):
+        _secret_password(os.environ["DB_SECRET_ARN"])

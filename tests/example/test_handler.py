@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import psycopg2
 import pytest
 
@@ -76,22 +77,49 @@ class FakeRds:
         )
 
 
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"
+
+
 class FakeSecrets:
+    """Secrets Manager: the secret's password is "from-the-secret", then "rotated-1", "rotated-2"...
+    after each rotate(); or every read fails, with failing=True."""
+
+    def __init__(self, *, failing: bool = False) -> None:
+        self.reads = 0
+        self.rotations = 0
+        self.failing = failing
+
+    def rotate(self) -> None:
+        self.rotations += 1
+
     def get_secret_value(self, SecretId: str) -> dict[str, str]:
-        assert SecretId == "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"
-        return {"SecretString": json.dumps({"username": "app_user", "password": "from-the-secret"})}
+        assert SecretId == SECRET_ARN
+        self.reads += 1
+        if self.failing:
+            raise ConnectionError("Could not connect to the endpoint URL")
+        password = f"rotated-{self.rotations}" if self.rotations else "from-the-secret"
+        return {"SecretString": json.dumps({"username": "app_user", "password": password})}
+
+
+PASSWORD_REFUSED = 'FATAL:  password authentication failed for user "app_user"'
 
 
 class FakeDatabase:
-    """psycopg2.connect stand-in: records every connect and can refuse the next ones."""
+    """psycopg2.connect stand-in: records every connect and can refuse the next ones; with a
+    password set, refuses any other as PostgreSQL does."""
 
     def __init__(self) -> None:
         self.connections: list[FakeConnection] = []
         self.refusals: list[Exception] = []
+        self.password: str | None = None
+        self.attempts = 0
 
     def connect(self, **kwargs: Any) -> FakeConnection:
+        self.attempts += 1
         if self.refusals:
             raise self.refusals.pop(0)
+        if self.password is not None and kwargs["password"] != self.password:
+            raise psycopg2.OperationalError(PASSWORD_REFUSED)
         conn = FakeConnection(pid=1000 + len(self.connections), **kwargs)
         self.connections.append(conn)
         return conn
@@ -174,10 +202,94 @@ def test_secret_auth_reads_the_password_from_secrets_manager(
 ) -> None:
     environment, database, rds = fakes
     monkeypatch.setenv("DB_AUTH", "secret")
-    monkeypatch.setenv("DB_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:db")
+    monkeypatch.setenv("DB_SECRET_ARN", SECRET_ARN)
     assert environment.invoke({})["ok"]
     assert database.connections[0].kwargs["password"] == "from-the-secret"
     assert rds.calls == []
+
+
+@pytest.fixture
+def secret_auth(env: None, monkeypatch: pytest.MonkeyPatch) -> FakeSecrets:
+    """DB_AUTH=secret from the start, and AWS clients that are fakes by the time Init makes them."""
+    monkeypatch.setenv("DB_AUTH", "secret")
+    monkeypatch.setenv("DB_SECRET_ARN", SECRET_ARN)
+    secrets = FakeSecrets()
+    made = {"secretsmanager": secrets, "rds": FakeRds()}
+    monkeypatch.setattr(boto3.session.Session, "client", lambda self, name, **_: made[name])
+    return secrets
+
+
+def test_secret_auth_reads_the_secret_in_init_and_keeps_it_for_every_connection(
+    secret_auth: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = InProcessEnvironment(HANDLER_FILE)
+    assert secret_auth.reads == 1, "Init reads the secret"
+    database = FakeDatabase()
+    monkeypatch.setattr(environment.module.psycopg2, "connect", database.connect)
+    environment.invoke({})
+    database.connections[0].fail_next = psycopg2.OperationalError("server closed the connection unexpectedly")
+    assert environment.invoke({})["ok"]
+    assert [c.kwargs["password"] for c in database.connections] == ["from-the-secret"] * 2
+    assert secret_auth.reads == 1
+
+
+@pytest.fixture
+def secret_environment(
+    secret_auth: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+) -> tuple[InProcessEnvironment, FakeDatabase]:
+    """An environment whose Init read the secret, over a database that takes only its password."""
+    environment = InProcessEnvironment(HANDLER_FILE)
+    database = FakeDatabase()
+    database.password = "from-the-secret"
+    monkeypatch.setattr(environment.module.psycopg2, "connect", database.connect)
+    return environment, database
+
+
+def test_a_kept_secret_the_database_refuses_is_read_again_once(
+    secret_auth: FakeSecrets, secret_environment: tuple[InProcessEnvironment, FakeDatabase]
+) -> None:
+    environment, database = secret_environment
+    secret_auth.rotate()
+    database.password = "rotated-1"
+    assert environment.invoke({})["ok"]
+    assert secret_auth.reads == 2
+    assert database.attempts == 2
+    assert database.connections[0].kwargs["password"] == "rotated-1"
+
+
+def test_a_rotation_found_while_replacing_a_broken_connection_costs_no_invocation(
+    secret_auth: FakeSecrets, secret_environment: tuple[InProcessEnvironment, FakeDatabase]
+) -> None:
+    environment, database = secret_environment
+    environment.invoke({})
+    secret_auth.rotate()
+    database.password = "rotated-1"
+    database.connections[0].fail_next = psycopg2.OperationalError("server closed the connection unexpectedly")
+    response = environment.invoke({})
+    assert response["ok"], response
+    assert database.connections[1].kwargs["password"] == "rotated-1"
+
+
+def test_a_secret_refused_just_after_it_was_read_is_reported_without_more_tries(
+    secret_auth: FakeSecrets, secret_environment: tuple[InProcessEnvironment, FakeDatabase]
+) -> None:
+    environment, database = secret_environment
+    database.password = "set-by-hand-not-in-the-secret"
+    assert _failure(environment, {})["sqlstate"] == "28P01"
+    assert secret_auth.reads == 2, "Init's read, and one more after the refusal"
+    assert database.attempts == 2
+
+
+def test_a_secret_init_could_not_read_fails_the_first_invocation_with_the_reason(
+    secret_auth: FakeSecrets,
+) -> None:
+    secret_auth.failing = True
+    environment = InProcessEnvironment(HANDLER_FILE)  # Init itself does not fail
+    assert secret_auth.reads == 1
+    error = _failure(environment, {})
+    assert error["type"] == "ConnectionError"
+    assert "Could not connect to the endpoint URL" in error["message"]
+    assert secret_auth.reads == 2
 
 
 def test_a_broken_connection_is_replaced_once_with_a_fresh_token(fakes: Any) -> None:

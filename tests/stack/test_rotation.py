@@ -26,6 +26,7 @@ from emulator.stack.rotation import (
     rotate_stack_secret,
     wait_for_proxy,
 )
+from tests.support.inprocess import InProcessEnvironment, function_environment
 
 # Clients log in with the secret's password (no IAM), so that the old password can be tried.
 SETTINGS = {
@@ -244,6 +245,26 @@ def test_after_a_rotation_the_secret_reads_as_aws_leaves_it(stack: EmbeddedStack
         stack.postgres.conninfo(user=stack.config.db_user, password=rotation.password, dbname="app")
     ) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_handler_keeps_its_secret_and_reads_it_again_once_the_database_refuses_it(
+    stack: EmbeddedStack,
+) -> None:
+    """The example handler, directly (DB_AUTH=secret): Init read the secret; after a rotation its
+    next connection is refused with the kept password, and its one retry reads the new one."""
+    with function_environment(stack.handler_environment(stack.direct)):
+        environment = InProcessEnvironment()
+        try:
+            first = environment.invoke({})
+            assert first["ok"], first
+            _rotate(stack)
+            with stack.postgres.admin_connection() as conn:  # its next invocation must connect again
+                conn.execute("SELECT pg_terminate_backend(%s)", (first["result"]["backend_pid"],))
+            second = environment.invoke({})
+            assert second["ok"], second
+            assert second["environment"]["connections_opened"] == 2
+        finally:
+            environment.shutdown()
 
 
 @pytest.fixture
