@@ -49,14 +49,18 @@ _AUTH_REFUSED = re.compile(
 )
 _SECRETS = re.compile(r"(X-Amz-[A-Za-z-]+=)[^&\s\"']+|(password=)\S+", re.IGNORECASE)
 
+
+def _auth() -> str:
+    """DB_AUTH as the handler reads it everywhere: "iam" unless set, any case."""
+    return os.environ.get("DB_AUTH", "iam").lower()
+
+
 # Execution-environment state: created once per environment (cold start), reused while warm.
 # Clients are built in the Init phase, as AWS recommends: it is the slow part of boto3.
 _session = boto3.session.Session()
 _region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 _rds = _session.client("rds", region_name=_region)
-_secrets = (
-    _session.client("secretsmanager", region_name=_region) if os.environ.get("DB_AUTH") == "secret" else None
-)
+_secrets = _session.client("secretsmanager", region_name=_region) if _auth() == "secret" else None
 _connection: psycopg2.extensions.connection | None = None
 # DB_AUTH=secret: secret ARN -> its password (see _secret_password)
 _secret_passwords: dict[str, str] = {}
@@ -70,7 +74,7 @@ class _Settings:
         self.port = int(env.get("DB_PORT", "5432"))
         self.dbname = env["DB_NAME"]
         self.user = env["DB_USER"]
-        self.auth = env.get("DB_AUTH", "iam").lower()
+        self.auth = _auth()
         self.secret_arn = env.get("DB_SECRET_ARN", "")
         self.sslmode = env.get("DB_SSLMODE", "require")
         self.sslrootcert = env.get("DB_SSLROOTCERT", "")
@@ -165,8 +169,7 @@ def _retryable(error: psycopg2.Error, opened_now: bool) -> bool:
         return True
     if isinstance(error, psycopg2.OperationalError):
         if opened_now:
-            iam = os.environ.get("DB_AUTH", "iam").lower() == "iam"
-            return iam and bool(_AUTH_REFUSED.search(str(error)))
+            return _auth() == "iam" and bool(_AUTH_REFUSED.search(str(error)))
         return _connection is None or _connection.closed != 0
     return False
 
@@ -236,6 +239,6 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
 
 # Init: what every invocation of this environment reuses is read here, as AWS advises (SnapStart's
 # snapshot keeps it too). A failure is left to the first invocation, which reports it as its own.
-if os.environ.get("DB_AUTH", "").lower() == "secret" and os.environ.get("DB_SECRET_ARN"):
+if _auth() == "secret" and os.environ.get("DB_SECRET_ARN"):
     with contextlib.suppress(Exception):
         _secret_password(os.environ["DB_SECRET_ARN"])
