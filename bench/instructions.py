@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -169,7 +168,7 @@ class _Counter:
         )
         process.start()
         try:
-            process.wait_ready(lambda: _accepts(bouncer.port), timeout=START_TIMEOUT)
+            process.wait_ready(bouncer._ready, timeout=START_TIMEOUT)  # its own probe: a login and SELECT 1
             _pgbench(self.stack, Endpoint(LOOPBACK, bouncer.port, tls=False), row, transactions)
         finally:
             process.stop(timeout=RUN_TIMEOUT)
@@ -178,11 +177,6 @@ class _Counter:
 
 def _callgrind_control(option: str, pid: int) -> None:
     subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, check=True, timeout=120)
-
-
-def _accepts(port: int) -> bool:
-    with socket.create_connection((LOOPBACK, port), timeout=1):
-        return True
 
 
 def _pgbench(stack: EmbeddedStack, endpoint: Endpoint, row: Row, transactions: int) -> None:
