@@ -1,4 +1,6 @@
-# The function: in the VPC, allowed to connect to the proxy as the database user with an IAM token.
+# The function: in the VPC, allowed to connect to the proxy as the database user with an IAM token;
+# with the proxy's IAM auth DISABLED, allowed to read the secret's password instead (through the
+# Secrets Manager endpoint in vpc.tf: the private subnets have no other way out).
 
 data "aws_iam_policy_document" "lambda_assume" {
   statement {
@@ -48,6 +50,37 @@ resource "aws_iam_role_policy" "lambda_connect" {
   policy = data.aws_iam_policy_document.lambda_connect.json
 }
 
+locals {
+  # Without IAM auth the function logs in with the secret's password (DB_AUTH=secret).
+  lambda_reads_secret = var.proxy_iam_auth == "DISABLED"
+}
+
+data "aws_iam_policy_document" "lambda_secret" {
+  statement {
+    sid       = "ReadTheDatabaseSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.db.arn]
+  }
+  statement {
+    sid       = "DecryptItThroughSecretsManager"
+    actions   = ["kms:Decrypt"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "lambda_secret" {
+  count = local.lambda_reads_secret ? 1 : 0
+
+  name   = "read-db-secret"
+  role   = aws_iam_role.lambda.id
+  policy = data.aws_iam_policy_document.lambda_secret.json
+}
+
 resource "aws_lambda_function" "this" {
   function_name                  = "${local.name}-fn"
   role                           = aws_iam_role.lambda.arn
@@ -71,13 +104,18 @@ resource "aws_lambda_function" "this" {
       DB_PORT           = "5432"
       DB_NAME           = var.db_name
       DB_USER           = var.db_username
-      DB_AUTH           = var.proxy_iam_auth == "REQUIRED" ? "iam" : "secret"
+      DB_AUTH           = local.lambda_reads_secret ? "secret" : "iam"
       DB_SECRET_ARN     = aws_secretsmanager_secret.db.arn
       DB_SSLMODE        = "require"
     }
   }
 
-  depends_on = [aws_iam_role_policy_attachment.lambda_vpc, aws_iam_role_policy.lambda_connect]
+  depends_on = [
+    aws_iam_role_policy_attachment.lambda_vpc,
+    aws_iam_role_policy.lambda_connect,
+    aws_iam_role_policy.lambda_secret,
+    aws_vpc_endpoint.secretsmanager,
+  ]
 }
 
 # The stage's probe: the same package, role and network, another entry point. The proxy is private,
@@ -104,5 +142,10 @@ resource "aws_lambda_function" "probe" {
     variables = aws_lambda_function.this.environment[0].variables
   }
 
-  depends_on = [aws_iam_role_policy_attachment.lambda_vpc, aws_iam_role_policy.lambda_connect]
+  depends_on = [
+    aws_iam_role_policy_attachment.lambda_vpc,
+    aws_iam_role_policy.lambda_connect,
+    aws_iam_role_policy.lambda_secret,
+    aws_vpc_endpoint.secretsmanager,
+  ]
 }

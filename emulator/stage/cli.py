@@ -18,7 +18,7 @@ from emulator.stage.guards import (
     check_confirmation,
     check_credentials,
 )
-from emulator.stage.plan import declared_resources, describe, hourly_cost, variable_default
+from emulator.stage.plan import conditions, declared_resources, describe, hourly_cost, variable_default
 from emulator.stage.run import pytest_runner, run_stage, stage_name, stage_variables, terraform_deployment
 from emulator.terraform.workspace import find_terraform
 
@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         note = "AWS_ENDPOINT_URL: an emulator, not AWS; terraform applies there"
         print(f"AWS API     {endpoint} ({note})", flush=True)
     cost = hourly_cost(instance_class, storage)
-    print(describe(declared_resources(), cost, region=identity.region, name_prefix=name), flush=True)
+    plan = describe(
+        declared_resources(), cost, region=identity.region, name_prefix=name, only_if=conditions()
+    )
+    print(plan, flush=True)
     package = build_package(
         results / "lambda-package.zip",
         # An emulator never runs the uploaded code; AWS needs the drivers for its runtime.

@@ -24,6 +24,10 @@ SECRET_PER_MONTH = 0.40
 HOURS_PER_MONTH = 730
 
 _RESOURCE = re.compile(r'^resource\s+"([\w-]+)"\s+"([\w-]+)"', re.MULTILINE)
+# A block whose first argument is `count = CONDITION ? 1 : 0` (meta-arguments come first, by convention).
+_COUNT = re.compile(r"\s*\{\s*\n\s*count\s*=\s*([^\n]+?)\s*\?\s*1\s*:\s*0\s*\n")
+_LOCALS = re.compile(r"^locals\s*\{(.*?)^\}", re.MULTILINE | re.DOTALL)
+_LOCAL = re.compile(r"^\s*(\w+)\s*=\s*(var\.[^\n#]+?)\s*$", re.MULTILINE)
 _DEFAULT = r'variable\s+"{name}"\s*\{{[^}}]*?default\s*=\s*"?([\w.-]+)"?'
 
 
@@ -43,6 +47,30 @@ def declared_resources(source: Path = TERRAFORM_DIR) -> list[str]:
     found = []
     for path in sorted(source.glob("*.tf")):
         found += [f"{kind}.{name}" for kind, name in _RESOURCE.findall(path.read_text())]
+    return found
+
+
+def conditions(source: Path = TERRAFORM_DIR) -> dict[str, str]:
+    """The resources declared with `count = CONDITION ? 1 : 0` (type.name: CONDITION, a local
+    spelled out as its expression): created only when CONDITION holds."""
+    texts = [path.read_text() for path in sorted(source.glob("*.tf"))]
+    locals_ = {
+        name: expr
+        for text in texts
+        for block in _LOCALS.findall(text)
+        for name, expr in _LOCAL.findall(block)
+    }
+    found: dict[str, str] = {}
+    for text in texts:
+        headers = list(_RESOURCE.finditer(text))
+        for index, header in enumerate(headers):
+            end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
+            body = text[header.end() : end]
+            counted = _COUNT.match(body)
+            if counted:
+                condition = str(counted[1])
+                local = re.fullmatch(r"local\.(\w+)", condition)
+                found[f"{header[1]}.{header[2]}"] = locals_.get(local[1], condition) if local else condition
     return found
 
 
@@ -71,9 +99,20 @@ def hourly_cost(instance_class: str, storage_gb: int) -> Cost:
     )
 
 
-def describe(resources: list[str], cost: Cost, *, region: str, name_prefix: str) -> str:
+def describe(
+    resources: list[str],
+    cost: Cost,
+    *,
+    region: str,
+    name_prefix: str,
+    only_if: dict[str, str] | None = None,
+) -> str:
     lines = [f"The AWS stage will create, in {region}, with the name prefix {name_prefix}:"]
-    lines += [f"  {resource}" for resource in resources]
+    only_if = only_if or {}
+    lines += [
+        f"  {resource}" + (f"  (only if {only_if[resource]})" if resource in only_if else "")
+        for resource in resources
+    ]
     lines.append("Rough cost while it exists (us-east-1 on-demand list prices):")
     for what, price in cost.lines:
         lines.append(f"  {what:<52} {'unknown' if price is None else f'${price:.4f}/h'}")

@@ -113,6 +113,10 @@ run "lambda_environment_points_at_the_proxy" {
     condition     = length(aws_lambda_function.probe) == 0 && output.probe_function_name == null
     error_message = "the stage's probe is deployed only when stage_probe is true"
   }
+  assert {
+    condition     = length(aws_iam_role_policy.lambda_secret) == 0 && length(aws_vpc_endpoint.secretsmanager) == 0
+    error_message = "with IAM auth the function neither may read the secret nor has an endpoint to (an endpoint is billed by the hour)"
+  }
 }
 
 run "stage_probe_runs_inside_the_vpc_with_the_function_environment" {
@@ -159,6 +163,14 @@ run "security_groups_allow_lambda_to_proxy_to_db_on_5432_only" {
     )
     error_message = "the chain must be Lambda -> proxy -> database"
   }
+  assert {
+    condition = (
+      length(aws_security_group.endpoints) == 0 &&
+      length(aws_vpc_security_group_egress_rule.lambda_to_endpoints) == 0 &&
+      length(aws_vpc_security_group_ingress_rule.endpoints_from_lambda) == 0
+    )
+    error_message = "with IAM auth the function calls no AWS API: no endpoint security group, no rule on 443"
+  }
 }
 
 run "pool_settings_and_auth_follow_the_variables" {
@@ -182,6 +194,35 @@ run "pool_settings_and_auth_follow_the_variables" {
   assert {
     condition     = one(aws_lambda_function.this.environment).variables["DB_AUTH"] == "secret"
     error_message = "without IAM auth the function logs in with the secret's password"
+  }
+  assert {
+    condition = (
+      one(aws_iam_role_policy.lambda_secret).role == aws_iam_role.lambda.id &&
+      [for statement in data.aws_iam_policy_document.lambda_secret.statement : statement.resources if contains(statement.actions, "secretsmanager:GetSecretValue")] == [toset([aws_secretsmanager_secret.db.arn])]
+    )
+    error_message = "the function may read the database secret, and no other"
+  }
+  assert {
+    condition = (
+      one(aws_vpc_endpoint.secretsmanager).service_name == "com.amazonaws.us-east-1.secretsmanager" &&
+      one(aws_vpc_endpoint.secretsmanager).vpc_endpoint_type == "Interface" &&
+      one(aws_vpc_endpoint.secretsmanager).private_dns_enabled &&
+      one(aws_vpc_endpoint.secretsmanager).subnet_ids == toset(aws_subnet.private[*].id)
+    )
+    error_message = "the private subnets reach Secrets Manager through an interface endpoint whose private DNS the SDK's default name resolves to"
+  }
+  assert {
+    condition = (
+      one(aws_vpc_endpoint.secretsmanager).security_group_ids == toset([one(aws_security_group.endpoints).id]) &&
+      one(aws_vpc_security_group_egress_rule.lambda_to_endpoints).security_group_id == aws_security_group.lambda.id &&
+      one(aws_vpc_security_group_egress_rule.lambda_to_endpoints).referenced_security_group_id == one(aws_security_group.endpoints).id &&
+      one(aws_vpc_security_group_ingress_rule.endpoints_from_lambda).referenced_security_group_id == aws_security_group.lambda.id &&
+      alltrue([
+        for rule in [one(aws_vpc_security_group_egress_rule.lambda_to_endpoints), one(aws_vpc_security_group_ingress_rule.endpoints_from_lambda)] :
+        rule.from_port == 443 && rule.to_port == 443 && rule.ip_protocol == "tcp" && rule.cidr_ipv4 == null
+      ])
+    )
+    error_message = "the function reaches the endpoint on TCP 443, between security groups"
   }
 }
 

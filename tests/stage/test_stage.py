@@ -26,7 +26,7 @@ from emulator.stage.guards import (
     check_confirmation,
     check_credentials,
 )
-from emulator.stage.plan import declared_resources, describe, hourly_cost, variable_default
+from emulator.stage.plan import conditions, declared_resources, describe, hourly_cost, variable_default
 from emulator.stage.run import EXIT_DESTROY_FAILED, EXIT_INTERRUPTED, run_stage, stage_name, stage_variables
 
 pytestmark = pytest.mark.unit
@@ -165,6 +165,19 @@ def test_the_plan_lists_what_terraform_declares_and_a_rough_hourly_cost() -> Non
     assert f"${cost.hourly:.3f}/h" in text
 
 
+def test_the_plan_names_what_only_some_settings_create_and_the_condition() -> None:
+    """A resource counted by a condition (`count = CONDITION ? 1 : 0`) is listed with it, a local
+    spelled out as its expression: the Secrets Manager endpoint only comes with IAM auth disabled."""
+    only_if = conditions()
+    assert only_if["aws_vpc_endpoint.secretsmanager"] == 'var.proxy_iam_auth == "DISABLED"'
+    assert only_if["aws_lambda_function.probe"] == "var.stage_probe"
+    assert "aws_db_proxy.this" not in only_if
+    cost = hourly_cost("db.t4g.micro", 20)
+    text = describe(declared_resources(), cost, region="us-east-1", name_prefix="x", only_if=only_if)
+    assert '  aws_vpc_endpoint.secretsmanager  (only if var.proxy_iam_auth == "DISABLED")\n' in text
+    assert "  aws_db_proxy.this\n" in text
+
+
 def test_an_instance_class_without_a_known_price_is_shown_as_unknown_not_guessed() -> None:
     cost = hourly_cost("db.x2iedn.32xlarge", 20)
     assert cost.hourly is None
@@ -296,6 +309,7 @@ CREATE_AND_DELETE = {
         "ec2:AuthorizeSecurityGroupEgress",
         "ec2:RevokeSecurityGroupEgress",
     ),
+    "aws_vpc_endpoint": ("ec2:CreateVpcEndpoint", "ec2:DeleteVpcEndpoints", "ec2:DescribeVpcEndpoints"),
     "aws_db_subnet_group": ("rds:CreateDBSubnetGroup", "rds:DeleteDBSubnetGroup"),
     "aws_db_parameter_group": ("rds:CreateDBParameterGroup", "rds:DeleteDBParameterGroup"),
     "aws_db_instance": ("rds:CreateDBInstance", "rds:DeleteDBInstance"),

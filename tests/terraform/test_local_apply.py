@@ -242,6 +242,82 @@ def test_without_iam_auth_the_proxy_asks_for_the_secret_password(password_auth: 
         proxy.connect(password=proxy.token(), sslmode="require")
 
 
+def test_without_iam_auth_the_handler_reads_the_secret_it_is_allowed_and_routed_to(
+    password_auth: EmbeddedStack,
+) -> None:
+    """The function logs in with the secret's password: its role may read that secret, its private
+    subnets reach Secrets Manager through an interface endpoint, and the handler, run with the
+    applied environment, reads the secret and logs in with it."""
+    assert password_auth.applied is not None
+    outputs = password_auth.applied.outputs
+    region = password_auth.config.region
+    aws = password_auth.aws
+    function = aws.client("lambda", region).get_function_configuration(
+        FunctionName=outputs["lambda_function_name"]
+    )
+    role = function["Role"].rsplit("/", 1)[-1]
+    iam = aws.client("iam", region)
+    policies = {
+        name: iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    }
+    readers = [
+        resource
+        for document in policies.values()
+        for statement in document["Statement"]
+        if "secretsmanager:GetSecretValue" in _listed(statement["Action"])
+        for resource in _listed(statement["Resource"])
+    ]
+    assert readers == [outputs["secret_arn"]]
+    endpoints = _endpoints_of(password_auth, function)
+    assert [(e["ServiceName"], e["VpcEndpointType"], e["PrivateDnsEnabled"]) for e in endpoints] == [
+        (f"com.amazonaws.{region}.secretsmanager", "Interface", True)
+    ]
+    assert set(endpoints[0]["SubnetIds"]) == set(function["VpcConfig"]["SubnetIds"])
+
+    env = password_auth.applied_environment(password_auth.applied.function)
+    assert (env["DB_AUTH"], env["DB_SECRET_ARN"]) == ("secret", outputs["secret_arn"])
+    with function_environment(env):
+        environment = InProcessEnvironment(
+            function_name=function["FunctionName"], timeout_seconds=function["Timeout"]
+        )
+        try:
+            response = environment.invoke({})
+        finally:
+            environment.shutdown()
+    assert response["ok"], response
+    assert response["result"]["user"] == env["DB_USER"]
+
+
+def test_with_iam_auth_the_function_may_not_read_the_secret_and_has_no_endpoint(
+    kit_defaults: EmbeddedStack,
+) -> None:
+    assert kit_defaults.applied is not None
+    region = kit_defaults.config.region
+    function = kit_defaults.aws.client("lambda", region).get_function_configuration(
+        FunctionName=kit_defaults.applied.outputs["lambda_function_name"]
+    )
+    role = function["Role"].rsplit("/", 1)[-1]
+    assert kit_defaults.aws.client("iam", region).list_role_policies(RoleName=role)["PolicyNames"] == [
+        "rds-db-connect"
+    ]
+    assert _endpoints_of(kit_defaults, function) == []
+
+
+def _endpoints_of(stack: EmbeddedStack, function: dict[str, Any]) -> list[dict[str, Any]]:
+    """The VPC endpoints in the function's VPC, found through its subnets (moto's Lambda reports a
+    VpcId of its own making)."""
+    ec2 = stack.aws.client("ec2", stack.config.region)
+    subnets = ec2.describe_subnets(SubnetIds=function["VpcConfig"]["SubnetIds"])["Subnets"]
+    (vpc,) = {subnet["VpcId"] for subnet in subnets}
+    return [e for e in ec2.describe_vpc_endpoints()["VpcEndpoints"] if e["VpcId"] == vpc]
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    """An IAM statement's Action or Resource: one string, or a list of them."""
+    return [value] if isinstance(value, str) else value
+
+
 def test_pool_share_and_init_query_follow_the_variables(password_auth: EmbeddedStack) -> None:
     """40 % of 20 is 8; the init_query reached the emulator through the AWS API and ran."""
     proxy = _emulator(password_auth)

@@ -35,7 +35,8 @@ def test_configuration_is_valid(workspace: TerraformWorkspace) -> None:
 
 def test_declared_settings_hold_under_the_mock_provider(workspace: TerraformWorkspace) -> None:
     """terraform/tests/*.tftest.hcl: pool settings, the rds-db:connect ARN, the Lambda environment,
-    the security group chain, variables flowing through, and the stage's probe. Every run declared
+    the security group chain, variables flowing through (with IAM auth disabled, the function may
+    read the secret and has a Secrets Manager endpoint), and the stage's probe. Every run declared
     must have run and passed."""
     declared = sum(
         len(re.findall(r'^run "', path.read_text(), re.MULTILINE))
