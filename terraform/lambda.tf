@@ -55,30 +55,12 @@ locals {
   lambda_reads_secret = var.proxy_iam_auth == "DISABLED"
 }
 
-data "aws_iam_policy_document" "lambda_secret" {
-  statement {
-    sid       = "ReadTheDatabaseSecret"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.db.arn]
-  }
-  statement {
-    sid       = "DecryptItThroughSecretsManager"
-    actions   = ["kms:Decrypt"]
-    resources = ["*"]
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["secretsmanager.${var.region}.amazonaws.com"]
-    }
-  }
-}
-
 resource "aws_iam_role_policy" "lambda_secret" {
   count = local.lambda_reads_secret ? 1 : 0
 
   name   = "read-db-secret"
   role   = aws_iam_role.lambda.id
-  policy = data.aws_iam_policy_document.lambda_secret.json
+  policy = data.aws_iam_policy_document.read_db_secret.json
 }
 
 resource "aws_lambda_function" "this" {

@@ -16,28 +16,10 @@ resource "aws_iam_role" "proxy" {
   assume_role_policy = data.aws_iam_policy_document.proxy_assume.json
 }
 
-data "aws_iam_policy_document" "proxy_secret" {
-  statement {
-    sid       = "ReadTheDatabaseSecret"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.db.arn]
-  }
-  statement {
-    sid       = "DecryptItThroughSecretsManager"
-    actions   = ["kms:Decrypt"]
-    resources = ["*"]
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["secretsmanager.${var.region}.amazonaws.com"]
-    }
-  }
-}
-
 resource "aws_iam_role_policy" "proxy_secret" {
   name   = "read-db-secret"
   role   = aws_iam_role.proxy.id
-  policy = data.aws_iam_policy_document.proxy_secret.json
+  policy = data.aws_iam_policy_document.read_db_secret.json
 }
 
 resource "aws_db_proxy" "this" {

@@ -24,3 +24,23 @@ resource "aws_secretsmanager_secret_version" "db" {
   })
   secret_string_wo_version = var.db_password_version
 }
+
+# What reading the secret takes: the proxy's role has it, and the function's when it logs in with the
+# password (IAM auth DISABLED).
+data "aws_iam_policy_document" "read_db_secret" {
+  statement {
+    sid       = "ReadTheDatabaseSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.db.arn]
+  }
+  statement {
+    sid       = "DecryptItThroughSecretsManager"
+    actions   = ["kms:Decrypt"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${var.region}.amazonaws.com"]
+    }
+  }
+}

@@ -198,7 +198,7 @@ run "pool_settings_and_auth_follow_the_variables" {
   assert {
     condition = (
       one(aws_iam_role_policy.lambda_secret).role == aws_iam_role.lambda.id &&
-      [for statement in data.aws_iam_policy_document.lambda_secret.statement : statement.resources if contains(statement.actions, "secretsmanager:GetSecretValue")] == [toset([aws_secretsmanager_secret.db.arn])]
+      [for statement in data.aws_iam_policy_document.read_db_secret.statement : statement.resources if contains(statement.actions, "secretsmanager:GetSecretValue")] == [toset([aws_secretsmanager_secret.db.arn])]
     )
     error_message = "the function may read the database secret, and no other"
   }

@@ -220,12 +220,7 @@ def test_the_handler_runs_with_the_applied_function_environment(kit_defaults: Em
     assert (env["AWS_REGION"], env["AWS_DEFAULT_REGION"]) == ("eu-west-1", "eu-west-1")
     assert kit_defaults.environment()["AWS_REGION"] == "eu-west-1"
 
-    with function_environment(env):
-        environment = InProcessEnvironment(function_name=name, timeout_seconds=applied["Timeout"])
-        try:
-            response = environment.invoke({})
-        finally:
-            environment.shutdown()
+    response = _invoke_once(env, name, applied["Timeout"])
     assert response["ok"], response
     assert response["result"]["user"] == declared["DB_USER"]
 
@@ -277,14 +272,7 @@ def test_without_iam_auth_the_handler_reads_the_secret_it_is_allowed_and_routed_
 
     env = password_auth.applied_environment(password_auth.applied.function)
     assert (env["DB_AUTH"], env["DB_SECRET_ARN"]) == ("secret", outputs["secret_arn"])
-    with function_environment(env):
-        environment = InProcessEnvironment(
-            function_name=function["FunctionName"], timeout_seconds=function["Timeout"]
-        )
-        try:
-            response = environment.invoke({})
-        finally:
-            environment.shutdown()
+    response = _invoke_once(env, function["FunctionName"], function["Timeout"])
     assert response["ok"], response
     assert response["result"]["user"] == env["DB_USER"]
 
@@ -302,6 +290,17 @@ def test_with_iam_auth_the_function_may_not_read_the_secret_and_has_no_endpoint(
         "rds-db-connect"
     ]
     assert _endpoints_of(kit_defaults, function) == []
+
+
+def _invoke_once(env: dict[str, str], name: str, timeout: float) -> dict[str, Any]:
+    """The example handler's answer to one invocation in a fresh environment with these variables."""
+    with function_environment(env):
+        environment = InProcessEnvironment(function_name=name, timeout_seconds=timeout)
+        try:
+            response: dict[str, Any] = environment.invoke({})
+        finally:
+            environment.shutdown()
+    return response
 
 
 def _endpoints_of(stack: EmbeddedStack, function: dict[str, Any]) -> list[dict[str, Any]]:
