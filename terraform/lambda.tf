@@ -97,6 +97,8 @@ resource "aws_lambda_function" "this" {
     aws_iam_role_policy.lambda_connect,
     aws_iam_role_policy.lambda_secret,
     aws_vpc_endpoint.secretsmanager,
+    aws_vpc_security_group_egress_rule.lambda_to_endpoints,
+    aws_vpc_security_group_ingress_rule.endpoints_from_lambda,
   ]
 }
 
@@ -129,5 +131,7 @@ resource "aws_lambda_function" "probe" {
     aws_iam_role_policy.lambda_connect,
     aws_iam_role_policy.lambda_secret,
     aws_vpc_endpoint.secretsmanager,
+    aws_vpc_security_group_egress_rule.lambda_to_endpoints,
+    aws_vpc_security_group_ingress_rule.endpoints_from_lambda,
   ]
 }

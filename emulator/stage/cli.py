@@ -18,7 +18,7 @@ from emulator.stage.guards import (
     check_confirmation,
     check_credentials,
 )
-from emulator.stage.plan import conditions, declared_resources, describe, hourly_cost, variable_default
+from emulator.stage.plan import describe, hourly_cost, planned, variable_default
 from emulator.stage.run import pytest_runner, run_stage, stage_name, stage_variables, terraform_deployment
 from emulator.terraform.workspace import find_terraform
 
@@ -74,10 +74,9 @@ def run(args: argparse.Namespace) -> int:
         note = "AWS_ENDPOINT_URL: an emulator, not AWS; terraform applies there"
         print(f"AWS API     {endpoint} ({note})", flush=True)
     cost = hourly_cost(instance_class, storage)
-    plan = describe(
-        declared_resources(), cost, region=identity.region, name_prefix=name, only_if=conditions()
-    )
-    print(plan, flush=True)
+    # What the apply below will create, judged with the variables it will get.
+    resources, undecided = planned(stage_variables(name, results / "lambda-package.zip", identity.region))
+    print(describe(resources, cost, region=identity.region, name_prefix=name, only_if=undecided), flush=True)
     package = build_package(
         results / "lambda-package.zip",
         # An emulator never runs the uploaded code; AWS needs the drivers for its runtime.

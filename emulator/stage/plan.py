@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from emulator.paths import TERRAFORM_DIR
 
@@ -28,6 +30,8 @@ _RESOURCE = re.compile(r'^resource\s+"([\w-]+)"\s+"([\w-]+)"', re.MULTILINE)
 _COUNT = re.compile(r"\s*\{\s*\n\s*count\s*=\s*([^\n]+?)\s*\?\s*1\s*:\s*0\s*\n")
 _LOCALS = re.compile(r"^locals\s*\{(.*?)^\}", re.MULTILINE | re.DOTALL)
 _LOCAL = re.compile(r"^\s*(\w+)\s*=\s*(var\.[^\n#]+?)\s*$", re.MULTILINE)
+# The conditions the plan can judge: a variable, or a variable compared with a string.
+_VARIABLE_TEST = re.compile(r'var\.(\w+)(?:\s*==\s*"([^"]*)")?')
 _DEFAULT = r'variable\s+"{name}"\s*\{{[^}}]*?default\s*=\s*"?([\w.-]+)"?'
 
 
@@ -72,6 +76,41 @@ def conditions(source: Path = TERRAFORM_DIR) -> dict[str, str]:
                 local = re.fullmatch(r"local\.(\w+)", condition)
                 found[f"{header[1]}.{header[2]}"] = locals_.get(local[1], condition) if local else condition
     return found
+
+
+def holds(condition: str, variables: Mapping[str, Any], source: Path = TERRAFORM_DIR) -> bool | None:
+    """Whether `var.NAME` or `var.NAME == "VALUE"` holds with these variables (a variable not among
+    them has its declared default); None for any other condition."""
+    found = _VARIABLE_TEST.fullmatch(condition.strip())
+    if found is None:
+        return None
+    name, expected = found[1], found[2]
+    if name in variables:
+        value = variables[name]
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    else:
+        try:
+            text = variable_default(name, source)
+        except ValueError:
+            return None
+    return text == "true" if expected is None else text == expected
+
+
+def planned(variables: Mapping[str, Any], source: Path = TERRAFORM_DIR) -> tuple[list[str], dict[str, str]]:
+    """What an apply with these variables creates: every declared resource but those whose count
+    condition does not hold, and, of those kept, the ones whose condition could not be judged here
+    (with it)."""
+    counted = conditions(source)
+    resources, undecided = [], {}
+    for resource in declared_resources(source):
+        condition = counted.get(resource)
+        verdict = True if condition is None else holds(condition, variables, source)
+        if verdict is False:
+            continue
+        resources.append(resource)
+        if verdict is None and condition is not None:
+            undecided[resource] = condition
+    return resources, undecided
 
 
 def variable_default(name: str, source: Path = TERRAFORM_DIR) -> str:

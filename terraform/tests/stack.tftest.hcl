@@ -176,6 +176,12 @@ run "security_groups_allow_lambda_to_proxy_to_db_on_5432_only" {
 run "pool_settings_and_auth_follow_the_variables" {
   command = apply
 
+  # A document of its own, so that the assertion below can tell which one the function's policy is.
+  override_data {
+    target = data.aws_iam_policy_document.read_db_secret
+    values = { json = "{\"Statement\":[{\"Sid\":\"ReadTheDatabaseSecret\"}]}" }
+  }
+
   variables {
     proxy_iam_auth                     = "DISABLED"
     proxy_max_connections_percent      = 40
@@ -198,12 +204,14 @@ run "pool_settings_and_auth_follow_the_variables" {
   assert {
     condition = (
       one(aws_iam_role_policy.lambda_secret).role == aws_iam_role.lambda.id &&
+      one(aws_iam_role_policy.lambda_secret).policy == data.aws_iam_policy_document.read_db_secret.json &&
       [for statement in data.aws_iam_policy_document.read_db_secret.statement : statement.resources if contains(statement.actions, "secretsmanager:GetSecretValue")] == [toset([aws_secretsmanager_secret.db.arn])]
     )
     error_message = "the function may read the database secret, and no other"
   }
   assert {
     condition = (
+      one(aws_vpc_endpoint.secretsmanager).vpc_id == aws_vpc.this.id &&
       one(aws_vpc_endpoint.secretsmanager).service_name == "com.amazonaws.us-east-1.secretsmanager" &&
       one(aws_vpc_endpoint.secretsmanager).vpc_endpoint_type == "Interface" &&
       one(aws_vpc_endpoint.secretsmanager).private_dns_enabled &&
@@ -216,6 +224,7 @@ run "pool_settings_and_auth_follow_the_variables" {
       one(aws_vpc_endpoint.secretsmanager).security_group_ids == toset([one(aws_security_group.endpoints).id]) &&
       one(aws_vpc_security_group_egress_rule.lambda_to_endpoints).security_group_id == aws_security_group.lambda.id &&
       one(aws_vpc_security_group_egress_rule.lambda_to_endpoints).referenced_security_group_id == one(aws_security_group.endpoints).id &&
+      one(aws_vpc_security_group_ingress_rule.endpoints_from_lambda).security_group_id == one(aws_security_group.endpoints).id &&
       one(aws_vpc_security_group_ingress_rule.endpoints_from_lambda).referenced_security_group_id == aws_security_group.lambda.id &&
       alltrue([
         for rule in [one(aws_vpc_security_group_egress_rule.lambda_to_endpoints), one(aws_vpc_security_group_ingress_rule.endpoints_from_lambda)] :

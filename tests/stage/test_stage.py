@@ -14,7 +14,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from emulator.paths import REPO
+from emulator.paths import REPO, TERRAFORM_DIR
 from emulator.stage import compare
 from emulator.stage.guards import (
     CONFIRM_ENV,
@@ -26,7 +26,14 @@ from emulator.stage.guards import (
     check_confirmation,
     check_credentials,
 )
-from emulator.stage.plan import conditions, declared_resources, describe, hourly_cost, variable_default
+from emulator.stage.plan import (
+    conditions,
+    declared_resources,
+    describe,
+    hourly_cost,
+    planned,
+    variable_default,
+)
 from emulator.stage.run import EXIT_DESTROY_FAILED, EXIT_INTERRUPTED, run_stage, stage_name, stage_variables
 
 pytestmark = pytest.mark.unit
@@ -165,17 +172,67 @@ def test_the_plan_lists_what_terraform_declares_and_a_rough_hourly_cost() -> Non
     assert f"${cost.hourly:.3f}/h" in text
 
 
-def test_the_plan_names_what_only_some_settings_create_and_the_condition() -> None:
-    """A resource counted by a condition (`count = CONDITION ? 1 : 0`) is listed with it, a local
-    spelled out as its expression: the Secrets Manager endpoint only comes with IAM auth disabled."""
-    only_if = conditions()
-    assert only_if["aws_vpc_endpoint.secretsmanager"] == 'var.proxy_iam_auth == "DISABLED"'
-    assert only_if["aws_lambda_function.probe"] == "var.stage_probe"
-    assert "aws_db_proxy.this" not in only_if
-    cost = hourly_cost("db.t4g.micro", 20)
-    text = describe(declared_resources(), cost, region="us-east-1", name_prefix="x", only_if=only_if)
-    assert '  aws_vpc_endpoint.secretsmanager  (only if var.proxy_iam_auth == "DISABLED")\n' in text
-    assert "  aws_db_proxy.this\n" in text
+def test_the_plan_lists_what_the_stage_s_variables_create_and_leaves_out_what_they_do_not() -> None:
+    """A resource counted by a condition (`count = CONDITION ? 1 : 0`) is in the plan when the
+    condition holds with the stage's variables (else the declared defaults): the probe is (the
+    stage sets stage_probe), the Secrets Manager endpoint only with IAM auth disabled."""
+    variables = stage_variables("twin-stage-abc123", Path("lambda-package.zip"), "us-east-1")
+    resources, undecided = planned(variables)
+    assert "aws_lambda_function.probe" in resources
+    assert "aws_vpc_endpoint.secretsmanager" not in resources
+    assert "aws_iam_role_policy.lambda_secret" not in resources
+    assert undecided == {}
+    resources, _ = planned({**variables, "proxy_iam_auth": "DISABLED"})
+    assert {"aws_vpc_endpoint.secretsmanager", "aws_iam_role_policy.lambda_secret"} <= set(resources)
+    assert set(resources) <= set(declared_resources())
+
+
+def test_a_condition_the_plan_cannot_judge_is_shown_beside_its_resource(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'variable "on" {\n  type = bool\n}\n\n'
+        "locals {\n  wanted = var.on\n}\n\n"
+        'resource "aws_sqs_queue" "judged" {\n  count = local.wanted ? 1 : 0\n}\n\n'
+        'resource "aws_sqs_queue" "other" {\n  count = length(var.names) > 0 ? 1 : 0\n}\n\n'
+        'resource "aws_sqs_queue" "always" {\n  name = "x"\n}\n'
+    )
+    assert conditions(tmp_path) == {
+        "aws_sqs_queue.judged": "var.on",
+        "aws_sqs_queue.other": "length(var.names) > 0",
+    }
+    # var.on has no default: judged only when given.
+    assert planned({"on": False}, tmp_path) == (
+        ["aws_sqs_queue.other", "aws_sqs_queue.always"],
+        {"aws_sqs_queue.other": "length(var.names) > 0"},
+    )
+    assert planned({}, tmp_path)[1] == {
+        "aws_sqs_queue.judged": "var.on",
+        "aws_sqs_queue.other": "length(var.names) > 0",
+    }
+    text = describe(
+        ["aws_sqs_queue.other"],
+        hourly_cost("db.t4g.micro", 20),
+        region="us-east-1",
+        name_prefix="x",
+        only_if={"aws_sqs_queue.other": "length(var.names) > 0"},
+    )
+    assert "  aws_sqs_queue.other  (only if length(var.names) > 0)\n" in text
+
+
+def test_every_count_in_the_kit_s_terraform_is_a_number_or_a_condition_the_plan_reads() -> None:
+    """conditions() reads `count = CONDITION ? 1 : 0` as a block's first argument: a count written
+    any other way would be listed as always created."""
+    read = conditions()
+    for path in sorted(TERRAFORM_DIR.glob("*.tf")):
+        for line in path.read_text().splitlines():
+            found = re.fullmatch(r"\s*count\s*=\s*(.+?)\s*", line)
+            if found and not found[1].isdigit():
+                assert re.fullmatch(r".+ \? 1 : 0", found[1]), f"{path.name}: {line.strip()}"
+    assert len(read) == sum(
+        1
+        for path in TERRAFORM_DIR.glob("*.tf")
+        for line in path.read_text().splitlines()
+        if re.fullmatch(r"\s*count\s*=\s*.+ \? 1 : 0\s*", line)
+    )
 
 
 def test_an_instance_class_without_a_known_price_is_shown_as_unknown_not_guessed() -> None:
@@ -309,7 +366,13 @@ CREATE_AND_DELETE = {
         "ec2:AuthorizeSecurityGroupEgress",
         "ec2:RevokeSecurityGroupEgress",
     ),
-    "aws_vpc_endpoint": ("ec2:CreateVpcEndpoint", "ec2:DeleteVpcEndpoints", "ec2:DescribeVpcEndpoints"),
+    # Private DNS associates the VPC with the service's hosted zone (a dependent action of the create).
+    "aws_vpc_endpoint": (
+        "ec2:CreateVpcEndpoint",
+        "ec2:DeleteVpcEndpoints",
+        "ec2:DescribeVpcEndpoints",
+        "route53:AssociateVPCWithHostedZone",
+    ),
     "aws_db_subnet_group": ("rds:CreateDBSubnetGroup", "rds:DeleteDBSubnetGroup"),
     "aws_db_parameter_group": ("rds:CreateDBParameterGroup", "rds:DeleteDBParameterGroup"),
     "aws_db_instance": ("rds:CreateDBInstance", "rds:DeleteDBInstance"),
