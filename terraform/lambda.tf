@@ -122,16 +122,9 @@ resource "aws_lambda_function" "probe" {
     security_group_ids = [aws_security_group.lambda.id]
   }
 
+  # The function's environment: the probe comes after the function, and so after everything the
+  # function waits for (its permissions, the endpoint and its rules).
   environment {
     variables = aws_lambda_function.this.environment[0].variables
   }
-
-  depends_on = [
-    aws_iam_role_policy_attachment.lambda_vpc,
-    aws_iam_role_policy.lambda_connect,
-    aws_iam_role_policy.lambda_secret,
-    aws_vpc_endpoint.secretsmanager,
-    aws_vpc_security_group_egress_rule.lambda_to_endpoints,
-    aws_vpc_security_group_ingress_rule.endpoints_from_lambda,
-  ]
 }
