@@ -13,6 +13,7 @@ import pytest
 from emulator.stack.compose import ComposeStack, docker_engine_problem
 from emulator.stack.embedded import EmbeddedStack, StackConfig, StackEnvironment
 from emulator.stack.pgbouncer import find_pgbouncer
+from emulator.stack.process import STARTED, ManagedProcess
 from emulator.stack.proxies import ProxyKind
 from emulator.terraform.workspace import TerraformTools, TerraformUnavailable, find_terraform
 from emulator.wait import wait_until
@@ -28,6 +29,33 @@ TEST_STACK = StackConfig(max_connections=20, pool_size=5)
 # servers only (other test sessions may run beside it).
 SESSION_MARK = "LOCAL_TWIN_TEST_SESSION"
 os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+# Where each server's log stood when a test began: a failed test shows what they wrote since.
+_LOG_OFFSETS = pytest.StashKey[dict[ManagedProcess, int]]()
+_LOG_LINES = 40
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_LOG_OFFSETS] = {process: process.log_size() for process in STARTED}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    """A test that failed shows the end of what each server (the proxy, PostgreSQL, ...) logged
+    during it, stopped since or not, as pytest shows captured output: a rare failure in CI then
+    says what the proxy saw."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed or report.when == "teardown":
+        return
+    offsets = item.stash.get(_LOG_OFFSETS, {})
+    for process in STARTED:
+        lines = process.log_from(offsets.get(process, 0)).splitlines()[-_LOG_LINES:]
+        if lines:
+            title = f"Captured log of {process.component} (last {len(lines)} lines, {process.log_path})"
+            report.sections.append((title, "\n".join(lines)))
 
 
 def _stack_processes() -> set[int]:

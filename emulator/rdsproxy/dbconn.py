@@ -64,6 +64,21 @@ class DatabaseError(Exception):
         return self.fields.get("C", "XX000")
 
 
+# How many connections in a row a borrow takes that die before use (connection_died) before it
+# gives up: one is a failover's race (the next borrow waits for the new writer); more, a server
+# that ends every session.
+BORROW_TRIES: Final = 3
+
+
+def connection_died(exc: BaseException) -> bool:
+    """Whether an exchange of the proxy's own failed because its connection died (its server ended
+    the session with a FATAL, or the socket closed), not for what it asked: on a connection just
+    taken from the pool, nothing of a client's reached it, and another can be borrowed instead."""
+    if isinstance(exc, DatabaseError):
+        return exc.fields.get("S") == "FATAL"
+    return isinstance(exc, (OSError, asyncio.IncompleteReadError)) and not isinstance(exc, TimeoutError)
+
+
 class DatabaseUnavailable(Exception):
     """The database cannot be reached (down, restarting, refusing connections): worth retrying."""
 
@@ -208,6 +223,9 @@ class DbConnection:
         self.waited_us = 0
         # A read-only endpoint's connection (opened with READ_ONLY_OPTIONS, to a replica).
         self.read_only = False
+        # Let go while a request was in flight (its replica was promoted): closed once the request
+        # is answered, never lent again (see Pool.let_go).
+        self.retiring = False
 
     @classmethod
     async def open(

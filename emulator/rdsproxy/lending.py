@@ -7,7 +7,7 @@ import asyncio
 import enum
 from typing import Protocol
 
-from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey, connection_died
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.target import Target
@@ -45,23 +45,36 @@ async def borrow(
     pool: Lender, key: PoolKey, timeout: float | None, parameters: SessionParameters
 ) -> DbConnection:
     """A database connection with the client's session parameters (BorrowTimeout, PoolClosed,
-    DatabaseError as the pool raises them; a connection that cannot be aligned goes back closed)."""
+    DatabaseError as the pool raises them; a connection that cannot be aligned goes back closed,
+    LostBeforeUse when it died)."""
     conn = await pool.borrow(key, timeout)
     await align(pool, conn, parameters)
     return conn
 
 
+class LostBeforeUse(Exception):
+    """The lent connection died while it was given the client's session parameters (its server went
+    away while it was pooled, and its last words had not arrived when it was lent): nothing of the
+    client's reached it, so the borrow can be made again."""
+
+    def __init__(self, conn: DbConnection, reason: str) -> None:
+        super().__init__(reason)
+        self.conn = conn
+
+
 async def align(pool: Lender, conn: DbConnection, parameters: SessionParameters) -> None:
     """Give a lent connection the client's session parameters where they differ (DatabaseError, and
-    the connection goes back closed, when it cannot be done)."""
+    the connection goes back closed, when it cannot be done; LostBeforeUse when it died meanwhile)."""
     try:
         if conn.state.aligned != parameters.key:
             await asyncio.wait_for(_align(conn, parameters), SETTLE_SECONDS)
     except TimeoutError:
         pool.release(conn, reusable=False)
         raise DatabaseError({"C": "08006", "M": "the database connection did not answer"}) from None
-    except BaseException:
+    except BaseException as exc:
         pool.release(conn, reusable=False)
+        if connection_died(exc):
+            raise LostBeforeUse(conn, str(exc) or repr(exc)) from exc
         raise
 
 

@@ -382,7 +382,7 @@ class Pool:
     def release(self, conn: DbConnection, *, reusable: bool) -> None:
         """Back from its borrower: parked for the next one only when it is in a known-clean state."""
         self.borrowed.discard(conn)
-        reusable = reusable and conn.state.clean
+        reusable = reusable and conn.state.clean and not conn.retiring
         now = monotonic()
         if not reusable or conn.broken or now - conn.created > MAX_LIFETIME_SECONDS:
             self._close(conn)
@@ -406,9 +406,13 @@ class Pool:
         if self.on_dead is not None:
             self.on_dead(conn)
 
-    def let_go(self, instance: str) -> int:
+    def let_go(self, instance: str, *, answer_first: bool = False) -> int:
         """Close every connection to this instance (an old writer after a failover): idle ones at
-        once, borrowed ones under their clients, who are told as when a connection is lost; how many."""
+        once, borrowed ones under their clients, who are told as when a connection is lost; how many.
+
+        answer_first (a read-only endpoint's replica was promoted, alive): a borrowed connection with
+        a request in flight retires instead, closed by its session once that request is answered.
+        Closing it sooner would not stop what the server already runs, only lose the answer."""
         count = 0
         for key, idle in self._idle.items():
             keep = [conn for conn in idle if conn.instance != instance]
@@ -418,9 +422,13 @@ class Pool:
                     count += 1
             self._idle[key] = keep
         for conn in list(self.borrowed):
-            if conn.instance == instance:
+            if conn.instance != instance:
+                continue
+            count += 1
+            if answer_first and not conn.state.router.idle:
+                conn.retiring = True
+            else:
                 conn.close()  # its session's loss callback gives it back (release) and tells the client
-                count += 1
         self._dispatch()
         return count
 

@@ -64,7 +64,7 @@ class ReaderPools:
             self.pool_for(instance)
         for name, pool in self.pools.items():
             if name not in readable:
-                pool.let_go(name)
+                pool.let_go(name, answer_first=True)
         if readable:
             self.availability.up()
         else:

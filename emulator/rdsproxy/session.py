@@ -20,8 +20,8 @@ from typing import Any, Final, NoReturn
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, PoolKey
-from emulator.rdsproxy.lending import Lender, Pin, align, borrow, give_back
+from emulator.rdsproxy.dbconn import BORROW_TRIES, Credentials, DatabaseError, DbConnection, PoolKey
+from emulator.rdsproxy.lending import Lender, LostBeforeUse, Pin, align, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed, Ticket
 from emulator.rdsproxy.protocol import messages as m
@@ -704,13 +704,27 @@ class ClientSession:
         assert not self._out
         deps = self.deps
         conn, self._unaligned = self._unaligned, None
-        try:
-            if conn is None:
-                conn = await borrow(deps.pool, self._pool_key(), deps.config.borrow_timeout, self.parameters)
-            else:
-                await align(deps.pool, conn, self.parameters)
-        except (BorrowTimeout, PoolClosed, DatabaseError) as exc:
-            self._borrow_failed(exc)
+        timeout = deps.config.borrow_timeout
+        deadline = None if timeout is None else monotonic() + timeout
+        for tries_left in range(BORROW_TRIES - 1, -1, -1):
+            try:
+                if conn is None:
+                    left = None if deadline is None else max(0.0, deadline - monotonic())
+                    conn = await borrow(deps.pool, self._pool_key(), left, self.parameters)
+                else:
+                    await align(deps.pool, conn, self.parameters)
+                break
+            except LostBeforeUse as lost:
+                # Nothing of the client's reached it: borrowed again (up to the same deadline), once
+                # the target has heard of the loss (a lost writer is looked for, the borrow waits).
+                deps.log.db_closed(lost.conn, f"The database connection was lost: {lost}")
+                deps.target.connection_lost(lost.conn, str(lost))
+                if not tries_left:
+                    self._borrow_failed(DatabaseError({"C": texts.CONNECTION_FAILURE, "M": str(lost)}))
+                conn = None
+            except (BorrowTimeout, PoolClosed, DatabaseError) as exc:
+                self._borrow_failed(exc)
+        assert conn is not None  # (the loop ends with one, or raises)
         if self._closing:
             # The session was cleaned up while this wait finished: Python 3.11's asyncio.wait_for
             # (align's) returns a result that arrived with the cancellation instead of raising it.
@@ -767,11 +781,16 @@ class ClientSession:
         # One write (one send) for everything this read brought, not one per message.
         if out and not writer.is_closing():
             writer.write(b"".join(out) if len(out) > 1 else out[0])
-        if conn.out_of_recovery:
+        if conn.out_of_recovery and not conn.retiring:
             # A read-only endpoint's replica was promoted under this client: its reader pool is let
-            # go, this connection too (the client is told as when a connection is lost).
+            # go, this connection too, once what the client asked is answered.
+            conn.retiring = True
             self.deps.target.left_recovery(conn.instance)
-            conn.close()
+        if conn.retiring and conn.state.router.idle:
+            # Answered: a clean connection goes back to its pool, which closes it; one in a
+            # transaction or pinned is closed (the client is told as when a connection is lost).
+            if not self._release_if_done():
+                conn.close()
             return
         if self._held is not None:
             self._release_held(conn)

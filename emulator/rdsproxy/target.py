@@ -19,12 +19,14 @@ from typing import Protocol
 from emulator.rdsproxy.config import Instance, ProxyConfig
 from emulator.rdsproxy.credentials import database_credentials
 from emulator.rdsproxy.dbconn import (
+    BORROW_TRIES,
     READ_ONLY_OPTIONS,
     Credentials,
     DatabaseError,
     DatabaseUnavailable,
     DbConnection,
     PoolKey,
+    connection_died,
 )
 from emulator.rdsproxy.monitor import Observation, Role, observe_all
 from emulator.rdsproxy.protocol.parameters import UNREPORTED
@@ -197,16 +199,30 @@ class Target:
             done.exception()  # retrieved here: every login that waited has it raised already
 
     async def _ask_spelling(self, name: str, value: str, key: PoolKey) -> str:
-        conn = await self.lender.borrow(key, self.config.borrow_timeout)
         quoted = "'" + value.replace("'", "''") + "'"
-        try:
-            spelled = await conn.fetch_value(
-                f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
-            )
-        finally:
-            if conn.state.txn_status != b"I" and not conn.broken:
-                await conn.run_quietly("ROLLBACK")
-            self.lender.release(conn, reusable=not conn.broken)
+        timeout = self.config.borrow_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for tries_left in range(BORROW_TRIES - 1, -1, -1):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            conn = await self.lender.borrow(key, left)
+            try:
+                spelled = await conn.fetch_value(
+                    f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
+                )
+                break
+            except Exception as exc:
+                if not connection_died(exc):
+                    raise
+                # It died while pooled (a failover, a restart): asked again on another one.
+                self.lender.release(conn, reusable=False)
+                self.connection_lost(conn, str(exc) or repr(exc))
+                if not tries_left:
+                    raise DatabaseUnavailable(f"the database connection was lost: {exc!r}") from exc
+            finally:
+                if not conn.closing():
+                    if conn.state.txn_status != b"I":
+                        await conn.run_quietly("ROLLBACK")
+                    self.lender.release(conn, reusable=True)
         self._spellings[(name, value)] = spelled
         return spelled
 

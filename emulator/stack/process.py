@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ from emulator.wait import wait_until
 # at interpreter exit), so a server's parent-death signal fires when the process ends, not before.
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-twin-spawner")
 _SETPRIV = shutil.which("setpriv")
+
+# The servers this Python process started, newest last, with their logs' ends kept once they stop
+# (their stack directory goes): the kit's own test suite shows what each wrote during a failed test.
+STARTED: deque[ManagedProcess] = deque(maxlen=64)
+_KEPT_LOG_BYTES = 64 * 1024
 
 # Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
 _SERVICE_USERS = ("postgres", "nobody")
@@ -94,6 +100,8 @@ class ManagedProcess:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self._popen: subprocess.Popen[bytes] | None = None
+        # The log's size and its last bytes when the process stopped (see log_from).
+        self._kept_log: tuple[int, bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -109,6 +117,9 @@ class ManagedProcess:
             raise ComponentError(self.component, f"could not start {self.argv[0]}: {exc}") from exc
         finally:
             log.close()
+        self._kept_log = None
+        if self not in STARTED:
+            STARTED.append(self)
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         # A missing program is Popen's FileNotFoundError as without setpriv, not setpriv's exit status.
@@ -150,10 +161,45 @@ class ManagedProcess:
             return ""
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
+    def log_size(self) -> int:
+        """How long the log is now (an offset for log_from)."""
+        if self._kept_log is not None:
+            return self._kept_log[0]
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_from(self, offset: int) -> str:
+        """What the log holds from offset on; once the process has stopped, as far as the end kept then
+        reaches (its directory may be gone)."""
+        if self._kept_log is not None:
+            size, end = self._kept_log
+            data = end[max(0, len(end) - (size - offset)) :]
+        else:
+            try:
+                with self.log_path.open("rb") as log:
+                    log.seek(offset)
+                    data = log.read()
+            except OSError:
+                return ""
+        return data.decode(errors="replace")
+
+    def _keep_log(self) -> None:
+        try:
+            with self.log_path.open("rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(0, size - _KEPT_LOG_BYTES))
+                self._kept_log = (size, log.read())
+        except OSError:
+            self._kept_log = (0, b"")
+
     def stop(self, timeout: float = 10.0) -> None:
         """Send the stop signal to the whole process group, then SIGKILL at the deadline."""
         popen = self._popen
         if popen is None or popen.poll() is not None:
+            if popen is not None and self._kept_log is None:
+                self._keep_log()
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(popen.pid, self.stop_signal)
@@ -174,6 +220,7 @@ class ManagedProcess:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(popen.pid, signal.SIGKILL)
+        self._keep_log()
 
 
 def with_death_signal(argv: Sequence[str], stop_signal: signal.Signals) -> list[str]:

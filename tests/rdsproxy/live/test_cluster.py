@@ -360,3 +360,61 @@ def test_a_read_only_endpoint_never_writes_on_its_replica_once_promoted(proxy: P
         assert _one(reads, "SELECT pg_is_in_recovery()") is True
         assert proxy.stats()["target_roles"][replica.name] == "writer"
     cluster.wait_rejoined()
+
+
+def test_a_read_only_endpoints_statement_running_as_its_replica_is_promoted_gets_its_answer(
+    proxy: ProxyUnderTest,
+) -> None:
+    # Closing the connection when the proxy learns of the promotion would not stop what the server
+    # already runs, only lose its answer (the CI failure of c391c10: an 08006 among the 25006s).
+    stack = proxy.stack
+    cluster = stack.cluster
+    assert cluster is not None
+    cluster.wait_rejoined()
+    with _reader(proxy) as reads:
+        port = _one(reads, "SELECT inet_server_port()")
+        replica = next(i for i in cluster.instances if i.server.port == port)
+        # A lock held on the replica itself (advisory locks work in recovery) keeps the reader's
+        # statement running until the test lets it finish: no race with the failover's pace.
+        with cluster.connect(replica.name, dbname=proxy.database) as holder:
+            holder.execute("SELECT pg_advisory_lock(4242)")
+            answers: list[Any] = []
+            running = threading.Thread(
+                target=lambda: answers.append(_answer(reads, "SELECT pg_advisory_xact_lock(4242), 42"))
+            )
+            running.start()
+            try:
+                wait_until(
+                    lambda: _waits_for_lock(holder, 4242),
+                    component="the reader's statement (waiting for the lock)",
+                    timeout=10,
+                )
+                report = stack.failover(to=replica.name)
+                # The proxy knows the replica is the writer now (its reader pool was let go then).
+                wait_until(
+                    lambda: proxy.stats()["target_writer"] == report.new_writer,
+                    component="the proxy (following the promotion)",
+                    timeout=30,
+                )
+                assert running.is_alive(), answers  # (an 08006 here: cut under its statement)
+            finally:
+                holder.execute("SELECT pg_advisory_unlock(4242)")
+                running.join(30)
+        assert answers == [("", 42)]
+        # The promoted instance is let go: the next statement reads from a replica.
+        assert _one(reads, "SELECT pg_is_in_recovery()") is True
+    cluster.wait_rejoined()
+
+
+def _answer(conn: psycopg.Connection[Any], sql: str) -> Any:
+    try:
+        return conn.execute(sql).fetchone()
+    except psycopg.Error as exc:
+        return f"{exc.sqlstate} {exc.diag.message_primary}"
+
+
+def _waits_for_lock(holder: psycopg.Connection[Any], key: int) -> bool:
+    row = holder.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted", (key,)
+    ).fetchone()
+    return row is not None and row[0] == 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
+import psutil
 import psycopg
 import pytest
 
@@ -113,6 +116,63 @@ def test_a_database_restart_spares_idle_clients_and_fails_only_the_request_in_fl
         restarted.join()
     idle.close()
     busy.close()
+
+
+@pytest.mark.parametrize("lent_for", ["its login", "its first request"])
+def test_a_pooled_connection_that_dies_as_it_is_lent_is_replaced_before_the_client_notices(
+    faulty: ProxyUnderTest, lent_for: str
+) -> None:
+    # A failover's race (the CI failures of c391c10): the server ended a pooled connection, but its
+    # last words had not arrived when it was lent, to learn how the server spells a client's
+    # application_name at its login, or to give a request the client's session parameters.
+    # Nothing of the client's had reached it: the client must not notice.
+    name = f"second ({lent_for})"
+    if lent_for == "its first request":
+        with faulty.connect(application_name=name):
+            pass  # its spelling is known from now on: the login borrows nothing
+    with faulty.connect(application_name="first") as first:
+        pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    # Its backend is frozen, then told to terminate: it answers nothing until it is let go.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with faulty.stack.postgres.admin_connection() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        answers: list[object] = []
+
+        def second_client() -> None:
+            try:
+                with faulty.connect(application_name=name) as second:
+                    answers.append(second.execute("SELECT current_setting('application_name')").fetchone())
+            except psycopg.Error as exc:
+                answers.append(exc)
+
+        running = threading.Thread(target=second_client)
+        running.start()
+        # The proxy lent it (the most recently used) and sent the new application_name to it.
+        wait_until(lambda: _bytes_waiting(pid) > 0, component="the frozen backend's socket", timeout=10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    running.join(30)
+    assert answers == [(name,)]
+    assert not psutil.pid_exists(pid)
+
+
+def _bytes_waiting(pid: int) -> int:
+    """What a process's TCP sockets have received and not read yet (/proc/net/tcp's rx_queue)."""
+    inodes = {
+        os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+    }
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[9] in inodes:
+                    waiting += int(fields[4].split(":")[1], 16)
+    return waiting
 
 
 def test_the_target_is_reported_unavailable_while_the_database_is_down(faulty: ProxyUnderTest) -> None:

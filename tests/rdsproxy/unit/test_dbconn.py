@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.rdsproxy.dbconn import _database_tls, _open_stream
+from emulator.rdsproxy.dbconn import DatabaseError, _database_tls, _open_stream, connection_died
 from emulator.stack.tls import LocalCA
 
 pytestmark = pytest.mark.unit
@@ -136,3 +136,19 @@ def test_a_handshake_that_fails_fails_the_upgrade(server_tls: ssl.SSLContext) ->
         await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("failure", "died"),
+    [
+        (DatabaseError({"S": "FATAL", "C": "57P01", "M": "terminating connection"}), True),
+        (ConnectionResetError("database connection closed"), True),
+        (asyncio.IncompleteReadError(b"", 5), True),
+        (DatabaseError({"S": "ERROR", "C": "22023", "M": "invalid value"}), False),
+        (TimeoutError(), False),  # slow, not dead: the proxy's own deadline says what to do
+    ],
+)
+def test_an_exchange_failed_by_its_connections_death_is_told_from_one_failed_by_what_it_asked(
+    failure: BaseException, died: bool
+) -> None:
+    assert connection_died(failure) is died

@@ -225,6 +225,37 @@ def test_a_connection_given_back_out_of_sync_is_closed_never_lent_again() -> Non
     assert run(test) == [True, 2, 0]
 
 
+def test_letting_go_of_an_instance_closes_its_connections_idle_or_borrowed() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        idle, busy = await pool.borrow(APP, 1), await pool.borrow(APP, 1)
+        for conn in (idle, busy):
+            conn.instance = "db-instance-1"
+        pool.release(idle, reusable=True)
+        busy.state.router.expect(Expect.QUERY)  # a request in flight: cut under its client all the same
+        closed = pool.let_go("db-instance-1")
+        return [closed, idle.broken, busy.broken, pool.idle_count()]
+
+    assert run(test) == [2, True, True, 0]
+
+
+def test_answer_first_a_borrowed_connection_with_a_request_in_flight_retires_instead_of_being_cut() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[Any]:
+        waiting, answering = await pool.borrow(APP, 1), await pool.borrow(APP, 1)
+        for conn in (waiting, answering):
+            conn.instance = "db-instance-2"
+        answering.state.router.expect(Expect.QUERY)
+        # A replica promoted: its answer still comes; the borrowed one between requests goes at once.
+        closed = pool.let_go("db-instance-2", answer_first=True)
+        cut = [waiting.broken, answering.broken, answering.retiring]
+        # Answered and given back clean: closed, never lent again.
+        answering.state.router.ready()
+        pool.release(answering, reusable=True)
+        again = await pool.borrow(APP, 1)
+        return [closed, *cut, answering.broken, opener.number(again)]
+
+    assert run(test) == [2, True, False, True, True, 3]
+
+
 def test_a_borrow_waiting_for_room_is_served_when_the_pool_grows() -> None:
     async def test(pool: Pool, opener: Opener) -> int:
         # A reader pool made before the target's max_connections was known has no room yet.

@@ -48,7 +48,7 @@ class FakeTarget:
 class FakePool:
     name: str
     busy: int = 0
-    let_go_of: list[str] = field(default_factory=list)
+    let_go_of: list[tuple[str, bool]] = field(default_factory=list)
 
     def borrow_now(self, key: PoolKey) -> str:
         return self.name
@@ -56,8 +56,8 @@ class FakePool:
     async def borrow(self, key: PoolKey, timeout: float | None) -> str:
         return self.name
 
-    def let_go(self, instance: str) -> int:
-        self.let_go_of.append(instance)
+    def let_go(self, instance: str, *, answer_first: bool = False) -> int:
+        self.let_go_of.append((instance, answer_first))
         return 0
 
 
@@ -90,12 +90,12 @@ def test_the_writer_and_a_standby_are_never_chosen() -> None:
     assert readers.borrow_now(KEY) is None
 
 
-def test_a_replica_that_stops_being_readable_is_let_go() -> None:
+def test_a_replica_that_stops_being_readable_is_let_go_once_what_is_in_flight_is_answered() -> None:
     readers, target = _readers({"db-instance-1": Role.WRITER, "db-instance-2": Role.READER})
     assert readers.borrow_now(KEY) == "db-instance-2"
     target.roles["db-instance-2"] = Role.WRITER  # promoted
     readers.follow_roles()
-    assert readers.pools["db-instance-2"].let_go_of == ["db-instance-2"]  # type: ignore[attr-defined]
+    assert readers.pools["db-instance-2"].let_go_of == [("db-instance-2", True)]  # type: ignore[attr-defined]
     assert not readers.availability.available
 
 
