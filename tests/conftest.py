@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import replace
 
 import psutil
@@ -41,21 +41,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.stash[_LOG_OFFSETS] = {process: process.log_size() for process in STARTED}
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
-    """A test that failed shows the end of what each server (the proxy, PostgreSQL, ...) logged
-    during it, stopped since or not, as pytest shows captured output: a rare failure in CI then
-    says what the proxy saw."""
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if not report.failed or report.when == "teardown":
-        return
-    offsets = item.stash.get(_LOG_OFFSETS, {})
-    for process in STARTED:
-        lines = process.log_from(offsets.get(process, 0)).splitlines()[-_LOG_LINES:]
-        if lines:
-            title = f"Captured log of {process.component} (last {len(lines)} lines, {process.log_path})"
-            report.sections.append((title, "\n".join(lines)))
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that failed (or whose teardown did) shows the end of what each server (the proxy,
+    PostgreSQL, ...) logged since it began, stopped since or not, as pytest shows captured output:
+    a rare failure in CI then says what the proxy saw."""
+    report = yield
+    if report.failed:
+        offsets = item.stash.get(_LOG_OFFSETS, {})
+        for process in list(STARTED):
+            lines = process.log_from(offsets.get(process, 0)).splitlines()[-_LOG_LINES:]
+            if lines:
+                title = f"Captured log of {process.component} (last {len(lines)} lines, {process.log_path})"
+                report.sections.append((title, "\n".join(lines)))
+    return report
 
 
 def _stack_processes() -> set[int]:

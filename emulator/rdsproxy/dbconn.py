@@ -75,8 +75,13 @@ def connection_died(exc: BaseException) -> bool:
     the session with a FATAL, or the socket closed), not for what it asked: on a connection just
     taken from the pool, nothing of a client's reached it, and another can be borrowed instead."""
     if isinstance(exc, DatabaseError):
-        return exc.fields.get("S") == "FATAL"
+        return _ends_session(exc.fields)
     return isinstance(exc, (OSError, asyncio.IncompleteReadError)) and not isinstance(exc, TimeoutError)
+
+
+def _ends_session(error: dict[str, str]) -> bool:
+    """A FATAL or PANIC (V is the severity never translated; S, before PostgreSQL 9.6, the only one)."""
+    return error.get("V", error.get("S")) in ("FATAL", "PANIC")
 
 
 class DatabaseUnavailable(Exception):
@@ -346,6 +351,8 @@ class DbConnection:
             frame = await self.read_frame()
             if frame.kind == Backend.ERROR_RESPONSE:
                 error = m.parse_message_fields(frame.body)
+                if _ends_session(error):
+                    break  # no ReadyForQuery follows: the server has ended the session
             elif self._bookkeeping(frame):
                 break
             answer.append(frame)

@@ -65,6 +65,9 @@ class LostBeforeUse(Exception):
 async def align(pool: Lender, conn: DbConnection, parameters: SessionParameters) -> None:
     """Give a lent connection the client's session parameters where they differ (DatabaseError, and
     the connection goes back closed, when it cannot be done; LostBeforeUse when it died meanwhile)."""
+    if conn.closing():  # closed while it was being lent (a failover's let_go)
+        pool.release(conn, reusable=False)
+        raise LostBeforeUse(conn, "the database connection was closed")
     try:
         if conn.state.aligned != parameters.key:
             await asyncio.wait_for(_align(conn, parameters), SETTLE_SECONDS)

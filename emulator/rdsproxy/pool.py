@@ -411,8 +411,9 @@ class Pool:
         once, borrowed ones under their clients, who are told as when a connection is lost; how many.
 
         answer_first (a read-only endpoint's replica was promoted, alive): a borrowed connection with
-        a request in flight retires instead, closed by its session once that request is answered.
-        Closing it sooner would not stop what the server already runs, only lose the answer."""
+        a request in flight (or not yet synced) retires instead, closed by its session once that
+        request is answered. Closing it sooner would not stop what the server already runs, only
+        lose the answer."""
         count = 0
         for key, idle in self._idle.items():
             keep = [conn for conn in idle if conn.instance != instance]
@@ -425,7 +426,7 @@ class Pool:
             if conn.instance != instance:
                 continue
             count += 1
-            if answer_first and not conn.state.router.idle:
+            if answer_first and not conn.state.router.settled:
                 conn.retiring = True
             else:
                 conn.close()  # its session's loss callback gives it back (release) and tells the client

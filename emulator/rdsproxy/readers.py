@@ -26,6 +26,7 @@ from collections.abc import Callable
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.config import Instance, ProxyConfig
 from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey
+from emulator.rdsproxy.monitor import Role
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.stats import Stats
 from emulator.rdsproxy.target import Availability, Target
@@ -64,7 +65,8 @@ class ReaderPools:
             self.pool_for(instance)
         for name, pool in self.pools.items():
             if name not in readable:
-                pool.let_go(name, answer_first=True)
+                # A promoted replica still answers what it runs; an unreachable one may never.
+                pool.let_go(name, answer_first=self.target.roles.get(name) is Role.WRITER)
         if readable:
             self.availability.up()
         else:

@@ -715,10 +715,13 @@ class ClientSession:
                     await align(deps.pool, conn, self.parameters)
                 break
             except LostBeforeUse as lost:
-                # Nothing of the client's reached it: borrowed again (up to the same deadline), once
-                # the target has heard of the loss (a lost writer is looked for, the borrow waits).
+                # Nothing of the client's reached it: borrowed again (within borrow_timeout from
+                # here), once the target has heard of the loss (a lost writer is looked for, and
+                # the next borrow waits for it).
                 deps.log.db_closed(lost.conn, f"The database connection was lost: {lost}")
                 deps.target.connection_lost(lost.conn, str(lost))
+                if self._closing:
+                    raise asyncio.CancelledError from None
                 if not tries_left:
                     self._borrow_failed(DatabaseError({"C": texts.CONNECTION_FAILURE, "M": str(lost)}))
                 conn = None
@@ -786,10 +789,13 @@ class ClientSession:
             # go, this connection too, once what the client asked is answered.
             conn.retiring = True
             self.deps.target.left_recovery(conn.instance)
-        if conn.retiring and conn.state.router.idle:
-            # Answered: a clean connection goes back to its pool, which closes it; one in a
-            # transaction or pinned is closed (the client is told as when a connection is lost).
-            if not self._release_if_done():
+        if conn.retiring and conn.state.router.settled:
+            # Answered: a clean connection goes back to its pool, which closes it (messages held
+            # for this answer go on, and borrow anew); one in a transaction or pinned is closed
+            # (the client is told as when a connection is lost).
+            if self._release_if_done():
+                self._release_held(None)
+            else:
                 conn.close()
             return
         if self._held is not None:

@@ -202,29 +202,43 @@ class Target:
         quoted = "'" + value.replace("'", "''") + "'"
         timeout = self.config.borrow_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        for tries_left in range(BORROW_TRIES - 1, -1, -1):
+        tries = 0
+        while True:
+            tries += 1
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             conn = await self.lender.borrow(key, left)
             try:
                 spelled = await conn.fetch_value(
                     f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
                 )
-                break
             except Exception as exc:
                 if not connection_died(exc):
+                    # The server refused the value: the connection goes back once rolled back.
+                    await self._give_back(conn)
                     raise
                 # It died while pooled (a failover, a restart): asked again on another one.
                 self.lender.release(conn, reusable=False)
                 self.connection_lost(conn, str(exc) or repr(exc))
-                if not tries_left:
+                if tries == BORROW_TRIES:
                     raise DatabaseUnavailable(f"the database connection was lost: {exc!r}") from exc
-            finally:
-                if not conn.closing():
-                    if conn.state.txn_status != b"I":
-                        await conn.run_quietly("ROLLBACK")
-                    self.lender.release(conn, reusable=True)
-        self._spellings[(name, value)] = spelled
-        return spelled
+                continue
+            except BaseException:  # cancelled: in an unknown state
+                self.lender.release(conn, reusable=False)
+                raise
+            await self._give_back(conn)
+            self._spellings[(name, value)] = spelled
+            return spelled
+
+    async def _give_back(self, conn: DbConnection) -> None:
+        """A connection of the proxy's own question back to the pool: rolled back if need be, closed
+        when that fails."""
+        try:
+            if conn.state.txn_status != b"I" and not conn.closing():
+                await conn.run_quietly("ROLLBACK")
+        except Exception:  # noqa: BLE001 - whatever failed, it is not lent again
+            self.lender.release(conn, reusable=False)
+            return
+        self.lender.release(conn, reusable=not conn.closing())
 
     async def probe(self) -> None:
         """While the target is unavailable: try a connection, so that availability comes back as soon

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,9 +33,11 @@ from emulator.wait import wait_until
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-twin-spawner")
 _SETPRIV = shutil.which("setpriv")
 
-# The servers this Python process started, newest last, with their logs' ends kept once they stop
+# The servers this Python process started, oldest first, with their logs' ends kept once they stop
 # (their stack directory goes): the kit's own test suite shows what each wrote during a failed test.
-STARTED: deque[ManagedProcess] = deque(maxlen=64)
+# Every running one stays; of the stopped ones, the latest _STOPPED_KEPT.
+STARTED: list[ManagedProcess] = []
+_STOPPED_KEPT = 32
 _KEPT_LOG_BYTES = 64 * 1024
 
 # Users tried, in order, when the kit runs as root: PostgreSQL and PgBouncer both refuse root.
@@ -118,8 +119,12 @@ class ManagedProcess:
         finally:
             log.close()
         self._kept_log = None
-        if self not in STARTED:
-            STARTED.append(self)
+        if self in STARTED:
+            STARTED.remove(self)
+        STARTED.append(self)
+        stopped = [process for process in STARTED if process._kept_log is not None]
+        for process in stopped[: max(0, len(stopped) - _STOPPED_KEPT)]:
+            STARTED.remove(process)
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         # A missing program is Popen's FileNotFoundError as without setpriv, not setpriv's exit status.

@@ -18,7 +18,7 @@ import psycopg
 import psycopg2
 import pytest
 
-from emulator.stack.cluster import ClusterKind
+from emulator.stack.cluster import ClusterKind, Instance, ReplicatedCluster
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
@@ -314,26 +314,9 @@ def test_a_failover_with_a_real_promote_spares_idle_clients_and_fails_those_in_f
 
 def test_a_read_only_endpoint_never_writes_on_its_replica_once_promoted(proxy: ProxyUnderTest) -> None:
     stack = proxy.stack
-    cluster = stack.cluster
-    assert cluster is not None
-    cluster.wait_rejoined()
-    with proxy.connect() as writes:
-        writes.execute("CREATE TABLE IF NOT EXISTS written_after_promotion (id int)")
-        writes.execute("TRUNCATE written_after_promotion")
-    # The table has reached every replica (a write on a replica is refused, not missing).
-    for instance in cluster.instances:
-        if instance is not cluster.writer:
-            with cluster.connect(instance.name, dbname=proxy.database) as direct:
-                wait_until(
-                    lambda direct=direct: _one(
-                        direct, "SELECT to_regclass('written_after_promotion') IS NOT NULL"
-                    ),
-                    component=f"the table on {instance.name}",
-                    timeout=20,
-                )
+    cluster = _with_table(proxy, "written_after_promotion")
     with _reader(proxy) as reads:
-        port = _one(reads, "SELECT inet_server_port()")
-        replica = next(i for i in cluster.instances if i.server.port == port)
+        replica = _replica_of(reads, cluster)
         reports: list[Any] = []
         failing_over = threading.Thread(target=lambda: reports.append(stack.failover(to=replica.name)))
         failing_over.start()
@@ -362,26 +345,33 @@ def test_a_read_only_endpoint_never_writes_on_its_replica_once_promoted(proxy: P
     cluster.wait_rejoined()
 
 
+@pytest.mark.parametrize(
+    ("blocked", "answer"),
+    [
+        ("SELECT pg_advisory_xact_lock(4242), 42", ("", 42)),
+        # A COPY FROM STDIN: the proxy holds the client's next messages until this is answered.
+        (
+            "SELECT pg_advisory_xact_lock(4242), 42; COPY copied_during_promotion FROM STDIN",
+            "25006 cannot execute COPY FROM in a read-only transaction",
+        ),
+    ],
+    ids=["a query", "a query the proxy holds the next messages for"],
+)
 def test_a_read_only_endpoints_statement_running_as_its_replica_is_promoted_gets_its_answer(
-    proxy: ProxyUnderTest,
+    proxy: ProxyUnderTest, blocked: str, answer: Any
 ) -> None:
     # Closing the connection when the proxy learns of the promotion would not stop what the server
     # already runs, only lose its answer (the CI failure of c391c10: an 08006 among the 25006s).
     stack = proxy.stack
-    cluster = stack.cluster
-    assert cluster is not None
-    cluster.wait_rejoined()
+    cluster = _with_table(proxy, "copied_during_promotion")
     with _reader(proxy) as reads:
-        port = _one(reads, "SELECT inet_server_port()")
-        replica = next(i for i in cluster.instances if i.server.port == port)
+        replica = _replica_of(reads, cluster)
         # A lock held on the replica itself (advisory locks work in recovery) keeps the reader's
         # statement running until the test lets it finish: no race with the failover's pace.
         with cluster.connect(replica.name, dbname=proxy.database) as holder:
             holder.execute("SELECT pg_advisory_lock(4242)")
             answers: list[Any] = []
-            running = threading.Thread(
-                target=lambda: answers.append(_answer(reads, "SELECT pg_advisory_xact_lock(4242), 42"))
-            )
+            running = threading.Thread(target=lambda: answers.append(_answer(reads, blocked)))
             running.start()
             try:
                 wait_until(
@@ -400,17 +390,60 @@ def test_a_read_only_endpoints_statement_running_as_its_replica_is_promoted_gets
             finally:
                 holder.execute("SELECT pg_advisory_unlock(4242)")
                 running.join(30)
-        assert answers == [("", 42)]
-        # The promoted instance is let go: the next statement reads from a replica.
-        assert _one(reads, "SELECT pg_is_in_recovery()") is True
+        assert answers == [answer]
+        # The promoted instance is let go: the next statement reads from a replica (at once: a
+        # session that waited for that answer must not wait for good).
+        assert _answer_within(reads, "SELECT pg_is_in_recovery()", timeout=20) == (True,)
     cluster.wait_rejoined()
 
 
+def _with_table(proxy: ProxyUnderTest, table: str) -> ReplicatedCluster:
+    """The cluster, its last failover's old writer a replica again, with an empty table of the
+    application's user on the writer and (replicated) on every replica: a write on a replica is
+    then refused, not missing."""
+    cluster = proxy.stack.cluster
+    assert cluster is not None
+    cluster.wait_rejoined()
+    with proxy.connect() as writes:
+        writes.execute(f"CREATE TABLE IF NOT EXISTS {table} (id int)")
+        writes.execute(f"TRUNCATE {table}")
+    for instance in cluster.instances:
+        if instance is not cluster.writer:
+            with cluster.connect(instance.name, dbname=proxy.database) as direct:
+                wait_until(
+                    lambda direct=direct: _one(direct, f"SELECT to_regclass('{table}') IS NOT NULL"),
+                    component=f"the table on {instance.name}",
+                    timeout=20,
+                )
+    return cluster
+
+
+def _replica_of(reads: psycopg.Connection[Any], cluster: ReplicatedCluster) -> Instance:
+    """The instance a read-only endpoint's client reads from now."""
+    port = _one(reads, "SELECT inet_server_port()")
+    return next(i for i in cluster.instances if i.server.port == port)
+
+
 def _answer(conn: psycopg.Connection[Any], sql: str) -> Any:
+    """The last row of the last statement's result, or the error's code and message."""
     try:
-        return conn.execute(sql).fetchone()
+        cursor = conn.execute(sql)
+        row = None
+        while True:
+            if cursor.description is not None:
+                row = cursor.fetchone()
+            if not cursor.nextset():
+                return row
     except psycopg.Error as exc:
         return f"{exc.sqlstate} {exc.diag.message_primary}"
+
+
+def _answer_within(conn: psycopg.Connection[Any], sql: str, *, timeout: float) -> Any:
+    answers: list[Any] = []
+    asking = threading.Thread(target=lambda: answers.append(_answer(conn, sql)), daemon=True)
+    asking.start()
+    asking.join(timeout)
+    return answers[0] if answers else f"no answer within {timeout} s"
 
 
 def _waits_for_lock(holder: psycopg.Connection[Any], key: int) -> bool:

@@ -154,7 +154,7 @@ def test_a_pooled_connection_that_dies_as_it_is_lent_is_replaced_before_the_clie
         os.kill(pid, signal.SIGCONT)
     running.join(30)
     assert answers == [(name,)]
-    assert not psutil.pid_exists(pid)
+    wait_until(lambda: not psutil.pid_exists(pid), component="the terminated backend", timeout=10)
 
 
 def _bytes_waiting(pid: int) -> int:

@@ -233,9 +233,11 @@ def test_letting_go_of_an_instance_closes_its_connections_idle_or_borrowed() -> 
         pool.release(idle, reusable=True)
         busy.state.router.expect(Expect.QUERY)  # a request in flight: cut under its client all the same
         closed = pool.let_go("db-instance-1")
-        return [closed, idle.broken, busy.broken, pool.idle_count()]
+        # The borrowed one's slot is its session's to give back (as its loss callback does).
+        pool.release(busy, reusable=False)
+        return [closed, idle.broken, busy.broken, pool.idle_count(), pool.total, len(pool.borrowed)]
 
-    assert run(test) == [2, True, True, 0]
+    assert run(test) == [2, True, True, 0, 0, 0]
 
 
 def test_answer_first_a_borrowed_connection_with_a_request_in_flight_retires_instead_of_being_cut() -> None:
@@ -247,13 +249,27 @@ def test_answer_first_a_borrowed_connection_with_a_request_in_flight_retires_ins
         # A replica promoted: its answer still comes; the borrowed one between requests goes at once.
         closed = pool.let_go("db-instance-2", answer_first=True)
         cut = [waiting.broken, answering.broken, answering.retiring]
-        # Answered and given back clean: closed, never lent again.
+        pool.release(waiting, reusable=False)  # (its session, told of the loss)
+        # Answered and given back clean: closed, never lent again, its slot free.
         answering.state.router.ready()
         pool.release(answering, reusable=True)
+        slots = [pool.total, len(pool.borrowed), pool.idle_count()]
         again = await pool.borrow(APP, 1)
-        return [closed, *cut, answering.broken, opener.number(again)]
+        return [closed, *cut, answering.broken, *slots, opener.number(again)]
 
-    assert run(test) == [2, True, False, True, True, 3]
+    assert run(test) == [2, True, False, True, True, 0, 0, 0, 3]
+
+
+def test_answer_first_a_request_not_yet_synced_keeps_its_connection_until_the_sync_is_answered() -> None:
+    async def test(pool: Pool, opener: Opener) -> list[bool]:
+        conn = await pool.borrow(APP, 1)
+        conn.instance = "db-instance-2"
+        # Parse and Flush answered, no Sync yet (asyncpg's prepare): the statement lives on it.
+        conn.state.router.unsynced = True
+        pool.let_go("db-instance-2", answer_first=True)
+        return [conn.broken, conn.retiring]
+
+    assert run(test) == [False, True]
 
 
 def test_a_borrow_waiting_for_room_is_served_when_the_pool_grows() -> None:

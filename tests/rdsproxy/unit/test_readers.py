@@ -99,6 +99,14 @@ def test_a_replica_that_stops_being_readable_is_let_go_once_what_is_in_flight_is
     assert not readers.availability.available
 
 
+def test_a_replica_that_becomes_unreachable_is_let_go_at_once_its_answers_may_never_come() -> None:
+    readers, target = _readers({"db-instance-1": Role.WRITER, "db-instance-2": Role.READER})
+    assert readers.borrow_now(KEY) == "db-instance-2"
+    target.roles["db-instance-2"] = Role.UNREACHABLE
+    readers.follow_roles()
+    assert readers.pools["db-instance-2"].let_go_of == [("db-instance-2", False)]  # type: ignore[attr-defined]
+
+
 @dataclass
 class FakeConnection:
     instance: str
