@@ -438,6 +438,12 @@ class ClientSession:
             if kind in _COPY_ENDS:
                 backend.state.copy_in = False
             return True
+        if backend is not None and backend.retiring and not backend.state.router.unsynced:
+            # Its replica was promoted: a new request goes to no writer, it waits until the one in
+            # flight is answered and the connection given back (or lost), then borrows anew. (The
+            # rest of a request not yet synced goes on, as COPY data does: its answer needs it.)
+            self._hold(lambda conn: False)
+            return False
         handler = _HANDLERS.get(kind)
         if handler is None:
             self._unknown_message(kind)

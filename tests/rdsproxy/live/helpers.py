@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import psycopg
+from scramp import ScramClient
 
 from emulator.errors import ReadinessTimeout
 from emulator.rdsproxy.auth import md5_password
@@ -148,6 +149,18 @@ class RawClient:
         assert request.kind == Backend.AUTHENTICATION, request.raw
         assert m.auth_code(request.body) == m.AUTH_MD5, request.raw
         self.send(m.password_message(md5_password(user, password, request.body[4:8])))
+        return self.read_until(Backend.READY_FOR_QUERY)
+
+    def login_scram(self, user: str, password: str, database: str) -> list[m.Frame]:
+        """Logged in as drivers do when the proxy offers SCRAM-SHA-256 (its default)."""
+        self.send(m.startup_message({"user": user, "database": database}))
+        request = self.read_frame()
+        assert m.auth_code(request.body) == m.AUTH_SASL, request.raw
+        scram = ScramClient(["SCRAM-SHA-256"], user, password)
+        self.send(m.sasl_initial_response("SCRAM-SHA-256", scram.get_client_first().encode()))
+        scram.set_server_first(self.read_frame().body[4:].decode())
+        self.send(m.sasl_response(scram.get_client_final().encode()))
+        scram.set_server_final(self.read_frame().body[4:].decode())
         return self.read_until(Backend.READY_FOR_QUERY)
 
     def close(self) -> None:

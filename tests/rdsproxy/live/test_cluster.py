@@ -18,13 +18,15 @@ import psycopg
 import psycopg2
 import pytest
 
+from emulator.rdsproxy.protocol import messages as m
+from emulator.rdsproxy.protocol.messages import Backend
 from emulator.stack.cluster import ClusterKind, Instance, ReplicatedCluster
 from emulator.stack.embedded import EmbeddedStack, StackConfig
 from emulator.stack.rdsproxy import RdsProxyEmulator
 from emulator.wait import wait_until
 
 from .failover_support import LongStatements
-from .helpers import ProxyUnderTest, wait_quiescent
+from .helpers import ProxyUnderTest, RawClient, wait_quiescent
 
 pytestmark = pytest.mark.integration
 
@@ -362,7 +364,6 @@ def test_a_read_only_endpoints_statement_running_as_its_replica_is_promoted_gets
 ) -> None:
     # Closing the connection when the proxy learns of the promotion would not stop what the server
     # already runs, only lose its answer (the CI failure of c391c10: an 08006 among the 25006s).
-    stack = proxy.stack
     cluster = _with_table(proxy, "copied_during_promotion")
     with _reader(proxy) as reads:
         replica = _replica_of(reads, cluster)
@@ -374,18 +375,7 @@ def test_a_read_only_endpoints_statement_running_as_its_replica_is_promoted_gets
             running = threading.Thread(target=lambda: answers.append(_answer(reads, blocked)))
             running.start()
             try:
-                wait_until(
-                    lambda: _waits_for_lock(holder, 4242),
-                    component="the reader's statement (waiting for the lock)",
-                    timeout=10,
-                )
-                report = stack.failover(to=replica.name)
-                # The proxy knows the replica is the writer now (its reader pool was let go then).
-                wait_until(
-                    lambda: proxy.stats()["target_writer"] == report.new_writer,
-                    component="the proxy (following the promotion)",
-                    timeout=30,
-                )
+                _promote_under_a_waiting_statement(proxy, replica, holder, 4242)
                 assert running.is_alive(), answers  # (an 08006 here: cut under its statement)
             finally:
                 holder.execute("SELECT pg_advisory_unlock(4242)")
@@ -397,13 +387,54 @@ def test_a_read_only_endpoints_statement_running_as_its_replica_is_promoted_gets
     cluster.wait_rejoined()
 
 
+def test_a_request_sent_once_the_proxy_knows_its_replica_was_promoted_waits_and_goes_to_a_replica(
+    proxy: ProxyUnderTest,
+) -> None:
+    # The request in flight is answered on the promoted instance; the next one, sent behind it after
+    # the proxy learned of the promotion, must not follow it there: a read-only endpoint never
+    # reaches a writer. (A raw client: drivers do not send a request before the last is answered.)
+    stack = proxy.stack
+    cluster = _rejoined(proxy)
+    client = RawClient(proxy.host, _reads_port(proxy))
+    try:
+        client.login_scram(proxy.user, stack.db_password, proxy.database)
+        replica_port = int(_raw_rows(client, "SELECT inet_server_port()")[0][0] or 0)
+        replica = next(i for i in cluster.instances if i.server.port == replica_port)
+        with cluster.connect(replica.name, dbname=proxy.database) as holder:
+            holder.execute("SELECT pg_advisory_lock(4243)")
+            try:
+                client.send(m.simple_query("SELECT pg_advisory_xact_lock(4243), 42"))
+                _promote_under_a_waiting_statement(proxy, replica, holder, 4243)
+                client.send(m.simple_query("SELECT pg_is_in_recovery(), inet_server_port()"))
+            finally:
+                holder.execute("SELECT pg_advisory_unlock(4243)")
+        assert _raw_answer(client) == [["", "42"]]
+        [(in_recovery, port)] = _raw_answer(client)
+        assert in_recovery == "t"
+        assert port != str(replica_port)
+    finally:
+        client.close()
+    cluster.wait_rejoined()
+
+
+def _raw_rows(client: RawClient, sql: str) -> list[list[str | None]]:
+    client.send(m.simple_query(sql))
+    return _raw_answer(client)
+
+
+def _raw_answer(client: RawClient) -> list[list[str | None]]:
+    """The rows of the next answer, up to its ReadyForQuery (an error fails the test)."""
+    frames = client.read_until(Backend.READY_FOR_QUERY)
+    errors = [m.parse_message_fields(f.body) for f in frames if f.kind == Backend.ERROR_RESPONSE]
+    assert not errors, errors
+    return [m.data_row_values(f.body) for f in frames if f.kind == Backend.DATA_ROW]
+
+
 def _with_table(proxy: ProxyUnderTest, table: str) -> ReplicatedCluster:
     """The cluster, its last failover's old writer a replica again, with an empty table of the
     application's user on the writer and (replicated) on every replica: a write on a replica is
     then refused, not missing."""
-    cluster = proxy.stack.cluster
-    assert cluster is not None
-    cluster.wait_rejoined()
+    cluster = _rejoined(proxy)
     with proxy.connect() as writes:
         writes.execute(f"CREATE TABLE IF NOT EXISTS {table} (id int)")
         writes.execute(f"TRUNCATE {table}")
@@ -416,6 +447,32 @@ def _with_table(proxy: ProxyUnderTest, table: str) -> ReplicatedCluster:
                     timeout=20,
                 )
     return cluster
+
+
+def _rejoined(proxy: ProxyUnderTest) -> ReplicatedCluster:
+    """The cluster, its last failover's old writer a replica again."""
+    cluster = proxy.stack.cluster
+    assert cluster is not None
+    cluster.wait_rejoined()
+    return cluster
+
+
+def _promote_under_a_waiting_statement(
+    proxy: ProxyUnderTest, replica: Instance, holder: psycopg.Connection[Any], lock: int
+) -> None:
+    """Once a statement waits for the lock holder holds on the replica: the replica promoted, and
+    the proxy following (its reader pool for the replica was let go as it found the new writer)."""
+    wait_until(
+        lambda: _waits_for_lock(holder, lock),
+        component="the reader's statement (waiting for the lock)",
+        timeout=10,
+    )
+    report = proxy.stack.failover(to=replica.name)
+    wait_until(
+        lambda: proxy.stats()["target_writer"] == report.new_writer,
+        component="the proxy (following the promotion)",
+        timeout=30,
+    )
 
 
 def _replica_of(reads: psycopg.Connection[Any], cluster: ReplicatedCluster) -> Instance:
