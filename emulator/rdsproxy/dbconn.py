@@ -64,6 +64,9 @@ class DatabaseError(Exception):
         return self.fields.get("C", "XX000")
 
 
+# How long a connection its borrower left unfinished may take to be rolled back and brought in sync.
+SETTLE_SECONDS: Final = 5.0
+
 # How many connections in a row a borrow takes that die before use (connection_died) before it
 # gives up: one is a failover's race (the next borrow waits for the new writer); more, a server
 # that ends every session.

@@ -7,7 +7,7 @@ import asyncio
 import enum
 from typing import Protocol
 
-from emulator.rdsproxy.dbconn import DatabaseError, DbConnection, PoolKey, connection_died
+from emulator.rdsproxy.dbconn import SETTLE_SECONDS, DatabaseError, DbConnection, PoolKey, connection_died
 from emulator.rdsproxy.protocol.parameters import UNREPORTED, SessionParameters
 from emulator.rdsproxy.proxylog import ProxyLog
 from emulator.rdsproxy.target import Target
@@ -32,8 +32,6 @@ class Pin(enum.Enum):
     UNRESETTABLE = "unresettable"
 
 
-# How long a departed client's connection may take to be rolled back and brought in sync.
-SETTLE_SECONDS = 5.0
 RELEASED_AFTER_RESET = "The database connection was released to the connection pool upon session reset."
 MID_REQUEST = (
     "The client connection that borrowed this database connection from the connection pool was closed in "

@@ -21,6 +21,7 @@ from emulator.rdsproxy.credentials import database_credentials
 from emulator.rdsproxy.dbconn import (
     BORROW_TRIES,
     READ_ONLY_OPTIONS,
+    SETTLE_SECONDS,
     Credentials,
     DatabaseError,
     DatabaseUnavailable,
@@ -230,15 +231,10 @@ class Target:
             return spelled
 
     async def _give_back(self, conn: DbConnection) -> None:
-        """A connection of the proxy's own question back to the pool: rolled back if need be, closed
-        when that fails."""
-        try:
-            if conn.state.txn_status != b"I" and not conn.closing():
-                await conn.run_quietly("ROLLBACK")
-        except Exception:  # noqa: BLE001 - whatever failed, it is not lent again
-            self.lender.release(conn, reusable=False)
-            return
-        self.lender.release(conn, reusable=not conn.closing())
+        """A connection of the proxy's own question back to the pool: rolled back if need be (as a
+        departed client's is), closed when that fails."""
+        settled = not conn.closing() and (conn.state.clean or await conn.settle(SETTLE_SECONDS))
+        self.lender.release(conn, reusable=settled)
 
     async def probe(self) -> None:
         """While the target is unavailable: try a connection, so that availability comes back as soon
