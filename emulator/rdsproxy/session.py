@@ -44,24 +44,23 @@ from emulator.rdsproxy.stats import RequestLatency, Stats
 from emulator.rdsproxy.target import Target
 
 # Requests that end at ReadyForQuery: the latency metrics measure each one.
-_REQUESTS: Final = frozenset({Frontend.QUERY, Frontend.FUNCTION_CALL, Frontend.SYNC})
+# (Sets of kinds are kind_tables, read per message.)
+_REQUESTS: Final = m.kind_table(Frontend.QUERY, Frontend.FUNCTION_CALL, Frontend.SYNC)
 # Messages that would start work on a database connection.
-_STARTS_WORK: Final = frozenset(
-    {
-        Frontend.QUERY,
-        Frontend.PARSE,
-        Frontend.BIND,
-        Frontend.EXECUTE,
-        Frontend.DESCRIBE,
-        Frontend.FUNCTION_CALL,
-    }
+_STARTS_WORK: Final = m.kind_table(
+    Frontend.QUERY,
+    Frontend.PARSE,
+    Frontend.BIND,
+    Frontend.EXECUTE,
+    Frontend.DESCRIBE,
+    Frontend.FUNCTION_CALL,
 )
-_COPY_ENDS: Final = frozenset({Frontend.COPY_DONE, Frontend.COPY_FAIL})
+_COPY_ENDS: Final = m.kind_table(Frontend.COPY_DONE, Frontend.COPY_FAIL)
 
 
 def _runs_on_server(kind: int, frame: m.Frame) -> bool:
     """The message needs a database connection (a statement's Close does not; a portal's does)."""
-    return kind in _STARTS_WORK or (kind == Frontend.CLOSE and frame.raw[5:6] == b"P")
+    return bool(_STARTS_WORK[kind]) or (kind == Frontend.CLOSE and frame.raw[5:6] == b"P")
 
 
 # A client that reads slower than its database connection answers holds the connection back here.
@@ -435,7 +434,7 @@ class ClientSession:
             # COPY FROM STDIN: the server takes whatever comes (it fails the COPY, and the session, on
             # what is not COPY data; it ignores Flush and Sync) until CopyDone or CopyFail ends it.
             self._send(frame.raw)
-            if kind in _COPY_ENDS:
+            if _COPY_ENDS[kind]:
                 backend.state.copy_in = False
             return True
         if backend is not None and backend.retiring and not backend.state.router.unsynced:
@@ -444,24 +443,45 @@ class ClientSession:
             # rest of a request not yet synced goes on, as COPY data does: its answer needs it.)
             self._hold(lambda conn: False)
             return False
-        handler = _HANDLERS.get(kind)
-        if handler is None:
+        if not _HANDLED[kind]:
             self._unknown_message(kind)
         skipping = self.skip_until_sync or (backend is not None and backend.state.router.skipping)
         if skipping and kind != Frontend.SYNC:
             # PostgreSQL skips every message after an error up to the next Sync: so does the proxy.
             return True
-        if self.lost_transaction is not None and kind in _STARTS_WORK:
+        if self.lost_transaction is not None and _STARTS_WORK[kind]:
             self._report_lost_transaction(kind)
             return True
         if backend is None and _runs_on_server(kind, frame) and self._borrow_now() is None:
             return False
         if kind == Frontend.PARSE and self._answers_first(frame):
             return False
-        if kind in _REQUESTS:
+        if _REQUESTS[kind]:
             self.latency.request_arrived(self.last_activity)  # when its bytes came
-        handler(self, frame)
+        self._handle(kind, frame)
         return True
+
+    def _handle(self, kind: int, frame: m.Frame) -> None:
+        """The message's handler (one of _HANDLED's kinds), by a chain of comparisons, commonest
+        first: compiled, each is a direct call, where a table of methods makes a generic call."""
+        if kind == Frontend.BIND:
+            self._bind(frame)
+        elif kind == Frontend.EXECUTE:
+            self._execute(frame)
+        elif kind == Frontend.SYNC:
+            self._sync(frame)
+        elif kind == Frontend.QUERY:
+            self._query(frame)
+        elif kind == Frontend.DESCRIBE:
+            self._describe(frame)
+        elif kind == Frontend.PARSE:
+            self._parse(frame)
+        elif kind == Frontend.CLOSE:
+            self._close(frame)
+        elif kind == Frontend.FUNCTION_CALL:
+            self._function_call(frame)
+        else:  # Flush, and COPY data outside COPY FROM STDIN (see _dispatch_now)
+            self._when_borrowed(frame)
 
     def _borrow_timed_out(self, kind: int) -> None:
         """borrow_timeout_severity ERROR: the request fails and the session goes on."""
@@ -687,8 +707,12 @@ class ClientSession:
         and nobody waits in line; None when the borrow must wait (_ensure_backend)."""
         if self._unaligned is not None:
             return None  # lent already: _ensure_backend aligns it
+        pool = self.deps.pool
         try:
-            conn = self.deps.pool.borrow_now(self._pool_key())
+            if isinstance(pool, Pool):  # the writer's pool: compiled, a direct call (once per request)
+                conn = pool.borrow_now(self._pool_key())
+            else:
+                conn = pool.borrow_now(self._pool_key())
         except PoolClosed:
             raise SessionEnd from None
         if conn is None:
@@ -824,7 +848,11 @@ class ClientSession:
             return False
         self.backend = None
         conn.detach()
-        self.deps.pool.release(conn, reusable=True)
+        pool = self.deps.pool
+        if isinstance(pool, Pool):  # as in _borrow_now
+            pool.release(conn, reusable=True)
+        else:
+            pool.release(conn, reusable=True)
         return True
 
     def _lost_from_backend(self, exc: BaseException) -> None:
@@ -964,20 +992,21 @@ class ClientSession:
 
 # The handler of each client message kind (one table for every session: a dict of bound methods per
 # session cost 600 bytes of each idle client).
-_HANDLERS: Final[dict[int, Callable[[ClientSession, m.Frame], None]]] = {
-    Frontend.QUERY: ClientSession._query,
-    Frontend.PARSE: ClientSession._parse,
-    Frontend.BIND: ClientSession._bind,
-    Frontend.DESCRIBE: ClientSession._describe,
-    Frontend.EXECUTE: ClientSession._execute,
-    Frontend.CLOSE: ClientSession._close,
-    Frontend.SYNC: ClientSession._sync,
-    Frontend.FLUSH: ClientSession._when_borrowed,
-    Frontend.FUNCTION_CALL: ClientSession._function_call,
-    Frontend.COPY_DATA: ClientSession._when_borrowed,
-    Frontend.COPY_DONE: ClientSession._when_borrowed,
-    Frontend.COPY_FAIL: ClientSession._when_borrowed,
-}
+# The message kinds a client may send after its login (see ClientSession._handle).
+_HANDLED: Final = m.kind_table(
+    Frontend.QUERY,
+    Frontend.PARSE,
+    Frontend.BIND,
+    Frontend.DESCRIBE,
+    Frontend.EXECUTE,
+    Frontend.CLOSE,
+    Frontend.SYNC,
+    Frontend.FLUSH,
+    Frontend.FUNCTION_CALL,
+    Frontend.COPY_DATA,
+    Frontend.COPY_DONE,
+    Frontend.COPY_FAIL,
+)
 
 
 class _Restorer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, Final
@@ -20,13 +19,20 @@ class Latencies:
     count: int = 0
     total_us: int = 0
     max_us: int = 0
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_SAMPLES))
+    # The last RECENT_SAMPLES samples, as a ring: sample n (from 1) is at (n - 1) % RECENT_SAMPLES.
+    # A list, not a deque with maxlen, whose append is a generic call from compiled code (three per
+    # request).
+    recent: list[int] = field(default_factory=list)
 
     def add(self, us: int) -> None:
         self.count += 1
         self.total_us += us
         self.max_us = max(self.max_us, us)
-        self.recent.append(us)
+        recent = self.recent
+        if len(recent) < RECENT_SAMPLES:
+            recent.append(us)
+        else:
+            recent[(self.count - 1) % RECENT_SAMPLES] = us  # in place of the oldest
 
     @classmethod
     def merged(cls, parts: list[Latencies]) -> Latencies:
@@ -36,6 +42,8 @@ class Latencies:
             merged.total_us += part.total_us
             merged.max_us = max(merged.max_us, part.max_us)
             merged.recent.extend(part.recent)
+        # The parts' recent samples, as many as one ring keeps (percentiles ignore their order).
+        del merged.recent[:-RECENT_SAMPLES]
         return merged
 
     def summary(self) -> dict[str, int]:

@@ -83,6 +83,15 @@ def kinds(of: type) -> dict[str, int]:
     return {name: value for name, value in vars(of).items() if name.isupper() and isinstance(value, int)}
 
 
+def kind_table(*members: int) -> bytes:
+    """A set of message kinds as 256 flags: `table[kind]` is one byte read where `kind in a_set` hashes
+    an int object (compiled code makes one per lookup)."""
+    flags = bytearray(256)
+    for member in members:
+        flags[member] = 1
+    return bytes(flags)
+
+
 class ProtocolViolation(Exception):
     """The peer sent bytes that are not a well-formed message; its connection must end."""
 
@@ -302,13 +311,28 @@ def _parse_startup_params(data: bytes) -> dict[str, str]:
 # -- reading message bodies ------------------------------------------------------------------
 
 
+# Where read_cstring looks for a string's end by partition (names are at most 63 bytes in PostgreSQL).
+_NAME_WINDOW: Final = 128
+
+
 def read_cstring(body: bytes, offset: int = 0) -> tuple[str, int]:
+    """The string at body[offset:] and the offset after its terminator."""
     if offset < len(body) and body[offset] == 0:
         return "", offset + 1  # the unnamed statement or portal, as most names in the protocol are
-    end = body.find(b"\0", offset)
-    if end < 0:
+    # partition, a one-argument method, where it can: find parses its arguments the slow way, which
+    # costs more than finding the end of the protocol's short strings. The window keeps a large
+    # message from being copied to read a name at its start.
+    if offset == 0:
+        text, found, _ = body.partition(b"\0")
+    else:
+        text, found, _ = body[offset : offset + _NAME_WINDOW].partition(b"\0")
+        if not found:
+            end = body.find(b"\0", offset)
+            found = b"\0" if end >= 0 else b""
+            text = body[offset:end]
+    if not found:
         raise ProtocolViolation("unterminated string")
-    return body[offset:end].decode("utf-8", "replace"), end + 1
+    return text.decode("utf-8", "replace"), offset + len(text) + 1
 
 
 def read_parameter_status(data: bytes, start: int = 0) -> tuple[str, str]:
@@ -357,11 +381,11 @@ def parse_fields(frame: Frame) -> tuple[str, str, bytes]:
     return fields
 
 
-def bind_statement(body: bytes) -> tuple[str, str, int]:
-    """Bind: (portal, statement name, offset where the rest begins)."""
-    portal, offset = read_cstring(body)
-    statement, offset = read_cstring(body, offset)
-    return portal, statement, offset
+def bind_statement(body: bytes) -> tuple[str, str, int, int]:
+    """Bind: (portal, statement name, offset where the name begins, offset where the rest begins)."""
+    portal, start = read_cstring(body)
+    statement, rest = read_cstring(body, start)
+    return portal, statement, start, rest
 
 
 def parse_target(body: bytes) -> tuple[str, str]:
@@ -510,9 +534,12 @@ def parse_message(name: str, query: str, param_section: bytes) -> bytes:
     return frame(Frontend.PARSE, _cstr(name) + _cstr(query) + param_section)
 
 
-def rename_bind(body: bytes, statement: str) -> bytes:
-    portal, _, rest = bind_statement(body)
-    return frame(Frontend.BIND, _cstr(portal) + _cstr(statement) + body[rest:])
+def rename_bind(body: bytes, statement: str, start: int, rest: int) -> bytes:
+    """The Bind whose body is body, with statement for the name at body[start:rest] (bind_statement's
+    offsets: the body is read once)."""
+    name = _cstr(statement)
+    size = len(body) - (rest - start) + len(name) + 4
+    return b"".join((_HEADER.pack(Frontend.BIND, size), body[:start], name, body[rest:]))
 
 
 def target_message(kind: int, target: str, name: str) -> bytes:

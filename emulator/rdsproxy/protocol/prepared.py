@@ -198,7 +198,7 @@ class PreparedStatements:
     def bind(self, state: ServerState, frame: m.Frame) -> Statement | None:
         """Forward a Bind, its statement made the client's; the named statement it binds, if any."""
         body = frame.body
-        portal, name, _ = m.bind_statement(body)
+        portal, name, start, rest = m.bind_statement(body)
         if not name:
             self._unnamed_on_server(state)
             self._bound(portal, self.unnamed.commands if self.unnamed is not None else None)
@@ -209,7 +209,7 @@ class PreparedStatements:
         self._bound(portal, statement.commands if statement is not None else None)
         backend_name = self._on_server(state, name)
         state.router.expect(Expect.BIND, error=_renamed(backend_name, name))
-        self._send(m.rename_bind(body, backend_name))
+        self._send(m.rename_bind(body, backend_name, start, rest))
         return statement
 
     def _bound(self, portal: str, commands: tuple[SqlCommand | None, ...] | None) -> None:

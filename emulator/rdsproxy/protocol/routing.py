@@ -14,17 +14,16 @@ message up to the next Sync, and so does the queue, undoing what those messages 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Final, final
 
-from emulator.rdsproxy.protocol.messages import Backend
+from emulator.rdsproxy.protocol.messages import Backend, kind_table
 
-_EXECUTED: Final = frozenset(
-    {Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED}
+_EXECUTED: Final = kind_table(
+    Backend.COMMAND_COMPLETE, Backend.EMPTY_QUERY_RESPONSE, Backend.PORTAL_SUSPENDED
 )
-_DESCRIBED: Final = frozenset({Backend.ROW_DESCRIPTION, Backend.NO_DATA})
-_NOTHING: Final[frozenset[int]] = frozenset()
+_DESCRIBED: Final = kind_table(Backend.ROW_DESCRIPTION, Backend.NO_DATA)
+_NOTHING: Final = kind_table()
 
 
 @final
@@ -38,9 +37,9 @@ class ExpectKind:
 
     __slots__ = ("completes", "extended", "label", "until_ready")
 
-    def __init__(self, label: str, completes: frozenset[int], until_ready: bool, extended: bool) -> None:
+    def __init__(self, label: str, completes: bytes, until_ready: bool, extended: bool) -> None:
         self.label = label
-        # The response types that complete it (ErrorResponse completes any of them).
+        # The response types that complete it, as a kind_table (ErrorResponse completes any of them).
         self.completes = completes
         # It ends at ReadyForQuery.
         self.until_ready = until_ready
@@ -55,9 +54,9 @@ class ExpectKind:
 class Expect:
     """The kinds, by name."""
 
-    PARSE: Final = ExpectKind("parse", frozenset({Backend.PARSE_COMPLETE}), False, True)
-    BIND: Final = ExpectKind("bind", frozenset({Backend.BIND_COMPLETE}), False, True)
-    CLOSE: Final = ExpectKind("close", frozenset({Backend.CLOSE_COMPLETE}), False, True)
+    PARSE: Final = ExpectKind("parse", kind_table(Backend.PARSE_COMPLETE), False, True)
+    BIND: Final = ExpectKind("bind", kind_table(Backend.BIND_COMPLETE), False, True)
+    CLOSE: Final = ExpectKind("close", kind_table(Backend.CLOSE_COMPLETE), False, True)
     # Describe: ParameterDescription (statements only), then RowDescription or NoData.
     DESCRIBE_STATEMENT: Final = ExpectKind("describe statement", _DESCRIBED, False, True)
     DESCRIBE_PORTAL: Final = ExpectKind("describe portal", _DESCRIBED, False, True)
@@ -70,7 +69,7 @@ class Expect:
 
 
 # Notice, Notification, ParameterStatus: at any time.
-_ASYNC: Final = frozenset({Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS})
+_ASYNC: Final = kind_table(Backend.NOTICE_RESPONSE, Backend.NOTIFICATION_RESPONSE, Backend.PARAMETER_STATUS)
 
 
 class Expected:
@@ -126,11 +125,19 @@ class Expected:
         self.holds_parameters = holds_parameters
 
 
+# Answered entries a long pipeline's queue drops once they are half of it.
+_COMPACT_AFTER: Final = 1024
+
+
 class ResponseRouter:
     """The queue of answers one database connection owes its borrower, in the order they are due."""
 
     def __init__(self) -> None:
-        self._queue: deque[Expected] = deque()
+        # The queue is _queue[_first:]: a list read by index, whose answered entries stay until it
+        # empties (see _pop). A deque's indexing and popleft are generic calls from compiled code,
+        # and they were made for every server message. Empty when nothing is due.
+        self._queue: list[Expected] = []
+        self._first = 0
         # Extended-protocol messages went to the server since its last Sync.
         self.unsynced = False
         # An extended-protocol message failed and no Sync has been sent since: the server is skipping.
@@ -146,33 +153,57 @@ class ResponseRouter:
         """Nothing waits for an answer and the server is not inside an unsynced request."""
         return not self._queue and not self.unsynced and not self.skipping
 
+    def _head(self) -> Expected | None:
+        queue, first = self._queue, self._first
+        return queue[first] if first < len(queue) else None
+
+    def _pop(self) -> Expected:
+        """The head, answered: taken off the queue."""
+        queue = self._queue
+        first = self._first
+        entry = queue[first]
+        first += 1
+        if first == len(queue):
+            queue.clear()
+            first = 0
+        elif first >= _COMPACT_AFTER and first * 2 >= len(queue):
+            del queue[:first]  # a long pipeline: the answered half goes
+            first = 0
+        self._first = first
+        return entry
+
     def pending(self) -> list[str]:
         """What is still waiting for its answer, oldest first."""
-        return [entry.kind.label for entry in self._queue]
+        return [entry.kind.label for entry in self._queue[self._first :]]
 
     def passthrough(self) -> bool:
         """Every request waiting is the client's own and ends at ReadyForQuery (simple queries,
         function calls, Syncs): until the next one arrives, the server's messages go to the client
         as they are, and each ReadyForQuery answers one request."""
-        return all(
-            entry.forward
-            and entry.kind.until_ready
-            and entry.on_complete is None
-            and entry.ready is None
-            and entry.on_ready is None
-            and not entry.holds_parameters
-            for entry in self._queue
-        )
+        queue = self._queue
+        for index in range(self._first, len(queue)):
+            entry = queue[index]
+            if not (
+                entry.forward
+                and entry.kind.until_ready
+                and entry.on_complete is None
+                and entry.ready is None
+                and entry.on_ready is None
+                and not entry.holds_parameters
+            ):
+                return False
+        return True
 
     @property
     def holding_parameters(self) -> bool:
         """The answer being received holds back the server's ParameterStatus messages."""
-        return bool(self._queue) and self._queue[0].holds_parameters
+        head = self._head()
+        return head is not None and head.holds_parameters
 
     def ready(self) -> None:
         """A ReadyForQuery passed through (see passthrough)."""
         if self._queue:
-            self._queue.popleft()
+            self._pop()
 
     def expect(
         self,
@@ -209,7 +240,7 @@ class ResponseRouter:
 
     def waiting_for(self, entry: Expected) -> bool:
         """The answer to this message has not ended yet."""
-        return entry in self._queue
+        return any(entry is waiting for waiting in self._queue[self._first :])
 
     def answer(self, payload: bytes, *, undo: Callable[[], None] | None = None) -> list[bytes]:
         """A response the proxy makes up; returned at once when nothing before it is outstanding."""
@@ -218,8 +249,8 @@ class ResponseRouter:
 
     def _drain(self) -> list[bytes]:
         out = []
-        while self._queue and self._queue[0].kind is Expect.SYNTHETIC:
-            out.append(self._queue.popleft().synthetic)
+        while (head := self._head()) is not None and head.kind is Expect.SYNTHETIC:
+            out.append(self._pop().synthetic)
         return out
 
     def passes(self, kind: int, data: bytes, start: int, end: int) -> list[bytes] | None:
@@ -227,32 +258,39 @@ class ResponseRouter:
         it goes to the client as it is and nothing else goes with it (nearly always), else what
         route() gives."""
         queue = self._queue
-        if kind in _ASYNC or not queue:
+        if _ASYNC[kind] or not queue:
             return None
-        head = queue[0]
+        first = self._first
+        head = queue[first]
         if kind == Backend.READY_FOR_QUERY:
             shown = head.forward if head.ready is None else head.ready
-            if head.on_ready is None and shown and (len(queue) == 1 or queue[1].kind is not Expect.SYNTHETIC):
-                queue.popleft()
-                return None
+            if head.on_ready is None and shown:
+                if first + 1 == len(queue):
+                    queue.clear()  # _pop(), inline: nearly every answer ends here
+                    self._first = 0
+                    return None
+                if queue[first + 1].kind is not Expect.SYNTHETIC:
+                    self._pop()
+                    return None
             return self.route(kind, data[start:end])
         if kind == Backend.ERROR_RESPONSE or not head.forward:
             return self.route(kind, data[start:end])
         if kind == Backend.COMMAND_COMPLETE and head.on_complete is not None:
             return self.route(kind, data[start:end])
-        if kind in head.kind.completes:
-            queue.popleft()
-            if queue and queue[0].kind is Expect.SYNTHETIC:
+        if head.kind.completes[kind]:
+            self._pop()
+            following = self._head()
+            if following is not None and following.kind is Expect.SYNTHETIC:
                 return [data[start:end], *self._drain()]
         return None
 
     def route(self, kind: int, raw: bytes) -> list[bytes]:
         """The frames to pass to the client for one server message (raw is the whole frame)."""
-        if kind in _ASYNC or not self._queue:
+        head = self._head()
+        if _ASYNC[kind] or head is None:
             return [raw]
-        head = self._queue[0]
         if kind == Backend.READY_FOR_QUERY:
-            self._queue.popleft()
+            self._pop()
             if head.on_ready is not None:
                 return head.on_ready(raw) + self._drain()
             shown = head.forward if head.ready is None else head.ready
@@ -263,8 +301,8 @@ class ResponseRouter:
         if kind == Backend.COMMAND_COMPLETE and head.on_complete is not None:
             head.on_complete(raw)
         out = [raw] if head.forward else []
-        if kind in head.kind.completes:
-            self._queue.popleft()
+        if head.kind.completes[kind]:
+            self._pop()
             out += self._drain()
         return out
 
@@ -276,10 +314,10 @@ class ResponseRouter:
             return out if head.forward else []
         # The server skips everything up to the next Sync (simple queries and function calls too):
         # so does the queue, undoing what the skipped messages did, newest first.
-        self._queue.popleft()
+        self._pop()
         skipped = []
-        while self._queue and self._queue[0].kind is not Expect.SYNC:
-            skipped.append(self._queue.popleft())
+        while (entry := self._head()) is not None and entry.kind is not Expect.SYNC:
+            skipped.append(self._pop())
         for entry in reversed(skipped):
             if entry.undo is not None:
                 entry.undo()

@@ -116,7 +116,7 @@ def _route_each(
         else:
             if kind == Backend.READY_FOR_QUERY:
                 server.txn_status = chunk[start + 5 : start + 6]
-            if kind in _WATCHED and _watch(kind, chunk, start, server):
+            if _WATCHED[kind] and _watch(kind, chunk, start, server):
                 instead = []  # the server's own FATAL: held back (see ServerState.fatal)
             else:
                 instead = router.passes(kind, chunk, start, end)
@@ -151,16 +151,16 @@ def _pass_through(
         elif kind == Backend.READY_FOR_QUERY:
             server.txn_status = chunk[start + 5 : start + 6]
             router.ready()
-        elif kind in _WATCHED and _watch(kind, chunk, start, server):
+        elif _WATCHED[kind] and _watch(kind, chunk, start, server):
             # The server's own FATAL: held back (see ServerState.fatal).
             out.append(chunk[kept:start])
             kept = starts[index + 1] if index + 1 < len(starts) else len(chunk)
     out.append(chunk[kept:] if kept else chunk)
 
 
-_COPY_IN: Final = frozenset({Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE})
+_COPY_IN: Final = m.kind_table(Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE)
 # COPY FROM STDIN ends with the client's CopyDone or CopyFail (see the session), or a server error.
-_WATCHED: Final = _COPY_IN | {Backend.ERROR_RESPONSE}
+_WATCHED: Final = m.kind_table(Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE, Backend.ERROR_RESPONSE)
 # The client's own protocol violation, which ends its session: PostgreSQL's FATAL 08P01.
 _CLIENTS_FATAL: Final = (b"VFATAL\0", b"C08P01\0")
 _FATAL: Final = _CLIENTS_FATAL[0]
@@ -169,7 +169,7 @@ _FATAL: Final = _CLIENTS_FATAL[0]
 def _watch(kind: int, data: bytes, start: int, server: ServerState) -> bool:
     """COPY FROM STDIN starting, or failed by the server, and a FATAL of the client's making; True
     for a FATAL that is not the client's (held back from the client)."""
-    if kind in _COPY_IN:
+    if _COPY_IN[kind]:
         server.copy_in = True
         return False
     server.copy_in = False

@@ -295,7 +295,7 @@ class Mutation:
             lengths = [0, 1, 3, 4, len(target) - header - 1, len(target) - header + 1, 0x3FFFFFF0, 0x7FFFFFFF]
             length = lengths[self.value % len(lengths)] if self.value % 3 else self.value & 0xFFFFFFFF
             target[header : header + 4] = struct.pack("!I", length & 0xFFFFFFFF)
-        elif self.kind == "letter" and header:
+        elif self.kind == "letter" and header and target:  # (an earlier truncate may have emptied it)
             target[0] = self.value % 256
         elif self.kind == "insert":
             target[self.offset % (len(target) + 1) : self.offset % (len(target) + 1)] = bytes(

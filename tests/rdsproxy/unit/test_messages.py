@@ -151,9 +151,29 @@ def test_error_fields_round_trip() -> None:
 
 def test_a_bind_is_renamed_without_touching_its_parameters() -> None:
     body = b"portal\0client_name\0" + b"\x00\x01\x00\x01\x00\x01\x00\x00\x00\x04\x00\x00\x00\x2a\x00\x00"
-    renamed = m.rename_bind(body, "rdsproxy_7")
-    assert m.bind_statement(renamed[5:])[:2] == ("portal", "rdsproxy_7")
-    assert renamed.endswith(body[len(b"portal\0client_name\0") :])
+    portal, name, start, rest = m.bind_statement(body)
+    assert (portal, name, body[start:rest]) == ("portal", "client_name", b"client_name\0")
+    renamed = m.rename_bind(body, "rdsproxy_7", start, rest)
+    assert renamed == m.frame(m.Frontend.BIND, b"portal\0rdsproxy_7\0" + body[rest:])
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 129, 100_000])
+def test_a_string_is_read_to_its_terminator_whatever_its_length(offset: int, size: int) -> None:
+    text = "é" * (size // 2) + "x" * (size % 2)
+    body = b"\0" * offset + text.encode() + b"\0tail\0"
+    assert m.read_cstring(body, offset) == (text, offset + len(text.encode()) + 1)
+
+
+@pytest.mark.parametrize("body", [b"abc", b"\0\0abc", b"\0\0" + b"x" * 300])
+def test_a_string_without_its_terminator_is_a_protocol_violation(body: bytes) -> None:
+    offset = 2 if body.startswith(b"\0\0") else 0
+    with pytest.raises(m.ProtocolViolation, match="unterminated string"):
+        m.read_cstring(body, offset)
+
+
+def test_a_string_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    assert m.read_cstring(b"\0a\xffb\0", 1) == ("a\ufffdb", 5)
 
 
 def test_a_parse_message_seen_before_gives_the_same_fields_without_being_decoded_again() -> None:

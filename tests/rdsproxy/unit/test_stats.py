@@ -17,7 +17,7 @@ def test_count_sum_and_max_cover_every_sample_while_memory_stays_bounded() -> No
     assert latencies.count == RECENT_SAMPLES + 10_000
     assert latencies.total_us == sum(range(RECENT_SAMPLES + 10_000))
     assert latencies.max_us == RECENT_SAMPLES + 9_999
-    assert len(latencies.recent) == RECENT_SAMPLES
+    assert sorted(latencies.recent) == list(range(10_000, RECENT_SAMPLES + 10_000))  # the newest
 
 
 def test_percentiles_are_over_the_most_recent_samples() -> None:
@@ -72,3 +72,19 @@ def test_the_whole_proxys_counters_are_the_sum_of_its_endpoints_and_pools() -> N
         30,
     )
     assert Stats.total([default]) is default  # one part: the same object, as before endpoints
+
+
+def test_merged_latencies_count_every_sample_and_keep_one_ring_of_recent_ones() -> None:
+    old, new = Latencies(), Latencies()
+    for _ in range(RECENT_SAMPLES):
+        old.add(1_000_000)
+    for us in range(1, 11):
+        new.add(us)
+    merged = Latencies.merged([old, new])
+    assert (merged.count, merged.total_us, merged.max_us) == (
+        RECENT_SAMPLES + 10,
+        10**6 * RECENT_SAMPLES + 55,
+        10**6,
+    )
+    assert len(merged.recent) == RECENT_SAMPLES
+    assert sorted(merged.recent)[:10] == list(range(1, 11))  # the last part's samples are all kept
