@@ -176,3 +176,27 @@ def test_simple_queries_and_syncs_may_pass_through_in_bulk_and_made_up_answers_m
     router.expect(Expect.QUERY)
     router.answer(CLOSE_OK)
     assert not router.passthrough()  # a made-up answer waits for its place in line
+
+
+def test_a_long_pipeline_is_answered_in_order_and_its_answered_places_do_not_pile_up() -> None:
+    # A driver pipelining thousands of executions: the queue is read at its head while it grows at
+    # its tail, 2,000 answers behind, and empties only at the end.
+    router = ResponseRouter()
+    sent = answered = 0
+
+    def send() -> None:
+        nonlocal sent
+        router.expect(Expect.EXECUTE, forward=sent % 2 == 0)  # every other one the proxy's own
+        sent += 1
+
+    for _ in range(2000):
+        send()
+    while answered < 8000:
+        if sent < 8000:
+            send()
+        done = m.frame(Backend.COMMAND_COMPLETE, f"SELECT {answered}\0".encode())
+        assert route(router, done) == ([] if answered % 2 else [done])
+        answered += 1
+        assert len(router.pending()) == sent - answered
+        assert len(router._queue) <= 2 * (sent - answered) + 1024  # what is answered is let go
+    assert router.idle
