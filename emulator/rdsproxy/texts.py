@@ -1,4 +1,4 @@
-"""What RDS Proxy says, in its own words (sources in shared/reference/rds-proxy-postgres.md).
+"""What RDS Proxy says, in its own words (sources in docs/rds-proxy-reference.md).
 
 SQLSTATEs are not documented by AWS; where a real client report shows one we use it (0A000 for
 unsupported features, 08000 for the borrow timeout), elsewhere PostgreSQL's nearest code.

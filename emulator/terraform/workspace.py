@@ -70,8 +70,8 @@ def declared_variables(source: Path) -> list[str]:
 class TerraformUnavailable(ComponentError):
     """Terraform or its AWS provider cannot be had here; the message says which and how to get it."""
 
-    def __init__(self, problem: str) -> None:
-        super().__init__("Terraform", problem)
+    def __init__(self, problem: str, hint: str = "") -> None:
+        super().__init__("Terraform", problem, hint)
 
 
 def _implied_mirrors() -> list[Path]:
@@ -245,8 +245,12 @@ class TerraformWorkspace:
         except ComponentError as exc:
             if self.tools.needs_registry:
                 # Nothing local to install from and the registry did not answer: not a kit failure.
-                problem = f"the hashicorp/aws provider could not be installed from the registry ({exc})"
-                raise TerraformUnavailable(f"{problem}; {PROVIDER_HINT}") from exc
+                # Terraform's words first, then one hint: what to make available, and where its
+                # whole output is.
+                problem = "the hashicorp/aws provider could not be installed from the registry: "
+                problem += exc.problem
+                hint = f"{PROVIDER_HINT} (Terraform's whole output: {self.log_path})"
+                raise TerraformUnavailable(problem, hint) from exc
             raise
 
     def validate(self) -> None:

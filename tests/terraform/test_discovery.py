@@ -90,5 +90,10 @@ def test_a_provider_the_registry_cannot_give_is_named_without_asking_to_install_
 
     message = str(raised.value)
     assert "the hashicorp/aws provider could not be installed from the registry" in message
-    assert "TF_PLUGIN_DIR" in message
+    assert "Failed to query available provider packages" in message  # Terraform's own words
     assert "install Terraform" not in message
+    # One hint, on a line of its own: what to do, and where Terraform's whole output is.
+    assert message.count("how to fix:") == 1
+    hint = message.split("\n  how to fix: ")[1]
+    assert "TF_PLUGIN_DIR" in hint
+    assert str(workspace.log_path) in hint
