@@ -4,6 +4,7 @@ stage`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -44,11 +45,21 @@ _SOURCE_THE_ENV_FILE = (
 
 
 class Shutdown(BaseException):
-    """SIGTERM, delivered like Ctrl+C so every `with` block tears its component down."""
+    """SIGTERM or SIGHUP, delivered like Ctrl+C so every `with` block tears its component down."""
 
 
 def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
     raise Shutdown(signal.Signals(signum).name)
+
+
+def _say_while_stopping(text: str, stream: typing.TextIO) -> None:
+    """Print a line on the way out. After SIGHUP from a closed terminal, writing to it fails (EIO):
+    that must not cut the stop short, and what is left to print goes to /dev/null instead."""
+    try:
+        print(text, file=stream, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -96,8 +107,9 @@ def _add_up(commands: Commands) -> None:
         "up",
         help="start PostgreSQL, the AWS API emulator, a proxy and your functions (Ctrl+C stops them)",
         description="Start the embedded stack on 127.0.0.1 with your schema, Terraform and Lambda "
-        "functions behind Lambda's API, print the endpoints and wait for Ctrl+C (SIGINT) or SIGTERM, "
-        "then stop every process and remove every temporary file.",
+        "functions behind Lambda's API, print the endpoints and wait for Ctrl+C (SIGINT), SIGTERM or "
+        "SIGHUP (a closed terminal; ignored under nohup), then stop every process and remove every "
+        "temporary file.",
     )
     _proxy_option(up)
     up.add_argument(
@@ -229,9 +241,9 @@ def _add_invoke(commands: Commands) -> None:
 def _proxy_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--proxy",
-        type=ProxyKind,
-        choices=list(ProxyKind),
-        default=ProxyKind.EMULATOR,
+        # Plain strings, as --cluster's: a typo is told with the choices (twin_config converts).
+        choices=[kind.value for kind in ProxyKind],
+        default=ProxyKind.EMULATOR.value,
         help="what sits between clients and PostgreSQL (default: %(default)s)",
     )
 
@@ -674,16 +686,22 @@ def _print_twin(twin: LocalTwin, env: Mapping[str, str]) -> None:
     endpoint = stack.database_endpoint
     # Clients reach the database at its endpoints (PGHOST/PGPORT); the servers' own ports are the
     # kit's business (with IAM database authentication they reject IAM users).
-    where = "" if endpoint is not None else f"{env['PGHOST']}:{env['PGPORT']}  "
-    print(
-        f"PostgreSQL   {where}({stack.postgres.binaries.version}, "
-        f"from {stack.postgres.binaries.source}, max_connections={config.max_connections}, "
-        f"database {config.database}, user {config.db_user})"
+    about = (
+        f"{stack.postgres.binaries.version}, from {stack.postgres.binaries.source}, "
+        f"max_connections={config.max_connections}, database {config.database}, user {config.db_user}"
     )
+    if endpoint is None:
+        print(f"PostgreSQL   {env['PGHOST']}:{env['PGPORT']}  ({about})")
+    else:
+        print(f"PostgreSQL   {about}")  # no address of its own: the Database line's endpoints
     cluster = stack.cluster
     if cluster is not None:
         roles = ", ".join(f"{instance.name} {instance.role}" for instance in cluster.instances)
         print(f"Database     {config.database_kind}: {roles}")
+    elif endpoint is not None:
+        # One instance behind its endpoints (IAM database authentication): named as a cluster's are.
+        writers = ", ".join(f"{name} writer" for name in endpoint.instance_ports)
+        print(f"Database     {config.database_kind}: {writers}")
     if endpoint is not None:
         ttl = f"; DNS TTL {config.dns_ttl_seconds:g} s after a failover" if cluster is not None else ""
         print(f"  writer     {env['PGHOST']}:{env['PGPORT']}  (PGHOST, PGPORT{ttl})")
@@ -784,7 +802,7 @@ def _up(args: argparse.Namespace) -> int:
             control.stop()
             if args.env_file:
                 _remove_own_env_file(args.env_file, control.url)
-            print("Stopping ...", flush=True)
+            _say_while_stopping("Stopping ...", sys.stdout)
     return 0
 
 
@@ -866,10 +884,22 @@ def _invoke(args: argparse.Namespace) -> int:
 def _package(args: argparse.Namespace) -> int:
     if not args.code.is_dir():
         _usage_error(f"--code {args.code}: no such directory")
-    from emulator.awslambda.package import build_package  # noqa: PLC0415 - only for this command
+    from emulator.awslambda.package import build_package, drivers_left_out  # noqa: PLC0415 - only here
 
     out = build_package(args.out, source=args.code, with_dependencies=not args.handler_only)
     print(f"{out} ({out.stat().st_size / 1024:.1f} KiB)")
+    left_out = drivers_left_out(out, args.code)
+    if left_out:
+        # The twin runs this package (it gives every handler its own drivers); Lambda would not.
+        names = " and ".join(left_out)
+        why = "--handler-only leaves them out" if args.handler_only else "no requirements.txt names them"
+        print(
+            f"warning: the code imports {names}, which the package does not hold ({why}): the twin runs "
+            "it with the kit's own drivers, Lambda's Python runtime fails to import them "
+            "(Runtime.ImportModuleError). Fine for the twin; for AWS, list them in requirements.txt "
+            "(e.g. psycopg2-binary, psycopg[binary]) and package without --handler-only.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -1011,6 +1041,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # leaves it ignored: `kill -INT` would do nothing. Both signals stop the kit however it started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_shutdown)
+    # A closed terminal or a dropped SSH session (SIGHUP) stops it as SIGTERM does, with its files
+    # removed; unless SIGHUP is ignored (nohup), which asks it to outlive the terminal.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _raise_shutdown)
     commands = {
         "up": _up,
         "invoke": _invoke,
@@ -1030,5 +1064,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Shutdown):
-        print("Stopped.", file=sys.stderr)
+        _say_while_stopping("Stopped.", sys.stderr)
         return 0

@@ -7,11 +7,14 @@ import ast
 import contextlib
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +80,17 @@ class RunningUp:
         return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **self.env()}
 
 
-def _start_up(tmp_path: Path, proxy: str, *options: str) -> RunningUp:
+def _start_up(tmp_path: Path, proxy: str, *options: str, wrapper: Sequence[str] = ()) -> RunningUp:
+    """`up` in a terminal of its own, its output in a file; wrapper: a command in front (nohup)."""
     env_file = tmp_path / "stack.env"
     log = tmp_path / "up.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "up", "--proxy", proxy, "--env-file", str(env_file), *options],
+            [
+                *wrapper,
+                *(sys.executable, "-m", "emulator", "up", "--proxy", proxy, "--env-file", str(env_file)),
+                *options,
+            ],
             cwd=REPO,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -258,6 +266,98 @@ def test_ctrl_c_stops_every_process_and_removes_every_file(up: RunningUp) -> Non
 def test_sigterm_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:
     running = _start_up(tmp_path, "direct")
     try:
+        _stop_and_check_nothing_is_left(running, signal.SIGTERM)
+    finally:
+        _stop(running)
+
+
+def _invoke_from_another_shell(running: RunningUp) -> None:
+    subprocess.run(
+        [sys.executable, "-c", INVOKE_FROM_ANOTHER_SHELL], env=running.shell_env(), timeout=60, check=True
+    )
+
+
+def _all_gone(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of processes still running once they had 30 s to end."""
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    return [process for process in alive if process.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_sighup_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:
+    """A closed terminal or a dropped SSH session: the shell sends SIGHUP to the job's process
+    group (`up`, its Lambda environments and their zygote). `up` stops as on SIGTERM: its env file
+    (credentials) and its directory go, and no process of its own is left."""
+    running = _start_up(tmp_path, "direct")
+    try:
+        _invoke_from_another_shell(running)
+        processes = psutil.Process(running.process.pid).children(recursive=True)
+        assert len(processes) > 1
+        workdir = running.workdir()
+        os.killpg(running.process.pid, signal.SIGHUP)
+        output = _stop_and_check_nothing_is_left(running, None, workdir)
+        assert "Stopped." in output
+        assert "Traceback" not in output
+        assert _all_gone(processes) == []
+    finally:
+        _stop(running)
+
+
+def test_closing_the_terminal_that_runs_up_stops_it_and_removes_every_file(tmp_path: Path) -> None:
+    """`up` in a terminal of its own (a pseudo-terminal: a terminal window, an `ssh -t`). Closing it
+    hangs it up: the kernel sends SIGHUP, and from then on a write to the terminal fails (EIO). The
+    lines `up` prints while it stops must not cut the stop short."""
+    env_file, transcript = tmp_path / "stack.env", tmp_path / "terminal.log"
+    terminal, slave = pty.openpty()
+    try:
+        # util-linux's setsid: a session of its own, the terminal as its controlling terminal; it
+        # execs `up` (this process's child leads no process group: no fork), so the pid is up's.
+        process = subprocess.Popen(
+            [
+                *("setsid", "--ctty"),
+                *(sys.executable, "-m", "emulator", "up", "--proxy", "direct", "--env-file", str(env_file)),
+            ],
+            cwd=REPO,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+        )
+    finally:
+        os.close(slave)
+    running = RunningUp(process, env_file, transcript)
+    try:
+
+        def ready() -> bool:
+            # Read what `up` printed as a terminal would: a full terminal would block it.
+            with transcript.open("ab") as out:
+                while select.select([terminal], [], [], 0)[0]:
+                    out.write(os.read(terminal, 65536))
+            return env_file.exists()
+
+        wait_until(ready, component="up in a terminal", timeout=120, alive=running.died)
+        processes = psutil.Process(process.pid).children(recursive=True)
+        workdir = running.workdir()
+        os.close(terminal)
+        terminal = -1
+        _stop_and_check_nothing_is_left(running, None, workdir)
+        assert _all_gone(processes) == []
+    finally:
+        if terminal != -1:
+            os.close(terminal)
+        _stop(running)
+
+
+def test_up_under_nohup_outlives_a_sighup_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """nohup starts `up` with SIGHUP ignored, to outlive its terminal: the kit leaves it ignored."""
+    running = _start_up(tmp_path, "direct", wrapper=["nohup"])
+    try:
+        pid = running.process.pid  # nohup execs the command: the same process
+        ignored = Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0]
+        assert int(ignored, 16) & (1 << (signal.SIGHUP - 1)), "the kit no longer ignores SIGHUP"
+        # An ignored signal is discarded when sent: the stack, and its Lambda environments, serve on.
+        os.killpg(pid, signal.SIGHUP)
+        _invoke_from_another_shell(running)
+        assert running.process.poll() is None
+        assert running.env_file.exists()
         _stop_and_check_nothing_is_left(running, signal.SIGTERM)
     finally:
         _stop(running)
@@ -494,6 +594,24 @@ def test_the_failover_demo_refuses_what_cannot_fail_over_before_starting_anythin
     assert message in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "typo", "choices"),
+    [
+        ("--proxy", "pgbouncr", "'emulator', 'pgbouncer', 'direct'"),
+        ("--cluster", "auror", "'single', 'aurora', 'multi-az'"),
+    ],
+)
+def test_a_mistyped_choice_is_refused_with_the_choices_before_anything_starts(
+    option: str, typo: str, choices: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emulator.cli import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exited:
+        main(["up", option, typo])
+    assert exited.value.code == 2
+    assert f"argument {option}: invalid choice: '{typo}' (choose from {choices})" in capsys.readouterr().err
+
+
 def test_up_prints_the_database_s_endpoints_and_puts_each_instance_endpoint_in_the_env_file(
     tmp_path: Path,
 ) -> None:
@@ -522,6 +640,22 @@ def test_up_prints_the_database_s_endpoints_and_puts_each_instance_endpoint_in_t
         assert f"  endpoint   reads READ_ONLY {reads}  (PROXY_ENDPOINT_READS_HOST" in banner
         assert "IAM          IAM database authentication on" in banner
         assert env["PGPASSWORD"]  # the application's user is not in rds_iam: it keeps its password
+    finally:
+        _stop(running)
+
+
+def test_up_with_iam_database_auth_names_the_single_instance_and_its_endpoint(tmp_path: Path) -> None:
+    running = _start_up(tmp_path, "emulator", "--iam-database-auth")
+    try:
+        env = running.env()
+        banner = running.output()
+        postgres = next(line for line in banner.splitlines() if line.startswith("PostgreSQL"))
+        # Its details, with no empty place for an address: clients use the endpoint below.
+        assert "127.0.0.1" not in postgres
+        assert "(" not in postgres
+        assert "max_connections=" in postgres
+        assert re.search(r"^Database     single: \S+ writer$", banner, re.MULTILINE)
+        assert f"  writer     {env['PGHOST']}:{env['PGPORT']}  (PGHOST, PGPORT)" in banner
     finally:
         _stop(running)
 
@@ -633,3 +767,37 @@ def test_the_cli_and_the_twin_load_none_of_the_proxys_compiled_modules() -> None
 
     assert compiled, "no module listed"
     assert not compiled & set(done.stdout.split())
+
+
+@pytest.mark.parametrize("handler_only", [True, False])
+def test_package_warns_when_the_code_imports_a_driver_the_package_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], handler_only: bool
+) -> None:
+    # The twin gives every handler psycopg2 and psycopg, Lambda's runtime does not: such a zip runs
+    # on the twin and fails its import on AWS, so `package` says so.
+    from emulator.cli import main  # noqa: PLC0415
+
+    code = tmp_path / "function"
+    code.mkdir()
+    (code / "app.py").write_text("import psycopg2\n\ndef handler(event, context):\n    return 1\n")
+    out = tmp_path / "app.zip"
+    argv = ["package", "--code", str(code), "--out", str(out)] + (["--handler-only"] if handler_only else [])
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert str(out) in captured.out
+    assert "warning: the code imports psycopg2, which the package does not hold" in captured.err
+    reason = "--handler-only leaves them out" if handler_only else "no requirements.txt names them"
+    assert reason in captured.err
+    assert "Runtime.ImportModuleError" in captured.err
+
+
+def test_package_says_nothing_of_drivers_the_code_does_not_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emulator.cli import main  # noqa: PLC0415
+
+    code = tmp_path / "function"
+    code.mkdir()
+    (code / "app.py").write_text("import json\n\ndef handler(event, context):\n    return 1\n")
+    assert main(["package", "--code", str(code), "--out", str(tmp_path / "app.zip"), "--handler-only"]) == 0
+    assert capsys.readouterr().err == ""

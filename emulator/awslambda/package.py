@@ -7,6 +7,7 @@ times), so Terraform's source_code_hash only changes when the code or a dependen
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,10 @@ from pathlib import Path
 
 from emulator.errors import ComponentError
 from emulator.paths import LAMBDA_DIR
+
+# The drivers the twin gives every handler (its environments load them before Init) and Lambda's
+# Python runtime does not: a package must bring its own, and the twin cannot tell when it does not.
+KIT_DRIVERS = ("psycopg", "psycopg2")
 
 # The runtime terraform/lambda.tf declares (lambda_runtime) and its architecture.
 RUNTIME_PYTHON = "3.12"
@@ -90,3 +95,27 @@ def foreign_extensions(code_dir: Path) -> list[str]:
     return sorted(
         str(path.relative_to(code_dir)) for path in code_dir.rglob("*.cpython-*.so") if own not in path.name
     )
+
+
+def drivers_left_out(package: Path, source: Path) -> list[str]:
+    """The kit's drivers (KIT_DRIVERS) the code in source imports and the zip does not hold: on the
+    twin such a package runs, on Lambda its import fails (Runtime.ImportModuleError)."""
+    with zipfile.ZipFile(package) as archive:
+        packaged = {Path(name).parts[0].split(".")[0] for name in archive.namelist()}
+    return [driver for driver in KIT_DRIVERS if driver in _imported(source) and driver not in packaged]
+
+
+def _imported(source: Path) -> set[str]:
+    """The top-level modules the code directory's Python files import (absolute imports)."""
+    names: set[str] = set()
+    for path in source.rglob("*.py"):
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError):
+            continue  # not the kit's to judge here: the function's Init reports it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names

@@ -16,7 +16,7 @@ The functions' and the proxy's logs of each test are shown with its failure.
 The plugin starts nothing, and imports nothing heavy, until a test asks for a twin.
 
     options    the ini keys and command-line options (twin_handler / --twin-handler, ...)
-    factory    twin_fixture and the life of a plugin's twin (Ctrl+C, SIGTERM, failures)
+    factory    twin_fixture and the life of a plugin's twin (Ctrl+C, SIGTERM, SIGHUP, failures)
     windows    each test's window on its twins: logs, pins, connection peaks, recycling
     verdicts   what fails a test (an undeclared pin, connections over the cap), in words
 """

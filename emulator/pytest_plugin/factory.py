@@ -9,9 +9,9 @@ pytest-postgresql's factories make `postgresql_proc`.
 A factory's options go on top of the configured ones (ini file, command line): mappings (env,
 proxy_settings, tf_vars, functions) name by name, everything else replaced.
 
-A twin stops with its fixture's scope, after a failure, on Ctrl+C and on SIGTERM (turned into
-KeyboardInterrupt while a twin runs, so pytest tears everything down); a Ctrl+C while it stops only
-says to wait, so nothing it started is left behind.
+A twin stops with its fixture's scope, after a failure, on Ctrl+C, on SIGTERM and on SIGHUP (a closed
+terminal; both turned into KeyboardInterrupt while a twin runs, so pytest tears everything down); a
+Ctrl+C while it stops only says to wait, so nothing it started is left behind.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def run_twin(
     # The functions' log goes to a file of the twin's, read per test; never into pytest's output.
     options["function_log"] = tmp_path_factory.mktemp(name, numbered=True) / "functions.log"
     twins = request.config.stash[TWINS]
-    with _sigterm_interrupts():
+    with _signals_interrupt():
         started = time.monotonic()
         try:
             twin = LocalTwin(**options)
@@ -106,42 +106,50 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-# How many twins run under _interrupt (twins of different scopes need not stop in the order they
-# started: the handler stays until the last one stops).
-_sigterm_users = 0
+# SIGTERM: a CI runner's timeout, `kill`; SIGHUP: the terminal closed, an SSH session dropped.
+INTERRUPTING = (signal.SIGTERM, signal.SIGHUP)
+# How many twins run under _interrupt, by signal (twins of different scopes need not stop in the
+# order they started: the handler stays until the last one stops).
+_interrupt_users = dict.fromkeys(INTERRUPTING, 0)
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a CI runner's timeout, `kill`) as Ctrl+C while a twin runs, so pytest tears it down
-    instead of dying with its servers left running. Only when nobody else handles SIGTERM."""
-    global _sigterm_users  # noqa: PLW0603 - the process's signal handler is process-wide too
-    current = signal.getsignal(signal.SIGTERM)
-    if not _in_main_thread() or current not in (signal.SIG_DFL, _interrupt):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _interrupt)
-    _sigterm_users += 1
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP as Ctrl+C while a twin runs, so pytest tears it down instead of dying with
+    its files left behind. Each only when nobody else handles it: an ignored SIGHUP (nohup) stays
+    ignored."""
+    taken = []
+    if _in_main_thread():
+        for signum in INTERRUPTING:
+            if signal.getsignal(signum) in (signal.SIG_DFL, _interrupt):
+                signal.signal(signum, _interrupt)
+                _interrupt_users[signum] += 1
+                taken.append(signum)
     try:
         yield
     finally:
-        _sigterm_users -= 1
-        if _sigterm_users == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in taken:
+            _interrupt_users[signum] -= 1
+            if _interrupt_users[signum] == 0:
+                signal.signal(signum, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
 def _interrupts_wait(name: str) -> Iterator[None]:
-    """While a twin stops, Ctrl+C and SIGTERM only say to wait: an interrupted stop would leave
-    servers running."""
+    """While a twin stops, Ctrl+C, SIGTERM and SIGHUP only say to wait: an interrupted stop would
+    leave servers running."""
     if not _in_main_thread():
         yield
         return
 
     def wait(signum: int, frame: FrameType | None) -> None:
-        sys.stderr.write(f"\n{name}: stopping the local twin, please wait\n")
+        # After SIGHUP the terminal may be gone (EIO): the stop goes on all the same.
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"\n{name}: stopping the local twin, please wait\n")
 
-    previous = {signum: signal.signal(signum, wait) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # An ignored SIGHUP (nohup) stays ignored.
+    signals = [signal.SIGINT, *(sig for sig in INTERRUPTING if signal.getsignal(sig) is not signal.SIG_IGN)]
+    previous = {signum: signal.signal(signum, wait) for signum in signals}
     try:
         yield
     finally:

@@ -19,6 +19,9 @@ ALLOW_PIN_HELP = (
 )
 # A digest's first words make the pattern a failure message suggests: "set statement_timeout".
 _FIRST_WORDS = re.compile(r"^\w+(?:\s+\w+)?")
+# For the reasons RDS Proxy gives without a digest (a statement over 16 KB, a Parse message under
+# the legacy rule), a phrase of the reason: an empty marker would allow every pin.
+_REASON_PHRASES = ("16384 byte limit", "parse message")
 
 
 def unexpected_pins(pins: Sequence[Pin], allowed: Sequence[str] | None) -> list[Pin]:
@@ -59,10 +62,21 @@ def pin_failure(pins: Sequence[Pin], twin_name: str) -> str:
 
 
 def _suggested_pattern(pins: Sequence[Pin]) -> str:
-    words = {found[0] for pin in pins if pin.digest and (found := _FIRST_WORDS.match(pin.digest))}
-    if len(words) != 1 or any(pin.digest is None for pin in pins):
+    """The one pattern that allows every pin here, or none (the marker then allows any pin)."""
+    patterns = {_pattern(pin) for pin in pins}
+    if len(patterns) != 1 or None in patterns:
         return ""
-    return f'"{words.pop()}"'
+    return f'"{patterns.pop()}"'
+
+
+def _pattern(pin: Pin) -> str | None:
+    """A pattern that allows this pin and not others: its digest's first words, or a phrase of its
+    reason; None when there is none."""
+    if pin.digest is not None:
+        found = _FIRST_WORDS.match(pin.digest)
+        return found[0] if found else None
+    reason = pin.reason.lower()
+    return next((phrase for phrase in _REASON_PHRASES if phrase in reason), None)
 
 
 def cap_failure(*, cap: int, proxy_peak: int, database_peak: int) -> str | None:

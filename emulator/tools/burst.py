@@ -17,9 +17,13 @@ from emulator.awslambda.function import Invocation, LambdaFunction, Throttled
 # connect as text only, so a handler's error may carry the text without the code.
 _TOO_MANY = ("too many clients already", "remaining connection slots are reserved")
 _SQLSTATE = re.compile(r"SQLSTATE:? ?([0-9A-Z]{5})")
-# Lambda's own errors (Runtime.ExitError, Sandbox.Timedout) start with the invocation's id, which
-# would make every such failure a group of its own.
-_REQUEST_ID = re.compile(r"^RequestId: \S+\s+")
+# Lambda's own errors name the invocation they ended, which would make every such failure a group
+# of its own: "RequestId: ID Error: Runtime exited ..." (Runtime.ExitError) and, for a timeout,
+# "2026-12-04T03:16:34.073Z ID Task timed out after 30.00 seconds".
+_INVOCATION_PREFIXES = (
+    re.compile(r"RequestId: (?P<request_id>\S+)\s+"),
+    re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z\s+(?P<request_id>[0-9a-fA-F-]{36})\s+"),
+)
 
 
 @dataclass
@@ -27,8 +31,13 @@ class BurstResult:
     invocations: int
     # Lambda's notion: invocations without a function error, whatever their payload says.
     succeeded: int = 0
-    # "SQLSTATE message" -> how many invocations failed with it
+    # "SQLSTATE message" (or "errorType message", or the message alone) -> how many invocations
+    # failed with it
     errors: Counter[str] = field(default_factory=Counter)
+    # For an error whose message named its invocation (Lambda's own: a timeout, a runtime exit),
+    # the first such invocation's request id: the count drops the ids, this keeps one to look up
+    # in the function's log.
+    request_ids: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
     # Each invocation's answer: its payload, or its error as Lambda reports it
     # ({"errorType", "errorMessage"}; TooManyRequestsException when throttled).
@@ -47,10 +56,21 @@ class BurstResult:
         return sum(count for error, count in self.errors.items() if error.startswith("53300 "))
 
 
+def without_invocation(message: str) -> tuple[str, str | None]:
+    """An error message without what names its invocation (Lambda's request id, and a timeout's
+    timestamp), and that request id (None: the message named no invocation)."""
+    for prefix in _INVOCATION_PREFIXES:
+        found = prefix.match(message)
+        if found is not None:
+            return message[found.end() :], found["request_id"]
+    return message, None
+
+
 def describe_failure(error: Mapping[str, Any]) -> str:
-    """ "SQLSTATE message" for a failed invocation's error ({"errorType", "errorMessage"}); the
-    same failure gives the same text in every invocation, so that they can be counted together."""
-    message = _REQUEST_ID.sub("", str(error.get("errorMessage", "")))
+    """ "SQLSTATE message" for a failed invocation's error ({"errorType", "errorMessage"}), its
+    errorType in place of a SQLSTATE it lacks, the message alone when it has neither (a timeout);
+    the same failure gives the same text in every invocation, so that they can be counted together."""
+    message, _ = without_invocation(str(error.get("errorMessage", "")))
     found = _SQLSTATE.search(message)
     sqlstate = found.group(1) if found else None
     if sqlstate is None and any(text in message for text in _TOO_MANY):
@@ -58,7 +78,9 @@ def describe_failure(error: Mapping[str, Any]) -> str:
     # libpq prefixes startup errors with the server address; the text after FATAL is what users know.
     _, fatal, after = message.partition("FATAL:")
     text = after if fatal else message.split("): ", 1)[-1]
-    return f"{sqlstate or error.get('errorType') or '-'} {' '.join(text.split())}"
+    code = sqlstate or error.get("errorType")
+    text = " ".join(text.split())
+    return f"{code} {text}" if code else text or "an error without a message"
 
 
 def invoke_burst(
@@ -102,4 +124,7 @@ def invoke_burst(
             result.succeeded += 1
         else:
             result.errors[error] += 1
+            _, request_id = without_invocation(str(answer.get("errorMessage", "")))
+            if request_id is not None:
+                result.request_ids.setdefault(error, request_id)
     return result

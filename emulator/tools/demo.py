@@ -200,13 +200,29 @@ def progress_display(console: Console) -> Progress:
 
 
 def print_results(ways: list[Way], console: Console) -> None:
-    """The table, its legend, and each way's errors, in 80 columns."""
+    """The table, why a pinned pool failed invocations, the legend, and each way's errors (one
+    line per kind, with one invocation's request id where Lambda's message named it), in 80
+    columns."""
     console.print(results_table(ways))
+    for hint in filter(None, map(pinned_pool_hint, ways)):
+        console.print(note(hint, console), markup=False, highlight=False)
     console.print(note(LEGEND, console), markup=False, highlight=False)
     for way in ways:
         for error, count in way.burst.errors.most_common():
-            line = note(f"{way.name}: {count} x {error}", console, "  ", "    ")
+            request_id = way.burst.request_ids.get(error)
+            example = f" (e.g. request {request_id})" if request_id else ""
+            line = note(f"{way.name}: {count} x {error}{example}", console, "  ", "    ")
             console.print(line, markup=False, highlight=False)
+
+
+def pinned_pool_hint(way: Way) -> str | None:
+    """Why invocations failed when their pool's every connection was pinned (peak pinned = pool
+    cap): a pinned session keeps its connection while its environment is frozen, so the others
+    waited for a borrow until they failed (at Lambda's timeout or the proxy's borrow timeout).
+    That wait is in no borrow latency (only borrows that succeeded are), hence a line saying so."""
+    if way.pinned is None or not way.pool_cap or way.pinned < way.pool_cap or not way.burst.failed:
+        return None
+    return f"{way.name}: all {way.pool_cap} pooled connections pinned; the rest waited to borrow"
 
 
 LEGEND = (

@@ -9,10 +9,11 @@ resolved against the current directory when the configuration is made.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from emulator.awslambda.function import FunctionConfig
 from emulator.rdsproxy.config import ProxyConfig, parse_settings
@@ -23,6 +24,8 @@ from emulator.stack.schema import sql_files
 from emulator.twin.config import TwinConfig
 
 StrPath = str | os.PathLike[str]
+Choice = TypeVar("Choice", bound=enum.StrEnum)
+Number = TypeVar("Number", int, float)
 
 
 class TwinOptions(TypedDict, total=False):
@@ -93,13 +96,13 @@ def twin_config(options: TwinOptions) -> TwinConfig:
     defaults = StackConfig()
     init_sql = _paths(options.get("init_sql", ()))
     stack = StackConfig(
-        proxy=ProxyKind(options.get("proxy", ProxyKind.EMULATOR)),
-        max_connections=int(options.get("max_connections", defaults.max_connections)),
-        pool_size=int(options.get("pool_size", defaults.pool_size)),
+        proxy=_choice(options, "proxy", ProxyKind, defaults.proxy),
+        max_connections=_whole(options, "max_connections", defaults.max_connections),
+        pool_size=_whole(options, "pool_size", defaults.pool_size),
         proxy_settings={**DEFAULT_PROXY_SETTINGS, **proxy_settings(options.get("proxy_settings", {}))},
         terraform=_terraform(options),
         init_sql=init_sql,
-        iam_database_authentication=bool(options.get("iam_database_authentication", False)),
+        iam_database_authentication=_flag(options, "iam_database_authentication"),
         **_database(options),
     )
     sql_files(stack.init_sql)  # a missing file fails now, not after the stack started
@@ -112,15 +115,58 @@ def twin_config(options: TwinOptions) -> TwinConfig:
     )
 
 
+def _choice(options: Mapping[str, Any], name: str, kind: type[Choice], default: Choice) -> Choice:
+    """An option that is one of an enum's values ("pgbouncer"), or the enum member itself."""
+    value = options.get(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise OptionError(f"{name} is one of {choices}, not {value!r}") from None
+
+
+def _whole(options: Mapping[str, Any], name: str, default: int) -> int:
+    """A whole number, or a string of one as an ini file has it ("20")."""
+    value = options.get(name, default)
+    number = _converted(int, value)
+    # int() would round 2.5 down without a word.
+    if number is None or (isinstance(value, float) and number != value):
+        raise OptionError(f"{name} is a whole number, not {value!r}")
+    return number
+
+
+def _number(options: Mapping[str, Any], name: str, default: float) -> float:
+    """A number, or a string of one ("1.5")."""
+    value = options.get(name, default)
+    number = _converted(float, value)
+    if number is None:
+        raise OptionError(f"{name} is a number, not {value!r}")
+    return number
+
+
+def _converted(convert: Callable[[Any], Number], value: Any) -> Number | None:
+    """value as a number, or None when it is none (True is not one here, though Python counts it 1)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _flag(options: Mapping[str, Any], name: str) -> bool:
+    """True or False: a string such as "false" would be true, so it is refused."""
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} is True or False, not {value!r}")
+    return value
+
+
 def _database(options: TwinOptions) -> dict[str, Any]:
     """The database's kind, replicas and DNS TTL, checked."""
     defaults = StackConfig()
-    try:
-        kind = ClusterKind(options.get("cluster", defaults.database_kind))
-    except ValueError:
-        choices = ", ".join(kind.value for kind in ClusterKind)
-        raise OptionError(f"cluster is one of {choices}, not {options.get('cluster')!r}") from None
-    replicas = int(options.get("replicas", defaults.replicas))
+    kind = _choice(options, "cluster", ClusterKind, defaults.database_kind)
+    replicas = _whole(options, "replicas", defaults.replicas)
     if "replicas" in options and kind is not ClusterKind.AURORA:
         if kind is ClusterKind.SINGLE:
             raise OptionError("replicas need a cluster: cluster='aurora' (--cluster aurora)")
@@ -128,7 +174,7 @@ def _database(options: TwinOptions) -> dict[str, Any]:
             raise OptionError("a Multi-AZ instance has exactly one standby (replicas=1)")
     if not 1 <= replicas <= 15:
         raise OptionError(f"an Aurora cluster has 1 to 15 replicas here, not {replicas}")
-    dns_ttl = float(options.get("dns_ttl", defaults.dns_ttl_seconds))
+    dns_ttl = _number(options, "dns_ttl", defaults.dns_ttl_seconds)
     if dns_ttl < 0:
         raise OptionError(f"dns_ttl is 0 or more seconds, not {dns_ttl:g}")
     return {"database_kind": kind, "replicas": replicas, "dns_ttl_seconds": dns_ttl}
@@ -171,7 +217,7 @@ def _terraform(options: TwinOptions) -> TerraformSettings | None:
         source=directory,
         variables=variables,
         destroy_on_stop=False,
-        tflocal=bool(options.get("tflocal", False)),
+        tflocal=_flag(options, "tflocal"),
     )
 
 
@@ -179,9 +225,9 @@ def _functions(options: TwinOptions) -> tuple[FunctionConfig, ...]:
     defaults = FunctionConfig()
     reserved = options.get("reserved_concurrency")
     settings: dict[str, Any] = {
-        "timeout_seconds": float(options.get("timeout", defaults.timeout_seconds)),
-        "memory_mb": int(options.get("memory", defaults.memory_mb)),
-        "reserved_concurrency": None if reserved is None else int(reserved),
+        "timeout_seconds": _number(options, "timeout", defaults.timeout_seconds),
+        "memory_mb": _whole(options, "memory", defaults.memory_mb),
+        "reserved_concurrency": None if reserved is None else _whole(options, "reserved_concurrency", 0),
     }
     functions = []
     handler, code = options.get("handler"), options.get("code")

@@ -306,15 +306,25 @@ def test_two(twin):
 """
 
 
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        (("--twin-handler", "item.handler"), "*no module 'item'*"),
+        # A typo in a choice is an OptionError like any other, not an enum's ValueError traceback.
+        (("--twin-proxy", "pgbouncr"), "proxy is one of emulator, pgbouncer, direct, not 'pgbouncr'"),
+    ],
+    ids=["missing-module", "mistyped-proxy"],
+)
 def test_a_twin_that_cannot_start_fails_the_tests_that_use_it_and_says_why(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, option: tuple[str, str], why: str
 ) -> None:
     write_project(pytester.path, suite=TWO_TESTS)
     mark = uuid.uuid4().hex
     monkeypatch.setenv(RUN_MARK, mark)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--twin-handler", "item.handler")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *option)
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(["*twin: the local twin did not start.", "*no module 'item'*"])
+    result.stdout.fnmatch_lines(["*twin: the local twin did not start.", why])
+    assert "Traceback" not in result.stdout.str()
     assert processes_of_run(mark) == []
 
 
@@ -341,7 +351,8 @@ from pathlib import Path
 
 
 def test_waits_for_a_signal(twin):
-    Path(os.environ["TWIN_STARTED_FILE"]).write_text(twin.environment()["DB_PORT"])
+    # The twin's directory (keys, pgdata), which must be gone after the signal.
+    Path(os.environ["TWIN_STARTED_FILE"]).write_text(str(Path(twin.environment()["DB_SSLROOTCERT"]).parent))
     # Not signal.pause(): a signal handled between the write and the pause would leave it waiting
     # for another one. Python runs a pending handler at the loop's next turn.
     while True:
@@ -349,8 +360,9 @@ def test_waits_for_a_signal(twin):
 """
 
 
-def _sigint_by_default() -> None:
+def _signals_by_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _described(processes: list[psutil.Process]) -> str:
@@ -361,8 +373,10 @@ def _described(processes: list[psutil.Process]) -> str:
     return "\n".join(lines) or "(none)"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_during_a_test_stops_the_twin_and_leaves_nothing_running(
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"]
+)
+def test_ctrl_c_sigterm_or_sighup_during_a_test_stops_the_twin_and_leaves_nothing_behind(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals
 ) -> None:
     write_project(pytester.path, suite=WAITING_SUITE)
@@ -384,9 +398,9 @@ def test_ctrl_c_or_sigterm_during_a_test_stops_the_twin_and_leaves_nothing_runni
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # A terminal's Ctrl+C: SIGINT at its default, whatever this run inherited (started in
-            # the background, as by `nohup ... &`, a process ignores SIGINT, and so would pytest).
-            preexec_fn=_sigint_by_default,
+            # A terminal's Ctrl+C and hang-up: SIGINT and SIGHUP at their defaults, whatever this
+            # run inherited (started by `nohup ... &`, a process ignores both, and so would pytest).
+            preexec_fn=_signals_by_default,
         )
     try:
         wait_until(
@@ -395,10 +409,11 @@ def test_ctrl_c_or_sigterm_during_a_test_stops_the_twin_and_leaves_nothing_runni
             timeout=RUN_SECONDS,
             alive=lambda: None if run.poll() is None else output.read_text(),
         )
-        if signum == signal.SIGINT:
-            os.killpg(run.pid, signal.SIGINT)
-        else:
+        if signum == signal.SIGTERM:
             run.send_signal(signal.SIGTERM)
+        else:
+            # Ctrl+C, and a closed terminal's SIGHUP (the shell passes it on), reach the whole group.
+            os.killpg(run.pid, signum)
         try:
             run.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -419,3 +434,4 @@ def test_ctrl_c_or_sigterm_during_a_test_stops_the_twin_and_leaves_nothing_runni
     assert run.returncode == pytest.ExitCode.INTERRUPTED, text
     assert "KeyboardInterrupt" in text
     assert processes_of_run(mark) == []
+    assert not Path(started.read_text()).exists(), "the twin's directory was left behind"

@@ -17,6 +17,7 @@ from emulator.tools.demo import (
     DemoConfig,
     Way,
     _each_invocation,
+    pinned_pool_hint,
     print_results,
     progress_display,
     results_table,
@@ -112,6 +113,67 @@ def test_what_the_demo_prints_to_a_file_fits_80_columns() -> None:
     assert "direct: 300 x 53300 FATAL: remaining connection slots are reserved for roles" in words
     assert any(line.startswith("  direct: 300 x 53300") for line in lines)
     assert sum("500/500" in line for line in lines) == 2
+
+
+def _pinned_pool(pinned: int, failed: int) -> Way:
+    """The RDS Proxy emulator's way, for a handler that pins: a pool of 5, 30 invocations."""
+    way = _way("RDS Proxy emulator", 30 - failed, failed, cap=5, borrow=(12_800, 24_000))
+    way.pinned = pinned
+    return way
+
+
+@pytest.mark.unit
+def test_lambda_timeouts_print_as_one_line_with_one_request_id_to_look_up() -> None:
+    """A user's pinning handler printed 25 pairs of lines, each timeout with its own timestamp and
+    request id, where 25 database errors print as one."""
+    way = _pinned_pool(pinned=5, failed=25)
+    way.burst.errors = Counter({"Task timed out after 30.00 seconds": 25})
+    way.burst.request_ids = {"Task timed out after 30.00 seconds": "181cc96e-14dc-4fb7-8d2b-cd73a3d12b8f"}
+    out = io.StringIO()
+    print_results([way], output_console(out))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    words = " ".join(out.getvalue().split())
+    assert (
+        "RDS Proxy emulator: 25 x Task timed out after 30.00 seconds "
+        "(e.g. request 181cc96e-14dc-4fb7-8d2b-cd73a3d12b8f)"
+    ) in words
+    assert sum("Task timed out" in line for line in lines) == 1
+
+
+@pytest.mark.unit
+def test_a_pool_whose_every_connection_was_pinned_says_why_its_invocations_failed() -> None:
+    assert pinned_pool_hint(_pinned_pool(pinned=5, failed=25)) == (
+        "RDS Proxy emulator: all 5 pooled connections pinned; the rest waited to borrow"
+    )
+
+
+@pytest.mark.parametrize(
+    "way",
+    [
+        _pinned_pool(pinned=4, failed=25),  # a connection was left to borrow
+        _pinned_pool(pinned=5, failed=0),  # all pinned, yet every invocation got one in time
+        _way("PgBouncer", 5, 25, cap=5, borrow=None),  # pinning unknown
+        _way("direct", 15, 485, cap=None, borrow=None),  # no pool
+    ],
+    ids=["pinned-below-cap", "nothing-failed", "pinning-unknown", "no-pool"],
+)
+@pytest.mark.unit
+def test_no_pinned_pool_hint_unless_every_pooled_connection_was_pinned_and_invocations_failed(
+    way: Way,
+) -> None:
+    assert pinned_pool_hint(way) is None
+
+
+@pytest.mark.unit
+def test_the_pinned_pool_hint_is_one_line_under_the_table() -> None:
+    ways = [_way("direct", 15, 15, cap=None, borrow=None), _pinned_pool(pinned=5, failed=25)]
+    out = io.StringIO()
+    print_results(ways, output_console(out))
+    lines = out.getvalue().splitlines()
+    (row,) = [i for i, line in enumerate(lines) if line.startswith(" RDS Proxy emulator ")]
+    assert lines[row + 1] == "RDS Proxy emulator: all 5 pooled connections pinned; the rest waited to borrow"
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
 
 
 @pytest.mark.unit

@@ -4,6 +4,7 @@ parameters, counters, pins and logs."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 
 from emulator.errors import ComponentError
 from emulator.twin import LocalTwin, TwinConfig
+from emulator.twin.options import OptionError
 
 HANDLER = """
 import os
@@ -62,6 +64,22 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTwin]:
 def test_a_configuration_or_options_by_name_not_both() -> None:
     with pytest.raises(TypeError, match="not both"):
         LocalTwin(TwinConfig(), handler="app.handler")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"proxy": "pgbouncr"}, "proxy is one of emulator, pgbouncer, direct, not 'pgbouncr'"),
+        ({"max_connections": "x"}, "max_connections is a whole number, not 'x'"),
+        ({"cluster": "auror"}, "cluster is one of single, aurora, multi-az, not 'auror'"),
+    ],
+)
+def test_a_mistyped_option_is_an_option_error_before_anything_starts(
+    options: dict[str, str], message: str
+) -> None:
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
+        LocalTwin(**options)  # type: ignore[arg-type]
 
 
 @pytest.mark.integration

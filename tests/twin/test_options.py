@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,4 +145,51 @@ def test_a_cluster_that_cannot_be_is_refused_before_anything_starts(
     project: Path, options: TwinOptions, message: str
 ) -> None:
     with pytest.raises(OptionError, match=message):
+        twin_config(options)
+
+
+def test_the_proxy_is_asked_for_by_kind_as_a_string_or_a_proxy_kind(project: Path) -> None:
+    assert twin_config({"proxy": "pgbouncer"}).stack.proxy is ProxyKind.PGBOUNCER
+    assert twin_config({"proxy": ProxyKind.DIRECT}).stack.proxy is ProxyKind.DIRECT
+
+
+def test_numbers_may_be_strings_as_an_ini_file_or_the_environment_has_them(project: Path) -> None:
+    options: Any = {
+        "handler": "orders.handler",
+        "code": "function",
+        "max_connections": "30",
+        "pool_size": 4.0,
+        "timeout": "12.5",
+        "memory": "512",
+    }
+    config = twin_config(options)
+    assert (config.stack.max_connections, config.stack.pool_size) == (30, 4)
+    (function,) = config.functions
+    assert (function.timeout_seconds, function.memory_mb) == (12.5, 512)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Told as cluster's choices are, not as "'pgbouncr' is not a valid ProxyKind".
+        ({"proxy": "pgbouncr"}, "proxy is one of emulator, pgbouncer, direct, not 'pgbouncr'"),
+        ({"max_connections": "x"}, "max_connections is a whole number, not 'x'"),
+        ({"pool_size": 2.5}, "pool_size is a whole number, not 2.5"),
+        ({"memory": "lots"}, "memory is a whole number, not 'lots'"),
+        ({"reserved_concurrency": True}, "reserved_concurrency is a whole number, not True"),
+        ({"timeout": "soon"}, "timeout is a number, not 'soon'"),
+        ({"cluster": "aurora", "replicas": "two"}, "replicas is a whole number, not 'two'"),
+        ({"cluster": "aurora", "dns_ttl": None}, "dns_ttl is a number, not None"),
+        # bool("false") is True: a string is refused rather than read as yes.
+        (
+            {"iam_database_authentication": "false"},
+            "iam_database_authentication is True or False, not 'false'",
+        ),
+        ({"terraform": "function", "tflocal": 1}, "tflocal is True or False, not 1"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_an_option_error_that_says_what_it_takes(
+    project: Path, options: TwinOptions, message: str
+) -> None:
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
         twin_config(options)

@@ -26,8 +26,9 @@ statement: also the lines above it, after the previous statement), with a reason
   cur.execute("SET search_path TO app")  # rds-proxy: allow set -- one schema per tenant
   -- rds-proxy: allow listen -- the notifier connects directly, not through the proxy
   rules: {", ".join(rule for rule in RULES if pins(rule))}
-  A suppression without a reason or with an unknown rule, and one that allows nothing, are
-  findings themselves (invalid_suppression, unused_suppression).
+  A suppression without a reason or with an unknown rule is a finding itself
+  (invalid_suppression) and allows nothing: the statement is reported too. One that nothing it
+  covers triggers is also a finding (unused_suppression).
 
 exit codes:
   0  nothing would pin (suppressed findings included)

@@ -3,8 +3,9 @@
 
 Like ruff's `# noqa: CODE`, a suppression names the rules it allows; unlike a bare noqa it must say
 why, since it stays in the code for the next reader. One without a reason, naming no rule or an
-unknown one is itself a finding (it still allows the rules it names correctly), and so is one that
-allows nothing (as ruff's RUF100): a gate that outlives the SQL it excused would hide the next one.
+unknown one is itself a finding and allows nothing, so that the pin it meant to allow is reported
+beside it; and one that nothing it covers triggers is a finding too (as ruff's RUF100): a gate that
+outlives the SQL it excused would hide the next one.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Outcome:
 
 
 def parse(path: Path, comment: Comment) -> tuple[Suppression | None, list[Finding]]:
-    """The suppression a comment holds, and what is wrong with it."""
+    """The suppression a comment holds, and what is wrong with it; a comment with anything wrong
+    holds none: a malformed excuse must not hide the pin it meant to allow."""
     match = _ALLOW.match(comment.text.removesuffix("*/").rstrip())
     if match is None:
         return None, [_invalid(path, comment, f"write `{MARKER} allow RULE -- REASON`")]
@@ -57,8 +59,9 @@ def parse(path: Path, comment: Comment) -> tuple[Suppression | None, list[Findin
         problems.append(_invalid(path, comment, f"names an unknown rule: {named} (rules: {known})"))
     if not reason:
         problems.append(_invalid(path, comment, "gives no reason: add `-- REASON` after the rules"))
-    known_names = tuple(name for name in names if pins(name))
-    return (Suppression(comment.line, known_names, reason) if known_names else None), problems
+    if problems:
+        return None, problems
+    return Suppression(comment.line, tuple(names), reason), []
 
 
 def _invalid(path: Path, comment: Comment, problem: str) -> Finding:

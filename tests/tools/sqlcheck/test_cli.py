@@ -61,6 +61,24 @@ def test_exit_1_for_a_syntax_error_or_a_bad_suppression_alone(
     assert out.endswith("no statement would pin the session in RDS Proxy (2 other problem(s) above).\n")
 
 
+def test_a_suppression_without_a_reason_counts_as_findings_not_as_allowed_in_text_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "app.py").write_text('cur.execute("LISTEN jobs")  # rds-proxy: allow listen\n')
+    monkeypatch.chdir(tmp_path)
+    assert _check_sql(".") == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "app.py:1:13: listen: pins the session: LISTEN jobs"
+    assert out[3].startswith("app.py:1:31: invalid_suppression: suppression gives no reason")
+    assert out[-1] == (
+        "Checked 1 file: 1 statement(s) would pin the session in RDS Proxy (1 other problem(s) above)."
+    )
+    assert _check_sql("--format", "json", ".") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert [finding["rule"] for finding in document["findings"]] == ["listen", "invalid_suppression"]
+    assert document["suppressed"] == []
+
+
 @pytest.mark.parametrize("output_format", ["json", "sarif"])
 def test_json_and_sarif_are_the_whole_output_with_the_same_exit_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], output_format: str

@@ -101,7 +101,25 @@ def test_a_malformed_suppression_is_a_finding_of_its_own(tmp_path: Path, comment
     assert problem in invalid[0].message
 
 
-def test_a_suppression_without_a_reason_still_allows_its_rule(tmp_path: Path) -> None:
-    findings, suppressed = _check(tmp_path, "h.py", 'Q = "SET a = 1"  # rds-proxy: allow set\n')
-    assert findings == [(1, "invalid_suppression")]
-    assert suppressed == [(1, "set", "")]
+@pytest.mark.parametrize(
+    "comment",
+    [
+        "# rds-proxy: allow listen",
+        "# rds-proxy: allow listen --",
+        "# rds-proxy: allow listen, lisen -- a typo beside the right rule",
+    ],
+    ids=["no-reason", "empty-reason", "an-unknown-rule-too"],
+)
+def test_an_invalid_suppression_allows_nothing_so_the_pin_it_would_hide_is_reported_too(
+    tmp_path: Path, comment: str
+) -> None:
+    """A user's `# rds-proxy: allow listen` (no reason) was reported as invalid yet hid the LISTEN."""
+    findings, suppressed = _check(tmp_path, "h.py", f'cur.execute("LISTEN jobs")  {comment}\n')
+    assert findings == [(1, "listen"), (1, "invalid_suppression")]
+    assert suppressed == []
+
+
+def test_an_invalid_suppression_above_a_sql_statement_allows_nothing_either(tmp_path: Path) -> None:
+    findings, suppressed = _check(tmp_path, "m.sql", "-- rds-proxy: allow listen\nLISTEN jobs;\n")
+    assert findings == [(1, "invalid_suppression"), (2, "listen")]
+    assert suppressed == []
