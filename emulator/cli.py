@@ -892,11 +892,14 @@ def _package(args: argparse.Namespace) -> int:
     if left_out:
         # The twin runs this package (it gives every handler its own drivers); Lambda would not.
         names = " and ".join(left_out)
-        why = "--handler-only leaves them out" if args.handler_only else "no requirements.txt names them"
+        them = "it" if len(left_out) == 1 else "them"
+        why = f"--handler-only leaves {them} out"
+        if not args.handler_only:
+            why = f"no requirements.txt names {them}"
         print(
             f"warning: the code imports {names}, which the package does not hold ({why}): the twin runs "
-            "it with the kit's own drivers, Lambda's Python runtime fails to import them "
-            "(Runtime.ImportModuleError). Fine for the twin; for AWS, list them in requirements.txt "
+            f"the package with the kit's own drivers, Lambda's Python runtime fails to import {them} "
+            f"(Runtime.ImportModuleError). Fine for the twin; for AWS, list {them} in requirements.txt "
             "(e.g. psycopg2-binary, psycopg[binary]) and package without --handler-only.",
             file=sys.stderr,
         )

@@ -786,7 +786,7 @@ def test_package_warns_when_the_code_imports_a_driver_the_package_lacks(
     captured = capsys.readouterr()
     assert str(out) in captured.out
     assert "warning: the code imports psycopg2, which the package does not hold" in captured.err
-    reason = "--handler-only leaves them out" if handler_only else "no requirements.txt names them"
+    reason = "--handler-only leaves it out" if handler_only else "no requirements.txt names it"
     assert reason in captured.err
     assert "Runtime.ImportModuleError" in captured.err
 
