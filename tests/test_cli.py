@@ -80,11 +80,23 @@ class RunningUp:
         return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **self.env()}
 
 
+@contextlib.contextmanager
+def _hang_up_by_default() -> Iterator[None]:
+    """Children started within get SIGHUP at its default, as a terminal's shell starts a job,
+    whatever this run inherited: a CI job started under nohup ignores SIGHUP, and an ignored signal
+    stays ignored across exec. (No SIGHUP is sent to this process's group meanwhile.)"""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def _start_up(tmp_path: Path, proxy: str, *options: str, wrapper: Sequence[str] = ()) -> RunningUp:
     """`up` in a terminal of its own, its output in a file; wrapper: a command in front (nohup)."""
     env_file = tmp_path / "stack.env"
     log = tmp_path / "up.log"
-    with log.open("wb") as sink:
+    with log.open("wb") as sink, _hang_up_by_default():
         process = subprocess.Popen(
             [
                 *wrapper,
@@ -311,16 +323,11 @@ def test_closing_the_terminal_that_runs_up_stops_it_and_removes_every_file(tmp_p
     try:
         # util-linux's setsid: a session of its own, the terminal as its controlling terminal; it
         # execs `up` (this process's child leads no process group: no fork), so the pid is up's.
-        process = subprocess.Popen(
-            [
-                *("setsid", "--ctty"),
-                *(sys.executable, "-m", "emulator", "up", "--proxy", "direct", "--env-file", str(env_file)),
-            ],
-            cwd=REPO,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-        )
+        up = [sys.executable, "-m", "emulator", "up", "--proxy", "direct", "--env-file", str(env_file)]
+        with _hang_up_by_default():
+            process = subprocess.Popen(
+                ["setsid", "--ctty", *up], cwd=REPO, stdin=slave, stdout=slave, stderr=slave
+            )
     finally:
         os.close(slave)
     running = RunningUp(process, env_file, transcript)
