@@ -326,10 +326,10 @@ def read_cstring(body: bytes, offset: int = 0) -> tuple[str, int]:
         text, found, _ = body.partition(b"\0")
     else:
         text, found, _ = body[offset : offset + _NAME_WINDOW].partition(b"\0")
-        if not found:
+        if not found:  # longer than the window (or unterminated)
             end = body.find(b"\0", offset)
-            found = b"\0" if end >= 0 else b""
-            text = body[offset:end]
+            if end >= 0:
+                return body[offset:end].decode("utf-8", "replace"), end + 1
     if not found:
         raise ProtocolViolation("unterminated string")
     return text.decode("utf-8", "replace"), offset + len(text) + 1

@@ -240,7 +240,7 @@ class ResponseRouter:
 
     def waiting_for(self, entry: Expected) -> bool:
         """The answer to this message has not ended yet."""
-        return any(entry is waiting for waiting in self._queue[self._first :])
+        return entry in self._queue[self._first :]
 
     def answer(self, payload: bytes, *, undo: Callable[[], None] | None = None) -> list[bytes]:
         """A response the proxy makes up; returned at once when nothing before it is outstanding."""
@@ -264,14 +264,13 @@ class ResponseRouter:
         head = queue[first]
         if kind == Backend.READY_FOR_QUERY:
             shown = head.forward if head.ready is None else head.ready
-            if head.on_ready is None and shown:
-                if first + 1 == len(queue):
-                    queue.clear()  # _pop(), inline: nearly every answer ends here
-                    self._first = 0
-                    return None
-                if queue[first + 1].kind is not Expect.SYNTHETIC:
-                    self._pop()
-                    return None
+            if (
+                head.on_ready is None
+                and shown
+                and (first + 1 == len(queue) or queue[first + 1].kind is not Expect.SYNTHETIC)
+            ):
+                self._pop()
+                return None
             return self.route(kind, data[start:end])
         if kind == Backend.ERROR_RESPONSE or not head.forward:
             return self.route(kind, data[start:end])

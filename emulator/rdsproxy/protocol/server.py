@@ -158,9 +158,10 @@ def _pass_through(
     out.append(chunk[kept:] if kept else chunk)
 
 
-_COPY_IN: Final = m.kind_table(Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE)
+_COPY_IN_KINDS: Final = (Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE)
+_COPY_IN: Final = m.kind_table(*_COPY_IN_KINDS)
 # COPY FROM STDIN ends with the client's CopyDone or CopyFail (see the session), or a server error.
-_WATCHED: Final = m.kind_table(Backend.COPY_IN_RESPONSE, Backend.COPY_BOTH_RESPONSE, Backend.ERROR_RESPONSE)
+_WATCHED: Final = m.kind_table(*_COPY_IN_KINDS, Backend.ERROR_RESPONSE)
 # The client's own protocol violation, which ends its session: PostgreSQL's FATAL 08P01.
 _CLIENTS_FATAL: Final = (b"VFATAL\0", b"C08P01\0")
 _FATAL: Final = _CLIENTS_FATAL[0]
