@@ -34,6 +34,7 @@ from emulator.rdsproxy.protocol.pinning import (
     loads_library,
     pin_reason,
     plain,
+    plain_query,
 )
 from emulator.rdsproxy.protocol.prepared import PreparedStatements
 from emulator.rdsproxy.protocol.routing import Expect, Expected, ResponseRouter
@@ -520,16 +521,21 @@ class ClientSession:
 
     def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
-        text = m.query_text(frame.body)
-        if self.deps.log.debug_enabled:
-            self._debug(f"The client sent a query: {text}")
+        body = frame.body
+        debug = self.deps.log.debug_enabled
         conn = self._borrowed()
-        if plain(text):
-            # Nearly every query: nothing to pin, no statement to rename, nothing to restore.
+        if plain_query(body):
+            # Nearly every query: nothing to pin, no statement to rename, nothing to restore; its
+            # text is not even decoded.
+            if debug:
+                self._debug(f"The client sent a query: {m.query_text(body)}")
             state = conn.state
             state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
             self._send(frame.raw)
             return
+        text = m.query_text(body)
+        if debug:
+            self._debug(f"The client sent a query: {text}")
         reason = pin_reason(text, self.rule)
         if reason is not None:
             self._pin(reason)

@@ -53,6 +53,20 @@ def _may_pin(lowered: str) -> bool:
     return "do" in lowered and _DO.search(lowered) is not None
 
 
+_PREFILTER_BYTES: Final = tuple(word.encode() for word in _PREFILTER)
+_DO_BYTES: Final = re.compile(rb"\bdo\b")
+
+
+def _may_pin_shape(shape: bytes) -> bool:
+    """_may_pin for a text's shape (see plain_query). A shape without a word lacks it lower-cased as
+    a string too: only two characters lower-case into ASCII (K, the Kelvin sign, to k and İ to i
+    and a combining dot), and no word has a k or ends with an i."""
+    for word in _PREFILTER_BYTES:
+        if word in shape:
+            return True
+    return b"do" in shape and _DO_BYTES.search(shape) is not None
+
+
 _SESSION_LOCK_FUNCTIONS = frozenset(
     {
         "pg_advisory_lock",
@@ -454,6 +468,36 @@ def plain(sql: str) -> bool:
         if len(_known_plain) >= _KNOWN_MAX:
             _known_plain.clear()
         _known_plain[sql] = answer
+    return answer
+
+
+# A text's shape: its bytes with ASCII letters lower-cased and digits made 0. No word that can pin
+# has a digit, so texts that differ only in numbers (literals written into the text, as psycopg2 and
+# pgbench's simple protocol send them) share one shape, and one kept answer: a translate and a
+# lookup instead of the pre-filter's searches.
+_SHAPE: Final = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ123456789", b"abcdefghijklmnopqrstuvwxyz000000000"
+)
+_known_shapes: Final[dict[bytes, bool]] = {}
+
+
+def plain_query(body: bytes) -> bool:
+    """plain() for a Query message's body (the text and its terminator) as it came, not decoded:
+    the same pre-filter on its shape, and the limit counted in the bytes sent. A body that does not
+    end with the terminator is never plain: reading it is left to query_text, which refuses one
+    that has none."""
+    if not body or body[-1] != 0:
+        return False
+    shape = body.translate(_SHAPE)
+    known = _known_shapes.get(shape)
+    if known is not None:
+        return known
+    # (The length check counts the text's bytes: a plain text is under the limit as sent.)
+    answer = len(body) - 1 <= MAX_UNPINNED_BYTES and not _may_pin_shape(shape)
+    if len(body) <= _KNOWN_TEXT:
+        if len(_known_shapes) >= _KNOWN_MAX:
+            _known_shapes.clear()
+        _known_shapes[shape] = answer
     return answer
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from emulator.rdsproxy.protocol import pinning
 from emulator.rdsproxy.protocol.pinning import (
     REASON_SETTINGS,
     REASON_TOO_LONG,
@@ -11,6 +14,7 @@ from emulator.rdsproxy.protocol.pinning import (
     digest,
     pin_reason,
     plain,
+    plain_query,
 )
 from emulator.rdsproxy.protocol.statements import copies_from_client, resets_parameters, sql_commands
 
@@ -164,15 +168,72 @@ def test_does_not_pin(sql: str) -> None:
 @pytest.mark.parametrize("sql", [*PINS, *DOES_NOT_PIN, "copy t from stdin with (format csv)", "RESET ALL"])
 def test_only_texts_with_nothing_to_watch_take_the_plain_fast_path(sql: str) -> None:
     # The session skips every check below for a plain text: plain() must never admit one of them.
-    watched = (
+    if _watched(sql):
+        assert not plain(sql)
+        assert not plain(sql)  # its answer kept, too
+
+
+def _watched(sql: str) -> bool:
+    """Anything the session must see a text for: a pin, COPY from the client, a parameter reset, a
+    statement prepared or deallocated."""
+    return (
         pin_reason(sql) is not None
         or copies_from_client(sql)
         or resets_parameters(sql)
         or bool(sql_commands(sql))
     )
-    if watched:
-        assert not plain(sql)
-        assert not plain(sql)  # its answer kept, too
+
+
+def _body(sql: str) -> bytes:
+    return sql.encode() + b"\0"
+
+
+@pytest.mark.parametrize("sql", [*PINS, *DOES_NOT_PIN, "copy t from stdin with (format csv)", "RESET ALL"])
+def test_a_query_message_is_plain_as_its_text_is(sql: str) -> None:
+    # Every text of the table is ASCII and short: read as bytes, the verdict is the text's.
+    assert plain_query(_body(sql)) == plain(sql)
+    assert plain_query(_body(sql)) == plain(sql)  # its answer kept, too
+
+
+@st.composite
+def _respelled(draw: st.DrawFn) -> str:
+    """A text of the tables with its letters' case changed at random, and a number or one of the two
+    non-ASCII letters whose lower case is ASCII (the Kelvin sign, a dotted capital I) put in."""
+    sql = draw(
+        st.sampled_from([*PINS, *DOES_NOT_PIN, "copy t from stdin", "RESET ALL", "DO $$ BEGIN END $$"])
+    )
+    flips = draw(st.lists(st.booleans(), min_size=len(sql), max_size=len(sql)))
+    sql = "".join(c.swapcase() if flip else c for c, flip in zip(sql, flips, strict=True))
+    at = draw(st.integers(0, len(sql)))
+    return sql[:at] + draw(st.sampled_from(["", "7", " 12 ", "\u212a", "\u0130", "é"])) + sql[at:]
+
+
+@given(_respelled())
+def test_a_query_message_taken_as_plain_has_nothing_to_watch(sql: str) -> None:
+    if plain_query(_body(sql)):
+        assert not _watched(sql), sql
+
+
+def test_texts_that_differ_only_in_numbers_share_one_kept_answer() -> None:
+    pinning._known_shapes.clear()
+    for aid in (12, 34, 99):
+        assert plain_query(_body(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"))
+    assert len(pinning._known_shapes) == 1
+    assert plain_query(_body("SELECT abalance FROM pgbench_accounts WHERE aid = 78901;"))
+    assert len(pinning._known_shapes) == 2  # one shape per length of the number
+    assert not plain_query(_body("SELECT setval('s', 1)"))
+    assert not plain_query(_body("SELECT setval('s', 2)"))  # a kept "no" is kept as no
+    assert len(pinning._known_shapes) == 3
+
+
+def test_a_query_message_counts_its_limit_in_the_bytes_sent() -> None:
+    assert plain_query(_body("SELECT '" + "é" * 8180 + "'"))  # 16369 bytes: 16 kB in characters x 4
+    assert not plain_query(_body("SELECT '" + "é" * 8200 + "'"))  # 16409 bytes
+
+
+@pytest.mark.parametrize("body", [b"", b"SELECT 1", b"SELECT 1\0 "])
+def test_a_query_message_without_its_terminator_last_is_never_plain(body: bytes) -> None:
+    assert not plain_query(body)
 
 
 def test_there_are_at_least_sixty_verdicts() -> None:
