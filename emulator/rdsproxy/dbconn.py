@@ -52,6 +52,18 @@ class PoolKey(NamedTuple):
     tls: bool
 
 
+# Every key a session borrows with, one object per value: a pool's dict then finds its own key by
+# identity, without comparing the strings of two equal keys on every borrow. As few as the
+# (database, user, TLS) triples that logged in.
+_KEYS: Final[dict[PoolKey, PoolKey]] = {}
+
+
+def pool_key(database: str, user: str, tls: bool) -> PoolKey:
+    """The one PoolKey for these values."""
+    key = PoolKey(database, user, tls)
+    return _KEYS.setdefault(key, key)
+
+
 class DatabaseError(Exception):
     """The database refused (ErrorResponse during startup or init_query): not worth retrying."""
 

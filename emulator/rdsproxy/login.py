@@ -21,7 +21,7 @@ from emulator.rdsproxy import texts
 from emulator.rdsproxy.auth import ScramExchange, TokenRejected, md5_password, md5_salt, verify_iam_token
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, PoolKey
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DatabaseUnavailable, PoolKey, pool_key
 from emulator.rdsproxy.pool import PoolError
 from emulator.rdsproxy.protocol import messages as m
 from emulator.rdsproxy.protocol.messages import Frontend
@@ -261,13 +261,13 @@ async def welcome(
     written."""
     stream.write(m.authentication(m.AUTH_OK))
     chosen: dict[str, str] = {}
-    pool_key = PoolKey(login.database, login.user, login.tls)
+    borrower = pool_key(login.database, login.user, login.tls)
     for name in CLIENT_PARAMETERS:
         value = next((v for k, v in login.params.items() if k.lower() == name.lower()), None)
         if value is None:
             continue
         try:
-            chosen[name] = await server.spelling(name, value, pool_key)
+            chosen[name] = await server.spelling(name, value, borrower)
         except (DatabaseUnavailable, PoolError):
             # The target is down or the pool busy: the client's own spelling, asked again next time.
             chosen[name] = value

@@ -20,7 +20,7 @@ from typing import Any, Final, NoReturn
 from emulator.rdsproxy import texts
 from emulator.rdsproxy.client import ClientProtocol
 from emulator.rdsproxy.config import ProxyConfig
-from emulator.rdsproxy.dbconn import BORROW_TRIES, Credentials, DatabaseError, DbConnection, PoolKey
+from emulator.rdsproxy.dbconn import BORROW_TRIES, Credentials, DatabaseError, DbConnection, PoolKey, pool_key
 from emulator.rdsproxy.lending import Lender, LostBeforeUse, Pin, align, borrow, give_back
 from emulator.rdsproxy.login import CancelRequested, ClientStream, Login, Refused, login, welcome
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed, Ticket
@@ -705,7 +705,7 @@ class ClientSession:
     def _pool_key(self) -> PoolKey:
         key = self._key
         if key is None:  # known once logged in, and fixed from then on: made once
-            key = self._key = PoolKey(self.login.database, self.login.user, self.tls)
+            key = self._key = pool_key(self.login.database, self.login.user, self.tls)
         return key
 
     def _borrow_now(self) -> DbConnection | None:

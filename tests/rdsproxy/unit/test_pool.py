@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey, _BackendProtocol
+from emulator.rdsproxy.dbconn import DatabaseUnavailable, DbConnection, PoolKey, _BackendProtocol, pool_key
 from emulator.rdsproxy.pool import BorrowTimeout, Pool, PoolClosed
 from emulator.rdsproxy.protocol.routing import Expect
 from emulator.rdsproxy.stats import Stats
@@ -451,3 +451,12 @@ def test_a_dead_connection_that_holds_the_pool_stops_the_line_before_anything_is
         return [line.seen, pool.total, pool.stats.borrow_waiters, len(opener.opened)]
 
     assert run(test) == [[], 0, 1, 1]
+
+
+def test_sessions_borrow_with_one_key_object_per_database_user_and_tls() -> None:
+    # Two logins parse their own strings: the pool's dict then finds its key by identity.
+    first = pool_key("".join(["ap", "p"]), "app_user", True)
+    second = pool_key("".join(["a", "pp"]), "app_user", True)
+    assert first is second
+    assert pool_key("app", "app_user", False) is not first
+    assert pool_key("app", "app_user", False) == PoolKey("app", "app_user", tls=False)
