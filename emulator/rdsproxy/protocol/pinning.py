@@ -154,9 +154,13 @@ def tokenize(sql: str) -> list[Token]:
             body = sql[pos:] if close < 0 else sql[pos:close]
             pos = end if close < 0 else close + len(text)
             tokens.append(Token("literal", text, body, start, pos))
-        elif kind in ("string", "estring", "ustring"):
-            content = text[text.index("'") + 1 : -1].replace("''", "'")
-            tokens.append(Token("literal", text, content, start, pos))
+        elif kind == "string":
+            tokens.append(Token("literal", text, text[1:-1].replace("''", "'"), start, pos))
+        elif kind == "estring":
+            # What the server runs: a DO block's body or dynamic SQL may spell a keyword in escapes.
+            tokens.append(Token("literal", text, _backslash_escapes(text[2:-1]), start, pos))
+        elif kind == "ustring":
+            tokens.append(Token("literal", text, _unicode_escapes(text[3:-1].replace("''", "'")), start, pos))
         elif kind == "number":
             tokens.append(Token("literal", text, text, start, pos))
         elif kind == "quoted":
@@ -188,6 +192,33 @@ def _unicode_escapes(text: str) -> str:
             return match.group()
 
     return _UNICODE_ESCAPE.sub(decode, text)
+
+
+_BACKSLASH_ESCAPE = re.compile(
+    r"\\(x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[0-7]{1,3}|.)|''", re.DOTALL
+)
+_SIMPLE_ESCAPES: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _backslash_escapes(text: str) -> str:
+    """E'...' content as PostgreSQL decodes it: \\b \\f \\n \\r \\t, octal \\o to \\ooo, hex \\xh and
+    \\xhh, \\uXXXX and \\UXXXXXXXX; any other character after a backslash stands for itself;
+    '' is a quote."""
+
+    def decode(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code is None:
+            return "'"
+        first = code[0]
+        if len(code) > 1 or first in "01234567":
+            try:
+                value = int(code[1:], 16) if first in "xuU" else int(code, 8)
+                return chr(value) if value else ""  # the server refuses a zero byte: no keyword in it
+            except ValueError:  # beyond Unicode: the server refuses the string too
+                return ""
+        return _SIMPLE_ESCAPES.get(first, first)
+
+    return _BACKSLASH_ESCAPE.sub(decode, text)
 
 
 def _skip_block_comment(sql: str, pos: int) -> int:

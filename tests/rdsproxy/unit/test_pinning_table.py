@@ -103,6 +103,11 @@ PINS = [
     "DO LANGUAGE plpgsql $body$ BEGIN IF pg_try_advisory_lock(1) THEN NULL; END IF; END $body$",
     "DO $$ BEGIN EXECUTE 'SET search_path TO ' || 'x'; END $$",
     "DO $$ DECLARE n int; BEGIN LISTEN jobs; END $$",
+    # ... as the server reads the body: escape strings' escapes decoded (hex, octal, Unicode)
+    "DO E'BEGIN CREATE \\x74emp TABLE t (a int); END'",
+    "DO E'BEGIN PERFORM \\163et_config(''x.y'', ''1'', false); END'",
+    "DO $$ BEGIN EXECUTE E'\\u0053ET search_path TO x'; END $$",
+    "DO U&'BEGIN CREATE \\0074EMP TABLE t (a int); END'",
 ]
 
 DOES_NOT_PIN = [
@@ -136,6 +141,8 @@ DOES_NOT_PIN = [
     "DO $$ BEGIN RAISE NOTICE 'reset the password, set it again'; END $$",  # words in data
     "DO $$ DECLARE c CURSOR FOR SELECT 1; BEGIN OPEN c; CLOSE c; END $$",  # a PL/pgSQL cursor variable
     "DO $$ BEGIN EXECUTE 'SELECT 1'; END $$",
+    "DO E'BEGIN RAISE NOTICE ''\\x74emp''; END'",  # an escape in data
+    "DO E'BEGIN PERFORM 1; END \\8'",  # a backslash before a non-octal digit stands for it
     "EXPLAIN CREATE TEMP TABLE t AS SELECT 1",  # without ANALYZE nothing runs
     "EXPLAIN (ANALYZE false) CREATE TEMP TABLE t AS SELECT 1",
     """SELECT "Set_Config"('x', 'y', false)""",  # quoted names keep their case: another function
