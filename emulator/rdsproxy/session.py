@@ -549,6 +549,7 @@ class ClientSession:
             error=query.error,
             on_ready=restores.ready if restores is not None else None,
             holds_parameters=restores is not None,
+            own=True,  # (_hold_for may wait for it)
         )
         self._send(frame.raw if query.text is text else m.simple_query(query.text))
         if restores is not None:
@@ -602,7 +603,7 @@ class ClientSession:
         self.deps.stats.query_received(tls=self.tls)
         conn = self._borrowed()
         on_complete = self.prepared.execute(conn.state, frame.body)
-        entry = self.router.expect(Expect.EXECUTE, on_complete=on_complete)
+        entry = self.router.expect(Expect.EXECUTE, on_complete=on_complete, own=on_complete is not None)
         self._send(frame.raw)
         if on_complete is not None:
             # Its statement prepares or deallocates: the client's next messages wait until the
@@ -659,6 +660,12 @@ class ClientSession:
             self._pin(statement.pin_reason)
 
     def _describe(self, frame: m.Frame) -> None:
+        raw = frame.raw
+        if len(raw) > 6 and raw[5] == _PORTAL and raw[-1] == 0:
+            # A portal's (what drivers describe before each Execute): its name need not be read.
+            self.router.expect(Expect.DESCRIBE_PORTAL)
+            self._send(raw)
+            return
         target, name = m.parse_target(frame.body)
         conn = self._borrowed()
         if target == "S":
@@ -998,6 +1005,7 @@ class ClientSession:
 
 # The handler of each client message kind (one table for every session: a dict of bound methods per
 # session cost 600 bytes of each idle client).
+_PORTAL: Final = ord("P")  # a Describe's or Close's target
 # The message kinds a client may send after its login (see ClientSession._handle).
 _HANDLED: Final = m.kind_table(
     Frontend.QUERY,

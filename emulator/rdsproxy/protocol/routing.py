@@ -35,7 +35,7 @@ class ExpectKind:
     with attributes of its own.
     """
 
-    __slots__ = ("completes", "extended", "label", "until_ready")
+    __slots__ = ("completes", "extended", "label", "plain", "until_ready")
 
     def __init__(self, label: str, completes: bytes, until_ready: bool, extended: bool) -> None:
         self.label = label
@@ -46,6 +46,9 @@ class ExpectKind:
         # An extended-protocol message: an error in one makes the server skip to the next Sync, and
         # once one is sent the server is mid-request until a Sync.
         self.extended = extended
+        # The one entry for every message of this kind that the proxy does nothing for but wait
+        # (nearly all of them): one object shared, not one made and freed per message.
+        self.plain: Expected | None = None
 
     def __repr__(self) -> str:
         return f"<Expect {self.label}>"
@@ -124,6 +127,19 @@ class Expected:
         # The server's ParameterStatus messages during this answer are not the client's to see yet.
         self.holds_parameters = holds_parameters
 
+
+for _kind in (
+    Expect.PARSE,
+    Expect.BIND,
+    Expect.CLOSE,
+    Expect.DESCRIBE_STATEMENT,
+    Expect.DESCRIBE_PORTAL,
+    Expect.EXECUTE,
+    Expect.QUERY,
+    Expect.FUNCTION_CALL,
+    Expect.SYNC,
+):
+    _kind.plain = Expected(_kind)
 
 # Answered entries a long pipeline's queue drops once they are half of it.
 _COMPACT_AFTER: Final = 1024
@@ -217,13 +233,31 @@ class ResponseRouter:
         ready: bool | None = None,
         on_ready: Callable[[bytes], list[bytes]] | None = None,
         holds_parameters: bool = False,
+        own: bool = False,
     ) -> Expected:
-        """A message sent to the server: its answer is due after everything queued before it."""
+        """A message sent to the server: its answer is due after everything queued before it. With
+        nothing of its own to do, it shares its kind's entry, unless `own` asks for one to be waited
+        for (waiting_for)."""
         if kind is Expect.SYNC:
             self.unsynced = False
             self.skipping = False
         elif kind.extended:
             self.unsynced = True
+        plain = kind.plain
+        if (
+            plain is not None
+            and forward
+            and not own
+            and undo is None
+            and failed is None
+            and error is None
+            and on_complete is None
+            and ready is None
+            and on_ready is None
+            and not holds_parameters
+        ):
+            self._queue.append(plain)
+            return plain
         entry = Expected(
             kind,
             forward,
@@ -239,7 +273,8 @@ class ResponseRouter:
         return entry
 
     def waiting_for(self, entry: Expected) -> bool:
-        """The answer to this message has not ended yet."""
+        """The answer to this message has not ended yet (an entry of its own: see expect)."""
+        assert entry is not entry.kind.plain, "a shared entry stands for no one message"
         return entry in self._queue[self._first :]
 
     def answer(self, payload: bytes, *, undo: Callable[[], None] | None = None) -> list[bytes]:

@@ -200,3 +200,29 @@ def test_a_long_pipeline_is_answered_in_order_and_its_answered_places_do_not_pil
         assert len(router.pending()) == sent - answered
         assert len(router._queue) <= 2 * (sent - answered) + 1024  # what is answered is let go
     assert router.idle
+
+
+def test_messages_the_proxy_only_waits_on_share_their_kinds_entry_and_others_get_their_own() -> None:
+    router = ResponseRouter()
+    first, second = router.expect(Expect.BIND), router.expect(Expect.BIND)
+    assert first is second is Expect.BIND.plain
+    assert router.expect(Expect.BIND, error=lambda raw: raw) is not first
+    assert router.expect(Expect.BIND, forward=False) is not first
+    assert router.expect(Expect.BIND, own=True) is not first
+    # Shared places are still places: each is answered once, in order.
+    router.expect(Expect.SYNC)
+    answers = route(router, BIND_OK, BIND_OK, BIND_OK, BIND_OK, BIND_OK, READY)
+    assert answers == [BIND_OK, BIND_OK, BIND_OK, BIND_OK, READY]  # forward=False hid one
+    assert router.idle
+
+
+def test_only_an_entry_of_its_own_can_be_waited_for() -> None:
+    router = ResponseRouter()
+    router.expect(Expect.QUERY)  # shared, answered first
+    mine = router.expect(Expect.QUERY, own=True)
+    router.route(READY[0], READY)
+    assert router.waiting_for(mine)
+    router.route(READY[0], READY)
+    assert not router.waiting_for(mine)
+    with pytest.raises(AssertionError):
+        router.waiting_for(router.expect(Expect.QUERY))
