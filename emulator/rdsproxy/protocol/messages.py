@@ -542,6 +542,11 @@ def rename_bind(body: bytes, statement: str, start: int, rest: int) -> bytes:
     return b"".join((_HEADER.pack(Frontend.BIND, size), body[:start], name, body[rest:]))
 
 
+def bind_message(start: bytes, rest: bytes) -> bytes:
+    """A Bind whose body is start (its portal and statement, terminated) then rest."""
+    return b"".join((_HEADER.pack(Frontend.BIND, len(start) + len(rest) + 4), start, rest))
+
+
 def target_message(kind: int, target: str, name: str) -> bytes:
     return frame(kind, target.encode() + _cstr(name))
 

@@ -78,6 +78,21 @@ class Unnamed:
         self.commands = commands
 
 
+class _Binding:
+    """What a Bind of one named statement to the unnamed portal needs, kept from the last one: a
+    client binds the same statement again and again (each execution of a prepared statement)."""
+
+    __slots__ = ("name", "prefix", "renamed", "renamer", "statement")
+
+    def __init__(self, name: str, statement: Statement) -> None:
+        self.name = name
+        self.statement = statement
+        # The start of the client's Bind body (the unnamed portal, then the name), and the server's.
+        self.prefix = b"\0" + name.encode() + b"\0"
+        self.renamed = b"\0" + statement.backend_name.encode() + b"\0"
+        self.renamer = _renamed(statement.backend_name, name)
+
+
 class PreparedStatements:
     def __init__(
         self,
@@ -92,6 +107,7 @@ class PreparedStatements:
         self.unnamed: Unnamed | None = None
         # Portals whose statement acts on prepared statements (SQL PREPARE, DEALLOCATE...): by name.
         self._portals: dict[str, tuple[SqlCommand | None, ...]] = {}
+        self._binding: _Binding | None = None
         self._send = send
         self._to_client = to_client
 
@@ -197,8 +213,22 @@ class PreparedStatements:
 
     def bind(self, state: ServerState, frame: m.Frame) -> Statement | None:
         """Forward a Bind, its statement made the client's; the named statement it binds, if any."""
+        raw = frame.raw
+        binding = self._binding
+        if binding is not None:
+            # The statement bound last, again (its name read by one comparison), and still the one
+            # the client has under that name.
+            prefix = binding.prefix
+            after = 5 + len(prefix)
+            if raw[5:after] == prefix and self.catalogue.get(binding.name) is binding.statement:
+                bound = binding.statement
+                self._bound("", bound.commands)
+                self._on_server_as(state, binding.name, bound)
+                state.router.expect(Expect.BIND, error=binding.renamer)
+                self._send(m.bind_message(binding.renamed, raw[after:]))
+                return bound
         body = frame.body
-        portal, name, start, rest = m.bind_statement(body)
+        portal, name, start, rest_at = m.bind_statement(body)
         if not name:
             self._unnamed_on_server(state)
             self._bound(portal, self.unnamed.commands if self.unnamed is not None else None)
@@ -209,7 +239,9 @@ class PreparedStatements:
         self._bound(portal, statement.commands if statement is not None else None)
         backend_name = self._on_server(state, name)
         state.router.expect(Expect.BIND, error=_renamed(backend_name, name))
-        self._send(m.rename_bind(body, backend_name, start, rest))
+        self._send(m.rename_bind(body, backend_name, start, rest_at))
+        if statement is not None and not portal and not statement.sql:
+            self._binding = _Binding(name, statement)
         return statement
 
     def _bound(self, portal: str, commands: tuple[SqlCommand | None, ...] | None) -> None:
@@ -265,6 +297,10 @@ class PreparedStatements:
         statement = self.catalogue.get(name)
         if statement is None:
             return _MISSING if name.startswith(StatementNames.PREFIX) else name
+        return self._on_server_as(state, name, statement)
+
+    def _on_server_as(self, state: ServerState, name: str, statement: Statement) -> str:
+        """_on_server for the client's statement `name`, known to be `statement`."""
         backend_name = statement.backend_name
         if backend_name not in state.statements and not statement.sql:
             state.statements.add(backend_name)

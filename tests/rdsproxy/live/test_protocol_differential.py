@@ -133,6 +133,27 @@ CORPUS: dict[str, Scenario] = {
         ),
         ("C command_complete: DEALLOCATE", '26000 prepared statement "a" does not exist'),
     ),
+    "a_statement_bound_again_is_the_one_its_name_stands_for_now": Scenario(
+        script(
+            (Client(),),
+            send(0, Parse("a", "select 1"), Bind("", "a"), Execute(), Sync()),
+            send(0, Bind("", "a"), Execute(), Bind("p", "a"), Execute("p"), Sync()),
+            send(0, Close("S", "a"), Parse("a", "select 2"), Bind("", "a"), Execute(), Sync()),
+            send(0, Bind("", "a"), Execute(), Close("S", "a"), Sync()),
+            send(0, Bind("", "a"), Execute(), Sync()),
+        ),
+        ("D data_row: '1'", "D data_row: '2'", '26000 prepared statement "a" does not exist'),
+    ),
+    "clients_binding_one_name_each_get_their_own_statement": Scenario(
+        script(
+            TWO,
+            send(0, Parse("a", "select 1"), Bind("", "a"), Execute(), Sync()),
+            send(1, Parse("a", "select 2"), Bind("", "a"), Execute(), Sync()),
+            send(0, Bind("", "a"), Execute(), Sync()),
+            send(1, Bind("", "a"), Execute(), Sync()),
+        ),
+        ("D data_row: '1'", "D data_row: '2'"),
+    ),
     "a_close_skipped_after_an_error_keeps_the_statement": Scenario(
         script(
             (Client(),),
