@@ -10,7 +10,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    # mypyc's native 64-bit integer: compiled, arithmetic without int objects' checks; to Python
+    # (and at run time: annotations are never evaluated) an int.
+    from mypy_extensions import i64
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST = 80877103
@@ -116,10 +121,17 @@ class Frame:
 
 def _message_end(buf: bytes | bytearray, offset: int, limit: int) -> int:
     """Where the message starting at offset ends (its header checked), whether or not it is all there."""
+    length: i64
     if isinstance(buf, bytes):
         # The big-endian length by hand: compiled, four byte reads cost less than a Struct call and
-        # its tuple (indexing a bytearray is a generic call there, hence the split).
-        length = (buf[offset + 1] << 24) | (buf[offset + 2] << 16) | (buf[offset + 3] << 8) | buf[offset + 4]
+        # its tuple (indexing a bytearray is a generic call there, hence the split), and in native
+        # integers less than in int objects.
+        at: i64 = offset
+        first: i64 = buf[at + 1]
+        second: i64 = buf[at + 2]
+        third: i64 = buf[at + 3]
+        fourth: i64 = buf[at + 4]
+        length = (first << 24) | (second << 16) | (third << 8) | fourth
     else:
         length = _INT32.unpack_from(buf, offset + 1)[0]
     if length < 4:
