@@ -122,6 +122,7 @@ class ClientSession:
         host, port = (protocol.get_extra_info("peername") or ("?", "?"))[:2]
         self.peer = f"{host}:{port}"
         self.login = Login("", "", tls=False)
+        self.tls = False  # the login's, read on every request (Login is a Python object)
         self.parameters = SessionParameters({}, {})
         self.prepared = PreparedStatements(
             deps.statement_names, self._send, self._to_client, lambda: self.parameters.key
@@ -163,10 +164,9 @@ class ClientSession:
         # A connection lent at once but not yet given the client's session parameters.
         self._unaligned: DbConnection | None = None
         self._key: PoolKey | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.login.tls
+        # What a borrowed connection calls back (bound methods, made at the first borrow: reading
+        # one makes a new object each time).
+        self._sinks: tuple[Callable[[bytes], None], Callable[[BaseException], None]] | None = None
 
     @property
     def router(self) -> ResponseRouter:
@@ -199,6 +199,7 @@ class ClientSession:
         try:
             async with asyncio.timeout(config.client_login_timeout):
                 self.login = await login(stream, deps, self._debug)
+                self.tls = self.login.tls
         except TimeoutError:
             deps.log.client_refused(self, texts.LOGIN_TIMEOUT.format(seconds=config.client_login_timeout))
             return False
@@ -802,7 +803,10 @@ class ClientSession:
         self.deps.stats.borrow_latency.add(conn.waited_us)
         conn.owner = self.id
         self.backend = conn
-        conn.attach(self._from_backend, self._lost_from_backend)
+        sinks = self._sinks
+        if sinks is None:
+            sinks = self._sinks = (self._from_backend, self._lost_from_backend)
+        conn.attach(sinks[0], sinks[1])
         if conn.frames.pending_bytes():
             self._from_backend(b"")
         return conn
