@@ -554,9 +554,14 @@ def rename_bind(body: bytes, statement: str, start: int, rest: int) -> bytes:
     return b"".join((_HEADER.pack(Frontend.BIND, size), body[:start], name, body[rest:]))
 
 
+_BIND: Final = bytes((Frontend.BIND,))
+
+
 def bind_message(start: bytes, rest: bytes) -> bytes:
     """A Bind whose body is start (its portal and statement, terminated) then rest."""
-    return b"".join((_HEADER.pack(Frontend.BIND, len(start) + len(rest) + 4), start, rest))
+    # Concatenated: compiled, fewer generic calls than a Struct's pack and a join (the one copy of
+    # rest, the large part, is the same).
+    return _BIND + (len(start) + len(rest) + 4).to_bytes(4, "big") + start + rest
 
 
 def target_message(kind: int, target: str, name: str) -> bytes:

@@ -128,6 +128,7 @@ class Expected:
         self.holds_parameters = holds_parameters
 
 
+# Every kind but SYNTHETIC, whose entries carry their own answer.
 for _kind in (
     Expect.PARSE,
     Expect.BIND,

@@ -155,6 +155,7 @@ def test_a_bind_is_renamed_without_touching_its_parameters() -> None:
     assert (portal, name, body[start:rest]) == ("portal", "client_name", b"client_name\0")
     renamed = m.rename_bind(body, "rdsproxy_7", start, rest)
     assert renamed == m.frame(m.Frontend.BIND, b"portal\0rdsproxy_7\0" + body[rest:])
+    assert m.bind_message(b"portal\0rdsproxy_7\0", body[rest:]) == renamed  # (a repeated Bind's way)
 
 
 @pytest.mark.parametrize("offset", [0, 3])
