@@ -523,20 +523,17 @@ class ClientSession:
     def _query(self, frame: m.Frame) -> None:
         self.deps.stats.query_received(tls=self.tls)
         body = frame.body
-        debug = self.deps.log.debug_enabled
+        if self.deps.log.debug_enabled:
+            self._debug(f"The client sent a query: {m.query_text(body)}")
         conn = self._borrowed()
         if plain_query(body):
             # Nearly every query: nothing to pin, no statement to rename, nothing to restore; its
             # text is not even decoded.
-            if debug:
-                self._debug(f"The client sent a query: {m.query_text(body)}")
             state = conn.state
             state.router.expect(Expect.QUERY, undo=self.prepared.drop_unnamed(state))
             self._send(frame.raw)
             return
         text = m.query_text(body)
-        if debug:
-            self._debug(f"The client sent a query: {text}")
         reason = pin_reason(text, self.rule)
         if reason is not None:
             self._pin(reason)
@@ -662,18 +659,14 @@ class ClientSession:
 
     def _describe(self, frame: m.Frame) -> None:
         raw = frame.raw
-        if len(raw) > 6 and raw[5] == _PORTAL and raw[-1] == 0:
-            # A portal's (what drivers describe before each Execute): its name need not be read.
-            self.router.expect(Expect.DESCRIBE_PORTAL)
-            self._send(raw)
-            return
-        target, name = m.parse_target(frame.body)
-        conn = self._borrowed()
-        if target == "S":
-            self.prepared.describe_statement(conn.state, name)
-            return
+        # A portal's, terminated (what drivers describe before each Execute), needs its name unread.
+        if not (len(raw) > 6 and raw[5] == _PORTAL and raw[-1] == 0):
+            target, name = m.parse_target(frame.body)
+            if target == "S":
+                self.prepared.describe_statement(self._borrowed().state, name)
+                return
         self.router.expect(Expect.DESCRIBE_PORTAL)
-        self._send(frame.raw)
+        self._send(raw)
 
     def _close(self, frame: m.Frame) -> None:
         target, name = m.parse_target(frame.body)
@@ -1007,9 +1000,10 @@ class ClientSession:
             await give_back(deps.pool, deps.target, deps.log, conn, pin=pin)
 
 
+_PORTAL: Final = ord("P")  # a Describe's or Close's target
+
 # The handler of each client message kind (one table for every session: a dict of bound methods per
 # session cost 600 bytes of each idle client).
-_PORTAL: Final = ord("P")  # a Describe's or Close's target
 # The message kinds a client may send after its login (see ClientSession._handle).
 _HANDLED: Final = m.kind_table(
     Frontend.QUERY,

@@ -549,9 +549,7 @@ def parse_message(name: str, query: str, param_section: bytes) -> bytes:
 def rename_bind(body: bytes, statement: str, start: int, rest: int) -> bytes:
     """The Bind whose body is body, with statement for the name at body[start:rest] (bind_statement's
     offsets: the body is read once)."""
-    name = _cstr(statement)
-    size = len(body) - (rest - start) + len(name) + 4
-    return b"".join((_HEADER.pack(Frontend.BIND, size), body[:start], name, body[rest:]))
+    return bind_message(body[:start] + _cstr(statement), body[rest:])
 
 
 _BIND: Final = bytes((Frontend.BIND,))
