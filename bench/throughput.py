@@ -11,38 +11,46 @@ sslmode=require), and both poolers reach PostgreSQL over TLS too.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pstats
 import re
 import statistics
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.machine import builds_note, emulator_build, pgbench_binary, pgbouncer_version
-from bench.procs import cpu_seconds
+from bench.procs import REPO, bench_environment, cpu_seconds
 from bench.report import Area, Figure, Table, at_least, progress, unjudged
 from emulator.net import LOOPBACK
 from emulator.rdsproxy.main import PROFILE_ENV
 from emulator.stack.embedded import TLS_HOSTNAMES, EmbeddedStack, StackConfig
 from emulator.stack.pgbouncer import PgBouncer, PgBouncerTarget
+from emulator.stack.process import ManagedProcess
 from emulator.stack.proxies import ProxyKind
 from emulator.stack.rdsproxy import RdsProxyEmulator
 
 POOL = 20
-# Room for pgbench's 50 direct clients beside four pools of 20.
-MAX_CONNECTIONS = 200
+# Room for pgbench's 50 direct clients beside five pools of 20 and the floor's FLOOR_SESSIONS.
+MAX_CONNECTIONS = 250
 PLAIN = {
     "require_tls": False,
     "iam_auth": "DISABLED",
     "client_password_auth_type": "POSTGRES_MD5",
-    # floor(MAX_CONNECTIONS x 10 / 100) = POOL, PgBouncer's default_pool_size.
+    # floor(MAX_CONNECTIONS x percent / 100) = POOL, PgBouncer's default_pool_size.
     "max_connections_percent": POOL * 100 // MAX_CONNECTIONS,
 }
 TLS = {**PLAIN, "require_tls": True}
 RATIO_GOAL, RATIO_STRETCH, PREPARED_GOAL = 0.8, 1.0, 0.5
 DIRECT, PGBOUNCER, EMULATOR = "direct", "PgBouncer", "emulator"
+# bench/pooler_floor.py: a transaction pooler doing nothing but move bytes, in the emulator's runtime.
+FLOOR = "floor"
+TARGETS = (DIRECT, PGBOUNCER, EMULATOR)
+# The floor's connections for prepared rows, one per client (session pooling): up to this many clients.
+FLOOR_SESSIONS = 50
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,14 @@ def run(options: Options) -> Area:
         tls_bouncer = _tls_pgbouncer(stack)
         running.callback(tls_bouncer.stop)
         tls_bouncer.start()
+        # The floor's two modes: transaction pooling, and session pooling for prepared rows.
+        sessions = min(max(options.clients), FLOOR_SESSIONS)
+        floors = {
+            prepared: _start_floor(stack, session=prepared, size=sessions if prepared else POOL)
+            for prepared in (False, True)
+        }
+        for process, _ in floors.values():
+            running.callback(process.stop)
         pg = stack.postgres
         endpoints = {
             (False, DIRECT): Endpoint(pg.host, pg.port, tls=False),
@@ -238,32 +254,68 @@ def run(options: Options) -> Area:
         progress("throughput", f"pgbench -i -s {options.scale}")
         _initialise(stack, options.scale)
         for row in rows:
-            targets = [DIRECT, EMULATOR] if row.protocol == "prepared" else [DIRECT, PGBOUNCER, EMULATOR]
-            for attempt in range(options.repeat):
-                # Alternating the order spreads a drift of the machine's load over every target.
-                for target in targets if attempt % 2 == 0 else targets[::-1]:
-                    measured = results.setdefault((row, target), Measured())
-                    if measured.error:
-                        continue
-                    pid = pids.get((row.tls, target))
-                    before = cpu_seconds(pid) if pid is not None else None
-                    try:
-                        done = pgbench(stack, endpoints[(row.tls, target)], row, options.seconds)
-                    except RuntimeError as exc:
-                        measured.error = str(exc)
-                        progress("throughput", f"{row.label}: {target} failed: {exc}")
-                        continue
-                    measured.tps.append(done.tps)
-                    if pid is not None and before is not None and done.transactions:
-                        (user, system), per = cpu_seconds(pid), 1e6 / done.transactions
-                        measured.cpu_us.append(((user - before[0]) * per, (system - before[1]) * per))
-                    progress("throughput", f"{row.label}: {target} {done.tps:,.0f} tps")
+            where = {t: (endpoints[(row.tls, t)], pids.get((row.tls, t))) for t in TARGETS}
+            if not row.tls and (row.protocol != "prepared" or row.clients <= sessions):
+                floor, port = floors[row.protocol == "prepared"]
+                where[FLOOR] = Endpoint(LOOPBACK, port, tls=False), floor.pid
+            _measure(stack, row, where, options, results)
         emulators = [proxy for proxy in (stack.proxy, tls_emulator) if isinstance(proxy, RdsProxyEmulator)]
         area.notes.append(builds_note(emulator_build(proxy.log_path) for proxy in emulators))
     _report(area, rows, results, options, bouncer_version)
     if options.profile:
         _report_profile(area, options.profile)
     return area
+
+
+def _measure(
+    stack: EmbeddedStack,
+    row: Row,
+    where: dict[str, tuple[Endpoint, int | None]],
+    options: Options,
+    results: dict[tuple[Row, str], Measured],
+) -> None:
+    """The row's pgbench runs against each target (its endpoint and the process charged), alternating."""
+    targets = [target for target in where if not (row.protocol == "prepared" and target == PGBOUNCER)]
+    for attempt in range(options.repeat):
+        # Alternating the order spreads a drift of the machine's load over every target.
+        for target in targets if attempt % 2 == 0 else targets[::-1]:
+            measured = results.setdefault((row, target), Measured())
+            if measured.error:
+                continue
+            endpoint, pid = where[target]
+            before = cpu_seconds(pid) if pid is not None else None
+            try:
+                done = pgbench(stack, endpoint, row, options.seconds)
+            except RuntimeError as exc:
+                measured.error = str(exc)
+                progress("throughput", f"{row.label}: {target} failed: {exc}")
+                continue
+            measured.tps.append(done.tps)
+            if pid is not None and before is not None and done.transactions:
+                (user, system), per = cpu_seconds(pid), 1e6 / done.transactions
+                measured.cpu_us.append(((user - before[0]) * per, (system - before[1]) * per))
+            progress("throughput", f"{row.label}: {target} {done.tps:,.0f} tps")
+
+
+def _start_floor(stack: EmbeddedStack, *, session: bool, size: int) -> tuple[ManagedProcess, int]:
+    """bench/pooler_floor.py in front of the stack's PostgreSQL: the process and its port."""
+    mode = "session" if session else "transaction"
+    workdir = stack.workdir / f"bench-pooler-floor-{mode}"
+    workdir.mkdir()
+    ready = workdir / "ready.json"
+    pg = stack.postgres
+    argv = [sys.executable, "-m", "bench.pooler_floor", pg.host, str(pg.port), stack.config.database]
+    argv += [stack.config.db_user, str(size), mode, str(ready)]
+    process = ManagedProcess(
+        f"pooler floor ({mode} pooling)",
+        argv,
+        log_path=workdir / "floor.log",
+        env=bench_environment({"PGPASSWORD": stack.db_password}),
+        cwd=REPO,
+    )
+    process.start()
+    process.wait_ready(ready.exists, timeout=60)
+    return process, int(json.loads(ready.read_text())["port"])
 
 
 @contextlib.contextmanager
@@ -319,6 +371,7 @@ def _report(
         area.figures.append(_ratio_figure(row, direct, bouncer_tps, emulated))
     area.tables.append(table)
     area.tables.append(_cpu_table(rows, results))
+    area.tables.append(_floor_table(rows, results))
     area.notes.append(
         f"tps: transactions per second, the median of {options.repeat} run(s) of {options.seconds} s "
         f"(pgbench -n -S -j 2, scale {options.scale}); each ratio divides figures of this run"
@@ -336,6 +389,15 @@ def _report(
         "CPU µs/txn: the pooler process's user and system CPU time over a run (psutil) divided by the "
         "transactions pgbench processed, median of the runs; the system part is mostly the reads and "
         "writes on the sockets, which both poolers make alike, the user part each pooler's own work"
+    )
+    area.notes.append(
+        "floor: bench/pooler_floor.py, a transaction pooler that only moves bytes (a connection lent at "
+        "a transaction's first bytes, given back at an idle ReadyForQuery; no message parsed, no login "
+        "checked) in the emulator's own runtime (this Python, uvloop, the emulator's database "
+        "connections, its build), pool size 20, plain rows only; for prepared, session pooling with a "
+        "connection per client (named statements cannot be pooled without the emulator's work). "
+        "floor/PgB is what this runtime alone allows; emu/floor, how much of it the emulator's own "
+        "work leaves"
     )
     area.notes.append(f"yes* in met: the stretch goal, ≥ {RATIO_STRETCH:.2f} of PgBouncer, is met too")
     for (row, target), measured in results.items():
@@ -359,6 +421,30 @@ def _cpu_table(rows: list[Row], results: dict[tuple[Row, str], Measured]) -> Tab
         cells.append(f"{sum(emulated) / sum(bouncer):.2f}" if emulated and bouncer and sum(bouncer) else "-")
         table.rows.append(cells)
     table.title = "the poolers' own CPU time per transaction (lower is better)"
+    return table
+
+
+def _floor_table(rows: list[Row], results: dict[tuple[Row, str], Measured]) -> Table:
+    """The floor beside the others: what a pooler doing nothing but move bytes reaches here."""
+    table = Table(["floor", "clients", "tps", "floor/PgB", "floor/direct", "emu/floor", "user µs", "sys µs"])
+    for row in rows:
+        if row.tls:
+            continue
+        direct, bouncer, emulated, floor = (
+            results.get((row, target), Measured()).median for target in (DIRECT, PGBOUNCER, EMULATOR, FLOOR)
+        )
+        ran = (row, FLOOR) in results  # (not for prepared rows with more clients than FLOOR_SESSIONS)
+        cells = [row.kind, str(row.clients), f"{floor:,.0f}" if floor else "failed" if ran else "not run"]
+        if row.protocol == "prepared":
+            cells.append("n/a")
+        else:
+            cells.append(f"{floor / bouncer:.2f}" if floor and bouncer else "-")
+        cells.append(f"{floor / direct:.2f}" if floor and direct else "-")
+        cells.append(f"{emulated / floor:.2f}" if emulated and floor else "-")
+        cpu = results.get((row, FLOOR), Measured()).cpu_median
+        cells += [f"{value:.1f}" for value in cpu] if cpu else ["-", "-"]
+        table.rows.append(cells)
+    table.title = "the floor: a pooler that only moves bytes, in the emulator's runtime (not judged)"
     return table
 
 
