@@ -209,10 +209,17 @@ class Target:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             conn = await self.lender.borrow(key, left)
             try:
-                spelled = await conn.fetch_value(
-                    f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
+                spelled = await asyncio.wait_for(
+                    conn.fetch_value(
+                        f"BEGIN; SET LOCAL {name} = {quoted}; SELECT current_setting('{name}'); ROLLBACK"
+                    ),
+                    SETTLE_SECONDS,
                 )
             except Exception as exc:
+                if isinstance(exc, TimeoutError):
+                    # A server that does not answer (frozen, unreachable) keeps no login waiting, nor
+                    # the connection borrowed: it is dropped, and asked again on another.
+                    exc = ConnectionError("the database connection did not answer")
                 if not connection_died(exc):
                     # The server refused the value: the connection goes back once rolled back.
                     await self._give_back(conn)

@@ -157,6 +157,25 @@ def test_a_pooled_connection_that_dies_as_it_is_lent_is_replaced_before_the_clie
     wait_until(lambda: not psutil.pid_exists(pid), component="the terminated backend", timeout=10)
 
 
+def test_a_login_s_question_to_a_frozen_connection_is_asked_again_on_another(faulty: ProxyUnderTest) -> None:
+    # A login with a parameter whose spelling the proxy does not know yet borrows a pooled connection
+    # to ask the server. One whose server does not answer (frozen, unreachable) must keep neither the
+    # login waiting for good nor itself borrowed: it is dropped, and the question asked elsewhere.
+    with faulty.connect(application_name="before the freeze") as first:
+        pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    os.kill(pid, signal.SIGSTOP)  # the most recently used: the next borrow's
+    try:
+        with faulty.connect(application_name="asked while frozen", connect_timeout=15) as second:
+            answer = second.execute("SELECT current_setting('application_name'), pg_backend_pid()").fetchone()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert answer is not None
+    assert answer[0] == "asked while frozen"
+    assert answer[1] != pid
+    # The proxy closed it: let go, the backend reads the end of its connection and exits.
+    wait_until(lambda: not psutil.pid_exists(pid), component="the frozen backend", timeout=10)
+
+
 def _bytes_waiting(pid: int) -> int:
     """What a process's TCP sockets have received and not read yet (/proc/net/tcp's rx_queue)."""
     inodes = {
