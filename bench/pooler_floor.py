@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import cast
 
 from emulator.net import LOOPBACK
-from emulator.rdsproxy.dbconn import Credentials, DbConnection, pool_key
+from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, pool_key
 from emulator.rdsproxy.protocol import messages as m
 
 # ReadyForQuery, idle: the transaction is over and the connection free.
@@ -74,7 +74,12 @@ class _Pool:
         reset.add_done_callback(self._resets.discard)
 
     async def _reset(self, conn: DbConnection) -> None:
-        await conn.run_quietly("DISCARD ALL")
+        try:
+            await asyncio.wait_for(conn.run_quietly("DISCARD ALL"), 10)
+        except (DatabaseError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            print(f"pooler_floor: a connection could not be reset, closed: {exc!r}", file=sys.stderr)
+            conn.close()
+            return
         self.give_back(conn)
 
 
