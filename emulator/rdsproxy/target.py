@@ -226,6 +226,7 @@ class Target:
                     raise
                 # It died while pooled (a failover, a restart): asked again on another one.
                 self.lender.release(conn, reusable=False)
+                self.log.db_closed(conn, f"The database connection was lost: {exc}")
                 self.connection_lost(conn, str(exc) or repr(exc))
                 if tries == BORROW_TRIES:
                     raise DatabaseUnavailable(f"the database connection was lost: {exc!r}") from exc

@@ -172,8 +172,11 @@ def test_a_login_s_question_to_a_frozen_connection_is_asked_again_on_another(fau
     assert answer is not None
     assert answer[0] == "asked while frozen"
     assert answer[1] != pid
-    # The proxy closed it: let go, the backend reads the end of its connection and exits.
+    # The proxy closed it, and said why: let go, the backend reads the end of its connection and exits.
     wait_until(lambda: not psutil.pid_exists(pid), component="the frozen backend", timeout=10)
+    said = "closed. Reason: The database connection was lost: the database connection did not answer"
+    log = faulty.emulator.log_path
+    wait_until(lambda: said in log.read_text(), component="the proxy's log line", timeout=10)
 
 
 def _bytes_waiting(pid: int) -> int:
