@@ -17,8 +17,7 @@ import json
 import time
 from typing import Any, Protocol
 
-import boto3
-
+from emulator.rdsproxy.aws import aws_client
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.dbconn import Credentials
 from emulator.rdsproxy.proxylog import ProxyLog
@@ -80,6 +79,7 @@ class SecretCredentials:
         self._read_at = 0.0
         self._reread_on_refusal_at = 0.0
         self._reading: asyncio.Lock | None = None
+        self._secrets: Any = None  # the Secrets Manager client, made at the first read
 
     @property
     def monitor_user(self) -> str:
@@ -130,11 +130,11 @@ class SecretCredentials:
                 self.log.info(f"{what} the secret {self.config.secret_arn}: version {version_id}.")
 
     def _read(self) -> tuple[str, Credentials]:
-        client = boto3.session.Session().client(
-            "secretsmanager",
-            endpoint_url=self.config.aws_endpoint_url or None,
-            region_name=self.config.region,
-        )
+        client = self._secrets
+        if client is None:  # made once (reads come one at a time, under _reread's lock)
+            client = self._secrets = aws_client(
+                "secretsmanager", self.config.region, endpoint_url=self.config.aws_endpoint_url
+            )
         answer = client.get_secret_value(SecretId=self.config.secret_arn, VersionStage="AWSCURRENT")
         secret = json.loads(answer["SecretString"])
         return str(answer["VersionId"]), Credentials(str(secret["username"]), str(secret["password"]))
@@ -153,7 +153,7 @@ class IamTokens:
 
     async def load(self) -> None:
         # botocore signs locally: no request is made, only the client is built (once).
-        self._rds = boto3.session.Session().client("rds", region_name=self.config.region)
+        self._rds = aws_client("rds", self.config.region)
 
     def for_client(self, user: str) -> Credentials | None:
         # Any user: the database decides (the user must exist and be granted rds_iam).

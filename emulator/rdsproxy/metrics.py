@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import boto3
 from botocore.config import Config
 
+from emulator.rdsproxy.aws import aws_client
 from emulator.rdsproxy.config import ProxyConfig
 from emulator.rdsproxy.stats import Latencies, Stats
 
@@ -140,6 +140,7 @@ class MetricsPublisher:
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # (count, total) published
         self._log_lines: list[tuple[int, str]] = []
         self._log_stream = ""
+        self._clients: dict[str, Any] = {}
 
     def _dimensions(self, kind: str, value: str = "") -> list[dict[str, str]]:
         proxy = {"Name": "ProxyName", "Value": self.config.name}
@@ -268,13 +269,17 @@ class MetricsPublisher:
                 log.warning("could not publish metrics or logs: %s", exc)
 
     def _client(self, service: str) -> Any:
-        return boto3.session.Session().client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.config.aws_endpoint_url or None,
-            region_name=self.config.region,
-            # moto's server cannot read botocore's gzipped PutMetricData; AWS does not need it gzipped.
-            config=Config(disable_request_compression=True),
-        )
+        """The service's client, made at its first use (publications come one at a time)."""
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = aws_client(
+                service,
+                self.config.region,
+                endpoint_url=self.config.aws_endpoint_url,
+                # moto's server cannot read botocore's gzipped PutMetricData; AWS does not need it gzipped.
+                config=Config(disable_request_compression=True),
+            )
+        return client
 
     def _publish(self, data: list[dict[str, Any]], lines: list[tuple[int, str]]) -> None:
         cloudwatch = self._client("cloudwatch")
