@@ -31,6 +31,7 @@ from typing import cast
 
 from emulator.net import LOOPBACK
 from emulator.rdsproxy.dbconn import Credentials, DatabaseError, DbConnection, pool_key
+from emulator.rdsproxy.main import run_loop
 from emulator.rdsproxy.protocol import messages as m
 
 # ReadyForQuery, idle: the transaction is over and the connection free.
@@ -191,12 +192,7 @@ def main() -> None:
         session=mode == "session",
         ready=Path(ready),
     )
-    try:  # the emulator's event loop (emulator.rdsproxy.main)
-        import uvloop  # noqa: PLC0415
-    except ImportError:
-        asyncio.run(work)
-    else:
-        uvloop.run(work)
+    run_loop(work)  # the emulator's own choice of event loop
 
 
 if __name__ == "__main__":

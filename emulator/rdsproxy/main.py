@@ -16,7 +16,9 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from emulator.rdsproxy.config import ProxyConfig
 
@@ -116,19 +118,20 @@ def run(config: ProxyConfig, ready_file: str | None = None) -> None:
         import cProfile  # noqa: PLC0415 - only when asked for
 
         with cProfile.Profile() as profile:
-            _run(config, ready_file)
+            run_loop(serve(config, ready_file))
         profile.dump_stats(profile_to)
         return
-    _run(config, ready_file)
+    run_loop(serve(config, ready_file))
 
 
-def _run(config: ProxyConfig, ready_file: str | None) -> None:
+def run_loop(work: Coroutine[Any, Any, None]) -> None:
+    """Run work in the proxy's event loop: uvloop's when it is installed, else asyncio's."""
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
     except ImportError:
-        asyncio.run(serve(config, ready_file))
+        asyncio.run(work)
     else:
-        uvloop.run(serve(config, ready_file))
+        uvloop.run(work)
 
 
 # Each client connection is a file descriptor; RDS Proxy takes thousands. Past this many a process
